@@ -1,0 +1,179 @@
+"""The ``gigadream`` command. Turns every user error into one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, field_help, load_config, presets_dir, to_yaml
+from .errors import GigadreamError
+
+# Shortcut flags and the config keys they set; their defaults live in the config alone.
+SHORTCUTS = {"seed": "seed", "workers": "engine.workers", "scheduler": "engine.scheduler"}
+
+
+def _settings_epilog() -> str:
+    rows = "\n".join(f"  {k:<26} {d!s:<18} {h}" for k, d, h in field_help())
+    return ("settings (YAML keys of --config, or --set KEY=VALUE; default, meaning):\n" + rows)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="YAML config, or a bundled preset's name (see 'gigadream presets')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set dream.iterations=5 (repeatable)")
+
+
+def _config(args) -> Config:
+    overrides = list(args.overrides)
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gigadream",
+        description="DeepDream on giant photographs at full resolution, in bounded memory: "
+                    "the image is streamed into a chunked store, dreamed tile by tile on "
+                    "randomly offset grids by Dask workers, and exported streamed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with: gigadream run pano.jpg --config impressionist")
+    parser.add_argument("--version", action="version", version=f"gigadream {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("run", help="dream an image end to end: ingest, dream, export",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Dream INPUT and write the result (JPEG or BigTIFF) and, "
+                                   "beside it, OUT.yaml: the resolved config that reproduces it.",
+                       epilog=_settings_epilog())
+    p.add_argument("input", type=Path, metavar="INPUT", help="image file (JPEG, PNG, TIFF, WebP, ...)")
+    _add_config_args(p)
+    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+                   help="result file, .jpg or .tif (default: INPUT-dream.jpg beside the input)")
+    p.add_argument("--store", type=Path, metavar="DIR",
+                   help="working store folder, kept afterwards (default: OUT.gdstore, "
+                        "removed after success)")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="join the Dask scheduler at ADDR (tcp://host:8786) instead of starting one")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes of the embedded cluster (default: one per GPU, else one)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same result)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output and store")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("ingest", help="stream an image into a store (level 0 and octave pyramid)")
+    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("store", type=Path, metavar="STORE", help="new store folder")
+    _add_config_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+    p = sub.add_parser("export", help="write a store's result (or its source) as JPEG or BigTIFF")
+    p.add_argument("store", type=Path, metavar="STORE")
+    p.add_argument("output", type=Path, metavar="OUT", help=".jpg or .tif")
+    _add_config_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    sub.add_parser("presets", help="list the bundled configs")
+    return parser
+
+
+class _Progress:
+    """One tqdm bar for the whole run; stages appear as its description."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, event) -> None:
+        from .pipeline import Stage, Work
+        if self.quiet:
+            return
+        from tqdm import tqdm
+        if isinstance(event, tuple) and event[0] == "total":
+            self.bar = tqdm(total=event[1], unit="tile-it", dynamic_ncols=True, file=sys.stderr)
+        elif isinstance(event, Stage) and self.bar is not None:
+            self.bar.set_description_str(f"{event.name} {event.detail}".strip())
+        elif isinstance(event, Work) and self.bar is not None:
+            self.bar.update(event.units)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(args) -> int:
+    from .pipeline import run
+    cfg = _config(args)
+    out = args.output or args.input.with_name(args.input.stem + "-dream.jpg")
+    progress = _Progress(args.quiet)
+    try:
+        report = run(args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
+                     on_event=progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        h, w = report.shape
+        total = sum(report.stage_s.values())
+        print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
+              f"config in {report.output.name}.yaml", file=sys.stderr)
+    return 0
+
+
+def _ingest(args) -> int:
+    from .ingest import build_pyramid, ingest
+    from .store import Store
+    cfg = _config(args)
+    store = Store.create(args.store, overwrite=args.overwrite)
+    level0 = ingest(args.input, store)
+    build_pyramid(store, cfg.dream.octaves, cfg.dream.octave_scale)
+    if not args.quiet:
+        print(f"ingested {args.input} ({level0.shape[1]}×{level0.shape[0]} px, "
+              f"{cfg.dream.octaves} octaves) into {args.store}", file=sys.stderr)
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export
+    from .store import ArrayView, Store
+    cfg = _config(args)
+    store = Store.open(args.store)
+    res = store.record().get("result")
+    view = (ArrayView(store.root, res["name"], tuple(res["shape"]), tuple(res["offset"]))
+            if res else store.source(0))
+    export(view, args.output, cfg.export, scratch=store.path, overwrite=args.overwrite)
+    return 0
+
+
+def _presets(args) -> int:
+    for path in sorted(presets_dir().glob("*.yaml")):
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
+                      if ln.startswith("#")), "")
+        print(f"{path.stem:<16} {first}")
+    return 0
+
+
+VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except GigadreamError as e:
+        print(f"gigadream: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("gigadream: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:   # disk full, permissions, ...: the system's words and the file
+        where = f": {e.filename}" if e.filename else ""
+        print(f"gigadream: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

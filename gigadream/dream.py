@@ -1,0 +1,100 @@
+"""Processors: map a float tile window to the new pixels of its core.
+
+A processor is a small picklable object; the model behind it is loaded lazily, once per worker
+process (``models.get_model`` caches it). ``__call__(window, core, rng)`` takes the window
+(C, h, w) float32 in 0-255, the core's box relative to the window, and the tile's generator;
+it returns the core's new pixels and a dict of statistics for the engine.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tiling import Box
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Copies the window's core: the engine's own cost, and a bit-exactness check."""
+
+    margin: int = 0
+
+    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator):
+        return window[(slice(None), *core.slices())], {}
+
+
+@dataclass(frozen=True)
+class LayerL2:
+    """DeepDream objective of one layer: ½ Σ a², per input pixel and per channel, so weights
+    compare across layers of different depth and width."""
+
+    layer: str
+    weight: float = 1.0
+
+    def __call__(self, acts: dict, n_pixels: int):
+        a = acts[self.layer]
+        return self.weight * 0.5 * a.pow(2).sum() / (a.shape[1] * n_pixels)
+
+
+@dataclass(frozen=True)
+class DeepDream:
+    """Gradient ascent on the summed objectives, with jitter, in the tile's window.
+
+    Departure from Mordvintsev et al.'s notebook: there each step is divided by the mean |g|
+    of the whole image. A tile cannot see the whole image, so each step is divided by
+    ``grad_scale``, the mean |g| over the octave's tiles measured before its first pass
+    (``gradient_stat``); flat tiles then dream as gently as in a whole-image run.
+    """
+
+    model: str
+    weights: str | None
+    objectives: tuple[LayerL2, ...]
+    iterations: int
+    step_size: float
+    jitter: int
+    margin: int
+    grad_scale: float = 1.0
+
+    def _gradient(self, x):
+        """Objective gradient w.r.t. x (1, C, h, w); returns (grad, seconds in the model)."""
+        import torch
+
+        from .models import get_model
+
+        net = get_model(self.model, self.weights)
+        t = time.perf_counter()
+        x = x.detach().requires_grad_(True)
+        acts = net(x, {o.layer for o in self.objectives})
+        n = x.shape[-1] * x.shape[-2]
+        loss = sum(o(acts, n) for o in self.objectives)
+        (g,) = torch.autograd.grad(loss, x)
+        return g, time.perf_counter() - t
+
+    def gradient_stat(self, window: np.ndarray, core: Box) -> dict:
+        """Σ|g| and pixel count over the core: reduced over tiles into ``grad_scale``."""
+        import torch
+
+        g, seconds = self._gradient(torch.from_numpy(window)[None])
+        gc = g[0][(slice(None), *core.slices())]
+        return {"grad_abs_sum": float(gc.abs().sum(dtype=torch.float64)), "count": gc.numel(),
+                "model_s": seconds}
+
+    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator):
+        import torch
+
+        x = torch.from_numpy(window)[None].clone()        # (1, C, h, w), 0-255
+        h, w = window.shape[1:]
+        model_s = 0.0
+        for _ in range(self.iterations):
+            # Jitter inside the window: the wrap-around seam lands in the margin when
+            # jitter < margin, so the core never sees it.
+            dy, dx = (int(v) for v in rng.integers(-self.jitter, self.jitter + 1, size=2))
+            dy, dx = (dy % h if h else 0), (dx % w if w else 0)
+            g, s = self._gradient(torch.roll(x, (dy, dx), (2, 3)))
+            model_s += s
+            g = torch.roll(g, (-dy, -dx), (2, 3))
+            x += (self.step_size / self.grad_scale) * g
+            x.clamp_(0.0, 255.0)
+        return x[0][(slice(None), *core.slices())].numpy(), {"model_s": model_s}

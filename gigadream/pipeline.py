@@ -1,0 +1,204 @@
+"""A whole run: ingest → pyramid → for each octave, coarsest first, its passes → export.
+
+The core never prints: it reports ``Stage`` and ``Work`` events to ``on_event``; the CLI turns
+them into a progress bar, tests and profilers attach their own.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .config import Config, to_dict, to_yaml
+from .dream import DeepDream, Identity, LayerL2
+from .engine import TileTask, cluster, map_tasks, run_tile
+from .errors import StoreError
+from .export import check_output, export
+from .ingest import build_pyramid, fingerprint, ingest, open_image, orientation, upright_shape
+from .resample import octave_shape
+from .store import ArrayView, OctaveStart, Store, atomic_write_text, is_store
+from .tiling import grid, pass_offset
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage begins: ingest, pyramid, calibrate, pass, export."""
+    name: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Work:
+    """``units`` of the run's work are done (a tile × its iterations)."""
+    units: int
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    octave: int
+    pass_: int
+    shape: tuple[int, int]
+    offset: tuple[int, int]
+    tiles: int
+
+
+@dataclass
+class RunReport:
+    """What a run did and where its time went (for the CLI, benchmarks and profiling)."""
+    output: Path | None = None
+    shape: tuple[int, int] = (0, 0)
+    stage_s: dict[str, float] = field(default_factory=dict)
+    tiles: int = 0
+    model_s: float = 0.0
+    workers: int = 1
+
+
+def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
+    """Every pass of the run in order, with its random grid offset and tile count."""
+    out, t = [], cfg.tiling.tile
+    for k in reversed(range(cfg.dream.octaves)):
+        s = octave_shape(shape, cfg.dream.octave_scale, k)
+        for p in range(cfg.dream.passes):
+            off = pass_offset(cfg.seed, k, p, t)
+            out.append(PassPlan(k, p, s, off, len(grid(s, t, off))))
+    return out
+
+
+def work_units(cfg: Config, passes: list[PassPlan]) -> int:
+    per_tile = cfg.dream.iterations if cfg.mode == "dream" else 1
+    return sum(p.tiles for p in passes) * per_tile
+
+
+def make_processor(cfg: Config, grad_scale: float = 1.0):
+    if cfg.mode == "identity":
+        return Identity(cfg.margin)
+    return DeepDream(cfg.model.name, cfg.model.weights,
+                     tuple(LayerL2(n, w) for n, w in cfg.dream.layers),
+                     cfg.dream.iterations, cfg.dream.step_size,
+                     min(cfg.dream.jitter, max(0, cfg.margin - 1)) if cfg.margin else cfg.dream.jitter,
+                     cfg.margin, grad_scale)
+
+
+def calibrate(executor, view, cfg: Config, octave: int) -> float:
+    """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser that
+    every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
+    tiles = grid(view.shape, cfg.tiling.tile, (0, 0), cfg.margin)
+    rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
+    pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles), replace=False))
+    proc = make_processor(cfg)
+    tasks = [TileTask(view, None, proc, tiles[i], (cfg.seed, octave, -1), "stat") for i in pick]
+    stats = map_tasks(executor, run_tile, tasks)
+    total = sum(s["grad_abs_sum"] for s in stats)
+    count = sum(s["count"] for s in stats)
+    return max(total / max(count, 1), 1e-12)
+
+
+def default_store(out: Path) -> Path:
+    return out.with_name(out.name + ".gdstore")
+
+
+def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
+        overwrite: bool = False, on_event: Callable[[object], None] = lambda e: None) -> RunReport:
+    input_path, out = Path(input_path), Path(out)
+    report = RunReport()
+    im = open_image(input_path)                  # fails fast on a bad input, decodes nothing
+    shape = upright_shape((im.height, im.width), orientation(im))
+    del im
+    check_output(out, shape, overwrite)          # fails fast before hours of work
+    keep_store = store_path is not None
+    store_path = Path(store_path) if store_path else default_store(out)
+    store = _open_or_create_store(store_path, input_path, overwrite=overwrite or not keep_store)
+    passes = plan(shape, cfg)
+    on_event(("total", work_units(cfg, passes)))
+
+    t = time.perf_counter()
+    if not store.has_source():
+        on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
+        ingest(input_path, store)
+    report.stage_s["ingest"] = time.perf_counter() - t
+    report.shape = shape
+
+    model = (cfg.model.name, cfg.model.weights) if cfg.mode == "dream" else None
+    t = time.perf_counter()
+    with cluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, model) as ex:
+        report.stage_s["cluster"] = time.perf_counter() - t
+        t = time.perf_counter()
+        on_event(Stage("pyramid", f"{cfg.dream.octaves} octaves"))
+        sources = build_pyramid(store, cfg.dream.octaves, cfg.dream.octave_scale, ex)
+        report.stage_s["pyramid"] = time.perf_counter() - t
+        t = time.perf_counter()
+        view = _dream(ex, store, sources, cfg, passes, on_event, report)
+        report.stage_s["passes"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    on_event(Stage("export", out.name))
+    export(view, out, cfg.export, scratch=store.path, overwrite=overwrite)
+    config_text = _reproducible_yaml(cfg, input_path)
+    atomic_write_text(out.with_name(out.name + ".yaml"), config_text)
+    report.stage_s["export"] = time.perf_counter() - t
+    report.output = out
+    if not keep_store:
+        shutil.rmtree(store.path, ignore_errors=True)
+    return report
+
+
+def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
+    return (f"# gigadream {__version__}: the resolved config of this result.\n"
+            f"# Reproduce: gigadream run {input_path.name} --config THIS_FILE\n" + to_yaml(cfg))
+
+
+def _open_or_create_store(path: Path, input_path: Path, overwrite: bool) -> Store:
+    if path.exists() and is_store(path):
+        store = Store.open(path)
+        had = store.record().get("input")
+        if had and had != {"name": input_path.name, **fingerprint(input_path)}:
+            if not overwrite:
+                raise StoreError(f"store {path} was made from another input ({had.get('name')}); "
+                                 "give another --store, or --overwrite to replace it")
+            return Store.create(path, overwrite=True)
+        return store
+    return Store.create(path, overwrite=overwrite)
+
+
+def _dream(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
+           on_event, report: RunReport) -> ArrayView:
+    view = None
+    units = cfg.dream.iterations if cfg.mode == "dream" else 1
+    store.update_record(config=to_dict(cfg), version=__version__)
+    for pp in passes:
+        k = pp.octave
+        if pp.pass_ == 0:
+            if view is None:
+                view = sources[k]
+            else:
+                prev_k = k + 1
+                view = OctaveStart(sources[k], view, sources[prev_k])
+            grad_scale = 1.0
+            if cfg.mode == "dream":
+                on_event(Stage("calibrate", f"octave {k}"))
+                grad_scale = calibrate(ex, view, cfg, k)
+            proc = make_processor(cfg, grad_scale)
+        on_event(Stage("pass", f"octave {k} pass {pp.pass_ + 1}/{cfg.dream.passes}: "
+                               f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles"))
+        target = store.canvas(k, pp.pass_ % 2, pp.shape, cfg.tiling.tile, pp.offset)
+        tasks = [TileTask(view, target, proc, tile, (cfg.seed, k, pp.pass_))
+                 for tile in grid(pp.shape, cfg.tiling.tile, pp.offset, cfg.margin)]
+
+        def done(stats: dict) -> None:
+            report.model_s += stats.get("model_s", 0.0)
+            on_event(Work(units))
+
+        map_tasks(ex, run_tile, tasks, done)
+        report.tiles += len(tasks)
+        store.update_record(done={"octave": k, "pass": pp.pass_})
+        if pp.pass_ == 0 and k + 1 < cfg.dream.octaves:
+            store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
+        view = target
+    store.update_record(result={"name": view.name, "shape": list(view.shape),
+                                "offset": list(view.offset)})
+    return view

@@ -1,0 +1,98 @@
+"""Tile geometry: pure functions of image shape, tile size, margin and grid offset.
+
+A pass covers the image with a grid of ``tile``-sized squares shifted by ``offset``
+(``0 <= oy, ox < tile``). Pixel (y, x) of the image is *stored* at (y + oy, x + ox) in a
+canvas whose chunks are ``tile`` square, so tile (i, j) owns exactly chunk (i, j): every tile
+writes whole chunks that no other tile touches ("roll in place", DESIGN.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    """Half-open rectangle [y0, y1) × [x0, x1)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+    @property
+    def size(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def shift(self, dy: int, dx: int) -> Box:
+        return Box(self.y0 + dy, self.y1 + dy, self.x0 + dx, self.x1 + dx)
+
+    def grow(self, margin: int, shape: tuple[int, int]) -> Box:
+        """This box widened by ``margin`` on every side, clipped to an image of ``shape``."""
+        h, w = shape
+        return Box(max(0, self.y0 - margin), min(h, self.y1 + margin),
+                   max(0, self.x0 - margin), min(w, self.x1 + margin))
+
+    def relative_to(self, outer: Box) -> Box:
+        """This box in the coordinates of ``outer``'s top-left corner."""
+        return self.shift(-outer.y0, -outer.x0)
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: int
+    col: int
+    core: Box    # image pixels this tile owns and writes
+    window: Box  # image pixels it reads: core + margin, clipped to the image
+    chunk: Box   # stored coordinates of the one chunk it writes, whole
+
+
+def grid_size(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Rows and columns of tiles that a grid shifted by ``offset`` needs to cover ``shape``."""
+    (h, w), (oy, ox) = shape, offset
+    return math.ceil((h + oy) / tile), math.ceil((w + ox) / tile)
+
+
+def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
+         margin: int = 0) -> list[Tile]:
+    """The tiles of one pass, row-major. Their cores partition the image exactly."""
+    h, w = shape
+    oy, ox = offset
+    if not (0 <= oy < tile and 0 <= ox < tile):
+        raise ValueError(f"offset {offset} must lie in [0, {tile})")
+    rows, cols = grid_size(shape, tile, offset)
+    tiles = []
+    for i in range(rows):
+        for j in range(cols):
+            chunk = Box(i * tile, (i + 1) * tile, j * tile, (j + 1) * tile)
+            core = Box(max(0, chunk.y0 - oy), min(h, chunk.y1 - oy),
+                       max(0, chunk.x0 - ox), min(w, chunk.x1 - ox))
+            tiles.append(Tile(i, j, core, core.grow(margin, shape), chunk))
+    return tiles
+
+
+def padded_shape(shape: tuple[int, int], tile: int) -> tuple[int, int]:
+    """Stored extent of a canvas that any offset in [0, tile) fits, in whole chunks."""
+    h, w = shape
+    return (math.ceil((h + tile - 1) / tile) * tile, math.ceil((w + tile - 1) / tile) * tile)
+
+
+def pass_offset(seed: int, octave: int, pass_: int, tile: int) -> tuple[int, int]:
+    """The random grid offset of one pass; the same (seed, octave, pass) always gives the same."""
+    rng = np.random.default_rng([seed, octave, pass_, 0x0FF5E7])
+    oy, ox = rng.integers(0, tile, size=2)
+    return int(oy), int(ox)
+
+
+def tile_rng(seed: int, octave: int, pass_: int, tile: Tile) -> np.random.Generator:
+    """Randomness of one tile (its jitter), independent of where and when it runs."""
+    return np.random.default_rng([seed, octave, pass_, tile.row, tile.col])
