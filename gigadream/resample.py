@@ -29,7 +29,10 @@ def axis_weights(n_in: int, n_out: int, o0: int, o1: int) -> tuple[int, int, np.
     idx = first[:, None] + np.arange(taps)[None, :]             # (n, taps) input indices
     w = np.clip(1.0 - np.abs(idx - centre[:, None]) / width, 0.0, None)
     idx = np.clip(idx, 0, n_in - 1)                             # edge samples repeat
-    i0, i1 = int(idx.min()), int(idx.max()) + 1
+    used = idx[w > 0]                                           # zero taps widen nothing
+    i0, i1 = int(used.min()), int(used.max()) + 1
+    w = np.where((idx >= i0) & (idx < i1), w, 0.0)
+    idx = np.clip(idx, i0, i1 - 1)
     m = np.zeros((o1 - o0, i1 - i0), dtype=np.float64)
     np.add.at(m, (np.repeat(np.arange(o1 - o0), taps), (idx - i0).ravel()), w.ravel())
     m /= m.sum(axis=1, keepdims=True)

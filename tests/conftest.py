@@ -1,0 +1,45 @@
+"""Shared fixtures: real images made here from scikit-image's photos, written by libvips."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def save(array: np.ndarray, path: Path, **kw) -> Path:
+    import pyvips
+    im = pyvips.Image.new_from_array(np.ascontiguousarray(array))
+    if im.bands == 3:
+        im = im.copy(interpretation="srgb")
+    im.write_to_file(str(path), **kw)
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    """(h, w, 3) uint8 of an image file, decoded by libvips."""
+    import pyvips
+    return pyvips.Image.new_from_file(str(path)).numpy()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    import skimage.data
+    d = tmp_path_factory.mktemp("photos")
+    return {
+        "astronaut_png": save(skimage.data.astronaut(), d / "astronaut.png"),
+        "chelsea_jpg": save(skimage.data.chelsea(), d / "chelsea.jpg", Q=95),
+        "coffee_jpg": save(skimage.data.coffee(), d / "coffee.jpg", Q=95),
+    }
+
+
+@pytest.fixture(scope="session")
+def pano(tmp_path_factory) -> Path:
+    """A 768×512 panorama of real photos: big enough for many tiles, small enough to dream."""
+    from gigadream.sample import make_panorama
+    return make_panorama(tmp_path_factory.mktemp("pano") / "pano.jpg", 768, 512, quality=95)

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import pytest
+
+from gigadream.config import Config, load_config, presets_dir, to_yaml
+from gigadream.errors import ConfigError
+
+
+def test_defaults_are_valid_and_margin_follows_the_deepest_layer():
+    cfg = Config()
+    assert cfg.mode == "dream" and cfg.margin == 45        # relu4_3's receptive radius
+    assert load_config(None, ["dream.layers=[relu3_3]"]).margin == 19
+    assert load_config(None, ["mode=identity"]).margin == 0
+    assert load_config(None, ["tiling.margin=7"]).margin == 7
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in presets_dir().glob("*.yaml")))
+def test_bundled_presets_load_and_round_trip(preset, tmp_path):
+    cfg = load_config(preset)
+    f = tmp_path / "resolved.yaml"
+    f.write_text(to_yaml(cfg))
+    assert load_config(f) == cfg
+
+
+def test_presets_exist():
+    assert {"impressionist", "dreamscape"} <= {p.stem for p in presets_dir().glob("*.yaml")}
+
+
+def test_overrides_reach_nested_keys_and_parse_yaml_values():
+    cfg = load_config("impressionist", ["dream.iterations=7", "dream.layers={relu4_1: 2}", "seed=9"])
+    assert cfg.dream.iterations == 7 and cfg.dream.layers == (("relu4_1", 2.0),) and cfg.seed == 9
+
+
+BAD = [
+    (["dream.iterations=0"], r"dream.iterations: expected an integer of at least 1, got 0"),
+    (["dream.iterations=-3"], r"dream.iterations: expected an integer of at least 1, got -3"),
+    (["dream.iterations=many"], r"dream.iterations: expected an integer, got 'many' \(str\)"),
+    (["dream.iterations=2.5"], r"dream.iterations: expected an integer, got 2.5 \(float\)"),
+    (["dream.octaves=0"], r"dream.octaves: expected an integer from 1 to 12, got 0"),
+    (["dream.octave_scale=1"], r"dream.octave_scale: expected a number above 1.0 and at most 4.0, got 1"),
+    (["dream.step_size=0"], r"dream.step_size: expected a number above 0.0, got 0"),
+    (["dream.step_size=true"], r"dream.step_size: expected a number, got True \(bool\)"),
+    (["dream.jitter=-1"], r"dream.jitter: expected an integer of at least 0, got -1"),
+    (["dream.layers=[conv9_9]"], r"dream.layers: 'conv9_9' is not a layer of vgg16"),
+    (["dream.layers=[relu4_33]"], r"did you mean 'relu4_3'\?"),
+    (["dream.layers=[]"], r"dream.layers: expected a non-empty list"),
+    (["dream.layers={relu4_3: big}"], r"dream.layers.relu4_3: expected a number, got 'big'"),
+    (["tiling.tile=8"], r"tiling.tile: expected an integer from 16 to 8192, got 8"),
+    (["tiling.margin=wide"], r"tiling.margin: expected an integer or 'auto', got 'wide'"),
+    (["engine.workers=0"], r"engine.workers: expected an integer of at least 1, got 0"),
+    (["export.quality=101"], r"export.quality: expected an integer from 1 to 100, got 101"),
+    (["export.tiff_compression=zip"], r"expected one of deflate, jpeg, lzw, none; got 'zip'"),
+    (["mode=paint"], r"mode: expected one of dream, identity; got 'paint'"),
+    (["model.name=resnet"], r"model.name: expected one of vgg16; got 'resnet'"),
+    (["dream.iteratons=5"], r"unknown key 'dream.iteratons'; did you mean 'dream.iterations'\?"),
+    (["colour=red"], r"unknown key 'colour'"),
+    (["dream=5"], r"dream: expected a mapping of keys, got 5"),
+    (["seed"], r"--set 'seed': expected key=value"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_values_and_unknown_keys_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("dream: [unclosed", r"is not valid YAML at line 1"),
+    ("- a\n- b\n", r"expected a mapping of keys at the top, got list"),
+    ("dream:\n  passes: two\n", r"dream.passes: expected an integer, got 'two'"),
+])
+def test_bad_files_are_one_line_errors(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(f)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file nowhere.yaml not found"):
+        load_config("nowhere.yaml")
+
+
+def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gigadream", "run", str(photos["chelsea_jpg"]),
+                        "-o", str(tmp_path / "x.jpg"), "--set", "dream.iteratons=3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "gigadream: error: unknown key 'dream.iteratons'; did you mean 'dream.iterations'? "
+        "(valid: dream.layers, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
+        "dream.step_size, dream.jitter, dream.calibration_tiles)"]
+    assert not (tmp_path / "x.jpg").exists()

@@ -1,0 +1,145 @@
+"""Ingest: what users feed (formats, colour spaces, bit depths, orientation) and bad input."""
+import numpy as np
+import pytest
+import pyvips
+import skimage.data
+import zarr
+
+from conftest import save, sha256
+from gigadream.errors import InputError, StoreError
+from gigadream.ingest import build_pyramid, ingest
+from gigadream.store import Store
+
+CHELSEA = skimage.data.chelsea()          # (300, 451, 3)
+
+
+def ingested(path, tmp_path) -> np.ndarray:
+    store = Store.create(tmp_path / "store")
+    view = ingest(path, store)
+    return view.array[:].transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("suffix,opts", [(".png", {}), (".tif", {}), (".webp", {"lossless": True}),
+                                         (".jpg", {"Q": 100})])
+def test_formats_arrive_as_decoded(tmp_path, suffix, opts):
+    f = save(CHELSEA, tmp_path / f"in{suffix}", **opts)
+    ref = pyvips.Image.new_from_file(str(f)).numpy()
+    out = ingested(f, tmp_path)
+    assert out.dtype == np.uint8 and out.shape == CHELSEA.shape
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_grayscale_becomes_three_equal_bands(tmp_path):
+    f = save(skimage.data.camera(), tmp_path / "grey.png")
+    out = ingested(f, tmp_path)
+    assert out.shape == (512, 512, 3)
+    np.testing.assert_array_equal(out[..., 0], skimage.data.camera())
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_rgba_is_flattened_onto_white(tmp_path):
+    rgba = np.dstack([CHELSEA, np.full(CHELSEA.shape[:2], 255, np.uint8)])
+    rgba[:100, :, 3] = 0                                   # top rows transparent
+    out = ingested(save(rgba, tmp_path / "rgba.png"), tmp_path)
+    assert out.shape == CHELSEA.shape
+    assert (out[:100] == 255).all()
+    np.testing.assert_array_equal(out[100:], CHELSEA[100:])
+
+
+def test_16_bit_becomes_8_bit(tmp_path):
+    im = pyvips.Image.new_from_array(CHELSEA).copy(interpretation="srgb").colourspace("rgb16")
+    f = tmp_path / "deep.png"
+    im.pngsave(str(f))
+    assert pyvips.Image.new_from_file(str(f)).format == "ushort"
+    out = ingested(f, tmp_path)
+    assert out.dtype == np.uint8
+    assert np.abs(out.astype(int) - CHELSEA).max() <= 1
+
+
+def test_cmyk_with_icc_profile_becomes_srgb(tmp_path):
+    f = tmp_path / "cmyk.jpg"
+    pyvips.Image.new_from_array(CHELSEA).copy(interpretation="srgb") \
+        .icc_transform("cmyk", input_profile="srgb").jpegsave(str(f), Q=100)
+    src = pyvips.Image.new_from_file(str(f))
+    assert src.interpretation == "cmyk" and src.bands == 4 and src.get_typeof("icc-profile-data")
+    out = ingested(f, tmp_path)
+    assert out.shape == CHELSEA.shape
+    # A CMYK round trip loses some gamut; read as RGB channels it would be far off.
+    assert np.abs(out.astype(int) - CHELSEA).mean() < 10
+    assert np.abs(src.numpy()[..., :3].astype(int) - CHELSEA).mean() > 60
+
+
+@pytest.mark.parametrize("orient", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, orient):
+    im = pyvips.Image.new_from_array(CHELSEA).copy(interpretation="srgb")
+    im.set_type(pyvips.GValue.gint_type, "orientation", orient)
+    f = tmp_path / f"o{orient}.jpg"
+    im.jpegsave(str(f), Q=100)
+    upright = pyvips.Image.new_from_file(str(f)).autorot().numpy()
+    out = ingested(f, tmp_path)
+    np.testing.assert_array_equal(out, upright)
+
+
+def test_store_is_ome_zarr_with_a_pyramid(tmp_path, photos):
+    store = Store.create(tmp_path / "store")
+    ingest(photos["astronaut_png"], store)
+    levels = build_pyramid(store, 3, 1.5)
+    assert [v.shape for v in levels] == [(512, 512), (341, 341), (228, 228)]
+    g = zarr.open_group(str(tmp_path / "store" / "source"), mode="r")
+    ms = g.attrs["ome"]["multiscales"][0]
+    assert g.attrs["ome"]["version"] == "0.5"
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert ms["datasets"][2]["coordinateTransformations"][0]["scale"] == [1.0, 2.25, 2.25]
+    arr = zarr.open_array(str(tmp_path / "store" / "source" / "1"), mode="r")
+    assert arr.shape == (3, 341, 341) and arr.dtype == np.uint8
+    # The coarse level is a faithful smaller picture: close to libvips' own resize.
+    ref = pyvips.Image.new_from_file(str(photos["astronaut_png"])).resize(341 / 512).numpy()
+    assert np.abs(arr[:].transpose(1, 2, 0).astype(int) - ref[:341, :341]).mean() < 4
+
+
+def _truncated(tmp_path):
+    f = save(CHELSEA, tmp_path / "whole.jpg", Q=95)
+    t = tmp_path / "truncated.jpg"
+    t.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return t
+
+
+def _text(tmp_path):
+    f = tmp_path / "notes.jpg"
+    f.write_text("these are my holiday notes, not a picture\n")
+    return f
+
+
+def _empty(tmp_path):
+    f = tmp_path / "empty.jpg"
+    f.write_bytes(b"")
+    return f
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d / "missing.jpg", r"input .*missing.jpg not found; check the path"),
+    (lambda d: d, r"is a folder; give an image file"),
+    (_empty, r"is empty \(0 bytes\)"),
+    (_text, r"cannot be read as an image .*give a JPEG, PNG, TIFF"),
+    (_truncated, r"(truncated|damaged|cannot be read)"),
+])
+def test_bad_input_is_one_clear_line_and_untouched(tmp_path, make, message):
+    f = make(tmp_path)
+    before = sha256(f) if f.is_file() else None
+    store = Store.create(tmp_path / "store")
+    with pytest.raises(InputError, match=message) as e:
+        ingest(f, store)
+    assert "\n" not in str(e.value)
+    if before:
+        assert sha256(f) == before
+
+
+def test_store_refuses_a_folder_holding_other_data(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    with pytest.raises(StoreError, match="holds other data"):
+        Store.create(tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+    with pytest.raises(StoreError, match="is not a gigadream store"):
+        Store.open(tmp_path / "mine")

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from gigadream.resample import axis_weights, octave_shape, resample_window, support
+from gigadream.tiling import Box, grid
+
+
+def _reader(img):
+    return lambda b: img[:, b.y0:b.y1, b.x0:b.x1]
+
+
+@pytest.mark.parametrize("out_shape", [(26, 38), (53, 75), (37, 53), (1, 1)])
+def test_windows_reproduce_the_whole_resize(out_shape):
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (3, 37, 53)).astype(np.float32)
+    whole = resample_window(_reader(img), (37, 53), out_shape, Box(0, out_shape[0], 0, out_shape[1]))
+    tiled = np.zeros_like(whole)
+    for t in grid(out_shape, 8, (3, 5)):
+        tiled[(slice(None), *t.core.slices())] = resample_window(_reader(img), (37, 53), out_shape, t.core)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-3)
+
+
+def test_same_size_is_the_identity_and_constants_stay_constant():
+    img = np.random.default_rng(1).uniform(0, 255, (3, 20, 30)).astype(np.float32)
+    same = resample_window(_reader(img), (20, 30), (20, 30), Box(0, 20, 0, 30))
+    np.testing.assert_allclose(same, img, atol=1e-4)
+    flat = np.full((3, 20, 30), 77.0, np.float32)
+    for out in [(7, 11), (40, 61)]:
+        r = resample_window(_reader(flat), (20, 30), out, Box(0, out[0], 0, out[1]))
+        np.testing.assert_allclose(r, 77.0, atol=1e-3)
+
+
+def test_downsampling_by_two_averages_neighbouring_pairs():
+    # Antialiased triangle of half-width 2 at centres between pixel pairs: weights 1/8, 3/8, 3/8, 1/8.
+    i0, i1, m = axis_weights(8, 4, 1, 2)
+    assert (i0, i1) == (1, 5)
+    np.testing.assert_allclose(m[0], [1 / 8, 3 / 8, 3 / 8, 1 / 8], atol=1e-6)
+
+
+def test_support_is_the_window_read():
+    s = support((100, 100), (50, 50), Box(10, 20, 30, 40))
+    assert s.y0 <= 20 and s.y1 >= 40 and s.x0 <= 60 and s.x1 >= 80
+
+
+def test_octave_shapes():
+    assert octave_shape((15000, 20000), 1.4, 0) == (15000, 20000)
+    assert octave_shape((15000, 20000), 1.4, 1) == (10714, 14286)
+    assert octave_shape((1, 1), 1.4, 5) == (1, 1)

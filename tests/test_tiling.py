@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from gigadream.tiling import Box, Tile, grid, grid_size, padded_shape, pass_offset, tile_rng
+
+
+def test_grid_on_a_tiny_image_matches_hand_written_tiles():
+    # 5×7 image, 4 px tiles, grid shifted by (1, 2), 1 px margin.
+    tiles = grid((5, 7), 4, (1, 2), margin=1)
+    assert tiles == [
+        Tile(0, 0, core=Box(0, 3, 0, 2), window=Box(0, 4, 0, 3), chunk=Box(0, 4, 0, 4)),
+        Tile(0, 1, core=Box(0, 3, 2, 6), window=Box(0, 4, 1, 7), chunk=Box(0, 4, 4, 8)),
+        Tile(0, 2, core=Box(0, 3, 6, 7), window=Box(0, 4, 5, 7), chunk=Box(0, 4, 8, 12)),
+        Tile(1, 0, core=Box(3, 5, 0, 2), window=Box(2, 5, 0, 3), chunk=Box(4, 8, 0, 4)),
+        Tile(1, 1, core=Box(3, 5, 2, 6), window=Box(2, 5, 1, 7), chunk=Box(4, 8, 4, 8)),
+        Tile(1, 2, core=Box(3, 5, 6, 7), window=Box(2, 5, 5, 7), chunk=Box(4, 8, 8, 12)),
+    ]
+
+
+def test_unshifted_grid_is_the_chunk_grid():
+    tiles = grid((8, 4), 4)
+    assert [t.core for t in tiles] == [Box(0, 4, 0, 4), Box(4, 8, 0, 4)]
+    assert [t.chunk for t in tiles] == [Box(0, 4, 0, 4), Box(4, 8, 0, 4)]
+
+
+def test_one_pixel_image_is_one_tile():
+    (t,) = grid((1, 1), 512, (511, 3), margin=64)
+    assert t.core == Box(0, 1, 0, 1) and t.window == Box(0, 1, 0, 1)
+    assert t.chunk == Box(0, 512, 0, 512)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (511, 513), (12345, 677), (64, 64)])
+@pytest.mark.parametrize("tile", [16, 64, 512])
+def test_every_pixel_is_written_exactly_once_per_pass(shape, tile):
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        offset = tuple(int(v) for v in rng.integers(0, tile, 2))
+        count = np.zeros(shape, dtype=np.uint8)
+        stored = padded_shape(shape, tile)
+        chunks = set()
+        for t in grid(shape, tile, offset, margin=5):
+            count[t.core.slices()] += 1
+            # The core, stored at +offset, lies inside the tile's own chunk, which is whole
+            # and inside the padded canvas; the window holds the core.
+            s = t.core.shift(*offset)
+            c = t.chunk
+            assert c.y0 <= s.y0 and s.y1 <= c.y1 and c.x0 <= s.x0 and s.x1 <= c.x1
+            assert c.shape == (tile, tile) and c.y1 <= stored[0] and c.x1 <= stored[1]
+            w = t.window
+            assert w.y0 <= t.core.y0 and t.core.y1 <= w.y1 and w.x0 <= t.core.x0 and t.core.x1 <= w.x1
+            chunks.add((c.y0, c.x0))
+        assert count.min() == 1 and count.max() == 1, (shape, tile, offset)
+        assert len(chunks) == np.prod(grid_size(shape, tile, offset))
+
+
+def test_window_is_core_plus_margin_clipped_to_the_image():
+    for t in grid((100, 90), 32, (5, 9), margin=7):
+        assert t.window == Box(max(0, t.core.y0 - 7), min(100, t.core.y1 + 7),
+                               max(0, t.core.x0 - 7), min(90, t.core.x1 + 7))
+
+
+def test_offset_outside_the_tile_is_refused():
+    with pytest.raises(ValueError, match="offset"):
+        grid((10, 10), 4, (4, 0))
+
+
+def test_pass_offsets_are_seeded_and_vary():
+    offsets = {pass_offset(0, k, p, 512) for k in range(4) for p in range(4)}
+    assert len(offsets) > 12
+    assert all(0 <= oy < 512 and 0 <= ox < 512 for oy, ox in offsets)
+    assert pass_offset(3, 1, 2, 256) == pass_offset(3, 1, 2, 256)
+    assert pass_offset(3, 1, 2, 256) != pass_offset(4, 1, 2, 256)
+
+
+def test_tile_randomness_depends_only_on_seed_octave_pass_and_tile():
+    t = grid((64, 64), 16)[5]
+    a = tile_rng(1, 2, 3, t).integers(0, 1000, 8)
+    assert np.array_equal(a, tile_rng(1, 2, 3, t).integers(0, 1000, 8))
+    assert not np.array_equal(a, tile_rng(1, 2, 4, t).integers(0, 1000, 8))
