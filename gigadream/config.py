@@ -101,8 +101,10 @@ class DreamConfig:
     octaves: int = _field(4, parse_int(1, 12), "number of scales, coarsest first")
     octave_scale: float = _field(1.4, parse_float(1.0, 4.0, lo_open=True),
                                  "size ratio between neighbouring octaves")
-    passes: int = _field(2, parse_int(1), "randomly offset tile grids per octave")
-    iterations: int = _field(5, parse_int(1), "gradient steps per tile per pass")
+    passes: int = _field(4, parse_int(1), "randomly offset tile grids per octave")
+    iterations: int = _field(1, parse_int(1),
+                             "gradient steps per tile per pass; 1 = seamless (each step is the "
+                             "whole-image step), more saves I/O but tiles drift apart at edges")
     step_size: float = _field(1.5, parse_float(0.0, lo_open=True),
                               "step in 0-255 pixel units, for a gradient of average size")
     jitter: int = _field(32, parse_int(0), "max random shift (px) of the tile before each step")

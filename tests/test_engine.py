@@ -1,0 +1,82 @@
+"""The engine end to end with the identity processor: real files, store, LocalCluster."""
+import concurrent.futures
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import read, save
+from gigadream.config import load_config
+from gigadream.engine import cluster, map_tasks
+from gigadream.errors import ClusterError
+from gigadream.pipeline import plan, run
+
+IDENTITY = ["mode=identity", "tiling.tile=64", "dream.octaves=3", "dream.passes=2",
+            "export.tiff_compression=none"]
+
+
+@pytest.fixture(scope="module")
+def odd_image(tmp_path_factory):
+    """301×517: odd sizes, so every octave has partial edge tiles."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (301, 517, 3), dtype=np.uint8)
+    return save(a, tmp_path_factory.mktemp("odd") / "odd.png")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_identity_run_reproduces_the_input_bit_exactly(tmp_path, odd_image, workers):
+    cfg = load_config(None, IDENTITY + [f"engine.workers={workers}"])
+    store = tmp_path / "store"
+    report = run(odd_image, cfg, tmp_path / "out.tif", store_path=store)
+    np.testing.assert_array_equal(read(tmp_path / "out.tif"), read(odd_image))
+    assert report.tiles == sum(p.tiles for p in plan((301, 517), cfg))
+    # Roll in place: the last pass wrote one whole chunk per tile, each a separate file.
+    last = plan((301, 517), cfg)[-1]
+    arr = zarr.open_array(str(store / "canvas" / "o0p1"), mode="r")
+    assert arr.attrs["offset"] == list(last.offset)
+    assert arr.nchunks_initialized == last.tiles
+    assert (tmp_path / "out.tif.yaml").read_text().count("mode: identity") == 1
+
+
+def test_default_store_is_removed_after_success(tmp_path, photos):
+    cfg = load_config(None, IDENTITY)
+    run(photos["chelsea_jpg"], cfg, tmp_path / "c.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jpg", "c.jpg.yaml"]
+
+
+def test_map_tasks_keeps_order_and_reports_each_result():
+    seen = []
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        out = map_tasks(ex, lambda x: x * x, list(range(20)), seen.append)
+    assert out == [x * x for x in range(20)] and sorted(seen) == out
+
+
+def test_map_tasks_raises_the_first_failure():
+    def f(x):
+        if x == 3:
+            raise ValueError("tile 3 broke")
+        return x
+    with concurrent.futures.ThreadPoolExecutor(2) as ex, pytest.raises(ValueError, match="tile 3"):
+        map_tasks(ex, f, list(range(8)))
+
+
+def test_cluster_runs_tasks_in_worker_processes():
+    import os
+    with cluster(workers=2) as ex:
+        pids = set(map_tasks(ex, _pid, list(range(16))))
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def _pid(_):
+    import os
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def test_unreachable_scheduler_fails_within_seconds():
+    t = time.monotonic()
+    with pytest.raises(ClusterError, match="no Dask scheduler answers at tcp://127.0.0.1:9"):
+        with cluster(scheduler="tcp://127.0.0.1:9"):
+            pass
+    assert time.monotonic() - t < 20
