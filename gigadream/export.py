@@ -87,7 +87,8 @@ def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, scratch: Path
         _write_temp_tiff(view, raw, on_rows)
         im = pyvips.Image.new_from_file(str(raw), access="sequential")
         if fmt == "jpeg":
-            im.jpegsave(str(partial), Q=cfg.quality, optimize_coding=True, keep="none")
+            # No optimize_coding: libjpeg then buffers every coefficient (3.5 GB at 300 MP).
+            im.jpegsave(str(partial), Q=cfg.quality, keep="none")
         else:
             im.tiffsave(str(partial), bigtiff=True, tile=True, tile_width=512, tile_height=512,
                         pyramid=False, compression=cfg.tiff_compression, Q=cfg.quality,

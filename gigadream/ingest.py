@@ -24,11 +24,14 @@ from .tiling import Box, grid
 
 # Measured on a 20000×15000 JPEG: libvips holds ~3 requests of buffers per fetch, so peak RSS
 # grows with the fetch height (64 rows: 309 MB, 128: 353 MB, 512: 660 MB) at equal speed.
-FETCH_ROWS = 128
+FETCH_ROWS = 64
 
 
 def _vips():
     import pyvips
+    # gigadream never repeats an operation; libvips' cache would only hold decoders (and
+    # their buffers, which grow with the image width) alive after their last use.
+    pyvips.cache_set_max(0)
     return pyvips
 
 

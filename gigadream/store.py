@@ -30,7 +30,7 @@ from .resample import octave_shape, resample_window, support
 from .tiling import Box, Tile, padded_shape
 
 FORMAT_VERSION = 1
-SOURCE_CHUNK = 512
+SOURCE_CHUNK = 256
 # Measured here (2 cores): uncompressed zarr writes ~220 MB/s, blosc-lz4 ~190 MB/s at 70 % of
 # the size for photos. Sources keep lz4 (they live for the whole run); canvases of dreamed
 # float16 pixels hardly compress and are rewritten every pass, so they stay raw.
