@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import Config, field_help, load_config, presets_dir, to_yaml
+from .config import Config, field_help, load_config, presets_dir
 from .errors import GigadreamError
 
 # Shortcut flags and the config keys they set; their defaults live in the config alone.

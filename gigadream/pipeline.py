@@ -56,7 +56,6 @@ class RunReport:
     stage_s: dict[str, float] = field(default_factory=dict)
     tiles: int = 0
     model_s: float = 0.0
-    workers: int = 1
 
 
 def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
@@ -78,11 +77,11 @@ def work_units(cfg: Config, passes: list[PassPlan]) -> int:
 def make_processor(cfg: Config, grad_scale: float = 1.0):
     if cfg.mode == "identity":
         return Identity(cfg.margin)
+    # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
+    jitter = min(cfg.dream.jitter, cfg.margin - 1) if cfg.margin > 0 else cfg.dream.jitter
     return DeepDream(cfg.model.name, cfg.model.weights,
                      tuple(LayerL2(n, w) for n, w in cfg.dream.layers),
-                     cfg.dream.iterations, cfg.dream.step_size,
-                     min(cfg.dream.jitter, max(0, cfg.margin - 1)) if cfg.margin else cfg.dream.jitter,
-                     cfg.margin, grad_scale)
+                     cfg.dream.iterations, cfg.dream.step_size, jitter, cfg.margin, grad_scale)
 
 
 def calibrate(executor, view, cfg: Config, octave: int) -> float:

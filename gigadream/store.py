@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from .errors import StoreError
-from .resample import octave_shape, resample_window, support
+from .resample import resample_window
 from .tiling import Box, Tile, padded_shape
 
 FORMAT_VERSION = 1
@@ -113,13 +113,9 @@ class OctaveStart:
         return np.clip(np.rint(self.read(box)), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def _resize_read(view: ArrayView, out_shape: tuple[int, int], box: Box) -> np.ndarray:
-    return resample_window(view.read, view.shape, out_shape, box)
-
-
 def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
     """One pyramid task: the chunk of ``target`` that ``tile`` owns, resized from ``source``."""
-    out = _resize_read(source, target.shape, tile.core)
+    out = resample_window(source.read, source.shape, target.shape, tile.core)
     target.write(tile, np.clip(np.rint(out), 0, 255))
     return {}
 
@@ -194,11 +190,6 @@ class Store:
             raise StoreError(f"store {self.path} has no source level {level}; "
                              "ingest the image first") from e
         return ArrayView(self.root, name, tuple(arr.shape[1:]))
-
-    def levels(self) -> int:
-        """How many consecutive pyramid levels are complete."""
-        done = self.record().get("pyramid", {})
-        return int(done.get("levels", 1 if self.has_source() else 0))
 
     def has_source(self) -> bool:
         return (self.path / "source" / "0" / "zarr.json").is_file() and \
