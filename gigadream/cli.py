@@ -89,12 +89,12 @@ class _Progress:
         self.quiet, self.bar = quiet, None
 
     def __call__(self, event) -> None:
-        from .pipeline import Stage, Work
+        from .pipeline import Stage, Total, Work
         if self.quiet:
             return
         from tqdm import tqdm
-        if isinstance(event, tuple) and event[0] == "total":
-            self.bar = tqdm(total=event[1], unit="tile-it", dynamic_ncols=True, file=sys.stderr)
+        if isinstance(event, Total):
+            self.bar = tqdm(total=event.units, unit="tile-it", dynamic_ncols=True, file=sys.stderr)
         elif isinstance(event, Stage) and self.bar is not None:
             self.bar.set_description_str(f"{event.name} {event.detail}".strip())
         elif isinstance(event, Work) and self.bar is not None:

@@ -168,7 +168,7 @@ class Config:
 
 
 def _is_section(f: dataclasses.Field) -> bool:
-    return dataclasses.is_dataclass(f.default_factory) if f.default_factory is not dataclasses.MISSING else False
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
 
 
 def _build(cls: type, values: dict, prefix: str) -> Any:

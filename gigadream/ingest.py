@@ -9,9 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
-import queue
 import shutil
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -93,7 +91,7 @@ def upright_shape(shape: tuple[int, int], orient: int) -> tuple[int, int]:
     return shape[::-1] if ORIENT[orient][0] else shape
 
 
-def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> dict:
+def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> None:
     """One chunk of the upright image from the stored (raw) orientation."""
     transpose, flip_y, flip_x = ORIENT[orient]
     h, w = target.shape
@@ -110,7 +108,6 @@ def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> dict:
     if flip_x:
         a = a[:, :, ::-1]
     target.write(tile, a)
-    return {}
 
 
 def fingerprint(path: Path) -> dict:
@@ -126,25 +123,17 @@ def fingerprint(path: Path) -> dict:
 
 
 def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None) -> None:
-    """Decode ``im`` top to bottom into ``target``, one chunk-row at a time."""
+    """Decode ``im`` top to bottom into ``target``, one chunk-row at a time: a writer thread
+    stores one strip while the next is decoded, so two strips are alive at most."""
     pyvips = _vips()
     h, w = target.shape
     region = pyvips.Region.new(im)
-    pending: queue.Queue = queue.Queue(maxsize=1)   # one strip decoding, one writing
-    failure: list[BaseException] = []
 
-    def writer() -> None:
-        while (item := pending.get()) is not None:
-            y, strip = item
-            try:
-                target.array[:, y:y + strip.shape[0], :] = strip.transpose(2, 0, 1)
-            except BaseException as e:   # re-raised in the decoding thread
-                failure.append(e)
-                return
+    def write(y: int, strip: np.ndarray) -> None:
+        target.array[:, y:y + strip.shape[0], :] = strip.transpose(2, 0, 1)
 
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
+    with concurrent.futures.ThreadPoolExecutor(1) as writer:
+        writing = None
         for y0 in range(0, h, SOURCE_CHUNK):
             rows = min(SOURCE_CHUNK, h - y0)
             strip = np.empty((rows, w, 3), dtype=np.uint8)
@@ -156,27 +145,13 @@ def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None) -> Non
                     raise InputError(f"input cannot be decoded past row {y0 + y} "
                                      f"({_first_line(e)}); the file may be truncated or damaged")
                 strip[y:y + n] = np.frombuffer(data, dtype=np.uint8).reshape(n, w, 3)
-            while not failure:
-                try:
-                    pending.put((y0, strip), timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            if failure:
-                raise failure[0]
+            if writing is not None:
+                writing.result()                 # raises the writer's error, if any
+            writing = writer.submit(write, y0, strip)
             if on_rows:
                 on_rows(rows)
-    finally:
-        while thread.is_alive():
-            try:
-                pending.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                if failure:
-                    break
-        thread.join()
-    if failure:
-        raise failure[0]
+        if writing is not None:
+            writing.result()
 
 
 def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = None) -> ArrayView:

@@ -34,6 +34,12 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Total:
+    """The run will do ``units`` of work in all (sent once, before the work)."""
+    units: int
+
+
+@dataclass(frozen=True)
 class Work:
     """``units`` of the run's work are done (a tile × its iterations)."""
     units: int
@@ -69,9 +75,12 @@ def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
     return out
 
 
+def units_per_tile(cfg: Config) -> int:
+    return cfg.dream.iterations if cfg.mode == "dream" else 1
+
+
 def work_units(cfg: Config, passes: list[PassPlan]) -> int:
-    per_tile = cfg.dream.iterations if cfg.mode == "dream" else 1
-    return sum(p.tiles for p in passes) * per_tile
+    return sum(p.tiles for p in passes) * units_per_tile(cfg)
 
 
 def make_processor(cfg: Config, grad_scale: float = 1.0):
@@ -124,7 +133,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     store_path = Path(store_path) if store_path else default_store(out)
     store = _open_or_create_store(store_path, input_path, overwrite=overwrite or not keep_store)
     passes = plan(shape, cfg)
-    on_event(("total", work_units(cfg, passes)))
+    on_event(Total(work_units(cfg, passes)))
 
     t = time.perf_counter()
     if not store.has_source():
@@ -179,16 +188,12 @@ def _open_or_create_store(path: Path, input_path: Path, overwrite: bool) -> Stor
 def _dream(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
            on_event, report: RunReport) -> ArrayView:
     view = None
-    units = cfg.dream.iterations if cfg.mode == "dream" else 1
+    units = units_per_tile(cfg)
     store.update_record(config=to_dict(cfg), version=__version__)
     for pp in passes:
         k = pp.octave
         if pp.pass_ == 0:
-            if view is None:
-                view = sources[k]
-            else:
-                prev_k = k + 1
-                view = OctaveStart(sources[k], view, sources[prev_k])
+            view = sources[k] if view is None else OctaveStart(sources[k], view, sources[k + 1])
             grad_scale = 1.0
             if cfg.mode == "dream":
                 on_event(Stage("calibrate", f"octave {k}"))

@@ -37,6 +37,11 @@ SOURCE_CHUNK = 256
 SOURCE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
 
 
+def to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float pixels in 0-255 → uint8, rounded to nearest and clipped."""
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
 @functools.lru_cache(maxsize=64)
 def _open_array(root: str, name: str) -> zarr.Array:
     return zarr.open_array(store=os.path.join(root, name), mode="r+")
@@ -66,9 +71,7 @@ class ArrayView:
         """(h, w, C) uint8 pixels, rounded and clipped: what an exporter writes."""
         oy, ox = self.offset
         a = self.array[:, box.y0 + oy:box.y1 + oy, box.x0 + ox:box.x1 + ox]
-        if a.dtype != np.uint8:
-            a = np.clip(np.rint(a, dtype=np.float32), 0, 255).astype(np.uint8)
-        return a.transpose(1, 2, 0)
+        return (a if a.dtype == np.uint8 else to_uint8(a)).transpose(1, 2, 0)
 
     def write(self, tile: Tile, core: np.ndarray) -> None:
         """Write ``core`` (C, h, w) as the whole chunk that ``tile`` owns."""
@@ -110,13 +113,13 @@ class OctaveStart:
         return self.source.read(box) + up
 
     def read_uint8(self, box: Box) -> np.ndarray:
-        return np.clip(np.rint(self.read(box)), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        return to_uint8(self.read(box)).transpose(1, 2, 0)
 
 
 def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
     """One pyramid task: the chunk of ``target`` that ``tile`` owns, resized from ``source``."""
     out = resample_window(source.read, source.shape, target.shape, tile.core)
-    target.write(tile, np.clip(np.rint(out), 0, 255))
+    target.write(tile, to_uint8(out))
     return {}
 
 
@@ -146,7 +149,6 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.root = str(self.path)
-        self.group = zarr.open_group(store=self.root, mode="r+")
 
     @classmethod
     def create(cls, path: Path, overwrite: bool = False) -> Store:
