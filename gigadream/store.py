@@ -35,6 +35,9 @@ SOURCE_CHUNK = 256
 # the size for photos. Sources keep lz4 (they live for the whole run); canvases of dreamed
 # float16 pixels hardly compress and are rewritten every pass, so they stay raw.
 SOURCE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+# zarr encodes chunks one at a time by default; a strip of ingest is ~80 chunks, and batching
+# them halved zarr's time here (a 300 MP level 0: 11.5 s → 6.1 s of writing).
+zarr.config.set({"codec_pipeline.batch_size": 128})
 
 
 def to_uint8(a: np.ndarray) -> np.ndarray:
