@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, archs
 from .config import Config, field_help, load_config, presets_dir
 from .errors import GigadreamError
 
@@ -37,23 +37,25 @@ def _config(args) -> Config:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gigadream",
-        description="DeepDream on giant photographs at full resolution, in bounded memory: "
-                    "the image is streamed into a chunked store, dreamed tile by tile on "
-                    "randomly offset grids by Dask workers, and exported streamed.",
+        description="DeepDream and neural style on giant photographs at full resolution, in "
+                    "bounded memory: the image is streamed into a chunked store, processed "
+                    "tile by tile on randomly offset grids by Dask workers, and exported "
+                    "streamed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with: gigadream run pano.jpg --config impressionist")
     parser.add_argument("--version", action="version", version=f"gigadream {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    p = sub.add_parser("run", help="dream an image end to end: ingest, dream, export",
+    p = sub.add_parser("run", help="dream or stylise an image end to end: ingest, passes, export",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Dream INPUT and write the result (JPEG or BigTIFF) and, "
+                       description="Dream or stylise INPUT and write the result (JPEG or BigTIFF) and, "
                                    "beside it, OUT.yaml: the resolved config that reproduces it.",
                        epilog=_settings_epilog())
     p.add_argument("input", type=Path, metavar="INPUT", help="image file (JPEG, PNG, TIFF, WebP, ...)")
     _add_config_args(p)
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
-                   help="result file, .jpg or .tif (default: INPUT-dream.jpg beside the input)")
+                   help="result file, .jpg or .tif (default: INPUT-dream.jpg, or INPUT-style.jpg, "
+                        "beside the input)")
     p.add_argument("--store", type=Path, metavar="DIR",
                    help="working store folder, kept afterwards (default: OUT.gdstore, "
                         "removed after success)")
@@ -79,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     sub.add_parser("presets", help="list the bundled configs")
+
+    p = sub.add_parser("layers", help="list a model's layer names (for dream.layers, style.*_layers)")
+    p.add_argument("model", metavar="MODEL", choices=list(archs.MODELS),
+                   help=f"one of {', '.join(archs.MODELS)}")
+
+    p = sub.add_parser("classes", help="list the ImageNet classes and groups (for dream.classes)")
+    p.add_argument("filter", nargs="?", default="", metavar="TEXT",
+                   help="only names containing TEXT")
     return parser
 
 
@@ -108,7 +118,7 @@ class _Progress:
 def _run(args) -> int:
     from .pipeline import run
     cfg = _config(args)
-    out = args.output or args.input.with_name(args.input.stem + "-dream.jpg")
+    out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
     progress = _Progress(args.quiet)
     try:
         report = run(args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
@@ -129,21 +139,22 @@ def _ingest(args) -> int:
     cfg = _config(args)
     store = Store.create(args.store, overwrite=args.overwrite)
     level0 = ingest(args.input, store)
-    build_pyramid(store, cfg.dream.octaves, cfg.dream.octave_scale)
+    octaves, scale = cfg.octaves(level0.shape)
+    build_pyramid(store, octaves, scale)
     if not args.quiet:
         print(f"ingested {args.input} ({level0.shape[1]}×{level0.shape[0]} px, "
-              f"{cfg.dream.octaves} octaves) into {args.store}", file=sys.stderr)
+              f"{octaves} octaves) into {args.store}", file=sys.stderr)
     return 0
 
 
 def _export(args) -> int:
     from .export import export
-    from .store import ArrayView, Store
+    from .pipeline import result_view
+    from .store import Store
     cfg = _config(args)
     store = Store.open(args.store)
     res = store.record().get("result")
-    view = (ArrayView(store.root, res["name"], tuple(res["shape"]), tuple(res["offset"]))
-            if res else store.source(0))
+    view = result_view(store, res, store.source(0)) if res else store.source(0)
     export(view, args.output, cfg.export, scratch=store.path, overwrite=args.overwrite)
     return 0
 
@@ -156,7 +167,31 @@ def _presets(args) -> int:
     return 0
 
 
-VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets}
+def _layers(args) -> int:
+    name = args.model
+    print(f"# {name}: layer, kind, channels, stride, receptive radius (px); "
+          f"weights: {'bundled' if name in archs.BUNDLED else 'model.weights = torchvision .pth'}")
+    for o in archs.ops(name):
+        r = archs.receptive_radius(name, o.name)
+        print(f"{o.name:<14} {o.kind:<7} {o.channels:>5} {archs.stride(name, o.name):>4} "
+              f"{'whole image' if r is None else r:>6}")
+    return 0
+
+
+def _classes(args) -> int:
+    from .classes import GROUPS, names
+    needle = args.filter.lower()
+    for i, n in enumerate(names()):
+        if needle in n.lower():
+            print(f"{i:>4} {n}")
+    for g, idx in GROUPS.items():
+        if needle in g:
+            print(f"group {g}: {len(idx)} classes")
+    return 0
+
+
+VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
+         "layers": _layers, "classes": _classes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,14 +66,17 @@ def parse_optional_str(key: str, v: Any) -> Any:
     return v
 
 
-def parse_layers(key: str, v: Any) -> tuple[tuple[str, float], ...]:
-    """``[relu4_3, relu3_3]`` (weight 1 each) or ``{relu4_3: 1.0, relu3_3: 0.5}``."""
+def parse_layers(key: str, v: Any) -> tuple[tuple[str, float], ...] | str:
+    """``auto`` (the model's classic layers), ``[relu4_3, relu3_3]`` (weight 1 each) or
+    ``{relu4_3: 1.0, relu3_3: 0.5}``; ``layer:N`` names channel N of a layer."""
+    if v == "auto":
+        return v
     if isinstance(v, str):
         v = [v]
     if isinstance(v, (list, tuple)):
         v = {name: 1.0 for name in v} if all(isinstance(n, str) for n in v) else dict(v)
     if not isinstance(v, dict) or not v:
-        raise ConfigError(f"{key}: expected a non-empty list of layer names or a mapping "
+        raise ConfigError(f"{key}: expected auto, a non-empty list of layer names or a mapping "
                           f"layer: weight, got {v!r}")
     out = []
     for name, weight in v.items():
@@ -81,6 +84,54 @@ def parse_layers(key: str, v: Any) -> tuple[tuple[str, float], ...]:
             raise ConfigError(f"{key}: layer names are strings, got {name!r}")
         out.append((name, parse_float()(f"{key}.{name}", weight)))
     return tuple(out)
+
+
+def parse_classes(key: str, v: Any) -> tuple[int | str, ...]:
+    """ImageNet classes by index (0-999) or name; checked against the names in ``classes``."""
+    from . import classes
+    if v is None:
+        return ()
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list of ImageNet class names or indices, got {v!r}")
+    for c in v:
+        classes.resolve(key, c)          # raises ConfigError naming the nearest class
+    return tuple(v)
+
+
+def parse_nonzero_float(key: str, v: Any) -> float:
+    v = parse_float()(key, v)
+    if v == 0:
+        raise ConfigError(f"{key}: expected a non-zero number (negative subtracts), got 0")
+    return v
+
+
+def parse_paths(key: str, v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) and p for p in v):
+        raise ConfigError(f"{key}: expected an image path or a list of paths, got {v!r}")
+    return tuple(v)
+
+
+def parse_weights_list(key: str, v: Any) -> tuple[float, ...] | None:
+    if v is None:
+        return None
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(f"{key}: expected a list of numbers, one per style image, got {v!r}")
+    out = tuple(parse_float(0.0)(f"{key}[{i}]", w) for i, w in enumerate(v))
+    if sum(out) <= 0:
+        raise ConfigError(f"{key}: the weights must not all be 0")
+    return out
+
+
+def parse_bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {v!r} ({_type_name(v)})")
+    return v
 
 
 def _field(default: Any, parse: Parser, help: str) -> Any:
@@ -96,8 +147,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DreamConfig:
-    layers: tuple[tuple[str, float], ...] = _field(
-        (("relu4_3", 1.0),), parse_layers, "layers whose activations are amplified, with weights")
+    layers: tuple[tuple[str, float], ...] | str = _field(
+        "auto", parse_layers, "layers (or layer:channel) whose activations are amplified, with "
+        "weights; auto = the model's classic layer, or none when classes are given")
+    classes: tuple[int | str, ...] = _field(
+        (), parse_classes, "ImageNet classes to dream of, by name or index (efficientnet_lite0, "
+        "googlenet); 'gigadream classes' lists them")
+    dose: float = _field(1.0, parse_nonzero_float,
+                         "strength and sign of the objective; negative subtracts the features")
     octaves: int = _field(4, parse_int(1, 12), "number of scales, coarsest first")
     octave_scale: float = _field(1.4, parse_float(1.0, 4.0, lo_open=True),
                                  "size ratio between neighbouring octaves")
@@ -110,6 +167,44 @@ class DreamConfig:
     jitter: int = _field(32, parse_int(0), "max random shift (px) of the tile before each step")
     calibration_tiles: int = _field(16, parse_int(1),
                                     "tiles sampled per octave for the shared gradient scale")
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    """Gatys et al. style transfer, with jcjohnson/neural-style's options and defaults."""
+
+    SHORTHAND = "images"     # ``style: painting.jpg`` means ``style.images: [painting.jpg]``
+
+    images: tuple[str, ...] = _field((), parse_paths, "style image(s); --set style=PATH")
+    blend_weights: tuple[float, ...] | None = _field(
+        None, parse_weights_list, "weight of each style image; null = equal")
+    content_weight: float = _field(5.0, parse_float(0.0), "weight of the content loss")
+    style_weight: float = _field(100.0, parse_float(0.0), "weight of the style loss")
+    tv_weight: float = _field(1e-3, parse_float(0.0),
+                              "total-variation smoothing (as at 512×512 px, at every size)")
+    content_layers: tuple[tuple[str, float], ...] | str = _field(
+        "auto", parse_layers, "content layers; auto = relu4_2 (VGG)")
+    style_layers: tuple[tuple[str, float], ...] | str = _field(
+        "auto", parse_layers, "style layers; auto = relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (VGG)")
+    style_scale: float = _field(1.0, parse_float(0.0, lo_open=True),
+                                "style image size relative to the content at each octave "
+                                "(never above the style image's own size, nor 1024 px)")
+    init: str = _field("image", parse_choice("image", "random"),
+                       "start the coarsest octave from the content image or from noise")
+    optimizer: str = _field("lbfgs", parse_choice("lbfgs", "adam"), "optimiser of each tile")
+    learning_rate: float = _field(10.0, parse_float(0.0, lo_open=True), "Adam's step size")
+    normalize_gradients: bool = _field(False, parse_bool,
+                                       "divide each loss's gradient by its L1 norm (per tile)")
+    pooling: str = _field("max", parse_choice("max", "avg"), "VGG pooling: max or avg")
+    original_colors: bool = _field(False, parse_bool,
+                                   "keep the content's colours: transfer luminance only")
+    whole_size: int = _field(512, parse_int(16, 4096),
+                             "the coarsest octave, at most this long side, is stylised whole")
+    whole_iterations: int = _field(300, parse_int(1), "optimiser steps on the coarsest octave")
+    octave_scale: float = _field(2.0, parse_float(1.0, 4.0, lo_open=True),
+                                 "size ratio between octaves")
+    passes: int = _field(2, parse_int(1), "randomly offset tile grids per finer octave")
+    iterations: int = _field(20, parse_int(1), "optimiser steps per tile per pass")
 
 
 @dataclass(frozen=True)
@@ -138,33 +233,124 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class Config:
-    mode: str = _field("dream", parse_choice("dream", "identity"),
-                       "dream, or identity (copies the image: for tests and benchmarks)")
+    mode: str = _field("dream", parse_choice("dream", "style", "identity"),
+                       "dream, style, or identity (copies the image: for tests and benchmarks)")
     seed: int = _field(0, parse_int(0), "seed of every random choice; same seed, same result")
     model: ModelConfig = field(default_factory=ModelConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
+    style: StyleConfig = field(default_factory=StyleConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
+        m = self.model
+        if m.weights is None and m.name not in archs.BUNDLED:
+            raise ConfigError(f"model.weights: {m.name} has no bundled weights; download "
+                              f"torchvision's {m.name} .pth and set model.weights=PATH "
+                              f"(bundled: {', '.join(archs.BUNDLED)})")
+        if m.weights is not None and not Path(m.weights).is_file():
+            raise ConfigError(f"model.weights: file {m.weights} not found")
+        if self.mode == "dream":
+            for layer, _ in self.dream_layers:
+                self._check_layer("dream.layers", layer)
+            if self.dream.classes and "logits" not in archs.layer_names(m.name):
+                raise ConfigError(f"dream.classes: {m.name} has no ImageNet classifier; use "
+                                  "model.name=efficientnet_lite0 (bundled) or googlenet")
+            if not self.dream_layers and not self.dream.classes:
+                raise ConfigError("dream: nothing to dream of; set dream.layers or dream.classes")
+        if self.mode == "style":
+            self._check_style()
+
+    def _check_layer(self, key: str, layer: str) -> None:
+        name, _, channel = layer.partition(":")
         names = archs.layer_names(self.model.name)
-        for layer, _ in self.dream.layers:
-            if layer not in names:
-                near = difflib.get_close_matches(layer, names, n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
-                raise ConfigError(f"dream.layers: {layer!r} is not a layer of {self.model.name}; "
-                                  f"{hint}'gigadream layers {self.model.name}' lists them")
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"{key}: {name!r} is not a layer of {self.model.name}; "
+                              f"{hint}'gigadream layers {self.model.name}' lists them")
+        if channel:
+            n = archs.op(self.model.name, name).channels
+            if not channel.isdigit() or int(channel) >= n:
+                raise ConfigError(f"{key}: {layer!r}: {name} has channels 0 to {n - 1}, "
+                                  f"got {channel!r}")
+
+    def _check_style(self) -> None:
+        s = self.style
+        if not s.images:
+            raise ConfigError("style.images: mode style needs a style image; add "
+                              "--set style=PAINTING.jpg")
+        for p in s.images:
+            if not Path(p).is_file():
+                raise ConfigError(f"style image {p} not found; give an existing image file "
+                                  "with --set style=PATH")
+        if s.blend_weights is not None and len(s.blend_weights) != len(s.images):
+            raise ConfigError(f"style.blend_weights: {len(s.blend_weights)} weights for "
+                              f"{len(s.images)} style images; give one per image")
+        for key in ("content_layers", "style_layers"):
+            for layer, _ in self.style_layer_list(key):
+                if ":" in layer:
+                    raise ConfigError(f"style.{key}: {layer!r}: style uses whole layers, "
+                                      "not channels")
+                self._check_layer(f"style.{key}", layer)
+                if archs.receptive_radius(self.model.name, layer) is None:
+                    raise ConfigError(f"style.{key}: {layer!r} has no spatial map; pick a "
+                                      "convolutional layer")
+        if s.pooling == "avg" and not self.model.name.startswith("vgg"):
+            raise ConfigError(f"style.pooling: avg applies to VGG models only, not {self.model.name}")
+
+    @property
+    def dream_layers(self) -> tuple[tuple[str, float], ...]:
+        """The dream's layers, ``auto`` resolved: the model's classic layer, or none when the
+        dream is guided by classes."""
+        if self.dream.layers != "auto":
+            return self.dream.layers
+        if self.dream.classes:
+            return ()
+        return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[self.model.name]["dream"])
+
+    def style_layer_list(self, key: str) -> tuple[tuple[str, float], ...]:
+        """``style.content_layers`` or ``style.style_layers`` with ``auto`` resolved."""
+        v = getattr(self.style, key)
+        if v != "auto":
+            return v
+        return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[self.model.name][key.split("_")[0]])
+
+    @property
+    def layers(self) -> list[str]:
+        """Every layer the processor reads (for the margin)."""
+        if self.mode == "dream":
+            out = [n.partition(":")[0] for n, _ in self.dream_layers]
+            return out + (["logits"] if self.dream.classes else [])
+        if self.mode == "style":
+            return [n for key in ("content_layers", "style_layers")
+                    for n, _ in self.style_layer_list(key)]
+        return []
 
     @property
     def margin(self) -> int:
         """Context around each tile: the explicit margin, or the receptive-field radius of the
-        deepest dream layer, so a core pixel's gradient sees all the pixels it depends on."""
+        deepest layer (of the last spatial layer for logits), so a core pixel's gradient sees
+        all the pixels it depends on; at most half a tile, the receptive field's far rim
+        weighs little (its effective field is much smaller)."""
         if self.tiling.margin != "auto":
             return int(self.tiling.margin)
-        if self.mode == "identity":
+        if not self.layers:
             return 0
-        return max(archs.receptive_radius(self.model.name, name) for name, _ in self.dream.layers)
+        radii = [archs.receptive_radius(self.model.name, n) for n in self.layers]
+        radius = max(archs.spatial_radius(self.model.name) if r is None else r for r in radii)
+        return min(radius, self.tiling.tile // 2)
+
+    def octaves(self, shape: tuple[int, int]) -> tuple[int, float]:
+        """(number of octaves, scale between them) for an image of ``shape``. Style makes the
+        coarsest octave at most ``style.whole_size`` long, so it can be stylised whole."""
+        if self.mode == "style":
+            s, n = self.style, 1
+            while max(shape) / s.octave_scale ** (n - 1) > s.whole_size:
+                n += 1
+            return n, s.octave_scale
+        return self.dream.octaves, self.dream.octave_scale
 
 
 def _is_section(f: dataclasses.Field) -> bool:
@@ -172,6 +358,9 @@ def _is_section(f: dataclasses.Field) -> bool:
 
 
 def _build(cls: type, values: dict, prefix: str) -> Any:
+    shorthand = getattr(cls, "SHORTHAND", None)
+    if shorthand and not isinstance(values, dict):
+        values = {shorthand: values}
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, "
                           f"got {values!r}")
@@ -229,7 +418,25 @@ def _apply_override(data: dict, assignment: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: '{p}' is not a section")
+    section = _section_class(parents + [leaf])
+    shorthand = getattr(section, "SHORTHAND", None)
+    if shorthand and not isinstance(value, dict):
+        # ``--set style=a.jpg`` sets style.images and keeps the preset's other style keys
+        node = node.setdefault(leaf, {})
+        if not isinstance(node, dict):
+            node = {}
+        leaf = shorthand
     node[leaf] = value
+
+
+def _section_class(path: list[str]) -> type | None:
+    cls: Any = Config
+    for name in path:
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+        if f is None or not _is_section(f):
+            return None
+        cls = f.default_factory
+    return cls
 
 
 def resolve_preset(name: str) -> Path:
@@ -253,10 +460,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return _build(Config, data, "")
 
 
+def _plain(v: Any) -> Any:
+    """Layer tuples as {layer: weight}, other tuples as lists: what YAML reads back."""
+    if isinstance(v, tuple) and v and all(isinstance(e, tuple) and len(e) == 2 for e in v):
+        return {n: w for n, w in v}
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, dict):
+        return {k: _plain(e) for k, e in v.items()}
+    return v
+
+
 def to_dict(cfg: Config) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["dream"]["layers"] = {name: w for name, w in cfg.dream.layers}
-    return d
+    return _plain(dataclasses.asdict(cfg))
 
 
 def to_yaml(cfg: Config) -> str:
@@ -270,8 +486,6 @@ def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str
         if _is_section(f):
             rows += field_help(f.default_factory, f"{prefix}{f.name}.")
         else:
-            default = f.default
-            if f.name == "layers":
-                default = {n: w for n, w in default}
+            default = _plain(f.default)
             rows.append((prefix + f.name, default, f.metadata["help"]))
     return rows

@@ -21,7 +21,7 @@ class Identity:
 
     margin: int = 0
 
-    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator):
+    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator, content=None):
         return window[(slice(None), *core.slices())], {}
 
 
@@ -39,23 +39,56 @@ class LayerL2:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """One channel of a layer (``block11:37``): its activation summed, per input pixel."""
+
+    layer: str
+    channel: int
+    weight: float = 1.0
+
+    def __call__(self, acts: dict, n_pixels: int):
+        return self.weight * acts[self.layer][:, self.channel].sum() / n_pixels
+
+
+@dataclass(frozen=True)
+class ClassLogits:
+    """Guided dreaming: the mean logit of ImageNet classes, as the tile's window sees them."""
+
+    classes: tuple[int, ...]
+    weight: float = 1.0
+    layer: str = "logits"
+
+    def __call__(self, acts: dict, n_pixels: int):
+        return self.weight * acts[self.layer][:, list(self.classes)].mean()
+
+
+def objective(layer: str, weight: float) -> LayerL2 | Channel:
+    """``relu4_3`` → the layer's L2; ``block11:37`` → channel 37 of block11."""
+    name, _, channel = layer.partition(":")
+    return Channel(name, int(channel), weight) if channel else LayerL2(name, weight)
+
+
+@dataclass(frozen=True)
 class DeepDream:
     """Gradient ascent on the summed objectives, with jitter, in the tile's window.
 
     Departure from Mordvintsev et al.'s notebook: there each step is divided by the mean |g|
     of the whole image. A tile cannot see the whole image, so each step is divided by
     ``grad_scale``, the mean |g| over the octave's tiles measured before its first pass
-    (``gradient_stat``); flat tiles then dream as gently as in a whole-image run.
+    (``stat``); flat tiles then dream as gently as in a whole-image run.
+    ``dose`` multiplies the step: 2 dreams twice as hard, a negative dose descends instead
+    (torch-inception's ``acid_dose``: it subtracts the features).
     """
 
     model: str
     weights: str | None
-    objectives: tuple[LayerL2, ...]
+    objectives: tuple
     iterations: int
     step_size: float
     jitter: int
     margin: int
     grad_scale: float = 1.0
+    dose: float = 1.0
 
     def _gradient(self, x):
         """Objective gradient w.r.t. x (1, C, h, w); returns (grad, seconds in the model)."""
@@ -66,13 +99,13 @@ class DeepDream:
         net = get_model(self.model, self.weights)
         t = time.perf_counter()
         x = x.detach().requires_grad_(True)
-        acts = net(x, {o.layer for o in self.objectives})
+        acts = net(x, frozenset(o.layer for o in self.objectives))
         n = x.shape[-1] * x.shape[-2]
         loss = sum(o(acts, n) for o in self.objectives)
         (g,) = torch.autograd.grad(loss, x)
         return g, time.perf_counter() - t
 
-    def gradient_stat(self, window: np.ndarray, core: Box) -> dict:
+    def stat(self, window: np.ndarray, core: Box) -> dict:
         """Σ|g| and pixel count over the core: reduced over tiles into ``grad_scale``."""
         import torch
 
@@ -81,7 +114,7 @@ class DeepDream:
         return {"grad_abs_sum": float(gc.abs().sum(dtype=torch.float64)), "count": gc.numel(),
                 "model_s": seconds}
 
-    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator):
+    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator, content=None):
         import torch
 
         x = torch.from_numpy(window)[None].clone()        # (1, C, h, w), 0-255
@@ -95,6 +128,6 @@ class DeepDream:
             g, s = self._gradient(torch.roll(x, (dy, dx), (2, 3)))
             model_s += s
             g = torch.roll(g, (-dy, -dx), (2, 3))
-            x += (self.step_size / self.grad_scale) * g
+            x += (self.dose * self.step_size / self.grad_scale) * g
             x.clamp_(0.0, 255.0)
         return x[0][(slice(None), *core.slices())].numpy(), {"model_s": model_s}

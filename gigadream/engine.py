@@ -30,30 +30,34 @@ class TileTask:
     processor: Any
     tile: Tile
     seed: tuple[int, int, int]   # (run seed, octave, pass)
-    kind: str = "process"        # or "stat": only measure the gradient (DeepDream calibration)
+    kind: str = "process"        # or "stat": only measure (gradient scale, Gram sums)
+    content: Any = None          # ArrayView of the content image, for processors that need it
 
 
-def run_tile(task: TileTask) -> dict:
+def run_tile(task: TileTask, *shared) -> dict:
+    """One tile; ``shared`` are the pass's values every tile needs (style: the Gram target
+    and the canvas's reduced Grams), sent to each worker once."""
     t0 = time.perf_counter()
     window = task.source.read(task.tile.window)
     core = task.tile.core.relative_to(task.tile.window)
     if task.kind == "stat":
-        stats = task.processor.gradient_stat(window, core)
+        stats = task.processor.stat(window, core)
     else:
-        out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile))
+        content = task.content.read(task.tile.window) if task.content is not None else None
+        out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content, *shared)
         task.target.write(task.tile, out)
     stats["tile_s"] = time.perf_counter() - t0
     return stats
 
 
 def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequence,
-              on_done: Callable[[Any], None] | None = None) -> list:
-    """``fn`` over ``items`` on ``executor``; results in the order of ``items``.
+              on_done: Callable[[Any], None] | None = None, args: tuple = ()) -> list:
+    """``fn(item, *args)`` over ``items`` on ``executor``; results in the order of ``items``.
 
     ``on_done`` sees each result as it completes (progress). The first failure cancels what
     has not started and is raised.
     """
-    futures = {executor.submit(fn, item): i for i, item in enumerate(items)}
+    futures = {executor.submit(fn, item, *args): i for i, item in enumerate(items)}
     results: list = [None] * len(items)
     try:
         for fut in concurrent.futures.as_completed(futures):
@@ -65,6 +69,39 @@ def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequen
             fut.cancel()
         raise
     return results
+
+
+class DaskExecutor(concurrent.futures.Executor):
+    """A Dask client as an Executor (``submit`` brings each result back), plus ``remote``:
+    results that stay on the workers, for values that only other tasks read."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self._executor = client.get_executor(pure=False)
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def remote(self, fn: Callable, *args):
+        """A Dask future of ``fn(*args)``; pass it to ``submit`` or ``remote`` as an argument."""
+        return self.client.submit(fn, *args, pure=False)
+
+    def tree_reduce(self, fn: Callable, futures: list, fan_in: int = 8):
+        """``fn(*values)`` folded over remote futures in a tree of ``fan_in``-ary nodes, on
+        the workers: the client never holds the values, only the last future."""
+        while len(futures) > 1:
+            futures = [self.remote(fn, *futures[i:i + fan_in])
+                       for i in range(0, len(futures), fan_in)]
+        return futures[0]
+
+    def wait(self, futures: list, on_done: Callable[[], None] | None = None) -> None:
+        """Wait for remote futures without fetching their values; raise the first error."""
+        from distributed import as_completed
+        for fut in as_completed(futures):
+            if fut.status == "error":
+                fut.result()
+            if on_done is not None:
+                on_done()
 
 
 def cuda_devices() -> int:
@@ -98,7 +135,7 @@ class WorkerSetup(WorkerPlugin):
 @contextlib.contextmanager
 def cluster(workers: int | str = "auto", threads: int | str = "auto",
             scheduler: str | None = None,
-            model: tuple[str, str | None] | None = None) -> Iterator[concurrent.futures.Executor]:
+            model: tuple[str, str | None] | None = None) -> Iterator[DaskExecutor]:
     """An executor backed by Dask: an embedded LocalCluster on loopback, or ``scheduler``."""
     if scheduler:
         try:
@@ -117,7 +154,7 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
     nthreads = threads if threads != "auto" else max(1, (os.cpu_count() or 1) // n)
     try:
         client.register_plugin(WorkerSetup(nthreads, model))
-        yield client.get_executor(pure=False)
+        yield DaskExecutor(client)
     finally:
         client.close()
         if local is not None:

@@ -16,13 +16,15 @@ import numpy as np
 
 from . import __version__
 from .config import Config, to_dict, to_yaml
-from .dream import DeepDream, Identity, LayerL2
+from .classes import indices
+from .dream import ClassLogits, DeepDream, Identity, objective
 from .engine import TileTask, cluster, map_tasks, run_tile
-from .errors import StoreError
+from .errors import InputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, ingest, open_image, orientation, upright_shape
 from .resample import octave_shape
 from .store import ArrayView, OctaveStart, Store, atomic_write_text, is_store
+from .style import OriginalColors, StyleTransfer, add_stats, style_side, style_targets
 from .tiling import grid, pass_offset
 
 
@@ -52,6 +54,14 @@ class PassPlan:
     shape: tuple[int, int]
     offset: tuple[int, int]
     tiles: int
+    tile: int                # tile side (the whole octave when it is stylised whole)
+    iterations: int          # processor steps per tile
+    stats: bool = False      # style: a Gram-sum task per tile before the pass
+
+    @property
+    def units(self) -> int:
+        """Progress units: a tile × its steps, plus one per statistics task."""
+        return self.tiles * (self.iterations + self.stats)
 
 
 @dataclass
@@ -65,32 +75,55 @@ class RunReport:
 
 
 def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
-    """Every pass of the run in order, with its random grid offset and tile count."""
+    """Every pass of the run in order, with its random grid offset and tile count.
+
+    Style stylises its coarsest octave whole (one tile, ``whole_iterations`` steps), then
+    refines each finer octave tile by tile (Gatys et al. 2017, "Controlling Perceptual
+    Factors", section 5: coarse-to-fine for high resolutions).
+    """
     out, t = [], cfg.tiling.tile
-    for k in reversed(range(cfg.dream.octaves)):
-        s = octave_shape(shape, cfg.dream.octave_scale, k)
-        for p in range(cfg.dream.passes):
+    n, scale = cfg.octaves(shape)
+    for k in reversed(range(n)):
+        s = octave_shape(shape, scale, k)
+        if cfg.mode == "style" and k == n - 1:
+            out.append(PassPlan(k, 0, s, (0, 0), 1, max(s), cfg.style.whole_iterations))
+            continue
+        passes, its = ((cfg.style.passes, cfg.style.iterations) if cfg.mode == "style" else
+                       (cfg.dream.passes, cfg.dream.iterations if cfg.mode == "dream" else 1))
+        for p in range(passes):
             off = pass_offset(cfg.seed, k, p, t)
-            out.append(PassPlan(k, p, s, off, len(grid(s, t, off))))
+            tiles = len(grid(s, t, off))
+            out.append(PassPlan(k, p, s, off, tiles, t, its, cfg.mode == "style" and tiles > 1))
     return out
 
 
-def units_per_tile(cfg: Config) -> int:
-    return cfg.dream.iterations if cfg.mode == "dream" else 1
+def work_units(passes: list[PassPlan]) -> int:
+    return sum(p.units for p in passes)
 
 
-def work_units(cfg: Config, passes: list[PassPlan]) -> int:
-    return sum(p.tiles for p in passes) * units_per_tile(cfg)
-
-
-def make_processor(cfg: Config, grad_scale: float = 1.0):
+def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = None,
+                   first: bool = False):
+    """The pass's processor. Style: ``pp`` says whether the pass is whole (no margin) and how
+    many steps; ``first`` marks the run's first pass (where ``init: random`` applies)."""
     if cfg.mode == "identity":
         return Identity(cfg.margin)
+    if cfg.mode == "style":
+        s = cfg.style
+        whole = pp is not None and pp.tiles == 1 and pp.tile >= max(pp.shape)
+        return StyleTransfer(cfg.model.name, cfg.model.weights,
+                             cfg.style_layer_list("content_layers"),
+                             cfg.style_layer_list("style_layers"), s.content_weight,
+                             s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
+                             pp.iterations if pp else s.iterations, s.normalize_gradients,
+                             s.pooling, 0 if whole else cfg.margin,
+                             random_init=first and s.init == "random")
     # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
     jitter = min(cfg.dream.jitter, cfg.margin - 1) if cfg.margin > 0 else cfg.dream.jitter
-    return DeepDream(cfg.model.name, cfg.model.weights,
-                     tuple(LayerL2(n, w) for n, w in cfg.dream.layers),
-                     cfg.dream.iterations, cfg.dream.step_size, jitter, cfg.margin, grad_scale)
+    objectives = tuple(objective(n, w) for n, w in cfg.dream_layers)
+    if cfg.dream.classes:
+        objectives += (ClassLogits(indices(cfg.dream.classes)),)
+    return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
+                     cfg.dream.step_size, jitter, cfg.margin, grad_scale, cfg.dream.dose)
 
 
 def calibrate(executor, view, cfg: Config, octave: int) -> float:
@@ -129,11 +162,13 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     shape = upright_shape((im.height, im.width), orientation(im))
     del im
     check_output(out, shape, overwrite)          # fails fast before hours of work
+    if cfg.mode == "style":
+        check_style_images(cfg.style.images)
     keep_store = store_path is not None
     store_path = Path(store_path) if store_path else default_store(out)
     store = _open_or_create_store(store_path, input_path, overwrite=overwrite or not keep_store)
     passes = plan(shape, cfg)
-    on_event(Total(work_units(cfg, passes)))
+    on_event(Total(work_units(passes)))
 
     t = time.perf_counter()
     if not store.has_source():
@@ -143,17 +178,19 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     report.stage_s["ingest"] = time.perf_counter() - t
     report.shape = shape
 
-    model = (cfg.model.name, cfg.model.weights) if cfg.mode == "dream" else None
+    model = (cfg.model.name, cfg.model.weights) if cfg.mode != "identity" else None
+    octaves, scale = cfg.octaves(shape)
     t = time.perf_counter()
     with cluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, model) as ex:
         report.stage_s["cluster"] = time.perf_counter() - t
         t = time.perf_counter()
-        on_event(Stage("pyramid", f"{cfg.dream.octaves} octaves"))
-        sources = build_pyramid(store, cfg.dream.octaves, cfg.dream.octave_scale, ex)
+        on_event(Stage("pyramid", f"{octaves} octaves"))
+        sources = build_pyramid(store, octaves, scale, ex)
         report.stage_s["pyramid"] = time.perf_counter() - t
         t = time.perf_counter()
-        view = _dream(ex, store, sources, cfg, passes, on_event, report)
+        view = _passes(ex, store, sources, cfg, passes, on_event, report)
         report.stage_s["passes"] = time.perf_counter() - t
+    view = result_view(store, store.record()["result"], sources[0])
 
     t = time.perf_counter()
     on_event(Stage("export", out.name))
@@ -165,6 +202,21 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     if not keep_store:
         shutil.rmtree(store.path, ignore_errors=True)
     return report
+
+
+def check_style_images(paths: tuple[str, ...]) -> None:
+    """Every style image opens (header only), or one line says which does not."""
+    for p in paths:
+        try:
+            open_image(Path(p))
+        except InputError as e:
+            raise InputError(f"style image: {e}") from None
+
+
+def result_view(store: Store, result: dict, source: ArrayView):
+    """The run's result as recorded in run.json, in the content's colours if asked."""
+    view = ArrayView(store.root, result["name"], tuple(result["shape"]), tuple(result["offset"]))
+    return OriginalColors(view, source) if result.get("original_colors") else view
 
 
 def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
@@ -185,36 +237,56 @@ def _open_or_create_store(path: Path, input_path: Path, overwrite: bool) -> Stor
     return Store.create(path, overwrite=overwrite)
 
 
-def _dream(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
-           on_event, report: RunReport) -> ArrayView:
+def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
+            on_event, report: RunReport) -> ArrayView:
     view = None
-    units = units_per_tile(cfg)
+    style = cfg.mode == "style"
     store.update_record(config=to_dict(cfg), version=__version__)
-    for pp in passes:
+    for i, pp in enumerate(passes):
         k = pp.octave
         if pp.pass_ == 0:
             view = sources[k] if view is None else OctaveStart(sources[k], view, sources[k + 1])
-            grad_scale = 1.0
             if cfg.mode == "dream":
                 on_event(Stage("calibrate", f"octave {k}"))
-                grad_scale = calibrate(ex, view, cfg, k)
-            proc = make_processor(cfg, grad_scale)
-        on_event(Stage("pass", f"octave {k} pass {pp.pass_ + 1}/{cfg.dream.passes}: "
+                proc = make_processor(cfg, calibrate(ex, view, cfg, k))
+            elif style:   # the style Grams at this octave's size, computed once, on a worker
+                s = cfg.style
+                style_target = ex.remote(style_targets, s.images, s.blend_weights, cfg.model.name,
+                                         cfg.model.weights, s.pooling,
+                                         cfg.style_layer_list("style_layers"),
+                                         style_side(s.style_scale, pp.shape))
+            else:
+                proc = make_processor(cfg)
+        if style:
+            proc = make_processor(cfg, pp=pp, first=i == 0)
+        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin)
+        seed = (cfg.seed, k, pp.pass_)
+        shared = ()
+        if style:
+            shared = (style_target,)
+            if pp.stats:   # one style across tiles: the canvas's Gram, reduced on the workers
+                on_event(Stage("grams", f"octave {k} pass {pp.pass_ + 1}"))
+                stats = [ex.remote(run_tile, TileTask(view, None, proc, t, seed, "stat"))
+                         for t in tiles]
+                shared += (ex.tree_reduce(add_stats, stats),)
+                ex.wait(stats, lambda: on_event(Work(1)))
+        on_event(Stage("pass", f"octave {k} pass {pp.pass_ + 1}: "
                                f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles"))
-        target = store.canvas(k, pp.pass_ % 2, pp.shape, cfg.tiling.tile, pp.offset)
-        tasks = [TileTask(view, target, proc, tile, (cfg.seed, k, pp.pass_))
-                 for tile in grid(pp.shape, cfg.tiling.tile, pp.offset, cfg.margin)]
+        target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
+        tasks = [TileTask(view, target, proc, tile, seed, content=sources[k] if style else None)
+                 for tile in tiles]
 
         def done(stats: dict) -> None:
             report.model_s += stats.get("model_s", 0.0)
-            on_event(Work(units))
+            on_event(Work(pp.iterations))
 
-        map_tasks(ex, run_tile, tasks, done)
+        map_tasks(ex, run_tile, tasks, done, args=shared)
         report.tiles += len(tasks)
         store.update_record(done={"octave": k, "pass": pp.pass_})
-        if pp.pass_ == 0 and k + 1 < cfg.dream.octaves:
+        if pp.pass_ == 0 and k + 1 < len(sources):
             store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
         view = target
     store.update_record(result={"name": view.name, "shape": list(view.shape),
-                                "offset": list(view.offset)})
+                                "offset": list(view.offset),
+                                "original_colors": style and cfg.style.original_colors})
     return view

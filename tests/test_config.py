@@ -44,15 +44,15 @@ BAD = [
     (["dream.jitter=-1"], r"dream.jitter: expected an integer of at least 0, got -1"),
     (["dream.layers=[conv9_9]"], r"dream.layers: 'conv9_9' is not a layer of vgg16"),
     (["dream.layers=[relu4_33]"], r"did you mean 'relu4_3'\?"),
-    (["dream.layers=[]"], r"dream.layers: expected a non-empty list"),
+    (["dream.layers=[]"], r"dream.layers: expected auto, a non-empty list"),
     (["dream.layers={relu4_3: big}"], r"dream.layers.relu4_3: expected a number, got 'big'"),
     (["tiling.tile=8"], r"tiling.tile: expected an integer from 16 to 8192, got 8"),
     (["tiling.margin=wide"], r"tiling.margin: expected an integer or 'auto', got 'wide'"),
     (["engine.workers=0"], r"engine.workers: expected an integer of at least 1, got 0"),
     (["export.quality=101"], r"export.quality: expected an integer from 1 to 100, got 101"),
     (["export.tiff_compression=zip"], r"expected one of deflate, jpeg, lzw, none; got 'zip'"),
-    (["mode=paint"], r"mode: expected one of dream, identity; got 'paint'"),
-    (["model.name=resnet"], r"model.name: expected one of vgg16; got 'resnet'"),
+    (["mode=paint"], r"mode: expected one of dream, style, identity; got 'paint'"),
+    (["model.name=resnet"], r"model.name: expected one of vgg16, vgg19, googlenet, efficientnet_lite0; got 'resnet'"),
     (["dream.iteratons=5"], r"unknown key 'dream.iteratons'; did you mean 'dream.iterations'\?"),
     (["colour=red"], r"unknown key 'colour'"),
     (["dream=5"], r"dream: expected a mapping of keys, got 5"),
@@ -91,6 +91,6 @@ def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_pa
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "gigadream: error: unknown key 'dream.iteratons'; did you mean 'dream.iterations'? "
-        "(valid: dream.layers, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
+        "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
         "dream.step_size, dream.jitter, dream.calibration_tiles)"]
     assert not (tmp_path / "x.jpg").exists()

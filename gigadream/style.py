@@ -1,0 +1,267 @@
+"""Gatys et al. style transfer as a tile processor, with one style across the whole image.
+
+Losses follow jcjohnson/neural-style, so its weights mean the same here: content = MSE of the
+content layers' features; style = MSE between Gram matrices normalised by C·H·W; total
+variation = ½ Σ of squared neighbour differences.
+
+One style across tiles. The Gram matrix is additive over pixels, so before each pass the
+engine reduces every tile's Gram sum into the canvas's global Gram (``stat``, then a Dask tree
+reduction). A tile then optimises its own pixels (its margin stays fixed, as context) against
+
+    G_est(x) = G_global + Ĝ_tile(x) − Ĝ_tile(x₀)
+
+its own contribution swapped in. Departure: the swapped-in Gram is the tile's own, normalised
+by its own cells, not weighted by its share of the image. All tiles of a pass move at once;
+with share weighting each would correct the whole image's error by itself and together they
+would overshoot by the number of tiles. Normalised, each tile corrects as if every tile moved
+as it does, so the sum of their moves is one whole-image correction. A whole image is one tile:
+G_est is then its own Gram, exactly the whole-image loss.
+
+Content and total variation are local, and are taken as means over the tile's core, so that
+their balance with the style term is the same in every tile and at every image size
+(total variation is scaled as at 512 × 512 px, neural-style's default size).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import archs
+from .tiling import Box
+
+# Total variation is a sum over pixels in neural-style; here a mean, scaled to 512 × 512 px.
+TV_REFERENCE_PIXELS = 512 * 512
+# Style images are used at most this long (the Gram target of a larger one costs gigabytes).
+STYLE_MAX_SIDE = 1024
+
+
+def _cells(a, box: Box, stride: int):
+    """Feature cells of ``a`` (N, C, h, w) whose pixels lie in ``box`` (window pixels)."""
+    h, w = a.shape[-2:]
+    y0, y1 = min(h, round(box.y0 / stride)), min(h, round(box.y1 / stride))
+    x0, x1 = min(w, round(box.x0 / stride)), min(w, round(box.x1 / stride))
+    return a[..., y0:y1, x0:x1]
+
+
+def _gram_sum(f):
+    """Σ over cells of f fᵀ: (C, C), from (1, C, h, w)."""
+    f = f.reshape(f.shape[1], -1)
+    return f @ f.T
+
+
+def _normalize_grad():
+    import torch
+
+    class NormalizeGrad(torch.autograd.Function):
+        """Identity forward; backward divides the gradient by its L1 norm (neural-style's
+        -normalize_gradients, applied to each loss term's gradient)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g / (g.abs().sum() + 1e-8)
+
+    return NormalizeGrad.apply
+
+
+@dataclass(frozen=True)
+class StyleTransfer:
+    model: str
+    weights: str | None
+    content_layers: tuple[tuple[str, float], ...]
+    style_layers: tuple[tuple[str, float], ...]
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    optimizer: str
+    learning_rate: float
+    iterations: int
+    normalize_gradients: bool
+    pooling: str
+    margin: int
+    random_init: bool = False
+
+    def _net(self):
+        from .models import get_model
+        return get_model(self.model, self.weights)
+
+    @property
+    def _layers(self) -> frozenset[str]:
+        return frozenset(n for n, _ in self.content_layers + self.style_layers)
+
+    def stat(self, window: np.ndarray, core: Box) -> dict:
+        """The tile's Gram sums and cell counts per style layer, over its core: summed over
+        the tiles of a pass into the canvas's global Gram (``add_stats``)."""
+        import torch
+
+        t = time.perf_counter()
+        with torch.no_grad():
+            acts = self._net()(torch.from_numpy(window)[None], self._layers, self.pooling)
+        grams = {}
+        for layer, _ in self.style_layers:
+            f = _cells(acts[layer], core, archs.stride(self.model, layer))
+            grams[layer] = (_gram_sum(f.double()).numpy(), f.shape[-1] * f.shape[-2])
+        return {"grams": grams, "model_s": time.perf_counter() - t}
+
+    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator,
+                 content: np.ndarray | None = None, target: dict | None = None,
+                 canvas: dict | None = None):
+        """Optimise the core's pixels; ``content`` is the content image's window, ``target``
+        the style Grams per layer, ``canvas`` the pass's ``add_stats`` (None: whole image)."""
+        import torch
+
+        net = self._net()
+        fixed = torch.from_numpy(window)[None]                    # (1, C, h, w), 0-255
+        cs = core.slices()
+        if self.random_init:   # neural-style's -init random: near-flat noise around mid-grey
+            start = torch.from_numpy(rng.normal(127.5, 8.0, size=window.shape).astype(np.float32))[None]
+            start = start[(slice(None), slice(None), *cs)]
+        else:
+            start = fixed[(slice(None), slice(None), *cs)]
+        x = start.clone().requires_grad_(True)
+        norm = _normalize_grad() if self.normalize_gradients else (lambda t: t)
+        strides = {n: archs.stride(self.model, n) for n in self._layers}
+
+        with torch.no_grad():
+            c_acts = net(torch.from_numpy(content)[None], frozenset(n for n, _ in self.content_layers),
+                         self.pooling)
+            p = {n: _cells(c_acts[n], core, strides[n]) for n, _ in self.content_layers}
+            del c_acts
+            a = {n: torch.from_numpy(target[n]) for n, _ in self.style_layers}
+        offsets: dict = {}                   # G_global − Ĝ_tile(x₀), set at the first step
+        model_s = [0.0]
+
+        def loss_fn():
+            t = time.perf_counter()
+            win = fixed.clone()
+            win[(slice(None), slice(None), *cs)] = x
+            acts = net(win, self._layers, self.pooling)
+            loss = win.new_zeros(())
+            for n, w in self.content_layers:
+                f = _cells(norm(acts[n]), core, strides[n])
+                loss = loss + self.content_weight * w * (f - p[n]).pow(2).mean()
+            for n, w in self.style_layers:
+                f = _cells(norm(acts[n]), core, strides[n])
+                cells = f.shape[-1] * f.shape[-2]
+                if cells == 0:       # a sliver of a tile thinner than the layer's stride
+                    continue
+                g = _gram_sum(f) / (f.shape[1] * cells)
+                if n not in offsets:
+                    offsets[n] = (0.0 if canvas is None else
+                                  torch.from_numpy(canvas["grams"][n][0] / (f.shape[1] * canvas["grams"][n][1])).float()
+                                  - g.detach())
+                loss = loss + self.style_weight * w * (g + offsets[n] - a[n]).pow(2).mean()
+            if self.tv_weight:
+                dy, dx = x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+                tv = 0.5 * (dy.pow(2).sum() + dx.pow(2).sum()) / x[0, 0].numel()
+                loss = loss + self.tv_weight * TV_REFERENCE_PIXELS * tv
+            model_s[0] += time.perf_counter() - t
+            return loss
+
+        if self.optimizer == "adam":
+            opt = torch.optim.Adam([x], lr=self.learning_rate)
+            for _ in range(self.iterations):
+                opt.zero_grad()
+                loss = loss_fn()
+                loss.backward()
+                opt.step()
+        else:
+            # neural-style's L-BFGS: no tolerance stops, a bounded history (per tile, each
+            # pair of history vectors costs two windows of memory)
+            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=self.iterations,
+                                    history_size=min(self.iterations, 20),
+                                    tolerance_grad=-1, tolerance_change=-1)
+
+            def closure():
+                opt.zero_grad()
+                loss = loss_fn()
+                loss.backward()
+                return loss
+            loss = opt.step(closure)
+        out = x.detach()[0].clamp(0.0, 255.0).numpy()
+        return out, {"model_s": model_s[0], "loss": float(loss)}
+
+
+def add_stats(*stats: dict) -> dict:
+    """Sum tiles' Gram sums and cell counts, layer by layer (a node of the tree reduction)."""
+    out = {}
+    for s in stats:
+        for layer, (g, n) in s["grams"].items():
+            if layer in out:
+                out[layer] = (out[layer][0] + g, out[layer][1] + n)
+            else:
+                out[layer] = (g.copy(), n)
+    return {"grams": out}
+
+
+def load_style_image(path: str, long_side: int) -> np.ndarray:
+    """(3, h, w) float32 0-255 sRGB, resized (down only) so its long side is ``long_side``."""
+    from .ingest import open_image
+    im = open_image(path)
+    scale = min(1.0, long_side / max(im.width, im.height))
+    if scale < 1.0:
+        im = im.resize(scale, kernel="lanczos3")
+    return im.numpy().transpose(2, 0, 1).astype(np.float32)
+
+
+def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, model: str,
+                  weights: str | None, pooling: str, layers: tuple[tuple[str, float], ...],
+                  long_side: int) -> dict:
+    """The style Gram per layer, each image's Gram normalised by C·H·W, blended by weight
+    (neural-style's -style_blend_weights, normalised to sum 1)."""
+    import torch
+
+    from .models import get_model
+    net = get_model(model, weights)
+    blend = blend or (1.0,) * len(images)
+    total = sum(blend)
+    out: dict = {}
+    for path, w in zip(images, blend):
+        x = torch.from_numpy(load_style_image(path, long_side))[None]
+        with torch.no_grad():
+            acts = net(x, frozenset(n for n, _ in layers), pooling)
+        for n, _ in layers:
+            f = acts[n]
+            g = (_gram_sum(f) / f[0].numel()).numpy() * (w / total)
+            out[n] = out[n] + g if n in out else g
+    return out
+
+
+def style_side(style_scale: float, octave_shape: tuple[int, int]) -> int:
+    """Style image long side at an octave: style_scale × the octave's long side, capped."""
+    return max(16, min(STYLE_MAX_SIDE, round(style_scale * max(octave_shape))))
+
+
+def luminance_transfer(styled: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """neural-style's -original_colors: the styled image's luma (Y of YCbCr, BT.601) with the
+    content's chroma. Both (C, h, w) 0-255 float; returns the same."""
+    m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+                 dtype=np.float32)
+    y = np.tensordot(m[0], styled, axes=1)
+    cbcr = np.tensordot(m[1:], content, axes=1)
+    ycc = np.concatenate([y[None], cbcr])
+    return np.tensordot(np.linalg.inv(m), ycc, axes=1)
+
+
+@dataclass(frozen=True)
+class OriginalColors:
+    """A result view in the content's colours (``original_colors``), computed as it is read."""
+
+    styled: object          # ArrayView: the styled canvas
+    content: object         # ArrayView: the source at the same size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.styled.shape
+
+    def read(self, box: Box) -> np.ndarray:
+        return luminance_transfer(self.styled.read(box), self.content.read(box))
+
+    def read_uint8(self, box: Box) -> np.ndarray:
+        from .store import to_uint8
+        return to_uint8(self.read(box)).transpose(1, 2, 0)
