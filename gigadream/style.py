@@ -160,15 +160,19 @@ class StyleTransfer:
                 dy, dx = x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
                 tv = 0.5 * (dy.pow(2).sum() + dx.pow(2).sum()) / x[0, 0].numel()
                 loss = loss + self.tv_weight * TV_REFERENCE_PIXELS * tv
-            model_s[0] += time.perf_counter() - t
+            return loss, t
+
+        def closure():
+            opt.zero_grad()
+            loss, t = loss_fn()
+            loss.backward()
+            model_s[0] += time.perf_counter() - t      # forward and backward
             return loss
 
         if self.optimizer == "adam":
             opt = torch.optim.Adam([x], lr=self.learning_rate)
             for _ in range(self.iterations):
-                opt.zero_grad()
-                loss = loss_fn()
-                loss.backward()
+                loss = closure()
                 opt.step()
         else:
             # neural-style's L-BFGS: no tolerance stops, a bounded history (per tile, each
@@ -176,15 +180,9 @@ class StyleTransfer:
             opt = torch.optim.LBFGS([x], lr=1.0, max_iter=self.iterations,
                                     history_size=min(self.iterations, 20),
                                     tolerance_grad=-1, tolerance_change=-1)
-
-            def closure():
-                opt.zero_grad()
-                loss = loss_fn()
-                loss.backward()
-                return loss
             loss = opt.step(closure)
         out = x.detach()[0].clamp(0.0, 255.0).numpy()
-        return out, {"model_s": model_s[0], "loss": float(loss)}
+        return out, {"model_s": model_s[0], "loss": float(loss.detach())}
 
 
 def add_stats(*stats: dict) -> dict:
