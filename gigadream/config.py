@@ -342,6 +342,15 @@ class Config:
         radius = max(archs.spatial_radius(self.model.name) if r is None else r for r in radii)
         return min(radius, self.tiling.tile // 2)
 
+    @property
+    def align(self) -> int:
+        """Windows start on multiples of the largest stride among the layers read."""
+        if not self.layers:
+            return 1
+        spatial = [n for n in self.layers if archs.receptive_radius(self.model.name, n) is not None]
+        deepest = [o.name for o in archs.ops(self.model.name) if o.kernel is not None][-1]
+        return max(archs.stride(self.model.name, n) for n in spatial or [deepest])
+
     def octaves(self, shape: tuple[int, int]) -> tuple[int, float]:
         """(number of octaves, scale between them) for an image of ``shape``. Style makes the
         coarsest octave at most ``style.whole_size`` long, so it can be stylised whole."""

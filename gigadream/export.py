@@ -90,7 +90,10 @@ def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, scratch: Path
             # No optimize_coding: libjpeg then buffers every coefficient (3.5 GB at 300 MP).
             im.jpegsave(str(partial), Q=cfg.quality, keep="none")
         else:
-            im.tiffsave(str(partial), bigtiff=True, tile=True, tile_width=512, tile_height=512,
+            # TIFF tiles are multiples of 16; libvips refuses to read back tiles much larger
+            # than the image (a 128 px image in 512 px tiles), so small images get small tiles.
+            side = min(512, -(-max(im.width, im.height) // 16) * 16)
+            im.tiffsave(str(partial), bigtiff=True, tile=True, tile_width=side, tile_height=side,
                         pyramid=False, compression=cfg.tiff_compression, Q=cfg.quality,
                         predictor="horizontal" if cfg.tiff_compression != "jpeg" else "none")
         os.replace(partial, out)

@@ -39,20 +39,21 @@ def _first_line(e: Exception) -> str:
     return (lines[-1] if lines else e.__class__.__name__).strip()
 
 
-def open_image(path: Path):
-    """The image at ``path`` as 8-bit sRGB, 3 bands, unrotated, for sequential reading."""
+def open_image(path: Path, role: str = "input"):
+    """The image at ``path`` as 8-bit sRGB, 3 bands, unrotated, for sequential reading.
+    ``role`` names the file in errors (input, style image)."""
     pyvips = _vips()
     path = Path(path)
     if not path.exists():
-        raise InputError(f"input {path} not found; check the path")
+        raise InputError(f"{role} {path} not found; check the path")
     if path.is_dir():
-        raise InputError(f"input {path} is a folder; give an image file")
+        raise InputError(f"{role} {path} is a folder; give an image file")
     if path.stat().st_size == 0:
-        raise InputError(f"input {path} is empty (0 bytes); give an image file")
+        raise InputError(f"{role} {path} is empty (0 bytes); give an image file")
     try:
         im = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
     except pyvips.Error as e:
-        raise InputError(f"input {path} cannot be read as an image ({_first_line(e)}); "
+        raise InputError(f"{role} {path} cannot be read as an image ({_first_line(e)}); "
                          "give a JPEG, PNG, TIFF, WebP or other image libvips reads")
     return to_srgb(im)
 

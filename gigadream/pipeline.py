@@ -19,7 +19,7 @@ from .config import Config, to_dict, to_yaml
 from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
 from .engine import TileTask, cluster, map_tasks, run_tile
-from .errors import InputError, StoreError
+from .errors import StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, ingest, open_image, orientation, upright_shape
 from .resample import octave_shape
@@ -91,7 +91,8 @@ def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
         passes, its = ((cfg.style.passes, cfg.style.iterations) if cfg.mode == "style" else
                        (cfg.dream.passes, cfg.dream.iterations if cfg.mode == "dream" else 1))
         for p in range(passes):
-            off = pass_offset(cfg.seed, k, p, t)
+            # a tile as large as the octave covers it whole: no offset would split it
+            off = pass_offset(cfg.seed, k, p, t) if t < max(s) else (0, 0)
             tiles = len(grid(s, t, off))
             out.append(PassPlan(k, p, s, off, tiles, t, its, cfg.mode == "style" and tiles > 1))
     return out
@@ -129,7 +130,7 @@ def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = N
 def calibrate(executor, view, cfg: Config, octave: int) -> float:
     """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser that
     every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
-    tiles = grid(view.shape, cfg.tiling.tile, (0, 0), cfg.margin)
+    tiles = grid(view.shape, cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
     rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
     pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles), replace=False))
     proc = make_processor(cfg)
@@ -207,10 +208,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
 def check_style_images(paths: tuple[str, ...]) -> None:
     """Every style image opens (header only), or one line says which does not."""
     for p in paths:
-        try:
-            open_image(Path(p))
-        except InputError as e:
-            raise InputError(f"style image: {e}") from None
+        open_image(Path(p), role="style image")
 
 
 def result_view(store: Store, result: dict, source: ArrayView):
@@ -259,7 +257,7 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
                 proc = make_processor(cfg)
         if style:
             proc = make_processor(cfg, pp=pp, first=i == 0)
-        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin)
+        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, cfg.align)
         seed = (cfg.seed, k, pp.pass_)
         shared = ()
         if style:

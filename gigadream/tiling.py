@@ -63,8 +63,13 @@ def grid_size(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0
 
 
 def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
-         margin: int = 0) -> list[Tile]:
-    """The tiles of one pass, row-major. Their cores partition the image exactly."""
+         margin: int = 0, align: int = 1) -> list[Tile]:
+    """The tiles of one pass, row-major. Their cores partition the image exactly.
+
+    Windows start on multiples of ``align`` (a network's largest stride): then every window's
+    pooling grid lines up with the whole image's, and with enough margin a window's features
+    equal the whole image's features there (the margin grows by up to align - 1 on the top
+    and left sides)."""
     h, w = shape
     oy, ox = offset
     if not (0 <= oy < tile and 0 <= ox < tile):
@@ -76,7 +81,10 @@ def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
             chunk = Box(i * tile, (i + 1) * tile, j * tile, (j + 1) * tile)
             core = Box(max(0, chunk.y0 - oy), min(h, chunk.y1 - oy),
                        max(0, chunk.x0 - ox), min(w, chunk.x1 - ox))
-            tiles.append(Tile(i, j, core, core.grow(margin, shape), chunk))
+            window = core.grow(margin, shape)
+            window = Box(window.y0 - window.y0 % align, window.y1,
+                         window.x0 - window.x0 % align, window.x1)
+            tiles.append(Tile(i, j, core, window, chunk))
     return tiles
 
 

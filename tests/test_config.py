@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from gigadream.config import Config, load_config, presets_dir, to_yaml
 from gigadream.errors import ConfigError
@@ -16,15 +17,18 @@ def test_defaults_are_valid_and_margin_follows_the_deepest_layer():
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in presets_dir().glob("*.yaml")))
-def test_bundled_presets_load_and_round_trip(preset, tmp_path):
-    cfg = load_config(preset)
+def test_bundled_presets_load_and_round_trip(preset, tmp_path, photos):
+    # style presets need only the painting: --set style=PATH
+    style = yaml.safe_load((presets_dir() / f"{preset}.yaml").read_text())["mode"] == "style"
+    cfg = load_config(preset, [f"style={photos['coffee_jpg']}"] if style else [])
     f = tmp_path / "resolved.yaml"
     f.write_text(to_yaml(cfg))
     assert load_config(f) == cfg
 
 
 def test_presets_exist():
-    assert {"impressionist", "dreamscape"} <= {p.stem for p in presets_dir().glob("*.yaml")}
+    assert {"impressionist", "dreamscape", "impressionist-style", "guided-dogs"} <= {
+        p.stem for p in presets_dir().glob("*.yaml")}
 
 
 def test_overrides_reach_nested_keys_and_parse_yaml_values():

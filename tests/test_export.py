@@ -28,6 +28,16 @@ def test_lossless_bigtiff_round_trips_exactly(tmp_path, source, photos, compress
     assert not list(store.path.glob(".export-*")), "temporary TIFF left behind"
 
 
+@pytest.mark.parametrize("h,w", [(128, 128), (1, 1), (40, 300)])
+def test_small_images_export_to_tiff_and_read_back(tmp_path, h, w):
+    from conftest import save
+    rng = np.random.default_rng(h * w)
+    src = save(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), tmp_path / "small.png")
+    store = Store.create(tmp_path / "store")
+    out = export(ingest(src, store), tmp_path / "out.tif", ExportConfig(), scratch=store.path)
+    np.testing.assert_array_equal(read(out), read(src))
+
+
 def test_jpeg_is_close_and_quality_changes_it(tmp_path, source, photos):
     store, view = source
     hi = export(view, tmp_path / "hi.jpg", ExportConfig(quality=95), scratch=store.path)
