@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from . import __version__, archs
 from .config import Config, field_help, load_config, presets_dir
-from .errors import GigadreamError
+from .errors import DiskFullError, GigadreamError
 
 # Shortcut flags and the config keys they set; their defaults live in the config alone.
 SHORTCUTS = {"seed": "seed", "workers": "engine.workers", "scheduler": "engine.scheduler"}
@@ -58,13 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the input)")
     p.add_argument("--store", type=Path, metavar="DIR",
                    help="working store folder, kept afterwards (default: OUT.gdstore, "
-                        "removed after success)")
+                        "removed after success). Running the same command again resumes "
+                        "from it after an interruption")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: discard what the store holds from an earlier attempt")
     p.add_argument("--scheduler", metavar="ADDR",
                    help="join the Dask scheduler at ADDR (tcp://host:8786) instead of starting one")
     p.add_argument("--workers", type=int, metavar="N",
                    help="worker processes of the embedded cluster (default: one per GPU, else one)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same result)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output and store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     p = sub.add_parser("ingest", help="stream an image into a store (level 0 and octave pyramid)")
@@ -92,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (a preemption notice): the run stops at once, resumable."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    import signal
+    raise Interrupted(signal.Signals(signum).name, signum)
+
+
 class _Progress:
     """One tqdm bar for the whole run; stages appear as its description."""
 
@@ -99,7 +116,7 @@ class _Progress:
         self.quiet, self.bar = quiet, None
 
     def __call__(self, event) -> None:
-        from .pipeline import Stage, Total, Work
+        from .pipeline import Rows, Stage, Total, Work
         if self.quiet:
             return
         from tqdm import tqdm
@@ -109,6 +126,8 @@ class _Progress:
             self.bar.set_description_str(f"{event.name} {event.detail}".strip())
         elif isinstance(event, Work) and self.bar is not None:
             self.bar.update(event.units)
+        elif isinstance(event, Rows) and self.bar is not None:
+            self.bar.set_description_str(f"{event.stage} {100 * event.done // event.total} %")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -116,13 +135,25 @@ class _Progress:
 
 
 def _run(args) -> int:
-    from .pipeline import run
+    from .pipeline import default_store, run
     cfg = _config(args)
     out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
     progress = _Progress(args.quiet)
     try:
         report = run(args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
-                     on_event=progress)
+                     restart=args.restart, on_event=progress)
+    except Interrupted as e:
+        progress.close()
+        store = args.store or default_store(out)
+        raise Interrupted(f"{e}: stopped; {store} keeps every finished pass. Run the same "
+                          "command again to resume", e.signum) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        store = args.store or default_store(out)
+        raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free some "
+                            "space and run the same command again to resume (finished passes "
+                            "are kept)") from None
     finally:
         progress.close()
     if not args.quiet:
@@ -195,15 +226,20 @@ VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
     args = build_parser().parse_args(argv)
+    # Ctrl-C and a cloud's preemption notice (SIGTERM) stop the run where it is; every pass
+    # already recorded stays in the store, and the same command resumes.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
     try:
         return VERBS[args.verb](args)
     except GigadreamError as e:
         print(f"gigadream: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("gigadream: interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as e:
+        print(f"gigadream: {e}", file=sys.stderr)
+        return 128 + e.signum
     except OSError as e:   # disk full, permissions, ...: the system's words and the file
         where = f": {e.filename}" if e.filename else ""
         print(f"gigadream: error: {e.strerror or e}{where}", file=sys.stderr)

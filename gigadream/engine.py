@@ -118,18 +118,35 @@ class WorkerSetup(WorkerPlugin):
 
     name = "gigadream-setup"
 
-    def __init__(self, threads: int, model: tuple[str, str | None] | None):
+    def __init__(self, threads: int, model: tuple[str, str | None] | None,
+                 parent: int | None = None):
         self.threads = threads
         self.model = model
+        self.parent = parent
 
     def setup(self, worker) -> None:
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        if self.parent is not None:
+            _exit_with_parent(self.parent)
         if self.model is not None:
             import torch
 
             from .models import get_model
             torch.set_num_threads(self.threads)
             get_model(*self.model)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker of an embedded cluster ends when the gigadream process that started it is
+    gone (kill -9 gives it no chance to stop its workers): orphans would go on writing into
+    a store that a resumed run is using."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="gigadream-parent-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -149,11 +166,11 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         n = workers if workers != "auto" else max(1, cuda_devices())
         local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                              host="127.0.0.1", dashboard_address=None, memory_limit=0,
-                             silence_logs=logging.ERROR)
+                             silence_logs=logging.CRITICAL)   # task errors reach us anyway
         client = Client(local)
     nthreads = threads if threads != "auto" else max(1, (os.cpu_count() or 1) // n)
     try:
-        client.register_plugin(WorkerSetup(nthreads, model))
+        client.register_plugin(WorkerSetup(nthreads, model, os.getpid() if local else None))
         yield DaskExecutor(client)
     finally:
         client.close()

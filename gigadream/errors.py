@@ -32,3 +32,9 @@ class ModelError(GigadreamError):
 
 class ClusterError(GigadreamError):
     """The Dask scheduler could not be reached or started."""
+
+
+class DiskFullError(GigadreamError):
+    """A disk filled up while writing; what was finished is kept, the run can resume."""
+
+    exit_code = 1

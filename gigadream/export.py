@@ -71,6 +71,17 @@ def _write_temp_tiff(view, path: Path, on_rows: Callable[[int], None] | None) ->
                      photometric="rgb", rowsperstrip=STRIP_ROWS, bigtiff=True)
 
 
+def _alive(pid: str) -> bool:
+    """Whether a process ``pid`` (from a temporary's name) still runs: its file is in use."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
+
+
 def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, scratch: Path,
            overwrite: bool = False, on_rows: Callable[[int], None] | None = None) -> Path:
     """Write ``view`` (anything with ``shape`` and ``read_uint8(box)``) to ``out``.
@@ -83,6 +94,10 @@ def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, scratch: Path
     fmt = check_output(out, view.shape, overwrite)
     raw = Path(scratch) / f".export-{os.getpid()}.tif"
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    # an export killed outright (kill -9, power loss) leaves its temporaries: clear them
+    for stale in [*out.parent.glob(f".{out.name}.partial-*"), *Path(scratch).glob(".export-*.tif")]:
+        if not _alive(stale.name.rsplit("-", 1)[-1].split(".")[0]):
+            stale.unlink(missing_ok=True)
     try:
         _write_temp_tiff(view, raw, on_rows)
         im = pyvips.Image.new_from_file(str(raw), access="sequential")

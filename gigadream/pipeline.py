@@ -156,7 +156,11 @@ def default_store(out: Path) -> Path:
 
 
 def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
-        overwrite: bool = False, on_event: Callable[[object], None] = lambda e: None) -> RunReport:
+        overwrite: bool = False, restart: bool = False,
+        on_event: Callable[[object], None] = lambda e: None) -> RunReport:
+    """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
+    each finished stage and pass; running the same command again resumes after the last one,
+    ``restart`` starts over. The default store is removed after success."""
     input_path, out = Path(input_path), Path(out)
     report = RunReport()
     im = open_image(input_path)                  # fails fast on a bad input, decodes nothing
@@ -167,14 +171,14 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         check_style_images(cfg.style.images)
     keep_store = store_path is not None
     store_path = Path(store_path) if store_path else default_store(out)
-    store = _open_or_create_store(store_path, input_path, overwrite=overwrite or not keep_store)
+    store = open_run_store(store_path, input_path, cfg, restart)
     passes = plan(shape, cfg)
     on_event(Total(work_units(passes)))
 
     t = time.perf_counter()
     if not store.has_source():
         on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
-        ingest(input_path, store)
+        ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
         release_freed_memory()
     report.stage_s["ingest"] = time.perf_counter() - t
     report.shape = shape
@@ -189,13 +193,14 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         sources = build_pyramid(store, octaves, scale, ex)
         report.stage_s["pyramid"] = time.perf_counter() - t
         t = time.perf_counter()
-        view = _passes(ex, store, sources, cfg, passes, on_event, report)
+        _passes(ex, store, sources, cfg, passes, on_event, report)
         report.stage_s["passes"] = time.perf_counter() - t
     view = result_view(store, store.record()["result"], sources[0])
 
     t = time.perf_counter()
     on_event(Stage("export", out.name))
-    export(view, out, cfg.export, scratch=store.path, overwrite=overwrite)
+    export(view, out, cfg.export, scratch=store.path, overwrite=overwrite,
+           on_rows=_rows(on_event, "export", shape[0]))
     config_text = _reproducible_yaml(cfg, input_path)
     atomic_write_text(out.with_name(out.name + ".yaml"), config_text)
     report.stage_s["export"] = time.perf_counter() - t
@@ -203,6 +208,69 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     if not keep_store:
         shutil.rmtree(store.path, ignore_errors=True)
     return report
+
+
+@dataclass(frozen=True)
+class Rows:
+    """``done`` of ``total`` image rows of a streamed stage (ingest, export)."""
+    stage: str
+    done: int
+    total: int
+
+
+def _rows(on_event, stage: str, total: int) -> Callable[[int], None]:
+    done = [0]
+
+    def on_rows(n: int) -> None:
+        done[0] += n
+        on_event(Rows(stage, done[0], total))
+    return on_rows
+
+
+# Settings that change the result; a store made under others cannot be resumed. The engine
+# (workers, threads, scheduler) and the export settings may change between attempts.
+RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "tiling")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("layers", "content_layers", "style_layers"):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_difference(recorded: dict, cfg: Config) -> list[str]:
+    """Result-changing settings that differ: 'key: STORE → NOW'."""
+    now = _flat({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
+    had = _flat({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
+    return [f"{k}: {had.get(k)!r} in the store, {now.get(k)!r} now"
+            for k in sorted(set(now) | set(had)) if now.get(k) != had.get(k)]
+
+
+def open_run_store(path: Path, input_path: Path, cfg: Config, restart: bool) -> Store:
+    """The run's store: a new one, or the one a previous attempt left, checked to belong to
+    this input and config; ``restart`` replaces it (only if it is a gigadream store)."""
+    if path.exists() and is_store(path) and not restart:
+        store = Store.open(path)
+        rec = store.record()
+        had = rec.get("input")
+        if had and had != {"name": input_path.name, **fingerprint(input_path)}:
+            raise StoreError(f"store {path} was made from another input ({had.get('name')}, "
+                             f"{had.get('size')} bytes); pass --restart to start over, or give "
+                             "another --store")
+        diff = config_difference(rec["config"], cfg) if "config" in rec else []
+        if diff:
+            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+            raise StoreError(f"store {path} was made with another config: {diff[0]}{more}; "
+                             "run with the same config to resume, or --restart to start over")
+    else:
+        store = Store.create(path, overwrite=restart)
+    if "config" not in store.record():
+        store.update_record(config=to_dict(cfg), version=__version__)
+    return store
 
 
 def check_style_images(paths: tuple[str, ...]) -> None:
@@ -222,31 +290,37 @@ def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
             f"# Reproduce: gigadream run {input_path.name} --config THIS_FILE\n" + to_yaml(cfg))
 
 
-def _open_or_create_store(path: Path, input_path: Path, overwrite: bool) -> Store:
-    if path.exists() and is_store(path):
-        store = Store.open(path)
-        had = store.record().get("input")
-        if had and had != {"name": input_path.name, **fingerprint(input_path)}:
-            if not overwrite:
-                raise StoreError(f"store {path} was made from another input ({had.get('name')}); "
-                                 "give another --store, or --overwrite to replace it")
-            return Store.create(path, overwrite=True)
-        return store
-    return Store.create(path, overwrite=overwrite)
+def _view(rec: dict) -> tuple:
+    return rec["name"], tuple(rec["shape"]), tuple(rec["offset"])
 
 
 def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
-            on_event, report: RunReport) -> ArrayView:
-    view = None
+            on_event, report: RunReport) -> None:
+    """Run the passes after the last one the store records as done; each finished pass is
+    recorded (atomically) with the canvas it wrote, which the next pass reads."""
+    rec = store.record()
+    first = rec.get("done", -1) + 1
+    view = ArrayView(store.root, *_view(rec["canvas"])) if first > 0 else None
+    scales = rec.get("grad_scale", {})
     style = cfg.mode == "style"
-    store.update_record(config=to_dict(cfg), version=__version__)
-    for i, pp in enumerate(passes):
-        k = pp.octave
+    octave_ready = None            # the octave whose shared values (scale, style target) we hold
+    if first > 0:
+        on_event(Stage("resume", f"after pass {first} of {len(passes)}"))
+        on_event(Work(sum(p.units for p in passes[:first])))
+        for k in range(passes[first - 1].octave + 1, len(sources)):
+            store.drop_canvases(k)      # a kill between recording a pass and this cleanup
+    for i in range(first, len(passes)):
+        pp, k = passes[i], passes[i].octave
         if pp.pass_ == 0:
             view = sources[k] if view is None else OctaveStart(sources[k], view, sources[k + 1])
+        if octave_ready != k:
+            octave_ready = k
             if cfg.mode == "dream":
-                on_event(Stage("calibrate", f"octave {k}"))
-                proc = make_processor(cfg, calibrate(ex, view, cfg, k))
+                if str(k) not in scales:    # measured once; a resumed run reuses it
+                    on_event(Stage("calibrate", f"octave {k}"))
+                    scales[str(k)] = calibrate(ex, view, cfg, k)
+                    store.update_record(grad_scale=scales)
+                proc = make_processor(cfg, scales[str(k)])
             elif style:   # the style Grams at this octave's size, computed once, on a worker
                 s = cfg.style
                 style_target = ex.remote(style_targets, s.images, s.blend_weights, cfg.model.name,
@@ -280,11 +354,11 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
 
         map_tasks(ex, run_tile, tasks, done, args=shared)
         report.tiles += len(tasks)
-        store.update_record(done={"octave": k, "pass": pp.pass_})
+        store.update_record(done=i, canvas={"name": target.name, "shape": list(target.shape),
+                                            "offset": list(target.offset)})
         if pp.pass_ == 0 and k + 1 < len(sources):
             store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
         view = target
-    store.update_record(result={"name": view.name, "shape": list(view.shape),
-                                "offset": list(view.offset),
-                                "original_colors": style and cfg.style.original_colors})
-    return view
+    if first < len(passes) or "result" not in store.record():
+        rec = store.record()["canvas"]
+        store.update_record(result={**rec, "original_colors": style and cfg.style.original_colors})

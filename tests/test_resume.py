@@ -1,0 +1,183 @@
+"""Overnight runs that survive: real runs killed (SIGKILL, SIGTERM) at several points, a worker
+process killed mid-pass, a disk that fills up; each resumes to the uninterrupted result, bit for
+bit (CPU, same seed)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import read, sha256
+
+HERE = Path(__file__).parent
+# Small but complete: 2 octaves × 2 passes of 128 px tiles on a 768×512 photo panorama.
+CONFIG = """mode: dream
+dream: {layers: [relu2_2], octaves: 2, passes: 2, iterations: 1, calibration_tiles: 4}
+tiling: {tile: 128}
+engine: {workers: 1, threads: 1}
+export: {tiff_compression: none}
+"""
+
+
+def harness(src, out, store, config, when="never", timeout=300):
+    return subprocess.run([sys.executable, str(HERE / "run_and_kill.py"), str(src), str(out),
+                           str(store), str(config), when],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def gd(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "gigadream", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def no_orphans(timeout=10.0) -> bool:
+    """Worker processes of a killed run exit by themselves (they watch their parent)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        orphans = [p for p in psutil.process_iter(["ppid", "cmdline"])
+                   if p.info["ppid"] == 1 and "multiprocessing" in " ".join(p.info["cmdline"] or [])
+                   and "distributed" in " ".join(p.info["cmdline"] or []) + "spawn"]
+        if not orphans:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def setup(pano, tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    (d / "run.yaml").write_text(CONFIG)
+    r = harness(pano, d / "reference.tif", d / "reference.gdstore", d / "run.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {"dir": d, "config": d / "run.yaml", "reference": read(d / "reference.tif"),
+            "input_sha": sha256(pano)}
+
+
+@pytest.mark.parametrize("when", ["ingest", "pass:0:3", "pass:2:5", "export"])
+def test_killed_runs_resume_to_the_same_bytes(setup, pano, when):
+    d = setup["dir"] / when.replace(":", "-")
+    d.mkdir()
+    out, store = d / "out.tif", d / "store"
+    r = harness(pano, out, store, setup["config"], when)
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr[-2000:]
+    assert not out.exists(), "a killed run left an output under the final name"
+    assert no_orphans()
+    record = json.loads((store / "run.json").read_text())
+    resumed = harness(pano, out, store, setup["config"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    stages = [ln.split()[1] for ln in resumed.stdout.splitlines() if ln.startswith("stage")]
+    if when != "ingest":
+        assert "ingest" not in stages                        # the source is reused
+    if when.startswith("pass:2") or when == "export":
+        assert record["done"] >= 1 and "resume" in stages    # finished passes are not redone
+    np.testing.assert_array_equal(read(out), setup["reference"])
+    assert not list(d.glob(".out.tif.partial-*")) and not list(store.glob(".export-*"))
+    assert sha256(pano) == setup["input_sha"]
+
+
+def test_a_killed_worker_is_replaced_and_the_result_is_the_same(setup, pano):
+    d = setup["dir"] / "worker"
+    d.mkdir()
+    config = d / "two.yaml"
+    config.write_text(CONFIG.replace("workers: 1", "workers: 2"))
+    r = harness(pano, d / "out.tif", d / "store", config, "worker:1:2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "killed worker" in r.stdout and "finished" in r.stdout
+    np.testing.assert_array_equal(read(d / "out.tif"), setup["reference"])
+
+
+def test_sigterm_stops_within_seconds_and_says_how_to_resume(setup, pano):
+    d = setup["dir"] / "sigterm"
+    d.mkdir()
+    out, store = d / "out.tif", d / "store"
+    p = subprocess.Popen([sys.executable, "-m", "gigadream", "run", pano, "-o", out,
+                          "--config", setup["config"], "--store", store, "--quiet"],
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:      # wait until the first pass is recorded: mid-run
+        rec = store / "run.json"
+        if rec.exists() and json.loads(rec.read_text()).get("done", -1) >= 0:
+            break
+        time.sleep(0.05)
+    t = time.time()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    stopped = time.time() - t
+    print(f"stopped {stopped:.1f} s after SIGTERM")
+    assert p.returncode == 128 + signal.SIGTERM and stopped < 15
+    assert err.strip().splitlines() == [
+        f"gigadream: SIGTERM: stopped; {store} keeps every finished pass. Run the same command "
+        "again to resume"]
+    assert not out.exists() and no_orphans()
+    r = gd("run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(read(out), setup["reference"])
+
+
+def test_another_config_or_input_is_refused_and_restart_starts_over(setup, pano, photos):
+    d = setup["dir"] / "mismatch"
+    d.mkdir()
+    out, store = d / "out.tif", d / "store"
+    r = harness(pano, out, store, setup["config"], "pass:1:1")
+    assert r.returncode == -signal.SIGKILL
+    before = (store / "run.json").read_text()
+    r = gd("run", pano, "-o", out, "--config", setup["config"], "--store", store,
+           "--set", "dream.step_size=2")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"gigadream: error: store {store} was made with another config: dream.step_size: 1.5 in "
+        "the store, 2.0 now; run with the same config to resume, or --restart to start over"]
+    r = gd("run", photos["chelsea_jpg"], "-o", out, "--config", setup["config"], "--store", store)
+    assert r.returncode == 2 and "was made from another input (pano.jpg" in r.stderr
+    assert "pass --restart to start over" in r.stderr
+    assert (store / "run.json").read_text() == before              # refused: nothing touched
+    # the engine may change between attempts: it does not change the result
+    r = gd("run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet",
+           "--set", "engine.workers=2", "--restart")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(read(out), setup["reference"])
+
+
+def test_a_full_disk_is_one_line_keeps_the_last_canvas_and_resumes(setup, pano):
+    mnt = setup["dir"] / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out, store = setup["dir"] / "disk.tif", mnt / "store"
+        r = gd("run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet")
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert lines == [f"gigadream: error: no space left on the disk of {store} or "
+                         f"{out.parent}; free some space and run the same command again to "
+                         "resume (finished passes are kept)"], r.stderr
+        assert not out.exists()
+        rec = json.loads((store / "run.json").read_text())
+        if rec.get("done", -1) >= 0:              # the last recorded canvas is intact
+            import zarr
+            arr = zarr.open_array(str(store / rec["canvas"]["name"]), mode="r")
+            assert np.isfinite(arr[:].astype(np.float32)).all()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        r = gd("run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet")
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_array_equal(read(out), setup["reference"])
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_store_holding_other_data_is_never_used(setup, pano, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    for extra in ([], ["--restart"]):
+        r = gd("run", pano, "-o", tmp_path / "o.tif", "--config", setup["config"],
+               "--store", folder, *extra)
+        assert r.returncode == 2 and "holds other data" in r.stderr
+        assert (folder / "holiday.jpg").read_bytes() == b"precious"
+        assert sorted(os.listdir(folder)) == ["holiday.jpg"]
