@@ -123,7 +123,7 @@ def fingerprint(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
 
 
-def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None) -> None:
+def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None, path: Path) -> None:
     """Decode ``im`` top to bottom into ``target``, one chunk-row at a time: a writer thread
     stores one strip while the next is decoded, so two strips are alive at most."""
     pyvips = _vips()
@@ -143,7 +143,7 @@ def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None) -> Non
                 try:
                     data = region.fetch(0, y0 + y, w, n)
                 except pyvips.Error as e:
-                    raise InputError(f"input cannot be decoded past row {y0 + y} "
+                    raise InputError(f"input {path} cannot be decoded past row {y0 + y} "
                                      f"({_first_line(e)}); the file may be truncated or damaged")
                 strip[y:y + n] = np.frombuffer(data, dtype=np.uint8).reshape(n, w, 3)
             if writing is not None:
@@ -163,10 +163,10 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
     shape = (im.height, im.width)
     if orient == 1:
         level0 = store.create_source(shape)
-        _stream(im, level0, on_rows)
+        _stream(im, level0, on_rows, path)
     else:  # rotating needs random access: stream as stored, then re-tile upright
         raw = store.create_source(shape, "source/raw")
-        _stream(im, raw, on_rows)
+        _stream(im, raw, on_rows, path)
         level0 = store.create_source(upright_shape(shape, orient))
         for tile in grid(level0.shape, SOURCE_CHUNK):
             orient_tile(raw, level0, tile, orient)

@@ -19,7 +19,7 @@ from .config import Config, to_dict, to_yaml
 from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
 from .engine import TileTask, cluster, map_tasks, run_tile
-from .errors import StoreError
+from .errors import InputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, ingest, open_image, orientation, upright_shape
 from .resample import octave_shape
@@ -178,7 +178,12 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     t = time.perf_counter()
     if not store.has_source():
         on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
-        ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
+        try:
+            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
+        except InputError:      # a damaged input: nothing worth resuming, leave no litter
+            if not keep_store:
+                shutil.rmtree(store.path, ignore_errors=True)
+            raise
         release_freed_memory()
     report.stage_s["ingest"] = time.perf_counter() - t
     report.shape = shape

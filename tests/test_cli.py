@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import read, sha256
 
@@ -57,3 +58,127 @@ def test_run_with_a_missing_input_is_one_line(tmp_path):
     r = gd("run", tmp_path / "nope.jpg", "-o", tmp_path / "o.jpg")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"gigadream: error: input {tmp_path / 'nope.jpg'} not found; check the path"
+
+
+# ---- the bad-input matrix: each is one line, a non-zero exit, no traceback, the input
+# ---- untouched, no output and no store left behind ----
+
+def _img(tmp, name, array, **kw):
+    from conftest import save
+    return save(array, tmp / name, **kw)
+
+
+def _photo(tmp):
+    import skimage.data
+    return _img(tmp, "in.jpg", skimage.data.chelsea(), Q=90)
+
+
+def _truncated(tmp):
+    f = _photo(tmp)
+    t = tmp / "cut.jpg"
+    t.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return t
+
+
+def _readonly_dir(tmp):
+    d = tmp / "ro"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)],
+                      capture_output=True).returncode != 0:
+        import pytest
+        pytest.skip("cannot mount a read-only tmpfs here (as root, permissions do not stop writes)")
+    return d
+
+
+def _conf(text):
+    def make(tmp):
+        (tmp / "c.yaml").write_text(text)
+        return ["--config", tmp / "c.yaml"]
+    return make
+
+
+# (case, input maker, extra args maker, message regex)
+BAD_RUNS = [
+    ("missing file", lambda t: t / "nope.jpg", None, r"input .*nope.jpg not found; check the path"),
+    ("a directory", lambda t: t, None, r"input .* is a folder; give an image file"),
+    ("text named .jpg", lambda t: (t / "notes.jpg").write_text("hello") and t / "notes.jpg", None,
+     r"cannot be read as an image .*give a JPEG, PNG, TIFF"),
+    ("truncated JPEG", _truncated, None, r"input .*cut.jpg .*(truncated|damaged|cannot be read)"),
+    ("zero bytes", lambda t: (t / "z.jpg").write_bytes(b"") or t / "z.jpg", None, r"is empty \(0 bytes\)"),
+    ("too large for JPEG", lambda t: _img(t, "wide.png", np.zeros((2, 70000, 3), np.uint8)),
+     None, r"65,?500.*\.tif"),
+    ("YAML does not parse", _photo, _conf("dream: [unclosed\n"), r"is not valid YAML at line"),
+    ("unknown key", _photo, _conf("dream:\n  pases: 3\n"), r"unknown key 'dream.pases'; did you mean 'dream.passes'"),
+    ("wrong type", _photo, _conf("dream:\n  passes: many\n"), r"dream.passes: expected an integer, got 'many'"),
+    ("zero count", _photo, lambda t: ["--set", "dream.octaves=0"], r"dream.octaves: expected an integer from 1"),
+    ("negative count", _photo, lambda t: ["--set", "tiling.tile=-512"], r"tiling.tile: expected an integer from 16"),
+    ("style image missing", _photo, lambda t: ["--set", "mode=style", "--set", f"style={t / 'monet.jpg'}"],
+     r"style image .*monet.jpg not found"),
+    ("output folder missing", _photo, lambda t: ["-o", t / "no" / "such" / "out.jpg"],
+     r"output folder .* does not exist"),
+    ("output folder not writable", _photo, lambda t: ["-o", _readonly_dir(t) / "out.jpg"],
+     r"output folder .* is not writable"),
+    ("store is not ours", _photo, lambda t: (t / "mine").mkdir() or (t / "mine" / "a.txt").write_text("x")
+     and ["--store", t / "mine"], r"store folder .*mine exists and holds other data"),
+]
+
+
+@pytest.mark.parametrize("case,make,extra,message", BAD_RUNS, ids=[c[0] for c in BAD_RUNS])
+def test_bad_input_matrix(tmp_path, case, make, extra, message):
+    import re
+    src = make(tmp_path)
+    args = [str(a) for a in (extra(tmp_path) if extra else [])]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "out" / "result.jpg")]
+        (tmp_path / "out").mkdir()
+    before = {p: sha256(p) for p in tmp_path.rglob("*") if p.is_file()}
+    r = gd("run", src, *args, "--quiet", "--set", "mode=identity" if "mode=style" not in args else "seed=0")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("gigadream: error: ") and re.search(message, lines[0]), lines[0]
+    after = {p: sha256(p) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, "a file was changed, created or removed"
+    assert not [p for p in tmp_path.rglob("*.gdstore")], "a store was left behind"
+
+
+# ---- inputs that must work, through the command: upright 8-bit sRGB out ----
+
+def _exif_rotated(tmp):
+    import pyvips
+    import skimage.data
+    im = pyvips.Image.new_from_array(skimage.data.chelsea()[:200, :300]).copy(interpretation="srgb")
+    im = im.copy()
+    im.set_type(pyvips.GValue.gint_type, "orientation", 6)     # camera held upright: rotate 90°
+    im.write_to_file(str(tmp / "rot.jpg"), Q=95)
+    return tmp / "rot.jpg"
+
+
+GOOD_RUNS = [
+    ("1x1 pixel", lambda t: _img(t, "dot.png", np.full((1, 1, 3), 200, np.uint8)), (1, 1)),
+    ("thinner than a tile", lambda t: _img(t, "strip.png", np.random.default_rng(0).integers(
+        0, 256, (5, 1500, 3), dtype=np.uint8)), (5, 1500)),
+    ("grayscale", lambda t: _img(t, "grey.png", np.random.default_rng(1).integers(
+        0, 256, (40, 60), dtype=np.uint8)), (40, 60)),
+    ("RGBA", lambda t: _img(t, "rgba.png", np.full((30, 20, 4), 255, np.uint8)), (30, 20)),
+    ("16-bit", lambda t: _img(t, "deep.png", np.full((30, 20, 3), 40000, np.uint16)), (30, 20)),
+    ("EXIF-rotated", _exif_rotated, (300, 200)),
+]
+
+
+@pytest.mark.parametrize("case,make,shape", GOOD_RUNS, ids=[c[0] for c in GOOD_RUNS])
+def test_unusual_inputs_work_end_to_end(tmp_path, case, make, shape):
+    src = make(tmp_path)
+    before = sha256(src)
+    r = gd("run", src, "-o", tmp_path / "out.tif", "--set", "mode=identity", "--quiet")
+    assert r.returncode == 0, r.stderr
+    out = read(tmp_path / "out.tif")
+    assert out.shape == (*shape, 3) and out.dtype == np.uint8
+    assert sha256(src) == before
+    if case in ("grayscale",):
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    if case == "16-bit":
+        assert abs(int(out[0, 0, 0]) - round(40000 / 257)) <= 1
+    if case == "EXIF-rotated":                # upright: the photo's top row became its right column
+        import pyvips
+        upright = pyvips.Image.new_from_file(str(src)).autorot().numpy()
+        assert np.abs(out.astype(int) - upright).mean() < 1
