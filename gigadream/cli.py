@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", choices=list(archs.MODELS),
                    help=f"one of {', '.join(archs.MODELS)}")
 
+    p = sub.add_parser("plan", help="what a run will cost, before it runs: tiles, passes, "
+                                    "model work, FLOPs, disk, RAM, estimated time")
+    p.add_argument("input", type=Path, metavar="INPUT")
+    _add_config_args(p)
+    from .estimate import GPUS
+    p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
+                   help=f"also estimate the time on this GPU: {', '.join(sorted(GPUS))}")
+
     p = sub.add_parser("classes", help="list the ImageNet classes and groups (for dream.classes)")
     p.add_argument("filter", nargs="?", default="", metavar="TEXT",
                    help="only names containing TEXT")
@@ -209,6 +217,13 @@ def _layers(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from .estimate import estimate, report
+    cfg = _config(args)
+    print(report(estimate(args.input, cfg), cfg, args.gpu))
+    return 0
+
+
 def _classes(args) -> int:
     from .classes import GROUPS, names
     needle = args.filter.lower()
@@ -222,7 +237,7 @@ def _classes(args) -> int:
 
 
 VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
-         "layers": _layers, "classes": _classes}
+         "layers": _layers, "classes": _classes, "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:

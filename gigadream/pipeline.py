@@ -5,7 +5,6 @@ them into a progress bar, tests and profilers attach their own.
 """
 from __future__ import annotations
 
-import ctypes
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from . import __version__
 from .config import Config, to_dict, to_yaml
 from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
-from .engine import TileTask, cluster, map_tasks, run_tile
+from .engine import TileTask, cluster, map_tasks, release_freed_memory, run_tile
 from .errors import InputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, ingest, open_image, orientation, upright_shape
@@ -127,7 +126,7 @@ def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = N
                      cfg.dream.step_size, jitter, cfg.margin, grad_scale, cfg.dream.dose)
 
 
-def calibrate(executor, view, cfg: Config, octave: int) -> float:
+def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None = None) -> float:
     """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser that
     every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
     tiles = grid(view.shape, cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
@@ -136,19 +135,11 @@ def calibrate(executor, view, cfg: Config, octave: int) -> float:
     proc = make_processor(cfg)
     tasks = [TileTask(view, None, proc, tiles[i], (cfg.seed, octave, -1), "stat") for i in pick]
     stats = map_tasks(executor, run_tile, tasks)
+    if report is not None:
+        report.model_s += sum(s["model_s"] for s in stats)
     total = sum(s["grad_abs_sum"] for s in stats)
     count = sum(s["count"] for s in stats)
     return max(total / max(count, 1), 1e-12)
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by ingest's threads back to the OS. glibc keeps it in per-thread
-    arenas otherwise, and this process then carries ingest's peak, which grows with the image
-    width, through every pass that follows."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to do
-        pass
 
 
 def default_store(out: Path) -> Path:
@@ -274,8 +265,20 @@ def open_run_store(path: Path, input_path: Path, cfg: Config, restart: bool) -> 
     else:
         store = Store.create(path, overwrite=restart)
     if "config" not in store.record():
-        store.update_record(config=to_dict(cfg), version=__version__)
+        store.update_record(config=to_dict(cfg), version=__version__, versions=_versions())
     return store
+
+
+def _versions() -> dict:
+    """Versions that shape the bytes of a result (a resumed run on others may differ)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"gigadream": __version__}
+    for pkg in ("torch", "zarr", "numpy", "pyvips", "dask", "distributed"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def check_style_images(paths: tuple[str, ...]) -> None:
@@ -323,7 +326,7 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
             if cfg.mode == "dream":
                 if str(k) not in scales:    # measured once; a resumed run reuses it
                     on_event(Stage("calibrate", f"octave {k}"))
-                    scales[str(k)] = calibrate(ex, view, cfg, k)
+                    scales[str(k)] = calibrate(ex, view, cfg, k, report)
                     store.update_record(grad_scale=scales)
                 proc = make_processor(cfg, scales[str(k)])
             elif style:   # the style Grams at this octave's size, computed once, on a worker

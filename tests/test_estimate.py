@@ -1,0 +1,39 @@
+"""``gigadream plan``: counts from the run's own plan, and a time estimate checked against a
+real run's model time."""
+import subprocess
+import sys
+
+from gigadream.config import load_config
+from gigadream.estimate import estimate
+from gigadream.pipeline import plan, run
+
+SMALL = ["dream.layers=[relu3_3]", "tiling.tile=128", "dream.octaves=2", "dream.passes=2",
+         "engine.workers=1", "export.tiff_compression=none"]
+
+
+def test_estimate_counts_match_the_plan_and_the_time_is_near_a_real_run(pano, tmp_path):
+    cfg = load_config(None, SMALL)
+    e = estimate(pano, cfg)
+    passes = plan((512, 768), cfg)
+    assert e.shape == (512, 768) and e.passes == len(passes) == 4
+    assert e.tiles == sum(p.tiles for p in passes)
+    # windows include margins, so the work is more than the pixels dreamed
+    assert e.window_mp_iterations > sum(p.shape[0] * p.shape[1] for p in passes) / 1e6
+    assert e.flops_per_pixel > 1e5 and e.store_bytes > 3 * 768 * 512
+    report = run(pano, cfg, tmp_path / "out.tif")
+    ratio = e.cpu_seconds / report.model_s
+    print(f"estimated model time {e.cpu_seconds:.1f} s, measured {report.model_s:.1f} s")
+    assert 0.4 < ratio < 2.5          # measured 0.6-0.85 here: windows at the edges cost more
+
+
+def test_plan_command_prints_the_costs(pano):
+    r = subprocess.run([sys.executable, "-m", "gigadream", "plan", str(pano), "--config",
+                        "impressionist", "--gpu", "h100"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    keys = [ln.split()[0] for ln in r.stdout.splitlines()]
+    assert keys == ["image", "octaves", "passes", "tiles", "model", "FLOPs", "store", "RAM",
+                    "this", "h100"]
+    r = subprocess.run([sys.executable, "-m", "gigadream", "plan", str(pano), "--gpu", "abacus"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'abacus'" in r.stderr
