@@ -80,14 +80,24 @@ def _truncated(tmp):
     return t
 
 
+MOUNTS: list = []
+
+
 def _readonly_dir(tmp):
     d = tmp / "ro"
     d.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)],
                       capture_output=True).returncode != 0:
-        import pytest
         pytest.skip("cannot mount a read-only tmpfs here (as root, permissions do not stop writes)")
+    MOUNTS.append(d)
     return d
+
+
+@pytest.fixture
+def unmount():
+    yield
+    while MOUNTS:
+        subprocess.run(["umount", "-l", str(MOUNTS.pop())], capture_output=True)
 
 
 def _conf(text):
@@ -124,7 +134,7 @@ BAD_RUNS = [
 
 
 @pytest.mark.parametrize("case,make,extra,message", BAD_RUNS, ids=[c[0] for c in BAD_RUNS])
-def test_bad_input_matrix(tmp_path, case, make, extra, message):
+def test_bad_input_matrix(tmp_path, unmount, case, make, extra, message):
     import re
     src = make(tmp_path)
     args = [str(a) for a in (extra(tmp_path) if extra else [])]
