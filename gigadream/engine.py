@@ -63,6 +63,19 @@ def release_freed_memory() -> None:
         pass
 
 
+M_ARENA_MAX = -8     # glibc mallopt parameter
+
+
+def limit_malloc_arenas(n: int = 2) -> None:
+    """Cap glibc's malloc arenas. zarr reads through a pool of threads and glibc gives each
+    its own arena, which keeps what it once held: exporting a 100 MP canvas peaked 44 MB above
+    a 25 MP one of the same width; with one or two arenas both peak at 188 MB (measured)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n)
+    except (OSError, AttributeError):   # not glibc
+        pass
+
+
 def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequence,
               on_done: Callable[[Any], None] | None = None, args: tuple = ()) -> list:
     """``fn(item, *args)`` over ``items`` on ``executor``; results in the order of ``items``.
@@ -186,6 +199,7 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         # (measured here). run_tile trims the heap after each tile instead.
         spawn_env = {k: str(nthreads) for k in
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        spawn_env["MALLOC_ARENA_MAX"] = "2"       # see limit_malloc_arenas
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
             local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                  host="127.0.0.1", dashboard_address=None, memory_limit=0,
