@@ -202,7 +202,7 @@ def _presets(args) -> int:
     for path in sorted(presets_dir().glob("*.yaml")):
         first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
                       if ln.startswith("#")), "")
-        print(f"{path.stem:<16} {first}")
+        print(f"{path.stem:<20} {first}")
     return 0
 
 
