@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .ingest import open_image, orientation, upright_shape
+from .ingest import image_shape
 from .pipeline import plan
 from .resample import octave_shape
 from .tiling import grid, padded_shape
@@ -96,16 +96,12 @@ def _model_costs(cfg: Config, workers: int) -> tuple[float, float, float, int]:
 
 
 def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
-    im = open_image(Path(input_path))
-    shape = upright_shape((im.height, im.width), orientation(im))
-    del im
+    shape = image_shape(Path(input_path))
     passes = plan(shape, cfg)
     octaves, scale = cfg.octaves(shape)
     mp_its, tiles, window_px, steps = 0.0, 0, 0, 0
     for pp in passes:
-        whole = pp.tiles == 1 and pp.tile >= max(pp.shape)
-        margin = 0 if whole else cfg.margin
-        for t in grid(pp.shape, pp.tile, pp.offset, margin, cfg.align):
+        for t in grid(pp.shape, pp.tile, pp.offset, 0 if pp.whole else cfg.margin, cfg.align):
             px = t.window.shape[0] * t.window.shape[1]
             window_px = max(window_px, px)
             mp_its += px / 1e6 * (pp.iterations + pp.stats)

@@ -92,6 +92,13 @@ def upright_shape(shape: tuple[int, int], orient: int) -> tuple[int, int]:
     return shape[::-1] if ORIENT[orient][0] else shape
 
 
+def image_shape(path: Path, role: str = "input") -> tuple[int, int]:
+    """The upright (h, w) of the image at ``path``, from its header: fails fast on a bad
+    file and decodes nothing."""
+    im = open_image(path, role)
+    return upright_shape((im.height, im.width), orientation(im))
+
+
 def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> None:
     """One chunk of the upright image from the stored (raw) orientation."""
     transpose, flip_y, flip_x = ORIENT[orient]

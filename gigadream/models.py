@@ -234,14 +234,15 @@ class EfficientNetLite0(Backbone):
 
 def _load_vgg16_h5(model: VGG, path: Path) -> None:
     import h5py
-    state, i = {}, 0
+    state = {}
+    names = [n for n, _, _ in model.stages()]       # features.{index} of each layer
     try:
         with h5py.File(path, "r") as f:
             for block, convs, _ in archs.VGG16_BLOCKS:
                 for c in range(1, convs + 1):
                     key = f"block{block}/layers/conv2d" + ("" if c == 1 else f"_{c - 1}")
                     kernel = np.asarray(f[f"{key}/vars/0"])   # Keras: (kh, kw, in, out)
-                    idx = [n for n, _, _ in model.stages()].index(f"conv{block}_{c}")
+                    idx = names.index(f"conv{block}_{c}")
                     state[f"features.{idx}.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
                     state[f"features.{idx}.bias"] = torch.from_numpy(np.asarray(f[f"{key}/vars/1"]))
     except (OSError, KeyError) as e:

@@ -20,7 +20,7 @@ from .dream import ClassLogits, DeepDream, Identity, objective
 from .engine import TileTask, cluster, map_tasks, release_freed_memory, run_tile
 from .errors import InputError, StoreError
 from .export import check_output, export
-from .ingest import build_pyramid, fingerprint, ingest, open_image, orientation, upright_shape
+from .ingest import build_pyramid, fingerprint, image_shape, ingest
 from .resample import octave_shape
 from .store import ArrayView, OctaveStart, Store, atomic_write_text, is_store
 from .style import OriginalColors, StyleTransfer, add_stats, style_side, style_targets
@@ -56,6 +56,11 @@ class PassPlan:
     tile: int                # tile side (the whole octave when it is stylised whole)
     iterations: int          # processor steps per tile
     stats: bool = False      # style: a Gram-sum task per tile before the pass
+
+    @property
+    def whole(self) -> bool:
+        """One tile covers the octave: it needs no margin."""
+        return self.tiles == 1 and self.tile >= max(self.shape)
 
     @property
     def units(self) -> int:
@@ -109,13 +114,12 @@ def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = N
         return Identity(cfg.margin)
     if cfg.mode == "style":
         s = cfg.style
-        whole = pp is not None and pp.tiles == 1 and pp.tile >= max(pp.shape)
         return StyleTransfer(cfg.model.name, cfg.model.weights,
                              cfg.style_layer_list("content_layers"),
                              cfg.style_layer_list("style_layers"), s.content_weight,
                              s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
                              pp.iterations if pp else s.iterations, s.normalize_gradients,
-                             s.pooling, 0 if whole else cfg.margin,
+                             s.pooling, 0 if pp is not None and pp.whole else cfg.margin,
                              random_init=first and s.init == "random")
     # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
     jitter = min(cfg.dream.jitter, cfg.margin - 1) if cfg.margin > 0 else cfg.dream.jitter
@@ -154,9 +158,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     ``restart`` starts over. The default store is removed after success."""
     input_path, out = Path(input_path), Path(out)
     report = RunReport()
-    im = open_image(input_path)                  # fails fast on a bad input, decodes nothing
-    shape = upright_shape((im.height, im.width), orientation(im))
-    del im
+    shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     check_output(out, shape, overwrite)          # fails fast before hours of work
     if cfg.mode == "style":
         check_style_images(cfg.style.images)
@@ -284,12 +286,12 @@ def _versions() -> dict:
 def check_style_images(paths: tuple[str, ...]) -> None:
     """Every style image opens (header only), or one line says which does not."""
     for p in paths:
-        open_image(Path(p), role="style image")
+        image_shape(Path(p), role="style image")
 
 
 def result_view(store: Store, result: dict, source: ArrayView):
     """The run's result as recorded in run.json, in the content's colours if asked."""
-    view = ArrayView(store.root, result["name"], tuple(result["shape"]), tuple(result["offset"]))
+    view = store.view(result)
     return OriginalColors(view, source) if result.get("original_colors") else view
 
 
@@ -298,17 +300,13 @@ def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
             f"# Reproduce: gigadream run {input_path.name} --config THIS_FILE\n" + to_yaml(cfg))
 
 
-def _view(rec: dict) -> tuple:
-    return rec["name"], tuple(rec["shape"]), tuple(rec["offset"])
-
-
 def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
             on_event, report: RunReport) -> None:
     """Run the passes after the last one the store records as done; each finished pass is
     recorded (atomically) with the canvas it wrote, which the next pass reads."""
     rec = store.record()
     first = rec.get("done", -1) + 1
-    view = ArrayView(store.root, *_view(rec["canvas"])) if first > 0 else None
+    view = store.view(rec["canvas"]) if first > 0 else None
     scales = rec.get("grad_scale", {})
     style = cfg.mode == "style"
     octave_ready = None            # the octave whose shared values (scale, style target) we hold
@@ -362,11 +360,9 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
 
         map_tasks(ex, run_tile, tasks, done, args=shared)
         report.tiles += len(tasks)
-        store.update_record(done=i, canvas={"name": target.name, "shape": list(target.shape),
-                                            "offset": list(target.offset)})
+        store.update_record(done=i, canvas=target.record())
         if pp.pass_ == 0 and k + 1 < len(sources):
             store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
         view = target
-    if first < len(passes) or "result" not in store.record():
-        rec = store.record()["canvas"]
-        store.update_record(result={**rec, "original_colors": style and cfg.style.original_colors})
+    store.update_record(result={**store.record()["canvas"],
+                                "original_colors": style and cfg.style.original_colors})

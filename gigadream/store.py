@@ -66,6 +66,10 @@ class ArrayView:
     def array(self) -> zarr.Array:
         return _open_array(self.root, self.name)
 
+    def record(self) -> dict[str, Any]:
+        """Where the view lives, for run.json; ``Store.view`` reads it back."""
+        return {"name": self.name, "shape": list(self.shape), "offset": list(self.offset)}
+
     def read(self, box: Box) -> np.ndarray:
         oy, ox = self.offset
         return self.array[:, box.y0 + oy:box.y1 + oy, box.x0 + ox:box.x1 + ox].astype(np.float32)
@@ -224,6 +228,11 @@ class Store:
                           attributes={"offset": list(offset), "shape": list(shape)})
         _open_array.cache_clear()
         return ArrayView(self.root, name, shape, offset)
+
+    def view(self, record: dict[str, Any]) -> ArrayView:
+        """The view an ``ArrayView.record()`` describes, in this store."""
+        return ArrayView(self.root, record["name"], tuple(record["shape"]),
+                         tuple(record["offset"]))
 
     def drop_canvases(self, octave: int) -> None:
         for parity in (0, 1):

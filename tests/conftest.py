@@ -23,6 +23,15 @@ def read(path: Path) -> np.ndarray:
     return pyvips.Image.new_from_file(str(path)).numpy()
 
 
+def assert_config_error(overrides: list[str], message: str) -> None:
+    """``overrides`` are refused with one line matching ``message``."""
+    from gigadream.config import load_config
+    from gigadream.errors import ConfigError
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
