@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,29 +26,78 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from . import chunks
 from .errors import StoreError
 from .resample import resample_window
 from .tiling import Box, Tile, padded_shape
 
 FORMAT_VERSION = 1
 SOURCE_CHUNK = 256
-# Measured here (2 cores): uncompressed zarr writes ~220 MB/s, blosc-lz4 ~190 MB/s at 70 % of
-# the size for photos. Sources keep lz4 (they live for the whole run); canvases of dreamed
-# float16 pixels hardly compress and are rewritten every pass, so they stay raw.
-SOURCE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
-# zarr encodes chunks one at a time by default; a strip of ingest is ~80 chunks, and batching
-# them halved zarr's time here (a 300 MP level 0: 11.5 s → 6.1 s of writing).
+# Chunk codecs, picked by measurement (200 MP photo panorama, 256 px uint8 chunks, chunks.py
+# writing): none 2.7 s to ingest and 587 MB; blosc-lz4 3.3 s, 218 MB, and 0.36 ms to decode a
+# chunk; lz4 with bitshuffle 3.6 s, 220 MB, 0.46 ms; zstd 4.1 s, 118 MB. Sources keep lz4
+# without shuffling (they are read by every octave's first pass and live for the whole run);
+# canvases of dreamed float16 pixels hardly compress and are rewritten every pass: raw.
+SOURCE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")
+# zarr encodes chunks one at a time by default; where zarr still writes (arrays chunks.py does
+# not handle), batching helps (a 300 MP level 0: 11.5 s → 6.1 s).
 zarr.config.set({"codec_pipeline.batch_size": 128})
+
+
+# Every float16 value's byte (rounded to nearest, clipped, NaN → 0). numpy's float16 ufuncs
+# convert element by element: rint and clip of a 602 px tile took 22 ms, this table 2 ms.
+_F16_TO_U8 = np.clip(np.rint(np.nan_to_num(
+    np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32))), 0, 255).astype(np.uint8)
 
 
 def to_uint8(a: np.ndarray) -> np.ndarray:
     """Float pixels in 0-255 → uint8, rounded to nearest and clipped."""
+    if a.dtype == np.float16:
+        return np.take(_F16_TO_U8, a.view(np.uint16))
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def interleaved(a: np.ndarray) -> np.ndarray:
+    """(C, h, w) → contiguous (h, w, C), a channel at a time: numpy's general transposing copy
+    took 27 ms for a 256 × 11550 strip, this 5 ms."""
+    out = np.empty((*a.shape[1:], a.shape[0]), dtype=a.dtype)
+    for c in range(a.shape[0]):
+        out[..., c] = a[c]
+    return out
+
+
+def planar(a: np.ndarray) -> np.ndarray:
+    """(h, w, C) → contiguous (C, h, w), a channel at a time (see ``interleaved``)."""
+    out = np.empty((a.shape[2], *a.shape[:2]), dtype=a.dtype)
+    for c in range(a.shape[2]):
+        out[c] = a[..., c]
+    return out
+
+
+def convert(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as ``dtype``. Between float16 and float32, through torch where the process has
+    already loaded it (every model worker): its conversions are 3-7× faster than numpy's
+    (602 px tile: 0.9 against 6.6 ms to float16, 0.4 against 2.6 back) and bit-identical
+    (both round to nearest even). The client and identity workers never import torch."""
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    torch = sys.modules.get("torch")
+    if torch is not None and {a.dtype, dtype} <= {np.dtype(np.float16), np.dtype(np.float32)}:
+        to = torch.float16 if dtype == np.float16 else torch.float32
+        return torch.from_numpy(np.ascontiguousarray(a)).to(to).numpy()
+    return a.astype(dtype)
 
 
 @functools.lru_cache(maxsize=64)
 def _open_array(root: str, name: str) -> zarr.Array:
     return zarr.open_array(store=os.path.join(root, name), mode="r+")
+
+
+def _forget_arrays() -> None:
+    """Arrays were created or removed: drop what this process cached about them."""
+    _open_array.cache_clear()
+    chunks.layout.cache_clear()
 
 
 @dataclass(frozen=True)
@@ -70,29 +120,40 @@ class ArrayView:
         """Where the view lives, for run.json; ``Store.view`` reads it back."""
         return {"name": self.name, "shape": list(self.shape), "offset": list(self.offset)}
 
-    def read(self, box: Box) -> np.ndarray:
+    def _pixels(self, box: Box) -> np.ndarray:
+        """The box's pixels in the array's dtype, (C, h, w)."""
         oy, ox = self.offset
-        return self.array[:, box.y0 + oy:box.y1 + oy, box.x0 + ox:box.x1 + ox].astype(np.float32)
+        y0, y1, x0, x1 = box.y0 + oy, box.y1 + oy, box.x0 + ox, box.x1 + ox
+        lay = chunks.layout(os.path.join(self.root, self.name))
+        if lay is None:
+            return self.array[:, y0:y1, x0:x1]
+        return chunks.read(lay, y0, y1, x0, x1)
+
+    def read(self, box: Box) -> np.ndarray:
+        return convert(self._pixels(box), np.float32)
 
     def read_uint8(self, box: Box) -> np.ndarray:
         """(h, w, C) uint8 pixels, rounded and clipped: what an exporter writes."""
-        oy, ox = self.offset
-        a = self.array[:, box.y0 + oy:box.y1 + oy, box.x0 + ox:box.x1 + ox]
-        return (a if a.dtype == np.uint8 else to_uint8(a)).transpose(1, 2, 0)
+        a = self._pixels(box)
+        return interleaved(a if a.dtype == np.uint8 else to_uint8(a))
 
     def write(self, tile: Tile, core: np.ndarray) -> None:
         """Write ``core`` (C, h, w) as the whole chunk that ``tile`` owns."""
-        arr = self.array
+        lay = chunks.layout(os.path.join(self.root, self.name))
+        arr = self.array if lay is None else None
+        (c, h, w), dtype = (arr.shape, arr.dtype) if lay is None else (lay.shape, lay.dtype)
         oy, ox = self.offset
-        chunk = Box(tile.chunk.y0, min(tile.chunk.y1, arr.shape[1]),
-                    tile.chunk.x0, min(tile.chunk.x1, arr.shape[2]))
+        chunk = Box(tile.chunk.y0, min(tile.chunk.y1, h), tile.chunk.x0, min(tile.chunk.x1, w))
         at = tile.core.shift(oy, ox).relative_to(chunk)
         if at.shape == chunk.shape:
-            buf = core.astype(arr.dtype, copy=False)
+            buf = convert(core, dtype)
         else:  # an edge tile: the rest of its chunk lies outside the image
-            buf = np.zeros((arr.shape[0], *chunk.shape), dtype=arr.dtype)
+            buf = np.zeros((c, *chunk.shape), dtype=dtype)
             buf[(slice(None), *at.slices())] = core
-        arr[(slice(None), *chunk.slices())] = buf
+        if lay is None:
+            arr[(slice(None), *chunk.slices())] = buf
+        else:
+            chunks.write(lay, chunk.y0 // lay.chunk[0], chunk.x0 // lay.chunk[1], buf)
 
 
 @dataclass(frozen=True)
@@ -120,7 +181,7 @@ class OctaveStart:
         return self.source.read(box) + up
 
     def read_uint8(self, box: Box) -> np.ndarray:
-        return to_uint8(self.read(box)).transpose(1, 2, 0)
+        return interleaved(to_uint8(self.read(box)))
 
 
 def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
@@ -188,7 +249,7 @@ class Store:
                           chunks=(3, SOURCE_CHUNK, SOURCE_CHUNK), dtype="uint8",
                           compressors=[SOURCE_CODEC], fill_value=0, overwrite=True,
                           dimension_names=("c", "y", "x"))
-        _open_array.cache_clear()
+        _forget_arrays()
         return ArrayView(self.root, name, shape)
 
     def source(self, level: int) -> ArrayView:
@@ -226,7 +287,7 @@ class Store:
                           chunks=(3, tile, tile), dtype="float16", compressors=None,
                           fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
                           attributes={"offset": list(offset), "shape": list(shape)})
-        _open_array.cache_clear()
+        _forget_arrays()
         return ArrayView(self.root, name, shape, offset)
 
     def view(self, record: dict[str, Any]) -> ArrayView:
@@ -237,7 +298,7 @@ class Store:
     def drop_canvases(self, octave: int) -> None:
         for parity in (0, 1):
             shutil.rmtree(self.path / "canvas" / f"o{octave}p{parity}", ignore_errors=True)
-        _open_array.cache_clear()
+        _forget_arrays()
 
     # -- run record ------------------------------------------------------------------------
 

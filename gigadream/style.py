@@ -261,5 +261,5 @@ class OriginalColors:
         return luminance_transfer(self.styled.read(box), self.content.read(box))
 
     def read_uint8(self, box: Box) -> np.ndarray:
-        from .store import to_uint8
-        return to_uint8(self.read(box)).transpose(1, 2, 0)
+        from .store import interleaved, to_uint8
+        return interleaved(to_uint8(self.read(box)))

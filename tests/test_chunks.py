@@ -1,0 +1,79 @@
+"""chunks.py reads and writes the store's chunk files itself: zarr must agree, both ways."""
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec
+
+from gigadream import chunks
+from gigadream.store import SOURCE_CODEC, Store, interleaved, planar, to_uint8
+from gigadream.tiling import Box, grid
+
+CODECS = {"raw": None, "source": SOURCE_CODEC,
+          "bitshuffle": BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")}
+
+
+def make(path, dtype, codec, shape=(3, 300, 520), chunk=(3, 128, 128)):
+    return zarr.create_array(store=str(path), shape=shape, chunks=chunk, dtype=dtype,
+                             compressors=[codec] if codec else None, fill_value=0)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_what_zarr_wrote_reads_back_here_and_what_we_wrote_reads_in_zarr(tmp_path, codec, dtype):
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (3, 300, 520)).astype(dtype)
+    ours, theirs = make(tmp_path / "ours", dtype, CODECS[codec]), make(tmp_path / "theirs", dtype, CODECS[codec])
+    theirs[:, :200, :] = pixels[:, :200, :]                 # rows 200-299: never written
+    lay = chunks.layout(str(tmp_path / "ours"))
+    assert lay is not None and lay.chunk == (128, 128)
+    for iy in range(3):
+        for ix in range(5):
+            if iy < 2:
+                chunks.write(lay, iy, ix, pixels[:, iy * 128:(iy + 1) * 128, ix * 128:(ix + 1) * 128])
+    read_back = zarr.open_array(str(tmp_path / "ours"), mode="r")[:]
+    assert np.array_equal(read_back[:, :256], pixels[:, :256])
+    assert (read_back[:, 256:] == 0).all()
+    lay_theirs = chunks.layout(str(tmp_path / "theirs"))
+    for y0, y1, x0, x1 in [(0, 300, 0, 520), (5, 17, 3, 400), (127, 129, 127, 129),
+                           (190, 260, 500, 520), (299, 300, 519, 520)]:
+        got = chunks.read(lay_theirs, y0, y1, x0, x1)
+        want = np.where(np.arange(300)[None, :, None] < 200, pixels, 0)[:, y0:y1, x0:x1]
+        assert got.dtype == np.dtype(dtype) and np.array_equal(got, want), (y0, y1, x0, x1)
+
+
+def test_other_layouts_are_left_to_zarr(tmp_path):
+    zstd = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2)
+    a = make(tmp_path / "z", "uint8", None, chunk=(1, 128, 128))      # channels split
+    b = zarr.create_array(store=str(tmp_path / "v2"), shape=(3, 8, 8), chunks=(3, 8, 8),
+                          dtype="uint8", zarr_format=2)
+    c = make(tmp_path / "t", "uint16", zstd)                            # typesize ok, codec blosc
+    assert a.shape and b.shape and c.shape
+    assert chunks.layout(str(tmp_path / "t")).codec is not None     # blosc of any cname: ours
+    assert chunks.layout(str(tmp_path / "z")) is None
+    assert chunks.layout(str(tmp_path / "v2")) is None
+    assert chunks.layout(str(tmp_path / "missing")) is None
+
+
+def test_views_through_chunks_match_zarr_slicing(tmp_path):
+    """The store's views (offset canvases, edge tiles) agree with zarr's own slicing."""
+    st = Store.create(tmp_path / "s")
+    view = st.canvas(0, 0, (700, 900), 256, (100, 37))
+    rng = np.random.default_rng(1)
+    image = rng.uniform(-3, 258, (3, 700, 900)).astype(np.float32)
+    for t in grid(view.shape, 256, (100, 37)):
+        view.write(t, image[(slice(None), *t.core.slices())])
+    arr = zarr.open_array(str(tmp_path / "s" / view.name), mode="r")
+    box = Box(13, 690, 250, 899)
+    want = arr[:, 13 + 100:690 + 100, 250 + 37:899 + 37]
+    assert np.array_equal(view.read(box), want.astype(np.float32))
+    assert np.array_equal(view.read_uint8(box), to_uint8(want.astype(np.float32)).transpose(1, 2, 0))
+    assert np.array_equal(view.read(Box(0, 700, 0, 900)), image.astype(np.float16).astype(np.float32))
+
+
+def test_layout_helpers_round_trip():
+    a = np.random.default_rng(2).integers(0, 255, (3, 5, 7), dtype=np.uint8)
+    assert np.array_equal(interleaved(a), a.transpose(1, 2, 0))
+    assert np.array_equal(planar(interleaved(a)), a)
+    h = np.random.default_rng(3).integers(0, 1 << 16, 4096, dtype=np.uint16).view(np.float16)
+    want = np.clip(np.rint(np.nan_to_num(h.astype(np.float32))), 0, 255).astype(np.uint8)
+    assert np.array_equal(to_uint8(h), want)
