@@ -243,8 +243,8 @@ VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from .engine import limit_malloc_arenas
-    limit_malloc_arenas()
+    from .engine import tune_client_malloc
+    tune_client_malloc()
     args = build_parser().parse_args(argv)
     # Ctrl-C and a cloud's preemption notice (SIGTERM) stop the run where it is; every pass
     # already recorded stays in the store, and the same command resumes.

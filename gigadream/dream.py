@@ -90,26 +90,28 @@ class DeepDream:
     grad_scale: float = 1.0
     dose: float = 1.0
 
-    def _gradient(self, x):
+    def gradient(self, x):
         """Objective gradient w.r.t. x (1, C, h, w); returns (grad, seconds in the model)."""
         import torch
 
-        from .models import get_model
+        from .models import device, get_model
 
-        net = get_model(self.model, self.weights)
+        net = get_model(self.model, self.weights, device())
         t = time.perf_counter()
-        x = x.detach().requires_grad_(True)
+        x = x.detach().to(device()).requires_grad_(True)
         acts = net(x, frozenset(o.layer for o in self.objectives))
         n = x.shape[-1] * x.shape[-2]
         loss = sum(o(acts, n) for o in self.objectives)
         (g,) = torch.autograd.grad(loss, x)
+        if g.is_cuda:
+            torch.cuda.synchronize()       # CUDA runs asynchronously: time the work, not its launch
         return g, time.perf_counter() - t
 
     def stat(self, window: np.ndarray, core: Box) -> dict:
         """Σ|g| and pixel count over the core: reduced over tiles into ``grad_scale``."""
         import torch
 
-        g, seconds = self._gradient(torch.from_numpy(window)[None])
+        g, seconds = self.gradient(torch.from_numpy(window)[None])
         gc = g[0][(slice(None), *core.slices())]
         return {"grad_abs_sum": float(gc.abs().sum(dtype=torch.float64)), "count": gc.numel(),
                 "model_s": seconds}
@@ -117,7 +119,8 @@ class DeepDream:
     def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator, content=None):
         import torch
 
-        x = torch.from_numpy(window)[None].clone()        # (1, C, h, w), 0-255
+        from .models import device
+        x = torch.from_numpy(window)[None].to(device(), copy=True)   # (1, C, h, w), 0-255
         h, w = window.shape[1:]
         model_s = 0.0
         for _ in range(self.iterations):
@@ -125,9 +128,9 @@ class DeepDream:
             # jitter < margin, so the core never sees it.
             dy, dx = (int(v) for v in rng.integers(-self.jitter, self.jitter + 1, size=2))
             dy, dx = (dy % h if h else 0), (dx % w if w else 0)
-            g, s = self._gradient(torch.roll(x, (dy, dx), (2, 3)))
+            g, s = self.gradient(torch.roll(x, (dy, dx), (2, 3)))
             model_s += s
             g = torch.roll(g, (-dy, -dx), (2, 3))
             x += (self.dose * self.step_size / self.grad_scale) * g
             x.clamp_(0.0, 255.0)
-        return x[0][(slice(None), *core.slices())].numpy(), {"model_s": model_s}
+        return x[0][(slice(None), *core.slices())].cpu().numpy(), {"model_s": model_s}

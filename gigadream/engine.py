@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import dask
@@ -73,33 +74,64 @@ def release_freed_memory() -> None:
         _glibc().malloc_trim(0)
 
 
-M_ARENA_MAX = -8     # glibc mallopt parameter
+M_ARENA_MAX = -8        # glibc mallopt parameters
+M_MMAP_THRESHOLD = -3
 
 
-def limit_malloc_arenas(n: int = 2) -> None:
-    """Cap glibc's malloc arenas. zarr reads through a pool of threads and glibc gives each
-    its own arena, which keeps what it once held: exporting a 100 MP canvas peaked 44 MB above
-    a 25 MP one of the same width; with one or two arenas both peak at 188 MB (measured)."""
+def tune_client_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> None:
+    """glibc settings for the gigadream process itself (the client: ingest, export).
+
+    - At most ``arenas`` malloc arenas: chunk reads run on a pool of threads and glibc gives
+      each its own arena, which keeps what it once held (exporting a 100 MP canvas peaked
+      44 MB above a 25 MP one of the same width; with two arenas, 188 MB both).
+    - A fixed mmap threshold: glibc raises it to the size of every large block freed, after
+      which the 1.5 MB canvas chunks come from the heap and fragment it; exporting a 200 MP
+      canvas peaked 258 MB against 229 MB for 25 MP, and 193 against 189 MB with the threshold
+      held at 1 MB (measured). Workers keep glibc's default: a fixed threshold made every
+      activation of a model step a fresh mmap (see ``cluster``).
+    """
     if _glibc() is not None:
-        _glibc().mallopt(M_ARENA_MAX, n)
+        _glibc().mallopt(M_ARENA_MAX, arenas)
+        _glibc().mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+
+
+# Tasks in flight at once: enough to keep every worker busy and its next tile prefetched,
+# few enough that the scheduler's state does not grow with the image (all 780 tiles of a
+# 200 MP pass submitted at once cost the client ~40 MB more than 100 did).
+IN_FLIGHT = 32
 
 
 def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequence,
-              on_done: Callable[[Any], None] | None = None, args: tuple = ()) -> list:
+              on_done: Callable[[Any], None] | None = None, args: tuple = (),
+              in_flight: int = IN_FLIGHT) -> list:
     """``fn(item, *args)`` over ``items`` on ``executor``; results in the order of ``items``.
 
-    ``on_done`` sees each result as it completes (progress). The first failure cancels what
-    has not started and is raised.
+    At most ``in_flight`` tasks are submitted and not yet finished. ``on_done`` sees each
+    result as it completes (progress). The first failure cancels the rest and is raised.
     """
-    futures = {executor.submit(fn, item, *args): i for i, item in enumerate(items)}
     results: list = [None] * len(items)
+    pending: dict = {}
+    queue = iter(enumerate(items))
+
+    def submit_next() -> None:
+        nxt = next(queue, None)
+        if nxt is not None:
+            pending[executor.submit(fn, nxt[1], *args)] = nxt[0]
+
     try:
-        for fut in concurrent.futures.as_completed(futures):
-            results[futures[fut]] = fut.result()
-            if on_done is not None:
-                on_done(results[futures[fut]])
+        for _ in range(in_flight):
+            submit_next()
+        while pending:
+            finished, _ = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in finished:
+                i = pending.pop(fut)
+                results[i] = fut.result()
+                if on_done is not None:
+                    on_done(results[i])
+                submit_next()
     except BaseException:
-        for fut in futures:
+        for fut in pending:
             fut.cancel()
         raise
     return results
@@ -139,16 +171,25 @@ class DaskExecutor(concurrent.futures.Executor):
 
 
 def cuda_devices() -> int:
-    try:
-        import torch
-        return torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
+    """NVIDIA GPUs this process may use, without importing torch: the client never runs a
+    model, and importing torch cost it 180 MB (measured). The driver lists its GPUs under
+    /proc/driver/nvidia/gpus; CUDA_VISIBLE_DEVICES narrows them, as it does for torch."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    found = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return found
+    n = 0
+    for v in visible.split(","):     # CUDA stops at the first invalid entry ("-1": none)
+        if not v.strip() or v.strip().startswith("-"):
+            break
+        n += 1
+    return min(found, n)
 
 
 class WorkerSetup(WorkerPlugin):
-    """Runs once in each worker process: bounds its threads, loads the model before the
-    first task, so a pass never waits on weights and each worker loads them once."""
+    """Runs once in each worker process: bounds its threads, loads torch and the model before
+    the first task, so a pass never waits on weights and each worker loads them once."""
 
     name = "gigadream-setup"
 
@@ -162,12 +203,16 @@ class WorkerSetup(WorkerPlugin):
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
         if self.parent is not None:
             _exit_with_parent(self.parent)
+        # torch even without a model: the canvases' float16 conversions go through it
+        # (store.convert), 3-7x faster than numpy's; an identity pass ran 1.8x faster.
+        import torch
+        torch.set_num_threads(self.threads)
+        gpus = torch.cuda.device_count()
+        if gpus and "GIGADREAM_DEVICE" not in os.environ and isinstance(worker.name, int):
+            os.environ["GIGADREAM_DEVICE"] = f"cuda:{worker.name % gpus}"  # one GPU a worker
         if self.model is not None:
-            import torch
-
-            from .models import get_model
-            torch.set_num_threads(self.threads)
-            get_model(*self.model)
+            from .models import device, get_model
+            get_model(*self.model, device())
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -207,7 +252,7 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         # (measured here). run_tile trims the heap after each tile instead.
         spawn_env = {k: str(nthreads) for k in
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        spawn_env["MALLOC_ARENA_MAX"] = "2"       # see limit_malloc_arenas
+        spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
             local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                  host="127.0.0.1", dashboard_address=None, memory_limit=0,

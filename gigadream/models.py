@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,17 @@ BUILDERS = {
     "googlenet": GoogLeNet,
     "efficientnet_lite0": EfficientNetLite0,
 }
+
+
+def device() -> str:
+    """Where this process runs DeepDream's model: ``GIGADREAM_DEVICE`` (cpu, cuda, cuda:1) if
+    set (each worker of an embedded cluster is given its own GPU this way), else the first
+    CUDA device torch sees, else the CPU."""
+    name = os.environ.get("GIGADREAM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"GIGADREAM_DEVICE={name} but torch sees no CUDA device; install a "
+                         "CUDA build of torch, or unset GIGADREAM_DEVICE to run on the CPU")
+    return name
 
 
 @functools.lru_cache(maxsize=4)

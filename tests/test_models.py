@@ -177,3 +177,18 @@ def test_layers_verb_lists_every_layer_with_its_receptive_field():
     r = subprocess.run([sys.executable, "-m", "gigadream", "layers", "resnet"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice: 'resnet'" in r.stderr
+
+
+def test_the_model_device_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypatch):
+    import torch
+
+    from gigadream.errors import ModelError
+    from gigadream.models import device
+    monkeypatch.delenv("GIGADREAM_DEVICE", raising=False)
+    assert device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("GIGADREAM_DEVICE", "cpu")
+    assert device() == "cpu"
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("GIGADREAM_DEVICE", "cuda:1")
+        with pytest.raises(ModelError, match="GIGADREAM_DEVICE=cuda:1 but torch sees no CUDA"):
+            device()
