@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench profile clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo:
 
 bench:
 	$(BIN)/python profiling/bench.py
+
+# A 300 MP panorama through the whole engine (mode identity: on this CPU a 300 MP dream takes
+# hours; the engine's own memory and time are what the report is for), beside the naive way.
+PROFILE_ARGS ?= --config impressionist --set mode=identity --set dream.passes=2
+profile:
+	$(BIN)/python -m gigadream.sample profiling/out/pano.jpg --width 20000 --height 15000
+	$(BIN)/gigadream profile profiling/out/pano.jpg $(PROFILE_ARGS) -o profiling/out/report --overwrite
+	@echo "read profiling/out/report/report.md"
 
 clean:
 	rm -rf demo profiling/out .pytest_cache

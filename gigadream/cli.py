@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same result)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--events", type=Path, metavar="FILE",
+                   help="also write progress as JSON lines to FILE (stages, tiles, rows, with "
+                        "times): for batch monitors and 'gigadream profile'")
 
     p = sub.add_parser("ingest", help="stream an image into a store (level 0 and octave pyramid)")
     p.add_argument("input", type=Path, metavar="INPUT")
@@ -97,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .estimate import GPUS
     p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
                    help=f"also estimate the time on this GPU: {', '.join(sorted(GPUS))}")
+
+    p = sub.add_parser("profile", help="run and measure: memory over time per stage, the naive "
+                                       "baseline beside it, hot functions line by line",
+                       description="Run INPUT as 'gigadream run' would, sampling the memory of "
+                                   "its whole process tree; then the naive baseline (whole image "
+                                   "in a float32 array) on the same input; then memory_profiler "
+                                   "line by line on a slice. Writes REPORT/report.md, memory.png, "
+                                   "memory.csv, lines.txt, events.jsonl and the result.")
+    p.add_argument("input", type=Path, metavar="INPUT")
+    _add_config_args(p)
+    p.add_argument("-o", "--output", type=Path, metavar="REPORT",
+                   help="report folder (default: INPUT-profile beside the input)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (engine.workers)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the naive baseline (it holds the whole image in memory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
 
     p = sub.add_parser("classes", help="list the ImageNet classes and groups (for dream.classes)")
     p.add_argument("filter", nargs="?", default="", metavar="TEXT",
@@ -143,13 +162,14 @@ class _Progress:
 
 
 def _run(args) -> int:
-    from .pipeline import default_store, run
+    from .pipeline import EventLog, default_store, run
     cfg = _config(args)
     out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
     progress = _Progress(args.quiet)
+    on_event = EventLog(args.events, progress) if args.events else progress
     try:
         report = run(args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
-                     restart=args.restart, on_event=progress)
+                     restart=args.restart, on_event=on_event)
     except Interrupted as e:
         progress.close()
         store = args.store or default_store(out)
@@ -164,6 +184,8 @@ def _run(args) -> int:
                             "are kept)") from None
     finally:
         progress.close()
+        if on_event is not progress:
+            on_event.close()
     if not args.quiet:
         h, w = report.shape
         total = sum(report.stage_s.values())
@@ -224,6 +246,16 @@ def _plan(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from .profile import profile
+    cfg = _config(args)
+    folder = args.output or args.input.with_name(f"{args.input.stem}-profile")
+    path = profile(args.input, cfg, folder, baseline=args.baseline, overwrite=args.overwrite,
+                   say=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def _classes(args) -> int:
     from .classes import GROUPS, names
     needle = args.filter.lower()
@@ -237,7 +269,7 @@ def _classes(args) -> int:
 
 
 VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
-         "layers": _layers, "classes": _classes, "plan": _plan}
+         "layers": _layers, "classes": _classes, "plan": _plan, "profile": _profile}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,11 @@ from .tiling import grid, pass_offset
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage begins: ingest, pyramid, calibrate, pass, export."""
+    """A stage begins: ingest, cluster, pyramid, calibrate, grams, pass, export. A pass
+    says how many ``pixels`` it covers (for throughput)."""
     name: str
     detail: str = ""
+    pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     model = (cfg.model.name, cfg.model.weights) if cfg.mode != "identity" else None
     octaves, scale = cfg.octaves(shape)
     t = time.perf_counter()
+    on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
     with cluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, model) as ex:
         report.stage_s["cluster"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -214,6 +217,25 @@ class Rows:
     stage: str
     done: int
     total: int
+
+
+class EventLog:
+    """Events as JSON lines (``{"t": unix time, "event": "Stage", ...}``), flushed as they
+    come, for profilers and batch monitors: ``gigadream run --events FILE``."""
+
+    def __init__(self, path: Path, then: Callable[[object], None] = lambda e: None):
+        self.file = open(path, "w", buffering=1)
+        self.then = then
+
+    def __call__(self, event) -> None:
+        import dataclasses
+        import json
+        self.file.write(json.dumps({"t": time.time(), "event": type(event).__name__,
+                                    **dataclasses.asdict(event)}) + "\n")
+        self.then(event)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _rows(on_event, stage: str, total: int) -> Callable[[int], None]:
@@ -349,7 +371,8 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
                 shared += (ex.tree_reduce(add_stats, stats),)
                 ex.wait(stats, lambda: on_event(Work(1)))
         on_event(Stage("pass", f"octave {k} pass {pp.pass_ + 1}: "
-                               f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles"))
+                               f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles",
+                       pixels=pp.shape[0] * pp.shape[1]))
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
         tasks = [TileTask(view, target, proc, tile, seed, content=sources[k] if style else None)
                  for tile in tiles]
