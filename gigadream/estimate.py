@@ -113,7 +113,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
             n = min(len(t), cfg.dream.calibration_tiles)
             mp_its += n * sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
             steps += n
-    # Store: the source pyramid (uint8, ~70 % after lz4) and, at the peak, the two float16
+    # Store: the source pyramid (raw uint8) and, at the peak, the two float16
     # canvases of octave 0 with octave 1's two still on disk during octave 0's first pass.
     src = sum(3 * h * w for h, w in (octave_shape(shape, scale, k) for k in range(octaves)))
     canvases = 0
@@ -128,7 +128,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     # window (float32 in and out) and one step's saved activations for the largest window.
     worker_ram = int(400e6 + bytes_px * window_px + 4 * 3 * window_px * 4)
     return Estimate(shape, octaves, len(passes), tiles, mp_its, steps, flops_px,
-                    int(0.7 * src) + canvases, worker_ram, per_step, per_mp)
+                    src + canvases, worker_ram, per_step, per_mp)
 
 
 def _duration(s: float) -> str:

@@ -191,10 +191,10 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
     return level0
 
 
-def build_pyramid(store: Store, octaves: int, scale: float,
-                  executor: concurrent.futures.Executor | None = None) -> list[ArrayView]:
+def build_pyramid(store: Store, octaves: int, scale: float) -> list[ArrayView]:
     """Source levels 0..octaves-1, each ``scale`` times smaller than the one before, each
-    resized from its finer neighbour in chunk-aligned tasks. Reuses a matching pyramid."""
+    resized from its finer neighbour in chunk-aligned tasks on a pool of this process's
+    threads (numpy and file I/O release the GIL). Reuses a matching pyramid."""
     from .engine import map_tasks
 
     have = store.record().get("pyramid", {})
@@ -202,17 +202,12 @@ def build_pyramid(store: Store, octaves: int, scale: float,
     levels = [base]
     if have.get("scale") == scale and have.get("levels", 1) >= octaves:
         return [store.source(k) for k in range(octaves)]
-    own = executor is None
-    executor = executor or concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
-    try:
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as executor:
         for k in range(1, octaves):
             target = store.create_source(octave_shape(base.shape, scale, k), f"source/{k}")
             tasks = [(levels[-1], target, t) for t in grid(target.shape, SOURCE_CHUNK)]
             map_tasks(executor, _downsample, tasks)
             levels.append(target)
-    finally:
-        if own:
-            executor.shutdown()
     store.write_ome(scale, octaves)
     store.update_record(pyramid={"levels": octaves, "scale": scale})
     return levels

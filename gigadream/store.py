@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from . import chunks
 from .errors import StoreError
@@ -34,11 +33,13 @@ from .tiling import Box, Tile, padded_shape
 FORMAT_VERSION = 1
 SOURCE_CHUNK = 256
 # Chunk codecs, picked by measurement (200 MP photo panorama, 256 px uint8 chunks, chunks.py
-# writing): none 2.7 s to ingest and 587 MB; blosc-lz4 3.3 s, 218 MB, and 0.36 ms to decode a
-# chunk; lz4 with bitshuffle 3.6 s, 220 MB, 0.46 ms; zstd 4.1 s, 118 MB. Sources keep lz4
-# without shuffling (they are read by every octave's first pass and live for the whole run);
-# canvases of dreamed float16 pixels hardly compress and are rewritten every pass: raw.
-SOURCE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")
+# writing): none 1.8-2.7 s to ingest and 587 MB; blosc-lz4 3.3 s, 218 MB, 0.36 ms to decode a
+# chunk; lz4 with bitshuffle 3.6 s, 220 MB, 0.46 ms; zstd 4.1 s, 118 MB. Every pyramid task
+# and octave start decodes ~9 source chunks to use ~2 chunks' worth, so decoding dominated
+# reads: a pyramid chunk took 12-15 ms from lz4 sources and 9.6 ms from raw ones. Sources
+# and canvases are therefore stored raw; the disk cost is ~3 bytes a pixel per level (a
+# 300 MP panorama's source pyramid: 1.8 GB, beside 3.6 GB of float16 canvases).
+SOURCE_CODEC = None        # or a zarr codec, e.g. zarr.codecs.BloscCodec(cname="lz4", clevel=1)
 # zarr encodes chunks one at a time by default; where zarr still writes (arrays chunks.py does
 # not handle), batching helps (a 300 MP level 0: 11.5 s → 6.1 s).
 zarr.config.set({"codec_pipeline.batch_size": 128})
@@ -247,7 +248,7 @@ class Store:
     def create_source(self, shape: tuple[int, int], name: str = "source/0") -> ArrayView:
         zarr.create_array(store=os.path.join(self.root, name), shape=(3, *shape),
                           chunks=(3, SOURCE_CHUNK, SOURCE_CHUNK), dtype="uint8",
-                          compressors=[SOURCE_CODEC], fill_value=0, overwrite=True,
+                          compressors=[SOURCE_CODEC] if SOURCE_CODEC else None, fill_value=0, overwrite=True,
                           dimension_names=("c", "y", "x"))
         _forget_arrays()
         return ArrayView(self.root, name, shape)

@@ -5,10 +5,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from gigadream import chunks
-from gigadream.store import SOURCE_CODEC, Store, interleaved, planar, to_uint8
+from gigadream.store import Store, interleaved, planar, to_uint8
 from gigadream.tiling import Box, grid
 
-CODECS = {"raw": None, "source": SOURCE_CODEC,
+CODECS = {"raw": None, "lz4": BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"),
           "bitshuffle": BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")}
 
 

@@ -48,7 +48,7 @@ def test_every_stage_has_its_wall_time_peak_and_tiles(report):
     folder, img, stderr = report
     rows = stage_table((folder / "report.md").read_text())
     names = [r[0].split()[0] for r in rows]
-    assert names == ["start-up", "ingest", "cluster", "pyramid", "pass", "pass", "pass", "pass",
+    assert names == ["start-up", "ingest", "pyramid", "cluster", "pass", "pass", "pass", "pass",
                      "export"]
     cfg = load_config(None, [a for a in IDENTITY if a != "--set"])
     expected_tiles = [p.tiles for p in plan((700, 1500), cfg)]
