@@ -63,7 +63,7 @@ def _write_temp_tiff(view, path: Path, on_rows: Callable[[int], None] | None) ->
     def strips():
         for y in range(0, h, STRIP_ROWS):
             strip = view.read_uint8(Box(y, min(h, y + STRIP_ROWS), 0, w))
-            yield np.ascontiguousarray(strip)
+            yield strip                       # contiguous (h, w, 3) already
             if on_rows:
                 on_rows(strip.shape[0])
 

@@ -230,8 +230,9 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
 
 
 def top_lines(text: str, n: int = 5) -> list[tuple[float, str, str]]:
-    """The ``n`` lines of memory_profiler output with the largest increments:
-    (MiB, file, line contents)."""
+    """The ``n`` lines of memory_profiler output at which the process's memory was highest:
+    (MiB, file:line, line contents). (Its 'Increment' column is not used: memory_profiler
+    measures it against the last line traced in any function, so it mixes functions.)"""
     out, current = [], ""
     for line in text.splitlines():
         if line.startswith("Filename: "):
@@ -240,12 +241,12 @@ def top_lines(text: str, n: int = 5) -> list[tuple[float, str, str]]:
         parts = line.split()
         if len(parts) >= 6 and parts[0].isdigit() and parts[2] == "MiB" and parts[4] == "MiB":
             try:
-                inc = float(parts[3])
+                usage = float(parts[1])
             except ValueError:
                 continue
             code = line.split("MiB", 2)[-1].strip().split(None, 1)[-1] if len(parts) > 6 else ""
-            if not code.startswith(("def ", "async def ")):  # a call's line holds the caller's
-                out.append((inc, f"{current}:{parts[0]}", code))
+            if not code.startswith(("def ", "async def ", "with ", "for ")):
+                out.append((usage, f"{current}:{parts[0]}", code))  # statements that allocate
     return sorted(out, key=lambda r: -r[0])[:n]
 
 
@@ -348,7 +349,7 @@ def write_report(folder: Path, input_path: Path, shape: tuple[int, int], cfg: Co
           f"{pass_s:.1f} s ({tiles / pass_s if pass_s else 0:.2f} tiles/s, "
           f"{pixels / 1e6 / pass_s if pass_s else 0:.1f} MP/s).", "", *_table(rows), "",
           "![memory over time](memory.png)", "",
-          "The plot stacks the started process (the client: ingest, pyramid scheduling, "
+          "The plot stacks the started process (the client: ingest, the pyramid on its threads, "
           "export) and its children (the Dask workers that run the tiles).", "",
           "## Against the naive way", ""]
     if baseline is not None:
@@ -368,8 +369,8 @@ def write_report(folder: Path, input_path: Path, shape: tuple[int, int], cfg: Co
            f"the hot functions of every stage, run on a slice of the same data: ingest's "
            f"streaming of {min(h, LINE_ROWS)} rows, two pyramid chunks, "
            + ("" if cfg.mode == "style" else f"{LINE_TILES} tiles of the last pass, ")
-           + "and export's streaming of the slice. The largest increments:", "",
-           "| MiB | where | line |", "| ---: | --- | --- |"]
+           + "and export's streaming of the slice. The statements at which its memory was "
+           "highest:", "", "| MiB | where | line |", "| ---: | --- | --- |"]
     md += [f"| {inc:.1f} | {where} | `{code}` |" for inc, where, code in top_lines(lines)]
     md += ["", "## Files", "",
            "`memory.csv` (every sample), `events.jsonl` (the run's events), `run.log`, "

@@ -96,7 +96,7 @@ def test_line_by_line_covers_the_hot_functions_of_every_stage(report):
         assert where in lines, where
     assert str(Path(gigadream.__file__).resolve().parent.parent) not in lines
     md = (folder / "report.md").read_text()
-    assert md.count("| gigadream/") >= 3          # the largest increments, with file:line
+    assert md.count("| gigadream/") >= 3          # the highest-memory statements, file:line
 
 
 def test_profile_refuses_bad_requests_in_one_line(tmp_path, photos):
@@ -129,7 +129,7 @@ def test_stage_rows_cut_the_samples_at_each_stage():
     assert done.peak == 69 + 10
 
 
-def test_top_lines_skip_the_def_line_and_rank_by_increment():
+def test_top_lines_rank_statements_by_the_memory_they_ran_at():
     text = """Filename: gigadream/x.py
 
 Line #    Mem usage    Increment  Occurrences   Line Contents
@@ -139,8 +139,8 @@ Line #    Mem usage    Increment  Occurrences   Line Contents
     12    151.0 MiB      1.0 MiB           3       b = small()
     13                                             # nothing
 """
-    assert top_lines(text, 5) == [(50.0, "gigadream/x.py:11", "a = big()"),
-                                  (1.0, "gigadream/x.py:12", "b = small()")]
+    assert top_lines(text, 5) == [(151.0, "gigadream/x.py:12", "b = small()"),
+                                  (150.0, "gigadream/x.py:11", "a = big()")]
 
 
 @pytest.mark.parametrize("mode", ["identity", "dream"])
