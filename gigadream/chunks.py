@@ -108,9 +108,11 @@ def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     ch, cw = lay.chunk
     rows, cols = lay.chunk_range(y0, y1, x0, x1)
     keys = [(iy, ix) for iy in rows for ix in cols]
-    chunks = _pool().map(lambda k: _load(lay, *k), keys) if len(keys) > 1 else \
-        [_load(lay, *keys[0])] if keys else []
-    for (iy, ix), a in zip(keys, chunks):
+    if len(keys) > 1:
+        loaded = _pool().map(lambda k: _load(lay, *k), keys)
+    else:
+        loaded = [_load(lay, *k) for k in keys]
+    for (iy, ix), a in zip(keys, loaded):
         ya, yb = max(y0, iy * ch), min(y1, (iy + 1) * ch)
         xa, xb = max(x0, ix * cw), min(x1, (ix + 1) * cw)
         dst = out[:, ya - y0:yb - y0, xa - x0:xb - x0]

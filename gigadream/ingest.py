@@ -1,8 +1,8 @@
 """Stream an image file into the store's source level 0, then build the octave pyramid.
 
 The file is decoded once, top to bottom (pyvips ``access='sequential'``), in strips of
-``FETCH_ROWS`` rows; a writer thread cuts each full chunk-row strip into chunks and writes them while the
-next is decoded. Peak memory is a few strips, whatever the image size.
+``FETCH_ROWS`` rows; a writer thread cuts each full chunk-row strip into chunks and writes them
+while the next is decoded. Peak memory is a few strips, whatever the image size.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from .errors import InputError
 from .resample import octave_shape
 from .store import SOURCE_CHUNK, ArrayView, Store, downsample_tile, planar
 from .tiling import Box, grid
-
 
 # Measured on a 20000×15000 JPEG: libvips holds ~3 requests of buffers per fetch, so peak RSS
 # grows with the fetch height (64 rows: 309 MB, 128: 353 MB, 512: 660 MB) at equal speed.
@@ -138,7 +137,7 @@ def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None, path: 
     pyvips = _vips()
     h, w = target.shape
     region = pyvips.Region.new(im)
-    lay = chunks.layout(os.path.join(target.root, target.name))
+    lay = target.layout
     assert lay is not None and lay.chunk[0] == SOURCE_CHUNK, "sources are gigadream's layout"
 
     def write(y: int, strip: np.ndarray) -> None:

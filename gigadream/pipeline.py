@@ -5,9 +5,10 @@ them into a progress bar, tests and profilers attach their own.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +31,7 @@ from .tiling import grid, pass_offset
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage begins: ingest, cluster, pyramid, calibrate, grams, pass, export. A pass
+    """A stage begins: ingest, pyramid, cluster, calibrate, grams, pass, export. A pass
     says how many ``pixels`` it covers (for throughput)."""
     name: str
     detail: str = ""
@@ -232,10 +233,8 @@ class EventLog:
         self.then = then
 
     def __call__(self, event) -> None:
-        import dataclasses
-        import json
         self.file.write(json.dumps({"t": time.time(), "event": type(event).__name__,
-                                    **dataclasses.asdict(event)}) + "\n")
+                                    **asdict(event)}) + "\n")
         self.then(event)
 
     def close(self) -> None:

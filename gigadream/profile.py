@@ -380,12 +380,38 @@ def write_report(folder: Path, input_path: Path, shape: tuple[int, int], cfg: Co
     return path
 
 
-def profile(input_path: Path, cfg: Config, folder: Path, *, baseline: bool = True,
-            overwrite: bool = False, say=lambda msg: None) -> Path:
-    """Run, measure and report into ``folder``; returns the report's path."""
+def _baseline(input_path: Path, shape: tuple[int, int], cfg: Config, folder: Path, config: Path,
+              progress, say) -> tuple[Trace | None, str]:
+    """The naive baseline on the same input under the same sampler: (its trace, '') or
+    (None, why it did not run)."""
     import psutil
 
     from .baseline import BYTES_PER_PIXEL
+    need = BYTES_PER_PIXEL * shape[0] * shape[1]
+    avail = psutil.virtual_memory().available
+    if cfg.mode == "style":
+        return None, "it covers DeepDream (and identity), not style"
+    if need > 0.8 * avail:
+        return None, (f"it would need about {need / 1e9:.1f} GB and this machine has "
+                      f"{avail / 1e9:.1f} GB available")
+    say("profile: naive baseline (PIL, whole float32 image, np.roll)")
+    ev = folder / "baseline-events.jsonl"
+    try:
+        tr = trace([sys.executable, "-m", "gigadream.baseline", str(input_path),
+                    str(folder / "baseline.jpg"), "--config", str(config), "--events", str(ev)],
+                   ev, folder / "baseline.log", on_event=progress)
+    finally:
+        (folder / "baseline.jpg").unlink(missing_ok=True)
+        ev.unlink(missing_ok=True)
+    if tr.returncode != 0:
+        killed = ": killed, probably out of memory" if tr.returncode < 0 else ""
+        return None, f"it failed (exit {tr.returncode}; see baseline.log){killed}"
+    return tr, ""
+
+
+def profile(input_path: Path, cfg: Config, folder: Path, *, baseline: bool = True,
+            overwrite: bool = False, say=lambda msg: None) -> Path:
+    """Run, measure and report into ``folder``; returns the report's path."""
     from .export import check_output
     from .ingest import image_shape
 
@@ -406,40 +432,22 @@ def profile(input_path: Path, cfg: Config, folder: Path, *, baseline: bool = Tru
         if e["event"] == "Stage":
             say(f"  {e['name']} {e.get('detail', '')}".rstrip())
 
-    say(f"profile: gigadream run {input_path.name} ({shape[1]}×{shape[0]} px)")
-    ours = trace([sys.executable, "-m", "gigadream", "run", str(input_path), "--config",
-                  str(config), "-o", str(folder / "result.jpg"), "--store", str(store),
-                  "--restart", "--overwrite", "--quiet", "--events", str(folder / "events.jsonl")],
-                 folder / "events.jsonl", folder / "run.log", on_event=progress)
-    if ours.returncode != 0:
-        log = (folder / "run.log").read_text().strip().splitlines()
-        raise GigadreamError(f"the profiled run failed (exit {ours.returncode}): "
-                             f"{log[-1] if log else 'no message'}; see {folder / 'run.log'}")
+    try:      # the run's store is scratch (GBs for a panorama): gone on success and failure
+        say(f"profile: gigadream run {input_path.name} ({shape[1]}×{shape[0]} px)")
+        ours = trace([sys.executable, "-m", "gigadream", "run", str(input_path), "--config",
+                      str(config), "-o", str(folder / "result.jpg"), "--store", str(store),
+                      "--restart", "--overwrite", "--quiet",
+                      "--events", str(folder / "events.jsonl")],
+                     folder / "events.jsonl", folder / "run.log", on_event=progress)
+        if ours.returncode != 0:
+            log = (folder / "run.log").read_text().strip().splitlines()
+            raise GigadreamError(f"the profiled run failed (exit {ours.returncode}): "
+                                 f"{log[-1] if log else 'no message'}; see {folder / 'run.log'}")
 
-    base, skipped = None, "--no-baseline"
-    if baseline:
-        need = BYTES_PER_PIXEL * shape[0] * shape[1]
-        avail = psutil.virtual_memory().available
-        if cfg.mode == "style":
-            skipped = "it covers DeepDream (and identity), not style"
-        elif need > 0.8 * avail:
-            skipped = (f"it would need about {need / 1e9:.1f} GB and this machine has "
-                       f"{avail / 1e9:.1f} GB available")
-        else:
-            say("profile: naive baseline (PIL, whole float32 image, np.roll)")
-            ev = folder / "baseline-events.jsonl"
-            base = trace([sys.executable, "-m", "gigadream.baseline", str(input_path),
-                          str(folder / "baseline.jpg"), "--config", str(config), "--events",
-                          str(ev)], ev, folder / "baseline.log", on_event=progress)
-            if base.returncode != 0:
-                skipped = (f"it failed (exit {base.returncode}; see baseline.log)"
-                           + (": killed, probably out of memory" if base.returncode < 0 else ""))
-                base = None
-            (folder / "baseline.jpg").unlink(missing_ok=True)
-            ev.unlink(missing_ok=True)
+        base, skipped = (_baseline(input_path, shape, cfg, folder, config, progress, say)
+                         if baseline else (None, "--no-baseline"))
 
-    say("profile: line by line (memory_profiler) on a slice")
-    try:
+        say("profile: line by line (memory_profiler) on a slice")
         lines = line_profile(input_path, cfg, store, folder / "lines.gdstore")
     finally:
         shutil.rmtree(store, ignore_errors=True)

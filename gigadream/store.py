@@ -121,11 +121,16 @@ class ArrayView:
         """Where the view lives, for run.json; ``Store.view`` reads it back."""
         return {"name": self.name, "shape": list(self.shape), "offset": list(self.offset)}
 
+    @property
+    def layout(self) -> chunks.Layout | None:
+        """The array's chunk layout for ``chunks``; None where zarr reads and writes."""
+        return chunks.layout(os.path.join(self.root, self.name))
+
     def _pixels(self, box: Box) -> np.ndarray:
         """The box's pixels in the array's dtype, (C, h, w)."""
         oy, ox = self.offset
         y0, y1, x0, x1 = box.y0 + oy, box.y1 + oy, box.x0 + ox, box.x1 + ox
-        lay = chunks.layout(os.path.join(self.root, self.name))
+        lay = self.layout
         if lay is None:
             return self.array[:, y0:y1, x0:x1]
         return chunks.read(lay, y0, y1, x0, x1)
@@ -140,9 +145,8 @@ class ArrayView:
 
     def write(self, tile: Tile, core: np.ndarray) -> None:
         """Write ``core`` (C, h, w) as the whole chunk that ``tile`` owns."""
-        lay = chunks.layout(os.path.join(self.root, self.name))
-        arr = self.array if lay is None else None
-        (c, h, w), dtype = (arr.shape, arr.dtype) if lay is None else (lay.shape, lay.dtype)
+        lay = self.layout
+        (c, h, w), dtype = (lay.shape, lay.dtype) if lay else (self.array.shape, self.array.dtype)
         oy, ox = self.offset
         chunk = Box(tile.chunk.y0, min(tile.chunk.y1, h), tile.chunk.x0, min(tile.chunk.x1, w))
         at = tile.core.shift(oy, ox).relative_to(chunk)
@@ -152,13 +156,21 @@ class ArrayView:
             buf = np.zeros((c, *chunk.shape), dtype=dtype)
             buf[(slice(None), *at.slices())] = core
         if lay is None:
-            arr[(slice(None), *chunk.slices())] = buf
+            self.array[(slice(None), *chunk.slices())] = buf
         else:
             chunks.write(lay, chunk.y0 // lay.chunk[0], chunk.x0 // lay.chunk[1], buf)
 
 
+class ComputedView:
+    """A view whose float pixels are computed as they are read (``read``); its uint8 pixels
+    for export follow from them."""
+
+    def read_uint8(self, box: Box) -> np.ndarray:
+        return interleaved(to_uint8(self.read(box)))
+
+
 @dataclass(frozen=True)
-class OctaveStart:
+class OctaveStart(ComputedView):
     """The first canvas of octave k, computed on the fly, never stored:
 
         canvas_k = source_k + upsample(canvas_{k+1} - source_{k+1})
@@ -180,9 +192,6 @@ class OctaveStart:
     def read(self, box: Box) -> np.ndarray:
         up = resample_window(self._detail, self.coarse_source.shape, self.shape, box)
         return self.source.read(box) + up
-
-    def read_uint8(self, box: Box) -> np.ndarray:
-        return interleaved(to_uint8(self.read(box)))
 
 
 def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
@@ -248,8 +257,8 @@ class Store:
     def create_source(self, shape: tuple[int, int], name: str = "source/0") -> ArrayView:
         zarr.create_array(store=os.path.join(self.root, name), shape=(3, *shape),
                           chunks=(3, SOURCE_CHUNK, SOURCE_CHUNK), dtype="uint8",
-                          compressors=[SOURCE_CODEC] if SOURCE_CODEC else None, fill_value=0, overwrite=True,
-                          dimension_names=("c", "y", "x"))
+                          compressors=[SOURCE_CODEC] if SOURCE_CODEC else None, fill_value=0,
+                          overwrite=True, dimension_names=("c", "y", "x"))
         _forget_arrays()
         return ArrayView(self.root, name, shape)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import archs
+from .store import ComputedView
 from .tiling import Box
 
 # Total variation is a sum over pixels in neural-style; here a mean, scaled to 512 × 512 px.
@@ -247,7 +248,7 @@ def luminance_transfer(styled: np.ndarray, content: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class OriginalColors:
+class OriginalColors(ComputedView):
     """A result view in the content's colours (``original_colors``), computed as it is read."""
 
     styled: object          # ArrayView: the styled canvas
@@ -259,7 +260,3 @@ class OriginalColors:
 
     def read(self, box: Box) -> np.ndarray:
         return luminance_transfer(self.styled.read(box), self.content.read(box))
-
-    def read_uint8(self, box: Box) -> np.ndarray:
-        from .store import interleaved, to_uint8
-        return interleaved(to_uint8(self.read(box)))
