@@ -13,6 +13,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,15 +58,24 @@ def run_tiles(tasks: tuple[TileTask, ...], *shared) -> list[dict]:
     return stats
 
 
+# One model step at a time in a worker process. A model worker runs two tasks at once
+# (``PREFETCH``): while one holds this lock and runs the model, the other reads its window
+# (and Dask hands it over) and waits here, so the model never waits on I/O.
+MODEL_LOCK = threading.Lock()
+
+
 def _process(task: TileTask, shared: tuple) -> dict:
     t0 = time.perf_counter()
     window = task.source.read(task.tile.window)
     core = task.tile.core.relative_to(task.tile.window)
     if task.kind == "stat":
-        stats = task.processor.stat(window, core)
+        with MODEL_LOCK:
+            stats = task.processor.stat(window, core)
     else:
         content = task.content.read(task.tile.window) if task.content is not None else None
-        out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content, *shared)
+        with MODEL_LOCK:
+            out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content,
+                                        *shared)
         task.target.write(task.tile, out)
     stats["tile_s"] = time.perf_counter() - t0
     return stats
@@ -254,6 +264,11 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="gigadream-parent-watch", daemon=True).start()
 
 
+# Task threads of a worker that runs a model: one in the model, one prefetching the next
+# tile (see MODEL_LOCK). A worker without a model runs one: its tiles are all I/O.
+PREFETCH = 2
+
+
 @contextlib.contextmanager
 def cluster(workers: int | str = "auto", threads: int | str = "auto",
             scheduler: str | None = None,
@@ -280,7 +295,8 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
-            local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+            local = LocalCluster(n_workers=n, threads_per_worker=PREFETCH if model else 1,
+                                 processes=True,
                                  host="127.0.0.1", dashboard_address=None, memory_limit=0,
                                  silence_logs=logging.CRITICAL)   # task errors reach us anyway
         client = Client(local)

@@ -215,19 +215,21 @@ def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, mode
     (neural-style's -style_blend_weights, normalised to sum 1)."""
     import torch
 
+    from .engine import MODEL_LOCK
     from .models import get_model
     net = get_model(model, weights)
     blend = blend or (1.0,) * len(images)
     total = sum(blend)
     out: dict = {}
-    for path, w in zip(images, blend):
-        x = torch.from_numpy(load_style_image(path, long_side))[None]
-        with torch.no_grad():
-            acts = net(x, frozenset(n for n, _ in layers), pooling)
-        for n, _ in layers:
-            f = acts[n]
-            g = (_gram_sum(f) / f[0].numel()).numpy() * (w / total)
-            out[n] = out[n] + g if n in out else g
+    with MODEL_LOCK:     # beside the tile tasks of the worker's other thread
+        for path, w in zip(images, blend):
+            x = torch.from_numpy(load_style_image(path, long_side))[None]
+            with torch.no_grad():
+                acts = net(x, frozenset(n for n, _ in layers), pooling)
+            for n, _ in layers:
+                f = acts[n]
+                g = (_gram_sum(f) / f[0].numel()).numpy() * (w / total)
+                out[n] = out[n] + g if n in out else g
     return out
 
 
