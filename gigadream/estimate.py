@@ -125,8 +125,9 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     flops_px, per_step, per_mp, bytes_px = (_model_costs(cfg, workers) if calibrate
                                             else (0.0, 0.0, 0.0, 0.0))
     # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its
-    # window (float32 in and out) and one step's saved activations for the largest window.
-    worker_ram = int(400e6 + bytes_px * window_px + 4 * 3 * window_px * 4)
+    # window (float32 in and out), the next tile's window and content read ahead (prefetch),
+    # and one step's saved activations for the largest window.
+    worker_ram = int(400e6 + bytes_px * window_px + 6 * 3 * window_px * 4)
     return Estimate(shape, octaves, len(passes), tiles, mp_its, steps, flops_px,
                     src + canvases, worker_ram, per_step, per_mp)
 
@@ -151,7 +152,7 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         f"model work     {e.window_mp_iterations:,.1f} megapixel-steps (windows, margins included)",
         f"FLOPs          {e.flops:.3g} ({e.flops_per_pixel:,.0f} per pixel-step)",
         f"store disk     {e.store_bytes / 1e9:.2f} GB at the peak",
-        f"RAM per worker {e.worker_ram_bytes / 1e9:.2f} GB (model, one window's step)",
+        f"RAM per worker {e.worker_ram_bytes / 1e9:.2f} GB (model, one window's step, the next window)",
         f"this machine   {_duration(e.cpu_seconds)} of model time "
         f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step + {e.cpu_s_per_step * 1e3:.0f} ms "
         "per call, measured now)",
