@@ -65,19 +65,26 @@ MODEL_LOCK = threading.Lock()
 
 
 def _process(task: TileTask, shared: tuple) -> dict:
-    t0 = time.perf_counter()
+    """One tile: read, process (holding MODEL_LOCK), write. Its statistics gain the tile's
+    time and when (unix time) it began and held the lock, to show the overlap."""
+    t0, began = time.perf_counter(), time.time()
     window = task.source.read(task.tile.window)
     core = task.tile.core.relative_to(task.tile.window)
     if task.kind == "stat":
         with MODEL_LOCK:
+            locked = time.time()
             stats = task.processor.stat(window, core)
+            released = time.time()
     else:
         content = task.content.read(task.tile.window) if task.content is not None else None
         with MODEL_LOCK:
+            locked = time.time()
             out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content,
                                         *shared)
+            released = time.time()
         task.target.write(task.tile, out)
-    stats["tile_s"] = time.perf_counter() - t0
+    stats.update(tile_s=time.perf_counter() - t0, began=began, model_at=(locked, released),
+                 pid=os.getpid())
     return stats
 
 

@@ -80,3 +80,29 @@ def test_unreachable_scheduler_fails_within_seconds():
         with cluster(scheduler="tcp://127.0.0.1:9"):
             pass
     assert time.monotonic() - t < 20
+
+
+def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photos):
+    """Prefetch: one worker, two task threads; model steps never overlap (MODEL_LOCK), and
+    a tile's window is read while the previous tile is in the model."""
+    from gigadream.engine import TileTask, run_tile
+    from gigadream.ingest import ingest
+    from gigadream.pipeline import make_processor
+    from gigadream.store import Store
+    from gigadream.tiling import grid
+
+    cfg = load_config("impressionist", ["tiling.tile=128", "dream.iterations=2"])
+    store = Store.create(tmp_path / "store")
+    source = ingest(photos["chelsea_jpg"], store)
+    target = store.canvas(0, 0, source.shape, 128, (0, 0))
+    proc = make_processor(cfg)
+    tasks = [TileTask(source, target, proc, t, (0, 0, 0))
+             for t in grid(source.shape, 128, (0, 0), cfg.margin, cfg.align)][:6]
+    with cluster(workers=1, model=(cfg.model.name, cfg.model.weights)) as ex:
+        stats = map_tasks(ex, run_tile, tasks)
+    assert len({s["pid"] for s in stats}) == 1
+    by_model = sorted(stats, key=lambda s: s["model_at"][0])
+    for a, b in zip(by_model, by_model[1:]):
+        assert a["model_at"][1] <= b["model_at"][0], "two model steps overlapped"
+    prefetched = [b for a, b in zip(by_model, by_model[1:]) if b["began"] < a["model_at"][1]]
+    assert len(prefetched) >= len(tasks) // 2, "tiles waited for the model before reading"
