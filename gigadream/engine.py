@@ -42,9 +42,7 @@ class TileTask:
 def run_tile(task: TileTask, *shared) -> dict:
     """One tile; ``shared`` are the pass's values every tile needs (style: the Gram target
     and the canvas's reduced Grams), sent to each worker once."""
-    stats = _process(task, shared)
-    release_freed_memory()
-    return stats
+    return run_tiles((task,), *shared)[0]
 
 
 def run_tiles(tasks: tuple[TileTask, ...], *shared) -> list[dict]:
@@ -70,18 +68,18 @@ def _process(task: TileTask, shared: tuple) -> dict:
     t0, began = time.perf_counter(), time.time()
     window = task.source.read(task.tile.window)
     core = task.tile.core.relative_to(task.tile.window)
-    if task.kind == "stat":
-        with MODEL_LOCK:
-            locked = time.time()
-            stats = task.processor.stat(window, core)
-            released = time.time()
-    else:
-        content = task.content.read(task.tile.window) if task.content is not None else None
-        with MODEL_LOCK:
-            locked = time.time()
+    stat = task.kind == "stat"
+    content = (task.content.read(task.tile.window)
+               if task.content is not None and not stat else None)
+    with MODEL_LOCK:
+        locked = time.time()
+        if stat:
+            out, stats = None, task.processor.stat(window, core)
+        else:
             out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content,
                                         *shared)
-            released = time.time()
+        released = time.time()
+    if out is not None:
         task.target.write(task.tile, out)
     stats.update(tile_s=time.perf_counter() - t0, began=began, model_at=(locked, released),
                  pid=os.getpid())

@@ -221,9 +221,9 @@ def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, mode
     blend = blend or (1.0,) * len(images)
     total = sum(blend)
     out: dict = {}
-    with MODEL_LOCK:     # beside the tile tasks of the worker's other thread
-        for path, w in zip(images, blend):
-            x = torch.from_numpy(load_style_image(path, long_side))[None]
+    pixels = [torch.from_numpy(load_style_image(p, long_side))[None] for p in images]
+    with MODEL_LOCK:     # beside the tile tasks of the worker's other thread; decoding above
+        for x, w in zip(pixels, blend):
             with torch.no_grad():
                 acts = net(x, frozenset(n for n, _ in layers), pooling)
             for n, _ in layers:
