@@ -4,7 +4,7 @@ zarr-python spends about a millisecond per chunk in its asyncio codec pipeline, 
 chunk's size: reading a 200 MP source back in strips (3052 chunks) took 4.0 s, and writing it
 most of ingest's time. gigadream's arrays have one simple layout (a regular grid, every channel
 in each chunk, raw bytes or blosc), so this module reads and writes their chunk files itself,
-several at a time on a small thread pool (blosc and file I/O release the GIL).
+compressed ones decoded several at a time on a small thread pool (blosc releases the GIL).
 
 The arrays stay plain zarr v3: chunk files at ``c/0/<y>/<x>``, full-sized at the edges,
 encoded with the array's own codecs exactly as zarr-python does (numcodecs' blosc), so zarr,
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Threads that decode compressed chunks, and write a strip's chunks. Raw chunks are read on
-# the calling thread: handing 200 KB copies to a pool cost more than it saved (a 512 px
-# window of 256 px uint8 chunks: 0.45 ms on the caller, 1.0 ms through 4 threads, measured).
+# Threads that decode compressed chunks. Raw chunks are read on the calling thread: handing
+# 200 KB copies to a pool cost more than it saved (a 512 px window of 256 px uint8 chunks:
+# 0.45 ms on the caller, 1.0 ms through 4 threads, measured).
 THREADS = 4
 
 
@@ -172,9 +172,3 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
         f = open(path, "wb")
     with f:
         f.write(data)
-
-
-def write_many(lay: Layout, chunks: list[tuple[int, int, np.ndarray]]) -> None:
-    """Several chunks at once on the thread pool (ingest writes a strip's worth)."""
-    for fut in [_pool().submit(write, lay, iy, ix, a) for iy, ix, a in chunks]:
-        fut.result()

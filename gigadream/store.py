@@ -67,14 +67,6 @@ def interleaved(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def planar(a: np.ndarray) -> np.ndarray:
-    """(h, w, C) → contiguous (C, h, w), a channel at a time (see ``interleaved``)."""
-    out = np.empty((a.shape[2], *a.shape[:2]), dtype=a.dtype)
-    for c in range(a.shape[2]):
-        out[c] = a[..., c]
-    return out
-
-
 def convert(a: np.ndarray, dtype) -> np.ndarray:
     """``a`` as ``dtype``. Between float16 and float32, through torch where the process has
     already loaded it (every model worker): its conversions are 3-7× faster than numpy's

@@ -5,7 +5,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from gigadream import chunks
-from gigadream.store import Store, interleaved, planar, to_uint8
+from gigadream.store import Store, interleaved, to_uint8
 from gigadream.tiling import Box, grid
 
 CODECS = {"raw": None, "lz4": BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"),
@@ -73,7 +73,6 @@ def test_views_through_chunks_match_zarr_slicing(tmp_path):
 def test_layout_helpers_round_trip():
     a = np.random.default_rng(2).integers(0, 255, (3, 5, 7), dtype=np.uint8)
     assert np.array_equal(interleaved(a), a.transpose(1, 2, 0))
-    assert np.array_equal(planar(interleaved(a)), a)
     h = np.random.default_rng(3).integers(0, 1 << 16, 4096, dtype=np.uint16).view(np.float16)
     want = np.clip(np.rint(np.nan_to_num(h.astype(np.float32))), 0, 255).astype(np.uint8)
     assert np.array_equal(to_uint8(h), want)

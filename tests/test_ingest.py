@@ -1,4 +1,7 @@
 """Ingest: what users feed (formats, colour spaces, bit depths, orientation) and bad input."""
+import re
+import threading
+
 import numpy as np
 import pytest
 import pyvips
@@ -7,7 +10,7 @@ import zarr
 
 from conftest import save, sha256
 from gigadream.errors import InputError, StoreError
-from gigadream.ingest import build_pyramid, ingest
+from gigadream.ingest import _ChunkRows, _stream, build_pyramid, ingest
 from gigadream.store import Store
 
 CHELSEA = skimage.data.chelsea()          # (300, 451, 3)
@@ -143,3 +146,96 @@ def test_store_refuses_a_folder_holding_other_data(tmp_path):
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
     with pytest.raises(StoreError, match="is not a gigadream store"):
         Store.open(tmp_path / "mine")
+
+
+def _gathered(rows: _ChunkRows, feed) -> tuple[np.ndarray, list[int]]:
+    """Run ``feed`` as libvips would (on its own thread) and read the chunk-rows back here
+    into one planar image, padded to whole chunks."""
+    decoder = threading.Thread(target=rows.run, args=(lambda _sink: feed(), None))
+    decoder.start()
+    strips, counts = [], []
+    for n, row in rows:
+        counts.append(n)
+        strips.append(row.transpose(1, 2, 0, 3).reshape(3, row.shape[2], -1).copy())
+        rows.recycle(row)
+    decoder.join()
+    return np.concatenate(strips, axis=1), counts
+
+
+def test_chunk_rows_gather_a_stream_cut_anywhere():
+    """libvips hands the raw pixels over in pieces that need not end on a line: one byte,
+    part of a line, many lines across a chunk-row's end. Every pixel lands in its chunk, and
+    the outside of the image (right and bottom edge chunks) is zero, zarr's fill."""
+    rng = np.random.default_rng(0)
+    h, w = 300, 451
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    data, line = image.tobytes(), w * 3
+    cuts = {1, 2, 3, line - 1, line + 1, 120 * line + 7, 290 * line + line // 2}
+    cuts |= set(rng.integers(3 * line, 100 * line, 200).tolist())
+    cuts = sorted(cuts)
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    rows = _ChunkRows(h, w)
+    taken = []
+    planar_, counts = _gathered(rows, lambda: taken.extend(rows.take(p) for p in pieces))
+    assert taken == [len(p) for p in pieces] and counts == [256, 44]
+    assert planar_.shape == (3, 512, 512)
+    np.testing.assert_array_equal(planar_[:, :h, :w], image.transpose(2, 0, 1))
+    assert not planar_[:, h:].any() and not planar_[:, :, w:].any()
+    assert rows.decoded == h and rows.error is None
+
+
+def test_a_failing_chunk_write_stops_the_decoder(tmp_path, monkeypatch):
+    """A write that fails (a full disk) ends ingest with its error at once; libvips is told
+    to stop at its next write, so no decoding thread is left behind."""
+    from gigadream import chunks
+    f = save(np.random.default_rng(1).integers(0, 256, (1500, 2000, 3), dtype=np.uint8),
+             tmp_path / "in.jpg", Q=90)
+    writes = []
+
+    def full_disk(*args):
+        writes.append(args[1:3])
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+
+    returned, real_take = [], _ChunkRows.take
+
+    def take(self, data):
+        returned.append(real_take(self, data))
+        return returned[-1]
+
+    monkeypatch.setattr(chunks, "write", full_disk)
+    monkeypatch.setattr(_ChunkRows, "take", take)
+    with pytest.raises(OSError, match="No space left"):
+        ingest(f, Store.create(tmp_path / "store"))
+    assert len(writes) == 3
+    # libvips heeded the first refusal: it wrote nothing more (1500 rows were to come).
+    assert returned.count(-1) == 1 and returned[-1] == -1 and len(returned) < 1000
+    assert not [t for t in threading.enumerate() if t.name == "gigadream-decode"]
+
+
+def test_a_truncated_jpeg_says_how_far_it_decoded(tmp_path):
+    f = save(np.random.default_rng(2).integers(0, 256, (1200, 800, 3), dtype=np.uint8),
+             tmp_path / "whole.jpg", Q=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"cannot be decoded past row (\d+) .*truncated") as e:
+        ingest(cut, Store.create(tmp_path / "store"))
+    row = int(re.search(r"past row (\d+)", str(e.value)).group(1))
+    assert 0 < row < 1200
+
+
+def test_a_stream_that_ends_early_is_refused(tmp_path, monkeypatch):
+    """Should libvips end the raw stream early without an error, ingest says so rather than
+    leave the rest of the image as zeros."""
+    class Target:                       # stands in for pyvips.TargetCustom
+        def on_write(self, handler):
+            self.write = handler
+
+    class HalfImage:                    # writes 100 of its 300 rows, then ends
+        def rawsave_target(self, target):
+            assert target.write(bytes(100 * 451 * 3)) == 100 * 451 * 3
+
+    monkeypatch.setattr(pyvips, "TargetCustom", Target)
+    store = Store.create(tmp_path / "store")
+    with pytest.raises(InputError, match=r"in.jpg ended after row 100 of 300; .*truncated"):
+        _stream(HalfImage(), store.create_source((300, 451)), None, tmp_path / "in.jpg")
