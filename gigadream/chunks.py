@@ -111,21 +111,30 @@ def _buffer(nbytes: int) -> np.ndarray:
     return buf[:nbytes]
 
 
-def _load(lay: Layout, iy: int, ix: int) -> np.ndarray | None:
-    """One chunk, (c, ch, cw); None where no file was written (it holds the fill value). A raw
-    chunk lies in this thread's scratch buffer: valid until the thread loads the next."""
+def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None) -> np.ndarray | None:
+    """Rows [r0:r1] of one chunk, (c, r1 - r0, cw); None where no file was written (it holds
+    the fill value). A raw chunk's rows are read alone, channel by channel: a tile's window
+    straddles its chunks, and reading them whole read 4× the bytes it used (float16 canvas,
+    512 px tiles on another pass's grid). They lie in this thread's scratch buffer, valid
+    until the thread loads the next."""
+    ch, cw = lay.chunk
+    r1 = ch if r1 is None else r1
     try:
         f = open(lay.file(iy, ix), "rb", buffering=0)
     except FileNotFoundError:
         return None
     with f:
         if lay.codec is not None:
-            data = lay.codec.decode(f.read())
-        else:
-            data = _buffer(lay.chunk_bytes)
-            if f.readinto(data) != lay.chunk_bytes:
+            data = np.frombuffer(lay.codec.decode(f.read()), dtype=lay.dtype)
+            return data.reshape(lay.shape[0], ch, cw)[:, r0:r1]
+        c, row = lay.shape[0], cw * lay.dtype.itemsize
+        band = (r1 - r0) * row
+        data = _buffer(c * band)
+        for k in range(c):
+            at = (k * ch + r0) * row
+            if os.preadv(f.fileno(), [data[k * band:(k + 1) * band]], at) != band:
                 raise OSError(f"chunk file {lay.file(iy, ix)} is shorter than a chunk")
-    return np.frombuffer(data, dtype=lay.dtype).reshape(lay.shape[0], *lay.chunk)
+    return np.frombuffer(data, dtype=lay.dtype).reshape(c, r1 - r0, cw)
 
 
 def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -138,11 +147,11 @@ def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         ya, yb = max(y0, iy * ch), min(y1, (iy + 1) * ch)
         xa, xb = max(x0, ix * cw), min(x1, (ix + 1) * cw)
         dst = out[:, ya - y0:yb - y0, xa - x0:xb - x0]
-        a = _load(lay, iy, ix)
+        a = _load(lay, iy, ix, ya - iy * ch, yb - iy * ch)
         if a is None:
             dst[...] = lay.fill
         else:
-            dst[...] = a[:, ya - iy * ch:yb - iy * ch, xa - ix * cw:xb - ix * cw]
+            dst[...] = a[:, :, xa - ix * cw:xb - ix * cw]
 
     rows, cols = lay.chunk_range(y0, y1, x0, x1)
     keys = [(iy, ix) for iy in rows for ix in cols]
@@ -165,8 +174,9 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
     a = np.ascontiguousarray(a, dtype=lay.dtype)
     data = lay.codec.encode(a) if lay.codec is not None else memoryview(a).cast("B")
     path = lay.file(iy, ix)
-    try:
-        f = open(path, "wb")
+    try:   # a raw chunk is always whole: an existing file is overwritten in place, keeping
+        # its pages (see Store.canvas); a compressed one may shrink, so it is truncated
+        f = open(path, "r+b" if lay.codec is None else "wb")
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         f = open(path, "wb")

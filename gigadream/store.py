@@ -283,12 +283,31 @@ class Store:
 
     def canvas(self, octave: int, parity: int, shape: tuple[int, int], tile: int,
                offset: tuple[int, int]) -> ArrayView:
-        """A fresh canvas of an octave, on the grid of the pass that will write it."""
+        """A canvas of an octave, on the grid of the pass that will write it.
+
+        Passes alternate between two canvases, so this name holds the canvas of two passes
+        back, which nothing reads any more. Where its geometry is the same (it is, within an
+        octave) it is reused: only its attributes change, and the pass overwrites its chunk
+        files in place (``chunks.write``). Writing 1.5 MB chunks into new files cost 1.5-2.6
+        ms each here, into existing ones 0.3 ms: new page-cache pages are dear on this VM.
+        Every chunk holding a pixel of the image is written by the pass; the others are
+        never read."""
         name = f"canvas/o{octave}p{parity}"
-        zarr.create_array(store=os.path.join(self.root, name), shape=(3, *padded_shape(shape, tile)),
-                          chunks=(3, tile, tile), dtype="float16", compressors=None,
-                          fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
-                          attributes={"offset": list(offset), "shape": list(shape)})
+        path = os.path.join(self.root, name)
+        attributes = {"offset": list(offset), "shape": list(shape)}
+        padded = (3, *padded_shape(shape, tile))
+        lay = chunks.layout.__wrapped__(path)      # as on disk now, not as cached
+        if (lay is not None and lay.shape == padded and lay.chunk == (tile, tile)
+                and lay.dtype == np.float16 and lay.codec is None):
+            meta_path = Path(path) / "zarr.json"
+            meta = json.loads(meta_path.read_text())
+            meta["attributes"] = {**meta.get("attributes", {}), **attributes}
+            atomic_write_text(meta_path, json.dumps(meta, indent=2))
+        else:
+            zarr.create_array(store=path, shape=padded,
+                              chunks=(3, tile, tile), dtype="float16", compressors=None,
+                              fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
+                              attributes=attributes)
         _forget_arrays()
         return ArrayView(self.root, name, shape, offset)
 

@@ -1,5 +1,6 @@
 """The engine end to end with the identity processor: real files, store, LocalCluster."""
 import concurrent.futures
+import os
 import time
 
 import numpy as np
@@ -106,3 +107,46 @@ def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photo
         assert a["model_at"][1] <= b["model_at"][0], "two model steps overlapped"
     prefetched = [b for a, b in zip(by_model, by_model[1:]) if b["began"] < a["model_at"][1]]
     assert len(prefetched) >= len(tasks) // 2, "tiles waited for the model before reading"
+
+
+def _chunk_files(folder) -> list:
+    return sorted(p for p in folder.rglob("c/**/*") if p.is_file())
+
+
+def test_later_passes_overwrite_the_canvas_of_two_passes_back_in_place(tmp_path, odd_image):
+    """Passes 3 and 4 of an octave reuse the chunk files of passes 1 and 2 (new page-cache
+    pages are dear), on other grid offsets; stale chunks outside the image never show. A
+    hard link made to each file before pass 3 still names that file after it: the file was
+    overwritten, not replaced."""
+    cfg = load_config(None, ["mode=identity", "tiling.tile=64", "dream.octaves=2",
+                             "dream.passes=4", "export.tiff_compression=none"])
+    store, links = tmp_path / "store", tmp_path / "links"
+    links.mkdir()
+
+    def on_event(e) -> None:
+        if getattr(e, "name", "") == "pass" and e.detail.startswith("octave 0 pass 3"):
+            for i, f in enumerate(_chunk_files(store / "canvas" / "o0p0")):
+                os.link(f, links / str(i))
+
+    run(odd_image, cfg, tmp_path / "out.tif", store_path=store, on_event=on_event)
+    np.testing.assert_array_equal(read(tmp_path / "out.tif"), read(odd_image))
+    assert len({p.offset for p in plan((301, 517), cfg) if p.octave == 0}) == 4
+    files = _chunk_files(store / "canvas" / "o0p0")
+    assert len(list(links.iterdir())) >= 0.9 * len(files) > 0
+    assert sum(f.stat().st_nlink == 2 for f in files) >= 0.9 * len(files)
+
+
+def test_a_canvas_of_another_geometry_is_made_afresh(tmp_path):
+    from gigadream.store import Store
+    from gigadream.tiling import grid
+    store = Store.create(tmp_path / "store")
+    first = store.canvas(0, 0, (100, 130), 64, (3, 5))
+    for t in grid(first.shape, 64, (3, 5)):
+        first.write(t, np.ones((3, *t.core.shape), np.float32))
+    files = {f: f.stat().st_ino for f in _chunk_files(store.path / "canvas" / "o0p0")}
+    again = store.canvas(0, 0, (100, 130), 64, (40, 9))          # same geometry: kept
+    assert {f: f.stat().st_ino for f in _chunk_files(store.path / "canvas" / "o0p0")} == files
+    assert zarr.open_array(str(store.path / "canvas" / "o0p0"), mode="r").attrs["offset"] == [40, 9]
+    assert again.offset == (40, 9)
+    store.canvas(0, 0, (100, 130), 32, (0, 0))                   # other tile size: afresh
+    assert _chunk_files(store.path / "canvas" / "o0p0") == []
