@@ -216,7 +216,7 @@ def _export(args) -> int:
     store = Store.open(args.store)
     res = store.record().get("result")
     view = result_view(store, res, store.source(0)) if res else store.source(0)
-    export(view, args.output, cfg.export, scratch=store.path, overwrite=args.overwrite)
+    export(view, args.output, cfg.export, overwrite=args.overwrite)
     return 0
 
 

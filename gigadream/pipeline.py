@@ -205,7 +205,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
 
     t = time.perf_counter()
     on_event(Stage("export", out.name))
-    export(view, out, cfg.export, scratch=store.path, overwrite=overwrite,
+    export(view, out, cfg.export, overwrite=overwrite,
            on_rows=_rows(on_event, "export", shape[0]))
     config_text = _reproducible_yaml(cfg, input_path)
     atomic_write_text(out.with_name(out.name + ".yaml"), config_text)

@@ -153,8 +153,10 @@ def stage_rows(tr: Trace) -> list[StageRow]:
             row.tiles += 1
     for r in rows:
         # a stage shorter than a sample interval still gets the sample that follows its start
+        # (or, for a last stage the process left before the next sample, the one before it)
         inside = [s for s in tr.samples if r.start <= s[0] < r.end] or \
-            [s for s in tr.samples if s[0] >= r.start][:1]
+            [s for s in tr.samples if s[0] >= r.start][:1] or \
+            [s for s in tr.samples if s[0] < r.start][-1:]
         if inside:
             r.peak = max(s[1] + s[2] for s in inside)
             r.peak_client = max(s[1] for s in inside)
@@ -191,9 +193,12 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     last = passes[-1]
     scale = rec.get("grad_scale", {}).get(str(last.octave), 1.0)
     proc = make_processor(cfg, scale, last)
-    funcs = [ingest._stream, store_mod.ArrayView.read, store_mod.ArrayView.write,
-             store_mod.downsample_tile, resample.resample_window, engine.run_tile,
-             export._write_temp_tiff]
+    # ingest's chunk layout (_ChunkRows.take) and export's read-ahead run on threads that
+    # the line profiler does not trace; the buffers they fill are made in traced lines.
+    funcs = [ingest._stream, ingest._ChunkRows.__init__, store_mod.ArrayView.read,
+             store_mod.ArrayView.write, store_mod.downsample_tile, resample.resample_window,
+             engine.run_tile, export._VirtualTiff.read, export._VirtualTiff._strip_bytes,
+             export._VirtualTiff.strip]
     tiles_too = cfg.mode != "style"   # style tiles need the pass's reduced Grams
     if tiles_too:
         funcs.append(type(proc).__call__)
@@ -219,8 +224,12 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
                               cfg.align)[:LINE_TILES]:
                     engine.run_tile(engine.TileTask(result, target, proc, t,
                                                     (cfg.seed, last.octave, last.pass_)))
-            export._write_temp_tiff(dataclasses.replace(result, shape=(rows, w)),
-                                    scratch / "slice.tif", None)
+            tiff = export._VirtualTiff(dataclasses.replace(result, shape=(rows, w)))
+            try:      # libvips' reads of the slice, made here: the encoder is not ours
+                while tiff.read(1 << 22):
+                    pass
+            finally:
+                tiff.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     buf = io.StringIO()

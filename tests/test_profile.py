@@ -91,7 +91,7 @@ def test_line_by_line_covers_the_hot_functions_of_every_stage(report):
     folder, _, _ = report
     lines = (folder / "lines.txt").read_text()
     for where in ("gigadream/ingest.py", "gigadream/export.py", "gigadream/engine.py",
-                  "gigadream/resample.py", "def _stream", "def run_tile", "def _write_temp_tiff",
+                  "gigadream/resample.py", "def _stream", "def run_tile", "def _strip_bytes",
                   "def downsample_tile", "MiB"):
         assert where in lines, where
     assert str(Path(gigadream.__file__).resolve().parent.parent) not in lines
