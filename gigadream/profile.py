@@ -368,9 +368,9 @@ def write_report(folder: Path, input_path: Path, shape: tuple[int, int], cfg: Co
                "array and jitters it with `np.roll`, as DeepDream was first scaled up; same "
                "model, octaves, passes and tile size, on the same input, in this same profile.",
                "", "| | gigadream | naive | naive ÷ gigadream |", "| --- | ---: | ---: | ---: |",
-               f"| wall time | {total:.1f} s | {bt:.1f} s | {bt / total:.2f} |",
+               f"| wall time | {total:.1f} s | {bt:.1f} s | {bt / total:.3g} |",
                f"| peak memory | {peak(ours):.0f} MB | {peak(baseline):.0f} MB | "
-               f"{peak(baseline) / max(peak(ours), 1e-9):.2f} |", ""]
+               f"{peak(baseline) / max(peak(ours), 1e-9):.3g} |", ""]
     else:
         md += [f"The naive baseline did not run: {skipped}.", ""]
     md += ["## Hot functions, line by line", "",
