@@ -3,7 +3,8 @@
 A processor is a small picklable object; the model behind it is loaded lazily, once per worker
 process (``models.get_model`` caches it). ``__call__(window, core, rng)`` takes the window
 (C, h, w) float32 in 0-255, the core's box relative to the window, and the tile's generator;
-it returns the core's new pixels and a dict of statistics for the engine.
+it returns the core's new pixels and a dict of statistics for the engine. A processor's
+``window_dtype`` (float32 unless it says otherwise) is the dtype its windows arrive in.
 """
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from .tiling import Box
 
 @dataclass(frozen=True)
 class Identity:
-    """Copies the window's core: the engine's own cost, and a bit-exactness check."""
+    """Copies the window's core: the engine's own cost, and a bit-exactness check. It takes
+    the window in the canvas's own float16 (``window_dtype = None``): converting it to float32
+    and back, which only a model needs, took 20 % of an identity tile (measured)."""
 
     margin: int = 0
+    window_dtype = None
 
     def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator, content=None):
         return window[(slice(None), *core.slices())], {}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import dask
+import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from .errors import ClusterError
@@ -66,7 +67,9 @@ def _process(task: TileTask, shared: tuple) -> dict:
     """One tile: read, process (holding MODEL_LOCK), write. Its statistics gain the tile's
     time and when (unix time) it began and held the lock, to show the overlap."""
     t0, began = time.perf_counter(), time.time()
-    window = task.source.read(task.tile.window)
+    # float32 unless the processor takes the canvas's own float16 (Identity)
+    window = task.source.read(task.tile.window, getattr(task.processor, "window_dtype",
+                                                        np.float32))
     core = task.tile.core.relative_to(task.tile.window)
     stat = task.kind == "stat"
     content = (task.content.read(task.tile.window)

@@ -127,8 +127,13 @@ class ArrayView:
             return self.array[:, y0:y1, x0:x1]
         return chunks.read(lay, y0, y1, x0, x1)
 
-    def read(self, box: Box) -> np.ndarray:
-        return convert(self._pixels(box), np.float32)
+    def read(self, box: Box, dtype=np.float32) -> np.ndarray:
+        """Float pixels (C, h, w) as ``dtype``; ``None``: as stored where the array holds
+        floats (a float16 canvas), else float32."""
+        a = self._pixels(box)
+        if dtype is None:
+            dtype = a.dtype if a.dtype.kind == "f" else np.float32
+        return convert(a, dtype)
 
     def read_uint8(self, box: Box) -> np.ndarray:
         """(h, w, C) uint8 pixels, rounded and clipped: what an exporter writes."""
@@ -181,7 +186,8 @@ class OctaveStart(ComputedView):
     def _detail(self, box: Box) -> np.ndarray:
         return self.coarse_canvas.read(box) - self.coarse_source.read(box)
 
-    def read(self, box: Box) -> np.ndarray:
+    def read(self, box: Box, dtype=np.float32) -> np.ndarray:
+        """float32 pixels, whichever ``dtype`` (computed in float32)."""
         up = resample_window(self._detail, self.coarse_source.shape, self.shape, box)
         return self.source.read(box) + up
 

@@ -260,5 +260,6 @@ class OriginalColors(ComputedView):
     def shape(self) -> tuple[int, int]:
         return self.styled.shape
 
-    def read(self, box: Box) -> np.ndarray:
+    def read(self, box: Box, dtype=np.float32) -> np.ndarray:
+        """float32 pixels, whichever ``dtype`` (computed in float32)."""
         return luminance_transfer(self.styled.read(box), self.content.read(box))
