@@ -18,7 +18,7 @@ from . import __version__
 from .config import Config, to_dict, to_yaml
 from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
-from .engine import (TileTask, batches, cluster, map_tasks, release_freed_memory,
+from .engine import (BackgroundCluster, TileTask, batches, map_tasks, release_freed_memory,
                      run_tile, run_tiles, tiles_per_task)
 from .errors import InputError, StoreError
 from .export import check_output, export
@@ -150,28 +150,9 @@ def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None
     return max(total / max(count, 1), 1e-12)
 
 
-def default_store(out: Path) -> Path:
-    return out.with_name(out.name + ".gdstore")
-
-
-def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
-        overwrite: bool = False, restart: bool = False,
-        on_event: Callable[[object], None] = lambda e: None) -> RunReport:
-    """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
-    each finished stage and pass; running the same command again resumes after the last one,
-    ``restart`` starts over. The default store is removed after success."""
-    input_path, out = Path(input_path), Path(out)
-    report = RunReport()
-    shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
-    check_output(out, shape, overwrite)          # fails fast before hours of work
-    if cfg.mode == "style":
-        check_style_images(cfg.style.images)
-    keep_store = store_path is not None
-    store_path = Path(store_path) if store_path else default_store(out)
-    store = open_run_store(store_path, input_path, cfg, restart)
-    passes = plan(shape, cfg)
-    on_event(Total(work_units(passes)))
-
+def _source(input_path: Path, store: Store, shape: tuple[int, int], keep_store: bool,
+            on_event, report: RunReport) -> None:
+    """The input streamed into the store's source level 0, unless an attempt before did it."""
     t = time.perf_counter()
     if not store.has_source():
         on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
@@ -185,31 +166,62 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     report.stage_s["ingest"] = time.perf_counter() - t
     report.shape = shape
 
+
+def default_store(out: Path) -> Path:
+    return out.with_name(out.name + ".gdstore")
+
+
+def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
+        overwrite: bool = False, restart: bool = False,
+        on_event: Callable[[object], None] = lambda e: None) -> RunReport:
+    """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
+    each finished stage and pass; running the same command again resumes after the last one,
+    ``restart`` starts over. The default store is removed after success. The Dask cluster
+    starts while the source is ingested."""
+    input_path, out = Path(input_path), Path(out)
+    report = RunReport()
+    shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
+    check_output(out, shape, overwrite)          # fails fast before hours of work
+    if cfg.mode == "style":
+        check_style_images(cfg.style.images)
+    keep_store = store_path is not None
+    store_path = Path(store_path) if store_path else default_store(out)
+    store = open_run_store(store_path, input_path, cfg, restart)
+    passes = plan(shape, cfg)
+    on_event(Total(work_units(passes)))
+
     model = (cfg.model.name, cfg.model.weights) if cfg.mode != "identity" else None
-    octaves, scale = cfg.octaves(shape)
-    t = time.perf_counter()
-    # The pyramid runs on this process's threads, not as Dask tasks: its 256 px chunks take
-    # ~10 ms each, less than a Dask task's own cost here (200 MP, one octave: 7.5 s on two
-    # threads against 24-40 s on the cluster, measured).
-    on_event(Stage("pyramid", f"{octaves} octaves"))
-    sources = build_pyramid(store, octaves, scale)
-    report.stage_s["pyramid"] = time.perf_counter() - t
-    t = time.perf_counter()
-    on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
-    with cluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, model) as ex:
+    workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
+                                model)
+    try:
+        _source(input_path, store, shape, keep_store, on_event, report)
+        octaves, scale = cfg.octaves(shape)
+        t = time.perf_counter()
+        # The pyramid runs on this process's threads, not as Dask tasks: its 256 px chunks
+        # take ~10 ms each, less than a Dask task's own cost here (200 MP, one octave: 7.5 s
+        # on two threads against 24-40 s on the cluster, measured).
+        on_event(Stage("pyramid", f"{octaves} octaves"))
+        sources = build_pyramid(store, octaves, scale)
+        report.stage_s["pyramid"] = time.perf_counter() - t
+        t = time.perf_counter()
+        on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
+        ex = workers.executor()         # what is left of its start
         report.stage_s["cluster"] = time.perf_counter() - t
         t = time.perf_counter()
         _passes(ex, store, sources, cfg, passes, on_event, report)
         report.stage_s["passes"] = time.perf_counter() - t
-    view = result_view(store, store.record()["result"], sources[0])
+        workers.close()                 # before the export: its memory is not needed there
+        view = result_view(store, store.record()["result"], sources[0])
 
-    t = time.perf_counter()
-    on_event(Stage("export", out.name))
-    export(view, out, cfg.export, overwrite=overwrite,
-           on_rows=_rows(on_event, "export", shape[0]))
-    config_text = _reproducible_yaml(cfg, input_path)
-    atomic_write_text(out.with_name(out.name + ".yaml"), config_text)
-    report.stage_s["export"] = time.perf_counter() - t
+        t = time.perf_counter()
+        on_event(Stage("export", out.name))
+        export(view, out, cfg.export, overwrite=overwrite,
+               on_rows=_rows(on_event, "export", shape[0]))
+        config_text = _reproducible_yaml(cfg, input_path)
+        atomic_write_text(out.with_name(out.name + ".yaml"), config_text)
+        report.stage_s["export"] = time.perf_counter() - t
+    finally:
+        workers.close()
     report.output = out
     if not keep_store:
         shutil.rmtree(store.path, ignore_errors=True)

@@ -1,6 +1,9 @@
 """The engine end to end with the identity processor: real files, store, LocalCluster."""
 import concurrent.futures
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -150,3 +153,35 @@ def test_a_canvas_of_another_geometry_is_made_afresh(tmp_path):
     assert again.offset == (40, 9)
     store.canvas(0, 0, (100, 130), 32, (0, 0))                   # other tile size: afresh
     assert _chunk_files(store.path / "canvas" / "o0p0") == []
+
+
+ORPHAN = """
+import os, signal, sys
+import distributed, psutil
+import gigadream.engine as engine
+distributed.Client.register_plugin = lambda self, plugin: None   # no plugin ever runs
+if __name__ == "__main__":
+    with engine.cluster(workers=1) as ex:
+        ex.submit(int).result()
+        print(*[p.pid for p in psutil.Process().children()], flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_workers_exit_by_themselves_when_their_parent_is_killed_before_any_plugin(tmp_path):
+    """The cluster starts during ingest, so kill -9 may come before the client has
+    registered the plugin whose thread watches the parent: a worker that has had no task
+    yet exits by itself all the same (its scheduler, in the parent, is gone)."""
+    import psutil
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    children = [int(p) for p in r.stdout.split()]
+    assert children
+    deadline = time.time() + 10
+    while time.time() < deadline and any(psutil.pid_exists(p) for p in children):
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                   for p in children), "a worker outlived its killed parent"
