@@ -143,6 +143,10 @@ class ModelConfig:
     name: str = _field("vgg16", parse_choice(*archs.MODELS), "backbone network")
     weights: str | None = _field(None, parse_optional_str,
                                  "weights file; null = the bundled ImageNet weights")
+    precision: str = _field("auto", parse_choice("auto", "fp32", "bf16"),
+                            "DeepDream's arithmetic: auto = bf16 for VGG models where the "
+                            "hardware has it (CPUs with AMX or AVX512-BF16, CUDA GPUs since "
+                            "Ampere), else fp32")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class LayerL2:
     weight: float = 1.0
 
     def __call__(self, acts: dict, n_pixels: int):
-        a = acts[self.layer]
+        a = acts[self.layer].float()         # bf16 under autocast: sum in fp32
         return self.weight * 0.5 * a.pow(2).sum() / (a.shape[1] * n_pixels)
 
 
@@ -51,7 +51,7 @@ class Channel:
     weight: float = 1.0
 
     def __call__(self, acts: dict, n_pixels: int):
-        return self.weight * acts[self.layer][:, self.channel].sum() / n_pixels
+        return self.weight * acts[self.layer][:, self.channel].float().sum() / n_pixels
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ClassLogits:
     layer: str = "logits"
 
     def __call__(self, acts: dict, n_pixels: int):
-        return self.weight * acts[self.layer][:, list(self.classes)].mean()
+        return self.weight * acts[self.layer][:, list(self.classes)].float().mean()
 
 
 def objective(layer: str, weight: float) -> LayerL2 | Channel:
@@ -93,17 +93,21 @@ class DeepDream:
     margin: int
     grad_scale: float = 1.0
     dose: float = 1.0
+    precision: str = "fp32"      # model.precision: auto, fp32, bf16 (auto resolved on the worker)
 
     def gradient(self, x):
-        """Objective gradient w.r.t. x (1, C, h, w); returns (grad, seconds in the model)."""
+        """Objective gradient w.r.t. x (1, C, h, w); returns (grad, seconds in the model).
+        The network runs in ``precision``, the objectives and the gradient are fp32."""
         import torch
 
-        from .models import device, get_model
+        from .models import as_input, autocast, device, dream_precision, get_model
 
-        net = get_model(self.model, self.weights, device())
+        dev = device()
+        net = get_model(self.model, self.weights, dev)
         t = time.perf_counter()
-        x = x.detach().to(device()).requires_grad_(True)
-        acts = net(x, frozenset(o.layer for o in self.objectives))
+        x = as_input(x.detach().to(dev)).requires_grad_(True)
+        with autocast(dev, dream_precision(self.precision, self.model, dev)):
+            acts = net(x, frozenset(o.layer for o in self.objectives))
         n = x.shape[-1] * x.shape[-2]
         loss = sum(o(acts, n) for o in self.objectives)
         (g,) = torch.autograd.grad(loss, x)
@@ -124,7 +128,10 @@ class DeepDream:
         import torch
 
         from .models import device
-        x = torch.from_numpy(window)[None].to(device(), copy=True)   # (1, C, h, w), 0-255
+        # (1, C, h, w), 0-255, a copy in the models' channels-last layout: the steps below
+        # then never change layout (each change is a copy)
+        x = torch.from_numpy(window)[None].to(device(), memory_format=torch.channels_last,
+                                               copy=True)
         h, w = window.shape[1:]
         model_s = 0.0
         for _ in range(self.iterations):
@@ -137,4 +144,6 @@ class DeepDream:
             g = torch.roll(g, (-dy, -dx), (2, 3))
             x += (self.dose * self.step_size / self.grad_scale) * g
             x.clamp_(0.0, 255.0)
-        return x[0][(slice(None), *core.slices())].cpu().numpy(), {"model_s": model_s}
+        # planar again (torch's copy; numpy's of a channels-last view is slower)
+        core_px = x[0][(slice(None), *core.slices())].contiguous()
+        return core_px.cpu().numpy(), {"model_s": model_s}

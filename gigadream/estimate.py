@@ -38,6 +38,9 @@ class Estimate:
     worker_ram_bytes: int
     cpu_s_per_step: float            # a step costs cpu_s_per_step + pixels × per megapixel
     cpu_s_per_mp_iteration: float
+    precision: str = "fp32"          # of the model steps on this machine (model.precision)
+    shapes: int = 0                  # distinct window shapes the steps take
+    cpu_s_per_shape: float = 0.0     # the first step of each shape in a process costs this more
 
     @property
     def flops(self) -> float:
@@ -45,30 +48,43 @@ class Estimate:
 
     @property
     def cpu_seconds(self) -> float:
-        return self.steps * self.cpu_s_per_step + self.window_mp_iterations * self.cpu_s_per_mp_iteration
+        return (self.steps * self.cpu_s_per_step + self.window_mp_iterations * self.cpu_s_per_mp_iteration
+                + self.shapes * self.cpu_s_per_shape)
 
     def gpu_seconds(self, gpu: str, bf16: bool = False) -> float:
         return self.flops / (GPUS[gpu][bf16] * 1e12 * GPU_EFFICIENCY)
 
 
-def _model_costs(cfg: Config, workers: int) -> tuple[float, float, float, int]:
+def step_precision(cfg: Config) -> str:
+    """The precision of the run's model steps on this machine (style always runs in fp32)."""
+    from .models import dream_precision
+    return (dream_precision(cfg.model.precision, cfg.model.name, "cpu")
+            if cfg.mode == "dream" else "fp32")
+
+
+def _model_costs(cfg: Config, workers: int) -> tuple[float, float, float, int, float]:
     """(FLOPs per pixel, seconds per step call, seconds per megapixel-step, bytes a step keeps
-    for the backward per pixel) on this CPU: a step costs a + b × pixels, fitted on two
-    window sizes (small windows pay the per-call overhead)."""
+    for the backward per pixel, seconds more for the first step of a new window shape) on
+    this CPU: a step costs a + b × pixels, fitted on two window sizes (small windows pay the
+    per-call overhead); oneDNN prepares its kernels once per shape (in bf16 the first step of
+    a 150-210 px window took 1.5-2.9× the next, measured), and tiles at the image's edges
+    bring new shapes on every pass."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import get_model
+    from .models import as_input, autocast, get_model
 
     if cfg.mode == "identity":
-        return 0.0, 0.0, 0.0, 0
+        return 0.0, 0.0, 0.0, 0, 0.0
     net = get_model(cfg.model.name, cfg.model.weights)
     layers = frozenset(n.partition(":")[0] for n in cfg.layers)
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    precision = step_precision(cfg)
 
     def step(side):
-        x = (torch.rand(1, 3, side, side) * 255).requires_grad_(True)
-        acts = net(x, layers)
+        x = as_input(torch.rand(1, 3, side, side) * 255).requires_grad_(True)
+        with autocast("cpu", precision):
+            acts = net(x, layers)
         sum(a.float().pow(2).mean() for a in acts.values()).backward()
 
     saved = [0]
@@ -92,16 +108,23 @@ def _model_costs(cfg: Config, workers: int) -> tuple[float, float, float, int]:
     small, large = seconds(side // 3), seconds(side)
     per_mp = max(large - small, 1e-9) / ((side ** 2 - (side // 3) ** 2) / 1e6)
     per_call = max(0.0, large - per_mp * side ** 2 / 1e6)
-    return (counter.get_total_flops() / side ** 2, per_call, per_mp, saved[0] / side ** 2)
+    firsts = []
+    for k in (1, 2):                 # shapes not seen yet in this process
+        t = time.perf_counter()
+        step(side + k)
+        firsts.append(time.perf_counter() - t - seconds(side + k))
+    return (counter.get_total_flops() / side ** 2, per_call, per_mp, saved[0] / side ** 2,
+            max(0.0, min(firsts)))
 
 
 def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     shape = image_shape(Path(input_path))
     passes = plan(shape, cfg)
     octaves, scale = cfg.octaves(shape)
-    mp_its, tiles, window_px, steps = 0.0, 0, 0, 0
+    mp_its, tiles, window_px, steps, shapes = 0.0, 0, 0, 0, set()
     for pp in passes:
         for t in grid(pp.shape, pp.tile, pp.offset, 0 if pp.whole else cfg.margin, cfg.align):
+            shapes.add(t.window.shape)
             px = t.window.shape[0] * t.window.shape[1]
             window_px = max(window_px, px)
             mp_its += px / 1e6 * (pp.iterations + pp.stats)
@@ -111,6 +134,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
         for k in range(octaves):
             t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
             n = min(len(t), cfg.dream.calibration_tiles)
+            shapes.update(x.window.shape for x in t)     # an upper bound: n of them are used
             mp_its += n * sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
             steps += n
     # Store: the source pyramid (raw uint8) and, at the peak, the two float16
@@ -122,14 +146,16 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
         h, w = padded_shape(octave_shape(shape, scale, k), tile)
         canvases += 2 * 3 * 2 * h * w
     workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
-    flops_px, per_step, per_mp, bytes_px = (_model_costs(cfg, workers) if calibrate
-                                            else (0.0, 0.0, 0.0, 0.0))
+    flops_px, per_step, per_mp, bytes_px, per_shape = (_model_costs(cfg, workers) if calibrate
+                                                       else (0.0, 0.0, 0.0, 0.0, 0.0))
     # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its
     # window (float32 in and out), the next tile's window and content read ahead (prefetch),
     # and one step's saved activations for the largest window.
     worker_ram = int(400e6 + bytes_px * window_px + 6 * 3 * window_px * 4)
     return Estimate(shape, octaves, len(passes), tiles, mp_its, steps, flops_px,
-                    src + canvases, worker_ram, per_step, per_mp)
+                    src + canvases, worker_ram, per_step, per_mp,
+                    step_precision(cfg) if cfg.mode != "identity" else "fp32",
+                    len(shapes) if cfg.mode != "identity" else 0, per_shape)
 
 
 def _duration(s: float) -> str:
@@ -155,7 +181,8 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         f"RAM per worker {e.worker_ram_bytes / 1e9:.2f} GB (model, one window's step, the next window)",
         f"this machine   {_duration(e.cpu_seconds)} of model time "
         f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step + {e.cpu_s_per_step * 1e3:.0f} ms "
-        "per call, measured now)",
+        f"per call + {e.cpu_s_per_shape * 1e3:.0f} ms for each of {e.shapes} window shapes, "
+        f"measured now, in {e.precision})",
     ]
     if gpu:
         lines.append(f"{gpu:<14} {_duration(e.gpu_seconds(gpu))} fp32, "

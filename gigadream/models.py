@@ -13,6 +13,7 @@ Weights:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -324,6 +325,37 @@ def device() -> str:
     return name
 
 
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU since Ampere, a CPU with AMX
+    or AVX512-BF16 (elsewhere torch emulates it, slower than fp32)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported",
+                                                          "_is_avx512_bf16_supported"))
+
+
+def dream_precision(requested: str, model: str, device: str) -> str:
+    """``model.precision`` resolved where the model runs: ``auto`` is bf16 for the models whose
+    gradient stays right in it (``archs.BF16_DREAM``) on hardware that has it, else fp32."""
+    if requested != "auto":
+        return requested
+    return "bf16" if model in archs.BF16_DREAM and native_bf16(device) else "fp32"
+
+
+def autocast(device: str, precision: str):
+    """The context a model step runs in: torch's autocast to bfloat16 (convolutions and
+    matrix products in bf16, reductions in fp32) for ``bf16``; nothing for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """An (N, C, H, W) image batch in the memory layout the models run in (channels last)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 @functools.lru_cache(maxsize=4)
 def get_model(name: str, weights: str | None = None, device: str = "cpu") -> Backbone:
     """The model, built and loaded once per process; parameters frozen, in eval mode."""
@@ -339,4 +371,6 @@ def get_model(name: str, weights: str | None = None, device: str = "cpu") -> Bac
         model = BUILDERS[name]()
         _load_pth(model, name, path)
     model.requires_grad_(False)
-    return model.eval().to(device)
+    # Channels last: oneDNN's and cuDNN's fast convolutions want it (VGG16 step on a CPU:
+    # fp32 13 % faster, bf16 2.8x; EfficientNet-Lite0 17 %, measured).
+    return model.eval().to(device, memory_format=torch.channels_last)

@@ -131,7 +131,8 @@ def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = N
     if cfg.dream.classes:
         objectives += (ClassLogits(indices(cfg.dream.classes)),)
     return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
-                     cfg.dream.step_size, jitter, cfg.margin, grad_scale, cfg.dream.dose)
+                     cfg.dream.step_size, jitter, cfg.margin, grad_scale, cfg.dream.dose,
+                     cfg.model.precision)
 
 
 def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None = None) -> float:
