@@ -172,13 +172,22 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
         full[:, :a.shape[1], :a.shape[2]] = a
         a = full
     a = np.ascontiguousarray(a, dtype=lay.dtype)
-    data = lay.codec.encode(a) if lay.codec is not None else memoryview(a).cast("B")
+    data = lay.codec.encode(a) if lay.codec is not None else a
     path = lay.file(iy, ix)
-    try:   # a raw chunk is always whole: an existing file is overwritten in place, keeping
-        # its pages (see Store.canvas); a compressed one may shrink, so it is truncated
-        f = open(path, "r+b" if lay.codec is None else "wb")
-    except FileNotFoundError:
+    # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
+    # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new
+    # and existing files alike: Python's open(), "r+b" tried first and then "wb" with a
+    # makedirs, took 0.4-1.3 s more system time to write 300 MP of new chunks (measured).
+    flags = os.O_WRONLY | os.O_CREAT | (0 if lay.codec is None else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:               # the chunk-row's folder is new
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        f = open(path, "wb")
-    with f:
-        f.write(data)
+        fd = os.open(path, flags, 0o666)
+    try:
+        with memoryview(data).cast("B") as m:
+            done = 0
+            while done < len(m):
+                done += os.write(fd, m[done:])
+    finally:
+        os.close(fd)
