@@ -9,13 +9,14 @@ ratio compares two things timed moments apart, on the same file).
                                     4 passes, as the presets run (the first two write new
                                     canvases, the last two overwrite those of two passes back)
     dream wall ÷ model              a real dream run's wall time over its time in the model:
-                                    impressionist, 2 octaves × 2 passes on a 2800×1400 px
-                                    panorama (~2 min of VGG16 on 2 cores). Its fixed costs (a
-                                    worker process starting, importing torch, loading the model;
-                                    stopping it) are ~2.5 s: on the 0.5 MP run this bench used
-                                    before, 15 % of the wall, a share no real run has.
+                                    impressionist, 2 octaves × 2 passes on a 4800×2400 px
+                                    panorama (~2 min of VGG16 in bf16 on 2 cores). Its fixed
+                                    costs (a worker process starting, importing torch, loading
+                                    the model, less what ingest hides) are ~2.5 s: on the 0.5 MP
+                                    run this bench used before, 15-25 % of the wall, a share no
+                                    real run has.
 
-Sizes: BENCH_SIZE=WxH (default 20000x15000), BENCH_DREAM=WxH (2800x1400); BENCH_DIR for the
+Sizes: BENCH_SIZE=WxH (default 20000x15000), BENCH_DREAM=WxH (4800x2400); BENCH_DIR for the
 scratch files.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> None:
     import pyvips
     pyvips.cache_set_max(0)
     w, h = _size("BENCH_SIZE", "20000x15000")
-    dream_w, dream_h = _size("BENCH_DREAM", "2800x1400")
+    dream_w, dream_h = _size("BENCH_DREAM", "4800x2400")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         d = Path(d)
         src = make_panorama(d / "pano.jpg", w, h)
