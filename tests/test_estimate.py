@@ -23,7 +23,9 @@ def test_estimate_counts_match_the_plan_and_the_time_is_near_a_real_run(pano, tm
     report = run(pano, cfg, tmp_path / "out.tif")
     ratio = e.cpu_seconds / report.model_s
     print(f"estimated model time {e.cpu_seconds:.1f} s, measured {report.model_s:.1f} s")
-    assert 0.4 < ratio < 2.5          # measured 0.57-0.85 here (fp32 and bf16): edge windows cost more
+    # measured 0.42-0.66 in bf16, 0.55-0.85 in fp32: the run meets the first steps of many edge
+    # window shapes, and this machine's speed varies by 2x within minutes
+    assert 0.3 < ratio < 2.5
 
 
 def test_plan_command_prints_the_costs(pano):
