@@ -344,8 +344,9 @@ def dream_precision(requested: str, model: str, device: str) -> str:
 
 
 def autocast(device: str, precision: str):
-    """The context a model step runs in: torch's autocast to bfloat16 (convolutions and
-    matrix products in bf16, reductions in fp32) for ``bf16``; nothing for ``fp32``."""
+    """The context a model's forward runs in: torch's autocast to bfloat16 for ``bf16``
+    (convolutions and matrix products in bf16; callers take their objectives in fp32);
+    nothing for ``fp32``."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
