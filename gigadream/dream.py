@@ -100,20 +100,22 @@ class DeepDream:
         The network runs in ``precision``, the objectives and the gradient are fp32."""
         import torch
 
+        from .engine import model_step
         from .models import as_input, autocast, device, dream_precision, get_model
 
         dev = device()
         net = get_model(self.model, self.weights, dev)
-        t = time.perf_counter()
         x = as_input(x.detach().to(dev)).requires_grad_(True)
-        with autocast(dev, dream_precision(self.precision, self.model, dev)):
-            acts = net(x, frozenset(o.layer for o in self.objectives))
-        n = x.shape[-1] * x.shape[-2]
-        loss = sum(o(acts, n) for o in self.objectives)
-        (g,) = torch.autograd.grad(loss, x)
-        if g.is_cuda:
-            torch.cuda.synchronize()       # CUDA runs asynchronously: time the work, not its launch
-        return g, time.perf_counter() - t
+        with model_step():
+            t = time.perf_counter()
+            with autocast(dev, dream_precision(self.precision, self.model, dev)):
+                acts = net(x, frozenset(o.layer for o in self.objectives))
+            n = x.shape[-1] * x.shape[-2]
+            loss = sum(o(acts, n) for o in self.objectives)
+            (g,) = torch.autograd.grad(loss, x)
+            if g.is_cuda:
+                torch.cuda.synchronize()   # CUDA runs asynchronously: time the work, not its launch
+            return g, time.perf_counter() - t
 
     def stat(self, window: np.ndarray, core: Box) -> dict:
         """Σ|g| and pixel count over the core: reduced over tiles into ``grad_scale``."""

@@ -100,14 +100,16 @@ class StyleTransfer:
         the tiles of a pass into the canvas's global Gram (``add_stats``)."""
         import torch
 
-        t = time.perf_counter()
-        with torch.no_grad():
+        from .engine import model_step
+        with model_step(), torch.no_grad():
+            t = time.perf_counter()
             acts = self._net()(torch.from_numpy(window)[None], self._layers, self.pooling)
+            forward_s = time.perf_counter() - t
         grams = {}
         for layer, _ in self.style_layers:
             f = _cells(acts[layer], core, archs.stride(self.model, layer))
             grams[layer] = (_gram_sum(f.double()).numpy(), f.shape[-1] * f.shape[-2])
-        return {"grams": grams, "model_s": time.perf_counter() - t}
+        return {"grams": grams, "model_s": forward_s}
 
     def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator,
                  content: np.ndarray | None = None, target: dict | None = None,
@@ -116,6 +118,7 @@ class StyleTransfer:
         the style Grams per layer, ``canvas`` the pass's ``add_stats`` (None: whole image)."""
         import torch
 
+        from .engine import model_step
         net = self._net()
         fixed = torch.from_numpy(window)[None]                    # (1, C, h, w), 0-255
         cs = core.slices()
@@ -128,7 +131,7 @@ class StyleTransfer:
         norm = _normalize_grad() if self.normalize_gradients else (lambda t: t)
         strides = {n: archs.stride(self.model, n) for n in self._layers}
 
-        with torch.no_grad():
+        with model_step(), torch.no_grad():
             c_acts = net(torch.from_numpy(content)[None], frozenset(n for n, _ in self.content_layers),
                          self.pooling)
             p = {n: _cells(c_acts[n], core, strides[n]) for n, _ in self.content_layers}
@@ -165,9 +168,10 @@ class StyleTransfer:
 
         def closure():
             opt.zero_grad()
-            loss, t = loss_fn()
-            loss.backward()
-            model_s[0] += time.perf_counter() - t      # forward and backward
+            with model_step():
+                loss, t = loss_fn()
+                loss.backward()
+                model_s[0] += time.perf_counter() - t      # forward and backward
             return loss
 
         if self.optimizer == "adam":
@@ -215,14 +219,14 @@ def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, mode
     (neural-style's -style_blend_weights, normalised to sum 1)."""
     import torch
 
-    from .engine import MODEL_LOCK
+    from .engine import model_step
     from .models import get_model
     net = get_model(model, weights)
     blend = blend or (1.0,) * len(images)
     total = sum(blend)
     out: dict = {}
     pixels = [torch.from_numpy(load_style_image(p, long_side))[None] for p in images]
-    with MODEL_LOCK:     # beside the tile tasks of the worker's other thread; decoding above
+    with model_step():   # beside the tile tasks of the worker's other thread; decoding above
         for x, w in zip(pixels, blend):
             with torch.no_grad():
                 acts = net(x, frozenset(n for n, _ in layers), pooling)

@@ -87,8 +87,9 @@ def test_unreachable_scheduler_fails_within_seconds():
 
 
 def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photos):
-    """Prefetch: one worker, two task threads; model steps never overlap (MODEL_LOCK), and
-    a tile's window is read while the previous tile is in the model."""
+    """Prefetch: one worker, two task threads; model steps never overlap (MODEL_LOCK, held
+    by the processor around each forward and backward), and a tile's window is read while
+    the previous tile is in the model."""
     from gigadream.engine import TileTask, run_tile
     from gigadream.ingest import ingest
     from gigadream.pipeline import make_processor
@@ -105,10 +106,12 @@ def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photo
     with cluster(workers=1, model=(cfg.model.name, cfg.model.weights)) as ex:
         stats = map_tasks(ex, run_tile, tasks)
     assert len({s["pid"] for s in stats}) == 1
-    by_model = sorted(stats, key=lambda s: s["model_at"][0])
-    for a, b in zip(by_model, by_model[1:]):
-        assert a["model_at"][1] <= b["model_at"][0], "two model steps overlapped"
-    prefetched = [b for a, b in zip(by_model, by_model[1:]) if b["began"] < a["model_at"][1]]
+    steps = sorted(step for s in stats for step in s["model_at"])
+    assert len(steps) == 2 * len(tasks)                    # two iterations a tile
+    for a, b in zip(steps, steps[1:]):
+        assert a[1] <= b[0], "two model steps overlapped"
+    by_model = sorted(stats, key=lambda s: s["model_at"][0][0])
+    prefetched = [b for a, b in zip(by_model, by_model[1:]) if b["began"] < a["model_at"][-1][1]]
     assert len(prefetched) >= len(tasks) // 2, "tiles waited for the model before reading"
 
 
