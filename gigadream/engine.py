@@ -76,7 +76,9 @@ def model_step() -> Iterator[None]:
         try:
             yield
         finally:
-            getattr(_held, "steps", []).append((start, time.time()))
+            steps = getattr(_held, "steps", None)
+            if steps is not None:              # inside _process: its tile's statistics
+                steps.append((start, time.time()))
 
 
 def _process(task: TileTask, shared: tuple) -> dict:
@@ -91,16 +93,18 @@ def _process(task: TileTask, shared: tuple) -> dict:
     stat = task.kind == "stat"
     content = (task.content.read(task.tile.window)
                if task.content is not None and not stat else None)
-    _held.steps = []
-    if stat:
-        out, stats = None, task.processor.stat(window, core)
-    else:
-        out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content,
-                                    *shared)
+    _held.steps = steps = []
+    try:
+        if stat:
+            out, stats = None, task.processor.stat(window, core)
+        else:
+            out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content,
+                                        *shared)
+    finally:
+        _held.steps = None
     if out is not None:
         task.target.write(task.tile, out)
-    stats.update(tile_s=time.perf_counter() - t0, began=began, model_at=_held.steps,
-                 pid=os.getpid())
+    stats.update(tile_s=time.perf_counter() - t0, began=began, model_at=steps, pid=os.getpid())
     return stats
 
 

@@ -325,6 +325,7 @@ def device() -> str:
     return name
 
 
+@functools.cache
 def native_bf16(device: str) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU since Ampere, a CPU with AMX
     or AVX512-BF16 (elsewhere torch emulates it, slower than fp32)."""
