@@ -47,14 +47,32 @@ def run_tile(task: TileTask, *shared) -> dict:
 
 
 def run_tiles(tasks: tuple[TileTask, ...], *shared) -> list[dict]:
-    """Several tiles in one Dask task, one after the other. A Dask task costs ~15-20 ms of
-    scheduling here (2 cores shared with the client): more than an identity tile's own work
-    (3 ms), so cheap tiles travel in batches (``tiles_per_task``). The heap is trimmed once a
-    batch: trimming after every identity tile doubled its time (6.2 against 3.1 ms, measured),
-    as the next tile faulted its buffers' pages in again."""
-    stats = [_process(t, shared) for t in tasks]
+    """Several tiles in one Dask task. A Dask task costs ~15-20 ms of scheduling here (2
+    cores shared with the client): more than an identity tile's own work (3 ms), so cheap
+    tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
+    shape go through a processor that has ``batch`` together (``engine.batch``: one model
+    step for all of them); others one after the other. The heap is trimmed once a task:
+    trimming after every identity tile doubled its time (6.2 against 3.1 ms, measured), as
+    the next tile faulted its buffers' pages in again."""
+    stats = []
+    for group in _model_groups(tasks):
+        stats += _process(group, shared)
     release_freed_memory()
     return stats
+
+
+def _model_groups(tasks: Sequence[TileTask]) -> list[list[TileTask]]:
+    """Runs of consecutive tasks that one ``batch`` call can take: same kind, same window
+    shape, a processor that batches. Anything else goes alone."""
+    groups: list[list[TileTask]] = []
+    for t in tasks:
+        last = groups[-1][-1] if groups else None
+        if (last is not None and hasattr(t.processor, "batch") and t.processor is last.processor
+                and t.kind == last.kind and t.tile.window.shape == last.tile.window.shape):
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
 
 
 # One model step at a time in a worker process. A model worker runs two tasks at once
@@ -81,41 +99,81 @@ def model_step() -> Iterator[None]:
                 steps.append((start, time.time()))
 
 
-def _process(task: TileTask, shared: tuple) -> dict:
-    """One tile: read, process (its model steps under MODEL_LOCK), write. Its statistics gain
-    the tile's time, when (unix time) it began, and its model steps (``model_at``: a list of
-    (start, end)), to show the overlap."""
+def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
+    """Tiles of one ``_model_groups`` group: read, process (model steps under MODEL_LOCK),
+    write. Each tile's statistics gain its share of the group's time, when (unix time) the
+    group began, and the model steps (``model_at``: a list of (start, end), on the group's
+    first tile), to show the overlap."""
     t0, began = time.perf_counter(), time.time()
+    first, proc = tasks[0], tasks[0].processor
     # float32 unless the processor takes the canvas's own float16 (Identity)
-    window = task.source.read(task.tile.window, getattr(task.processor, "window_dtype",
-                                                        np.float32))
-    core = task.tile.core.relative_to(task.tile.window)
-    stat = task.kind == "stat"
-    content = (task.content.read(task.tile.window)
-               if task.content is not None and not stat else None)
+    dtype = getattr(proc, "window_dtype", np.float32)
+    windows = [t.source.read(t.tile.window, dtype) for t in tasks]
+    cores = [t.tile.core.relative_to(t.tile.window) for t in tasks]
+    stat = first.kind == "stat"
     _held.steps = steps = []
     try:
         if stat:
-            out, stats = None, task.processor.stat(window, core)
+            results = [(None, s) for s in (proc.stat_batch(windows, cores) if len(tasks) > 1
+                                           else [proc.stat(windows[0], cores[0])])]
+        elif len(tasks) > 1:
+            results = proc.batch(windows, cores, [tile_rng(*t.seed, t.tile) for t in tasks],
+                                 *shared)
         else:
-            out, stats = task.processor(window, core, tile_rng(*task.seed, task.tile), content,
-                                        *shared)
+            content = (first.content.read(first.tile.window)
+                       if first.content is not None else None)
+            results = [proc(windows[0], cores[0], tile_rng(*first.seed, first.tile), content,
+                            *shared)]
     finally:
         _held.steps = None
-    if out is not None:
-        task.target.write(task.tile, out)
-    stats.update(tile_s=time.perf_counter() - t0, began=began, model_at=steps, pid=os.getpid())
-    return stats
+    for task, (out, _) in zip(tasks, results):
+        if out is not None:
+            task.target.write(task.tile, out)
+    seconds = (time.perf_counter() - t0) / len(tasks)
+    for i, (_, stats) in enumerate(results):
+        stats.update(tile_s=seconds, began=began, model_at=steps if i == 0 else [],
+                     pid=os.getpid())
+    return [stats for _, stats in results]
 
 
-def tiles_per_task(model: bool) -> int:
-    """Tiles a Dask task carries: one where each tile is a model step (seconds on a CPU; the
-    progress bar moves per tile), 16 where a tile is only I/O."""
-    return 1 if model else 16
+def tiles_per_task(model: bool, batch: int = 1) -> int:
+    """Tiles a Dask task carries: ``batch`` where each tile is a model step (one on a CPU,
+    where a step takes seconds and the progress bar moves per tile), 16 where a tile is only
+    I/O."""
+    return batch if model else 16
 
 
-def batches(tasks: Sequence, size: int) -> list[tuple]:
-    return [tuple(tasks[i:i + size]) for i in range(0, len(tasks), size)]
+def batches(tasks: Sequence, size: int, by_shape: bool = False) -> list[tuple]:
+    """``tasks`` in tuples of ``size``; ``by_shape``: each tuple's tile windows of one shape
+    (a pass's interior tiles share theirs, its edge tiles come in a few others). The order
+    of the tiles in a pass does not change its result: each reads the previous canvas only."""
+    if not by_shape:
+        return [tuple(tasks[i:i + size]) for i in range(0, len(tasks), size)]
+    groups: dict = {}
+    for t in tasks:
+        groups.setdefault(t.tile.window.shape, []).append(t)
+    return [b for g in groups.values() for b in batches(g, size)]
+
+
+def worker_device() -> str:
+    """Where this worker runs its model: cpu or cuda (asked of each worker by ``model_batch``;
+    the client itself never imports torch)."""
+    from .models import device
+    return device().split(":")[0]
+
+
+# Tiles a GPU worker runs through its model at once (engine.batch: auto). A CPU is no faster
+# with more: a VGG16 step on 576 px windows took 690-950 ms a tile alone and 640-840 ms in
+# twos in bf16, 1.9-2.2 s both ways in fp32 (measured here).
+GPU_BATCH = 4
+
+
+def model_batch(setting: int | str, executor: "DaskExecutor") -> int:
+    """``engine.batch`` resolved: ``auto`` is GPU_BATCH when every worker has a GPU, else 1."""
+    if setting != "auto":
+        return int(setting)
+    kinds = set(executor.client.run(worker_device).values())
+    return GPU_BATCH if kinds == {"cuda"} else 1
 
 
 @functools.cache
@@ -131,7 +189,7 @@ def _glibc():
 def release_freed_memory() -> None:
     """Hand freed memory back to the OS. glibc keeps it in per-thread arenas otherwise: the
     client would carry ingest's peak (it grows with the image width) through every pass, a
-    worker its largest tile's. Called after ingest and after each tile (17 ms after a 640 px
+    worker its largest tile's. Called after ingest and after each Dask task (17 ms after a 640 px
     VGG16 step that took seconds, measured)."""
     if _glibc() is not None:
         _glibc().malloc_trim(0)
@@ -320,7 +378,7 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         # first makes every executor thread single-threaded (OpenMP counts are per thread);
         # the second also freezes glibc's mmap threshold, so every activation is mmapped and
         # faulted in afresh: a VGG16 forward ran 1.7x slower than in a plain process
-        # (measured here). run_tile trims the heap after each tile instead.
+        # (measured here). run_tiles trims the heap after each task instead.
         spawn_env = {k: str(nthreads) for k in
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc

@@ -20,7 +20,8 @@ from .tiling import grid, padded_shape
 # Dense fp32 / bf16 peak TFLOP/s (vendor figures) of GPUs people rent.
 GPUS = {"t4": (8.1, 65.0), "l4": (30.3, 121.0), "a10": (31.2, 125.0), "a100": (19.5, 312.0),
         "h100": (67.0, 989.0), "h200": (67.0, 989.0), "rtx4090": (82.6, 165.0)}
-# Convolutions on small windows reach about this share of peak (cuDNN, batch 1): an assumption.
+# Convolutions on tile windows reach about this share of peak (cuDNN, engine.batch's 4 windows
+# a step): an assumption, not yet measured.
 GPU_EFFICIENCY = 0.35
 CALIBRATION_SIDE = 192
 

@@ -18,8 +18,8 @@ from . import __version__
 from .config import Config, to_dict, to_yaml
 from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
-from .engine import (BackgroundCluster, TileTask, batches, map_tasks, release_freed_memory,
-                     run_tile, run_tiles, tiles_per_task)
+from .engine import (BackgroundCluster, TileTask, batches, map_tasks, model_batch,
+                     release_freed_memory, run_tile, run_tiles, tiles_per_task)
 from .errors import InputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest
@@ -80,6 +80,7 @@ class RunReport:
     stage_s: dict[str, float] = field(default_factory=dict)
     tiles: int = 0
     model_s: float = 0.0
+    model_steps: int = 0          # model calls (forward + backward) of the passes' tiles
 
 
 def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
@@ -135,7 +136,8 @@ def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = N
                      cfg.model.precision)
 
 
-def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None = None) -> float:
+def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None = None,
+              batch: int = 1) -> float:
     """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser that
     every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
     tiles = grid(view.shape, cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
@@ -143,7 +145,8 @@ def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None
     pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles), replace=False))
     proc = make_processor(cfg)
     tasks = [TileTask(view, None, proc, tiles[i], (cfg.seed, octave, -1), "stat") for i in pick]
-    stats = map_tasks(executor, run_tile, tasks)
+    stats = [s for b in map_tasks(executor, run_tiles, batches(tasks, batch, batch > 1))
+             for s in b]
     if report is not None:
         report.model_s += sum(s["model_s"] for s in stats)
     total = sum(s["grad_abs_sum"] for s in stats)
@@ -348,6 +351,7 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
     scales = rec.get("grad_scale", {})
     style = cfg.mode == "style"
     octave_ready = None            # the octave whose shared values (scale, style target) we hold
+    batch = model_batch(cfg.engine.batch, ex) if cfg.mode == "dream" else 1
     if first > 0:
         on_event(Stage("resume", f"after pass {first} of {len(passes)}"))
         on_event(Work(sum(p.units for p in passes[:first])))
@@ -362,7 +366,7 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
             if cfg.mode == "dream":
                 if str(k) not in scales:    # measured once; a resumed run reuses it
                     on_event(Stage("calibrate", f"octave {k}"))
-                    scales[str(k)] = calibrate(ex, view, cfg, k, report)
+                    scales[str(k)] = calibrate(ex, view, cfg, k, report, batch)
                     store.update_record(grad_scale=scales)
                 proc = make_processor(cfg, scales[str(k)])
             elif style:   # the style Grams at this octave's size, computed once, on a worker
@@ -387,7 +391,8 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
                 shared += (ex.tree_reduce(add_stats, stats),)
                 ex.wait(stats, lambda: on_event(Work(1)))
         on_event(Stage("pass", f"octave {k} pass {pp.pass_ + 1}: "
-                               f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles",
+                               f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles"
+                               + (f", {batch} a step" if batch > 1 else ""),
                        pixels=pp.shape[0] * pp.shape[1]))
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
         tasks = [TileTask(view, target, proc, tile, seed, content=sources[k] if style else None)
@@ -396,10 +401,11 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
         def done(batch: list[dict]) -> None:
             for stats in batch:
                 report.model_s += stats.get("model_s", 0.0)
+                report.model_steps += len(stats["model_at"])
                 on_event(Work(pp.iterations))
 
-        map_tasks(ex, run_tiles, batches(tasks, tiles_per_task(cfg.mode != "identity")), done,
-                  args=shared)
+        map_tasks(ex, run_tiles, batches(tasks, tiles_per_task(cfg.mode != "identity", batch),
+                                         batch > 1), done, args=shared)
         report.tiles += len(tasks)
         store.update_record(done=i, canvas=target.record())
         if pp.pass_ == 0 and k + 1 < len(sources):

@@ -67,9 +67,37 @@ def test_map_tasks_raises_the_first_failure():
 
 def test_cluster_runs_tasks_in_worker_processes():
     import os
+
+    from gigadream.engine import model_batch
     with cluster(workers=2) as ex:
         pids = set(map_tasks(ex, _pid, list(range(16))))
+        # engine.batch: auto asks the workers where they run their models (CPUs here)
+        assert model_batch("auto", ex) == 1 and model_batch(3, ex) == 3
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_tiles_are_batched_by_window_shape_and_each_tile_once(odd_image):
+    """engine.batch: a pass's tasks in tuples whose windows share a shape (one model step
+    each); a run of consecutive same-shape tiles is what run_tiles hands ``batch``."""
+    from gigadream.engine import TileTask, _model_groups, batches
+    from gigadream.pipeline import make_processor
+    from gigadream.tiling import grid
+
+    proc = make_processor(load_config(None, []))
+    tiles = grid((301, 517), 64, (17, 40), 24, 1)
+    tasks = [TileTask(None, None, proc, t, (0, 0, 0)) for t in tiles]
+    shapes = {t.window.shape for t in tiles}
+    assert len(shapes) > 3                           # interior, edges, corners
+    out = batches(tasks, 4, by_shape=True)
+    assert sorted(id(t) for b in out for t in b) == sorted(id(t) for t in tasks)
+    assert all(len(b) <= 4 and len({t.tile.window.shape for t in b}) == 1 for b in out)
+    full = sum(len(b) == 4 for b in out)
+    assert full >= len(tiles) // 4 - len(shapes)     # only each shape's last tuple is short
+    assert [len(g) for b in out for g in _model_groups(b)] == [len(b) for b in out]
+    mixed = _model_groups(tuple(tasks[:12]))         # grid order: shapes change along a row
+    assert sum(map(len, mixed)) == 12 and len(mixed) > 1
+    for g in mixed:
+        assert len({t.tile.window.shape for t in g}) == 1
 
 
 def _pid(_):
