@@ -8,6 +8,7 @@ as PIL's and torch's ``antialias=True``); upsampling is plain bilinear.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable
 
 import numpy as np
@@ -63,8 +64,21 @@ def _filter_rows(x: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def _filter_rows_torch(x, idx: np.ndarray, w: np.ndarray):
+    """``_filter_rows`` of a torch tensor, with the same operations in the same order (so
+    the same bits), on torch's threads."""
+    import torch
+    out = None
+    for t in range(idx.shape[1]):
+        term = x.index_select(1, torch.from_numpy(np.ascontiguousarray(idx[:, t])))
+        term.mul_(torch.from_numpy(np.ascontiguousarray(w[:, t]))[:, None])
+        out = term if out is None else out.add_(term)
+    return out
+
+
 def resample_window(read: Callable[[Box], np.ndarray], in_shape: tuple[int, int],
-                    out_shape: tuple[int, int], box: Box) -> np.ndarray:
+                    out_shape: tuple[int, int], box: Box,
+                    use_torch: bool | None = None) -> np.ndarray:
     """Output ``box`` (C, h, w) float32 of an image of ``in_shape`` resized to ``out_shape``.
 
     ``read(box)`` returns the input's (C, h, w) float32 pixels in ``box``. Rows, then (after
@@ -72,10 +86,22 @@ def resample_window(read: Callable[[Box], np.ndarray], in_shape: tuple[int, int]
     the dense matrix products this replaced (measured: a 602 px octave-start tile 25 → 16 ms,
     a 256 px pyramid chunk 8 → 5.3 ms), whose BLAS summation order also varied with the
     window, so neighbouring tiles could differ in the last bit.
+
+    In a process that has loaded torch (every worker), torch does the same arithmetic on its
+    threads, bit for bit: a 602 px octave-start window 6.1 → 4.2 ms on two threads, 7.8 →
+    5.6 ms on one (measured). The client (the pyramid) never imports torch. ``use_torch``:
+    None = torch where it is loaded.
     """
     iy0, iy1, ky, wy = axis_taps(in_shape[0], out_shape[0], box.y0, box.y1)
     ix0, ix1, kx, wx = axis_taps(in_shape[1], out_shape[1], box.x0, box.x1)
     x = read(Box(iy0, iy1, ix0, ix1))                  # (C, hi, wi)
+    if use_torch is None:
+        use_torch = "torch" in sys.modules
+    if use_torch:
+        import torch
+        rows = _filter_rows_torch(torch.from_numpy(np.ascontiguousarray(x)), ky, wy)
+        rows = rows.transpose(1, 2).contiguous()
+        return _filter_rows_torch(rows, kx, wx).transpose(1, 2).contiguous().numpy()
     rows = np.ascontiguousarray(_filter_rows(x, ky, wy).transpose(0, 2, 1))
     return np.ascontiguousarray(_filter_rows(rows, kx, wx).transpose(0, 2, 1))
 

@@ -11,13 +11,18 @@ def _reader(img):
 
 @pytest.mark.parametrize("out_shape", [(26, 38), (53, 75), (37, 53), (1, 1)])
 def test_windows_reproduce_the_whole_resize(out_shape):
+    """Tile by tile as whole, bit for bit; numpy (the client) and torch (the workers) alike."""
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 255, (3, 37, 53)).astype(np.float32)
-    whole = resample_window(_reader(img), (37, 53), out_shape, Box(0, out_shape[0], 0, out_shape[1]))
-    tiled = np.zeros_like(whole)
-    for t in grid(out_shape, 8, (3, 5)):
-        tiled[(slice(None), *t.core.slices())] = resample_window(_reader(img), (37, 53), out_shape, t.core)
-    assert np.array_equal(tiled, whole)        # each pixel's value never depends on its tile
+    whole = resample_window(_reader(img), (37, 53), out_shape, Box(0, out_shape[0], 0, out_shape[1]),
+                            use_torch=False)
+    for use_torch in (False, True):
+        tiled = np.zeros_like(whole)
+        for t in grid(out_shape, 8, (3, 5)):
+            tiled[(slice(None), *t.core.slices())] = resample_window(_reader(img), (37, 53),
+                                                                     out_shape, t.core, use_torch)
+        assert tiled.dtype == np.float32
+        assert np.array_equal(tiled, whole)    # each pixel's value never depends on its tile
     i0, i1, my = axis_weights(37, out_shape[0], 0, out_shape[0])
     j0, j1, mx = axis_weights(53, out_shape[1], 0, out_shape[1])
     dense = np.matmul(np.matmul(my, img[:, i0:i1, j0:j1]), mx.T)
