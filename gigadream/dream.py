@@ -105,7 +105,7 @@ class DeepDream:
         objective is a sum over the batch, so each window's gradient is its own."""
         import torch
 
-        from .engine import model_step
+        from .steps import model_step
         from .models import as_input, autocast, device, dream_precision, get_model
 
         dev = device()

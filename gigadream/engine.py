@@ -24,6 +24,7 @@ import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from .errors import ClusterError
+from .steps import recorded_steps
 from .tiling import Tile, tile_rng
 
 
@@ -75,32 +76,8 @@ def _model_groups(tasks: Sequence[TileTask]) -> list[list[TileTask]]:
     return groups
 
 
-# One model step at a time in a worker process. A model worker runs two tasks at once
-# (``PREFETCH``): while one runs the model, the other reads its window (and Dask hands it
-# over), prepares it and waits here, so the model never waits on I/O.
-MODEL_LOCK = threading.Lock()
-_held = threading.local()          # this thread's model steps: (start, end) unix times
-
-
-@contextlib.contextmanager
-def model_step() -> Iterator[None]:
-    """What a processor runs its model in (a forward and backward, an optimiser's closure):
-    one at a time in the process, under MODEL_LOCK. Only the model: the step's arithmetic
-    around it (jitter, the update, layout copies) overlaps the other thread's model step.
-    Holding the lock around the whole processor call instead left 19 ms a tile of such work
-    in the model's way (VGG16 in bf16: 4 % of a dream run's model time, measured)."""
-    with MODEL_LOCK:
-        start = time.time()
-        try:
-            yield
-        finally:
-            steps = getattr(_held, "steps", None)
-            if steps is not None:              # inside _process: its tile's statistics
-                steps.append((start, time.time()))
-
-
 def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
-    """Tiles of one ``_model_groups`` group: read, process (model steps under MODEL_LOCK),
+    """Tiles of one ``_model_groups`` group: read, process (steps.model_step: one at a time),
     write. Each tile's statistics gain its share of the group's time, when (unix time) the
     group began, and the model steps (``model_at``: a list of (start, end), on the group's
     first tile), to show the overlap."""
@@ -111,8 +88,7 @@ def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
     windows = [t.source.read(t.tile.window, dtype) for t in tasks]
     cores = [t.tile.core.relative_to(t.tile.window) for t in tasks]
     stat = first.kind == "stat"
-    _held.steps = steps = []
-    try:
+    with recorded_steps() as steps:
         if stat:
             results = [(None, s) for s in (proc.stat_batch(windows, cores) if len(tasks) > 1
                                            else [proc.stat(windows[0], cores[0])])]
@@ -124,8 +100,6 @@ def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
                        if first.content is not None else None)
             results = [proc(windows[0], cores[0], tile_rng(*first.seed, first.tile), content,
                             *shared)]
-    finally:
-        _held.steps = None
     for task, (out, _) in zip(tasks, results):
         if out is not None:
             task.target.write(task.tile, out)
@@ -353,7 +327,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 # Task threads of a worker that runs a model: one in the model, one prefetching the next
-# tile (see MODEL_LOCK). A worker without a model runs one: its tiles are all I/O.
+# tile (see steps.MODEL_LOCK). A worker without a model runs one: its tiles are all I/O.
 PREFETCH = 2
 
 

@@ -100,7 +100,7 @@ class StyleTransfer:
         the tiles of a pass into the canvas's global Gram (``add_stats``)."""
         import torch
 
-        from .engine import model_step
+        from .steps import model_step
         with model_step(), torch.no_grad():
             t = time.perf_counter()
             acts = self._net()(torch.from_numpy(window)[None], self._layers, self.pooling)
@@ -118,7 +118,7 @@ class StyleTransfer:
         the style Grams per layer, ``canvas`` the pass's ``add_stats`` (None: whole image)."""
         import torch
 
-        from .engine import model_step
+        from .steps import model_step
         net = self._net()
         fixed = torch.from_numpy(window)[None]                    # (1, C, h, w), 0-255
         cs = core.slices()
@@ -219,7 +219,7 @@ def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, mode
     (neural-style's -style_blend_weights, normalised to sum 1)."""
     import torch
 
-    from .engine import model_step
+    from .steps import model_step
     from .models import get_model
     net = get_model(model, weights)
     blend = blend or (1.0,) * len(images)

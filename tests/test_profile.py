@@ -1,4 +1,5 @@
 """gigadream profile: a report that stands on its own, made of real measurements."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,22 @@ def test_the_naive_baseline_is_a_real_run(photos, tmp_path, mode):
     naive_run(photos["chelsea_jpg"], cfg, out)
     diff = np.abs(read(out).astype(float) - read(photos["chelsea_jpg"]).astype(float)).mean()
     assert (diff < 2.5) if mode == "identity" else (diff > 4), diff     # JPEG re-encoding: ~1.6
+
+
+def test_the_gpu_check_runs_with_torch_alone(tmp_path):
+    """profiling/gpu_check.py, for the GPU machine that has torch but no pyvips, zarr or
+    Dask: here with those unimportable, on the CPU, in its quick form."""
+    from gigadream.models import default_weights
+    root = Path(__file__).parent.parent
+    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("dask", "distributed", "zarr", "pyvips"))
+    code = f"import runpy, sys; {blocked}; runpy.run_path('profiling/gpu_check.py', run_name='__main__')"
+    r = subprocess.run([sys.executable, "-c", code, "--weights", str(default_weights("vgg16")),
+                        "--device", "cpu", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| precision check | | | pass |" in md and "alone (max" in md
+    times = [ln for ln in md.splitlines() if ln.startswith("| 160 px |")]
+    assert len(times) == 4 and all(float(ln.split("|")[4]) > 0 for ln in times)
+    assert "octave-start upsampling" in md
