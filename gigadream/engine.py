@@ -47,29 +47,31 @@ def run_tile(task: TileTask, *shared) -> dict:
     return run_tiles((task,), *shared)[0]
 
 
-def run_tiles(tasks: tuple[TileTask, ...], *shared) -> list[dict]:
+def run_tiles(tasks: tuple[TileTask, ...], *shared, batch: int | None = None) -> list[dict]:
     """Several tiles in one Dask task. A Dask task costs ~15-20 ms of scheduling here (2
     cores shared with the client): more than an identity tile's own work (3 ms), so cheap
     tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
-    shape go through a processor that has ``batch`` together (``engine.batch``: one model
-    step for all of them); others one after the other. The heap is trimmed once a task:
+    shape go through a processor that has ``batch`` together, ``batch`` at a time
+    (``engine.batch``: one model step for them all; None: no limit); others one after the
+    other. The heap is trimmed once a task:
     trimming after every identity tile doubled its time (6.2 against 3.1 ms, measured), as
     the next tile faulted its buffers' pages in again."""
     stats = []
-    for group in _model_groups(tasks):
+    for group in _model_groups(tasks, batch):
         stats += _process(group, shared)
     release_freed_memory()
     return stats
 
 
-def _model_groups(tasks: Sequence[TileTask]) -> list[list[TileTask]]:
-    """Runs of consecutive tasks that one ``batch`` call can take: same kind, same window
-    shape, a processor that batches. Anything else goes alone."""
+def _model_groups(tasks: Sequence[TileTask], size: int | None = None) -> list[list[TileTask]]:
+    """Runs of consecutive tasks, at most ``size`` long, that one ``batch`` call can take:
+    same kind, same window shape, a processor that batches. Anything else goes alone."""
     groups: list[list[TileTask]] = []
     for t in tasks:
         last = groups[-1][-1] if groups else None
         if (last is not None and hasattr(t.processor, "batch") and t.processor is last.processor
-                and t.kind == last.kind and t.tile.window.shape == last.tile.window.shape):
+                and t.kind == last.kind and t.tile.window.shape == last.tile.window.shape
+                and (size is None or len(groups[-1]) < size)):
             groups[-1].append(t)
         else:
             groups.append([t])
@@ -111,10 +113,15 @@ def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
 
 
 def tiles_per_task(model: bool, batch: int = 1) -> int:
-    """Tiles a Dask task carries: ``batch`` where each tile is a model step (one on a CPU,
-    where a step takes seconds and the progress bar moves per tile), 16 where a tile is only
-    I/O."""
-    return batch if model else 16
+    """Tiles a Dask task carries (its cost: see ``run_tiles``): 16 where a tile is cheap,
+    one where it is a model step of seconds (a CPU's; the progress bar then moves per tile).
+    Cheap: only I/O (identity), or a GPU's model batches (``batch`` > 1), 16 tiles in whole
+    batches. A GPU step on a 550 px window is ~1 ms (its 225 GFLOP at a third of an H200's
+    bf16 peak; estimated, not measured), so a task of one batch would pay Dask more than
+    the model."""
+    if not model:
+        return 16
+    return 1 if batch == 1 else max(batch, 16 // batch * batch)
 
 
 def batches(tasks: Sequence, size: int, by_shape: bool = False) -> list[tuple]:
@@ -329,6 +336,12 @@ def _exit_with_parent(parent: int) -> None:
 # Task threads of a worker that runs a model: one in the model, one prefetching the next
 # tile (see steps.MODEL_LOCK). A worker without a model runs one: its tiles are all I/O.
 PREFETCH = 2
+# A GPU worker's: its model step is shorter than the I/O around it. Per batch of 4 tiles,
+# reads take ~5 ms (a plain pass's 1.3 ms a tile, measured here) and writes ~4 ms, against
+# ~4 ms of model (estimated from FLOPs): two threads would keep the GPU busy 60 % of the
+# time, four all of it, if the I/O's numpy, torch and file calls (which release the GIL)
+# scale over the box's cores. Estimated, not yet measured on a GPU.
+GPU_PREFETCH = 4
 
 
 @contextlib.contextmanager
@@ -345,7 +358,8 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         local = None
         n = len(client.scheduler_info()["workers"]) or 1
     else:
-        n = workers if workers != "auto" else max(1, cuda_devices())
+        gpus = cuda_devices()
+        n = workers if workers != "auto" else max(1, gpus)
     nthreads = threads if threads != "auto" else max(1, (os.cpu_count() or 1) // n)
     if not scheduler:
         # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB. The
@@ -357,7 +371,8 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
-            local = LocalCluster(n_workers=n, threads_per_worker=PREFETCH if model else 1,
+            prefetch = (GPU_PREFETCH if gpus else PREFETCH) if model else 1
+            local = LocalCluster(n_workers=n, threads_per_worker=prefetch,
                                  processes=True,
                                  host="127.0.0.1", dashboard_address=None, memory_limit=0,
                                  silence_logs=logging.CRITICAL)   # task errors reach us anyway

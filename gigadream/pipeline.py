@@ -5,6 +5,7 @@ them into a progress bar, tests and profilers attach their own.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -145,7 +146,8 @@ def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None
     pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles), replace=False))
     proc = make_processor(cfg)
     tasks = [TileTask(view, None, proc, tiles[i], (cfg.seed, octave, -1), "stat") for i in pick]
-    stats = [s for b in map_tasks(executor, run_tiles, batches(tasks, batch, batch > 1))
+    stats = [s for b in map_tasks(executor, functools.partial(run_tiles, batch=batch),
+                                  batches(tasks, tiles_per_task(True, batch), batch > 1))
              for s in b]
     if report is not None:
         report.model_s += sum(s["model_s"] for s in stats)
@@ -404,8 +406,9 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
                 report.model_steps += len(stats["model_at"])
                 on_event(Work(pp.iterations))
 
-        map_tasks(ex, run_tiles, batches(tasks, tiles_per_task(cfg.mode != "identity", batch),
-                                         batch > 1), done, args=shared)
+        map_tasks(ex, functools.partial(run_tiles, batch=batch),
+                  batches(tasks, tiles_per_task(cfg.mode != "identity", batch), batch > 1), done,
+                  args=shared)
         report.tiles += len(tasks)
         store.update_record(done=i, canvas=target.record())
         if pp.pass_ == 0 and k + 1 < len(sources):

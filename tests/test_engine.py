@@ -79,7 +79,7 @@ def test_cluster_runs_tasks_in_worker_processes():
 def test_tiles_are_batched_by_window_shape_and_each_tile_once(odd_image):
     """engine.batch: a pass's tasks in tuples whose windows share a shape (one model step
     each); a run of consecutive same-shape tiles is what run_tiles hands ``batch``."""
-    from gigadream.engine import TileTask, _model_groups, batches
+    from gigadream.engine import TileTask, _model_groups, batches, tiles_per_task
     from gigadream.pipeline import make_processor
     from gigadream.tiling import grid
 
@@ -94,6 +94,10 @@ def test_tiles_are_batched_by_window_shape_and_each_tile_once(odd_image):
     full = sum(len(b) == 4 for b in out)
     assert full >= len(tiles) // 4 - len(shapes)     # only each shape's last tuple is short
     assert [len(g) for b in out for g in _model_groups(b)] == [len(b) for b in out]
+    # a GPU's task: 16 tiles of one shape, model steps of 4 (tiles_per_task)
+    assert tiles_per_task(True, 4) == 16 and tiles_per_task(True, 1) == 1
+    sixteen = next(b for b in batches(tasks, 16, by_shape=True) if len(b) == 16)
+    assert [len(g) for g in _model_groups(sixteen, 4)] == [4, 4, 4, 4]
     mixed = _model_groups(tuple(tasks[:12]))         # grid order: shapes change along a row
     assert sum(map(len, mixed)) == 12 and len(mixed) > 1
     for g in mixed:
