@@ -136,6 +136,18 @@ def batches(tasks: Sequence, size: int, by_shape: bool = False) -> list[tuple]:
     return [b for g in groups.values() for b in batches(g, size)]
 
 
+def map_tiles(executor: concurrent.futures.Executor, tasks: Sequence[TileTask], model: bool,
+              batch: int = 1, on_done: Callable[[list[dict]], None] | None = None,
+              shared: tuple = ()) -> list[dict]:
+    """A pass's (or a calibration's) tile tasks on ``executor``: ``tiles_per_task`` tiles a
+    Dask task, in model steps of ``batch`` tiles of one window shape. ``on_done`` sees each
+    Dask task's statistics; all of them come back, a tile's each, in no particular order."""
+    done = map_tasks(executor, functools.partial(run_tiles, batch=batch),
+                     batches(tasks, tiles_per_task(model, batch), batch > 1), on_done,
+                     args=shared)
+    return [stats for task in done for stats in task]
+
+
 def worker_device() -> str:
     """Where this worker runs its model: cpu or cuda (asked of each worker by ``model_batch``;
     the client itself never imports torch)."""

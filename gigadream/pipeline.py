@@ -5,7 +5,6 @@ them into a progress bar, tests and profilers attach their own.
 """
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import time
@@ -19,8 +18,8 @@ from . import __version__
 from .config import Config, to_dict, to_yaml
 from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
-from .engine import (BackgroundCluster, TileTask, batches, map_tasks, model_batch,
-                     release_freed_memory, run_tile, run_tiles, tiles_per_task)
+from .engine import (BackgroundCluster, TileTask, map_tiles, model_batch, release_freed_memory,
+                     run_tile)
 from .errors import InputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest
@@ -146,9 +145,7 @@ def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None
     pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles), replace=False))
     proc = make_processor(cfg)
     tasks = [TileTask(view, None, proc, tiles[i], (cfg.seed, octave, -1), "stat") for i in pick]
-    stats = [s for b in map_tasks(executor, functools.partial(run_tiles, batch=batch),
-                                  batches(tasks, tiles_per_task(True, batch), batch > 1))
-             for s in b]
+    stats = map_tiles(executor, tasks, True, batch)
     if report is not None:
         report.model_s += sum(s["model_s"] for s in stats)
     total = sum(s["grad_abs_sum"] for s in stats)
@@ -400,15 +397,13 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
         tasks = [TileTask(view, target, proc, tile, seed, content=sources[k] if style else None)
                  for tile in tiles]
 
-        def done(batch: list[dict]) -> None:
-            for stats in batch:
+        def done(results: list[dict]) -> None:
+            for stats in results:
                 report.model_s += stats.get("model_s", 0.0)
                 report.model_steps += len(stats["model_at"])
                 on_event(Work(pp.iterations))
 
-        map_tasks(ex, functools.partial(run_tiles, batch=batch),
-                  batches(tasks, tiles_per_task(cfg.mode != "identity", batch), batch > 1), done,
-                  args=shared)
+        map_tiles(ex, tasks, cfg.mode != "identity", batch, done, shared)
         report.tiles += len(tasks)
         store.update_record(done=i, canvas=target.record())
         if pp.pass_ == 0 and k + 1 < len(sources):
