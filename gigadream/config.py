@@ -228,7 +228,8 @@ class EngineConfig:
                                    "address of an existing Dask scheduler; null = start one here")
     batch: int | str = _field("auto", parse_int(1, 64, auto=True),
                               "DeepDream tiles of one shape that a worker runs through its model "
-                              "at once; auto = 4 on GPU workers, 1 on CPUs (no faster there)")
+                              "at once; auto = 4 on GPU workers (fewer for windows above 602 px), 1 "
+                              "on CPUs (no faster there)")
 
 
 @dataclass(frozen=True)

@@ -155,18 +155,29 @@ def worker_device() -> str:
     return device().split(":")[0]
 
 
-# Tiles a GPU worker runs through its model at once (engine.batch: auto). A CPU is no faster
-# with more: a VGG16 step on 576 px windows took 690-950 ms a tile alone and 640-840 ms in
-# twos in bf16, 1.9-2.2 s both ways in fp32 (measured here).
+# Tiles a GPU worker runs through its model at once (engine.batch: auto), for windows of the
+# default tile (512 px and its margin); as many fewer as larger windows have more pixels, so
+# that a batch's activations stay those of four default windows (VGG16 to relu4_3 keeps 0.64
+# GB of them in bf16 for a 602 px window's backward, 1.19 GB in fp32, counted as gigadream
+# plan does): a GPU is busy with one large window anyway. A CPU is no faster with more: a VGG16 step on 576 px windows
+# took 690-950 ms a tile alone and 640-840 ms in twos in bf16, 1.9-2.2 s both ways in fp32
+# (measured here).
 GPU_BATCH = 4
+GPU_BATCH_PIXELS = GPU_BATCH * 602 * 602
 
 
-def model_batch(setting: int | str, executor: "DaskExecutor") -> int:
-    """``engine.batch`` resolved: ``auto`` is GPU_BATCH when every worker has a GPU, else 1."""
+def model_batch(setting: int | str, executor: "DaskExecutor", window: int = 602) -> int:
+    """``engine.batch`` resolved for windows of ``window`` px a side: ``auto`` is GPU_BATCH
+    (fewer for windows larger than the default's) when every worker has a GPU, else 1."""
     if setting != "auto":
         return int(setting)
     kinds = set(executor.client.run(worker_device).values())
-    return GPU_BATCH if kinds == {"cuda"} else 1
+    return gpu_batch(window) if kinds == {"cuda"} else 1
+
+
+def gpu_batch(window: int) -> int:
+    """Windows of ``window`` px a side in one GPU model step (engine.batch: auto)."""
+    return max(1, min(GPU_BATCH, GPU_BATCH_PIXELS // (window * window)))
 
 
 @functools.cache

@@ -350,7 +350,8 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
     scales = rec.get("grad_scale", {})
     style = cfg.mode == "style"
     octave_ready = None            # the octave whose shared values (scale, style target) we hold
-    batch = model_batch(cfg.engine.batch, ex) if cfg.mode == "dream" else 1
+    batch = (model_batch(cfg.engine.batch, ex, cfg.tiling.tile + 2 * cfg.margin)
+             if cfg.mode == "dream" else 1)
     if first > 0:
         on_event(Stage("resume", f"after pass {first} of {len(passes)}"))
         on_event(Work(sum(p.units for p in passes[:first])))

@@ -76,6 +76,14 @@ def test_cluster_runs_tasks_in_worker_processes():
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
+def test_gpu_batches_hold_four_default_windows_of_pixels():
+    """engine.batch: auto on GPUs: 4 windows of the default tile's size (512 px and relu4_3's
+    margin), as many fewer as larger windows have more pixels, never none."""
+    from gigadream.engine import gpu_batch
+    assert [gpu_batch(w) for w in (166, 550, 602, 700, 851, 1000, 1114, 4096)] == \
+        [4, 4, 4, 2, 2, 1, 1, 1]
+
+
 def test_tiles_are_batched_by_window_shape_and_each_tile_once(odd_image):
     """engine.batch: a pass's tasks in tuples whose windows share a shape (one model step
     each); a run of consecutive same-shape tiles is what run_tiles hands ``batch``."""
