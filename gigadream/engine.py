@@ -53,9 +53,9 @@ def run_tiles(tasks: tuple[TileTask, ...], *shared, batch: int | None = None) ->
     tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
     shape go through a processor that has ``batch`` together, ``batch`` at a time
     (``engine.batch``: one model step for them all; None: no limit); others one after the
-    other. The heap is trimmed once a task:
-    trimming after every identity tile doubled its time (6.2 against 3.1 ms, measured), as
-    the next tile faulted its buffers' pages in again."""
+    other. The heap is trimmed once a task: trimming after every identity tile doubled its
+    time (6.2 against 3.1 ms, measured), as the next tile faulted its buffers' pages in
+    again."""
     stats = []
     for group in _model_groups(tasks, batch):
         stats += _process(group, shared)
@@ -159,9 +159,9 @@ def worker_device() -> str:
 # default tile (512 px and its margin); as many fewer as larger windows have more pixels, so
 # that a batch's activations stay those of four default windows (VGG16 to relu4_3 keeps 0.64
 # GB of them in bf16 for a 602 px window's backward, 1.19 GB in fp32, counted as gigadream
-# plan does): a GPU is busy with one large window anyway. A CPU is no faster with more: a VGG16 step on 576 px windows
-# took 690-950 ms a tile alone and 640-840 ms in twos in bf16, 1.9-2.2 s both ways in fp32
-# (measured here).
+# plan does): a GPU is busy with one large window anyway. A CPU is no faster with more: a
+# VGG16 step on 576 px windows took 690-950 ms a tile alone and 640-840 ms in twos in bf16,
+# 1.9-2.2 s both ways in fp32 (measured here).
 GPU_BATCH = 4
 GPU_BATCH_PIXELS = GPU_BATCH * 602 * 602
 
@@ -193,8 +193,8 @@ def _glibc():
 def release_freed_memory() -> None:
     """Hand freed memory back to the OS. glibc keeps it in per-thread arenas otherwise: the
     client would carry ingest's peak (it grows with the image width) through every pass, a
-    worker its largest tile's. Called after ingest and after each Dask task (17 ms after a 640 px
-    VGG16 step that took seconds, measured)."""
+    worker its largest tile's. Called after ingest and after each Dask task (17 ms after a
+    640 px VGG16 step that took seconds, measured)."""
     if _glibc() is not None:
         _glibc().malloc_trim(0)
 

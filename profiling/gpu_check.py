@@ -77,7 +77,8 @@ def check_precision(weights: str, side: int, lines: list[str]) -> bool:
               f"| mean \\|g\\| bf16 ÷ fp32 | {g16 / g32:.4f} | within {GRAD_TOLERANCE:.0%} | |",
               f"| four steps (cosine) | {four:.4f} | > fp32 with another seed ({seed:.4f}) "
               f"+ {SEED_MARGIN} | |",
-              f"| four steps' length bf16 ÷ fp32 | {length:.4f} | within {LENGTH_TOLERANCE:.0%} | |",
+              f"| four steps' length bf16 ÷ fp32 | {length:.4f} "
+              f"| within {LENGTH_TOLERANCE:.0%} | |",
               f"| precision check | | | {'pass' if ok else 'FAIL'} |"]
     return ok
 
