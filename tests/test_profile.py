@@ -73,8 +73,14 @@ def test_the_report_files_are_real(report):
     csv = (folder / "memory.csv").read_text().splitlines()
     assert csv[0] == "run,seconds,stage,started_process_mb,children_mb"
     runs = {ln.split(",")[0] for ln in csv[1:]}
-    stages = {ln.split(",")[2] for ln in csv[1:]}
-    assert runs == {"gigadream", "naive"} and {"export", "pass octave 0 pass 2"} <= stages
+    ours = {ln.split(",")[2] for ln in csv[1:] if ln.startswith("gigadream,")}
+    assert runs == {"gigadream", "naive"}
+    # every stage that lasted a few sampling periods (0.1 s) has samples under its name; a
+    # pass of this small image can be over between two samples
+    rows = stage_table((folder / "report.md").read_text())
+    long = [r[0].split(":")[0] if r[0].startswith("pass") else r[0].split()[0]
+            for r in rows if float(r[1]) >= 0.3]
+    assert len(long) >= 2 and set(long) <= ours, (long, ours)     # start-up, cluster at least
     assert read(folder / "result.jpg").shape == (700, 1500, 3)
     assert not (folder / "store").exists() and not (folder / "lines.gdstore").exists()
 
