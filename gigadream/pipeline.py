@@ -412,3 +412,4 @@ def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: lis
         view = target
     store.update_record(result={**store.record()["canvas"],
                                 "original_colors": style and cfg.style.original_colors})
+    store.drop_spares()

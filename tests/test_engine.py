@@ -15,6 +15,7 @@ from gigadream.config import load_config
 from gigadream.engine import cluster, map_tasks
 from gigadream.errors import ClusterError
 from gigadream.pipeline import plan, run
+from gigadream.tiling import Box
 
 IDENTITY = ["mode=identity", "tiling.tile=64", "dream.octaves=3", "dream.passes=2",
             "export.tiff_compression=none"]
@@ -35,6 +36,7 @@ def test_identity_run_reproduces_the_input_bit_exactly(tmp_path, odd_image, work
     report = run(odd_image, cfg, tmp_path / "out.tif", store_path=store)
     np.testing.assert_array_equal(read(tmp_path / "out.tif"), read(odd_image))
     assert report.tiles == sum(p.tiles for p in plan((301, 517), cfg))
+    assert not (store / "spare").exists()             # what no canvas took, gone at the end
     # Roll in place: the last pass wrote one whole chunk per tile, each a separate file.
     last = plan((301, 517), cfg)[-1]
     arr = zarr.open_array(str(store / "canvas" / "o0p1"), mode="r")
@@ -218,6 +220,37 @@ def test_a_canvas_of_another_geometry_is_made_afresh(tmp_path):
     assert again.offset == (40, 9)
     store.canvas(0, 0, (100, 130), 32, (0, 0))                   # other tile size: afresh
     assert _chunk_files(store.path / "canvas" / "o0p0") == []
+
+
+def test_a_dropped_octaves_chunk_files_become_the_next_canvases(tmp_path):
+    """drop_canvases keeps the raw chunk files as spares; a new canvas renames them into the
+    chunks its pass's tiles write (page-cache pages already held), and what they held
+    never shows once the pass has written."""
+    from gigadream.store import Store
+    from gigadream.tiling import grid
+    store = Store.create(tmp_path / "store")
+    old = {}
+    for parity, offset in ((0, (3, 5)), (1, (7, 11))):
+        c = store.canvas(1, parity, (60, 80), 32, offset)
+        for t in grid(c.shape, 32, offset):
+            c.write(t, np.ones((3, *t.core.shape), np.float32))
+        old.update({f.stat().st_ino: f for f in _chunk_files(store.path / "canvas" / f"o1p{parity}")})
+    store.drop_canvases(1)
+    assert not (store.path / "canvas" / "o1p0").exists()
+    assert len(list((store.path / "spare").iterdir())) == len(old) == 6 + 9   # 2×3, 3×3 tiles
+    new = store.canvas(0, 1, (100, 130), 32, (9, 2))
+    tiles = grid(new.shape, 32, (9, 2))                       # 4 × 5: more than the spares
+    files = _chunk_files(store.path / "canvas" / "o0p1")
+    assert len(files) == len(old) < len(tiles)
+    assert {f.stat().st_ino for f in files} == set(old)      # the same files, renamed
+    assert {(int(f.parent.name), int(f.name)) for f in files} <= \
+        {(t.chunk.y0 // 32, t.chunk.x0 // 32) for t in tiles}
+    assert list((store.path / "spare").iterdir()) == []
+    for t in tiles:
+        new.write(t, np.full((3, *t.core.shape), 2.0, np.float32))
+    np.testing.assert_array_equal(new.read(Box(0, 100, 0, 130)), 2.0)
+    store.drop_spares()
+    assert not (store.path / "spare").exists()
 
 
 ORPHAN = """
