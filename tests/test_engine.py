@@ -234,7 +234,8 @@ def test_a_dropped_octaves_chunk_files_become_the_next_canvases(tmp_path):
         c = store.canvas(1, parity, (60, 80), 32, offset)
         for t in grid(c.shape, 32, offset):
             c.write(t, np.ones((3, *t.core.shape), np.float32))
-        old.update({f.stat().st_ino: f for f in _chunk_files(store.path / "canvas" / f"o1p{parity}")})
+        files = _chunk_files(store.path / "canvas" / f"o1p{parity}")
+        old.update({f.stat().st_ino: f for f in files})
     store.drop_canvases(1)
     assert not (store.path / "canvas" / "o1p0").exists()
     assert len(list((store.path / "spare").iterdir())) == len(old) == 6 + 9   # 2×3, 3×3 tiles
