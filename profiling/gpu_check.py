@@ -48,17 +48,25 @@ def _photo(side: int) -> np.ndarray:
 
 
 def _processor(weights: str, precision: str, iterations: int = 1, grad_scale: float = 1.0):
-    """The default config's processor: relu4_3, margin 45, jitter 32, step 1.5."""
-    from gigadream.dream import DeepDream, LayerL2
-    return DeepDream("vgg16", weights, (LayerL2("relu4_3"),), iterations, 1.5, 32, 45,
-                     grad_scale, 1.0, precision)
+    """The default config's processor (its layers, margin, jitter and step), as ``gigadream
+    run`` builds it; ``pipeline.make_processor`` itself needs Dask and zarr."""
+    from gigadream.config import load_config
+    from gigadream.dream import DeepDream, objective
+    cfg = load_config(None, [f"model.weights={weights}"])
+    return DeepDream(cfg.model.name, weights, tuple(objective(n, w) for n, w in cfg.dream_layers),
+                     iterations, cfg.dream.step_size, min(cfg.dream.jitter, cfg.margin - 1),
+                     cfg.margin, grad_scale, cfg.dream.dose, precision)
+
+
+def _core(side: int, margin: int):
+    from gigadream.tiling import Box
+    return Box(margin, side - margin, margin, side - margin)
 
 
 def check_precision(weights: str, side: int, lines: list[str]) -> bool:
     """bf16 against fp32, as test_bf16_dreams_as_fp32_does on the CPU."""
-    from gigadream.tiling import Box
     window = _photo(side)
-    core = Box(32, side - 32, 32, side - 32)
+    core = _core(side, 32)
 
     def steps(precision: str, iterations: int, seed: int = 0):
         stat = _processor(weights, precision).stat(window, core)
@@ -85,12 +93,11 @@ def check_precision(weights: str, side: int, lines: list[str]) -> bool:
 
 def check_batch(weights: str, side: int, lines: list[str]) -> bool:
     """Three windows in one batch against each alone, in the precision auto picks."""
-    from gigadream.tiling import Box
     img = _photo(512)
     windows = [img[:, y:y + side, x:x + side].copy()
                for y, x in ((0, 0), (512 - side, 512 - side), ((512 - side) // 2, 0))]
-    core = Box(45, side - 45, 45, side - 45)
     proc = _processor(weights, "auto")
+    core = _core(side, proc.margin)
     singles = [proc(w, core, np.random.default_rng(i))[0] for i, w in enumerate(windows)]
     batched = proc.batch(windows, [core] * 3, [np.random.default_rng(i) for i in range(3)])
     worst = max(float(np.abs(out - s).max()) for s, (out, _) in zip(singles, batched))
@@ -103,7 +110,6 @@ def check_batch(weights: str, side: int, lines: list[str]) -> bool:
 def step_times(weights: str, sides: list[int], batches: list[int], repeats: int,
                lines: list[str]) -> None:
     """Per tile: a dream step of a batch (host to device, forward, backward, back)."""
-    from gigadream.tiling import Box
     lines += ["", "| window | precision | batch | ms a tile (median) | MP/s |",
               "| --- | --- | --- | --- | --- |"]
     for side in sides:
@@ -113,7 +119,7 @@ def step_times(weights: str, sides: list[int], batches: list[int], repeats: int,
                 rng = np.random.default_rng(0)
                 windows = [rng.uniform(0, 255, (3, side, side)).astype(np.float32)
                            for _ in range(n)]
-                cores = [Box(45, side - 45, 45, side - 45)] * n
+                cores = [_core(side, proc.margin)] * n
                 times = []
                 for r in range(repeats + 2):          # two warm-ups: kernels, autotuning
                     t = time.perf_counter()
