@@ -64,8 +64,8 @@ def naive_run(input_path: Path, cfg: Config, out: Path, on_stage=lambda name, de
     photo = Image.open(input_path).convert("RGB")
     gradient = None
     if cfg.mode == "dream":
-        from .pipeline import make_processor
-        gradient = make_processor(cfg).gradient
+        from .modes.dream import DreamMode
+        gradient = DreamMode(cfg).make().gradient
     rng = np.random.default_rng(cfg.seed)
     n, scale = cfg.octaves((photo.height, photo.width))
     img = base = None

@@ -210,12 +210,12 @@ def _ingest(args) -> int:
 
 def _export(args) -> int:
     from .export import export
-    from .pipeline import result_view
+    from .modes import result_view
     from .store import Store
     cfg = _config(args)
     store = Store.open(args.store)
     res = store.record().get("result")
-    view = result_view(store, res, store.source(0)) if res else store.source(0)
+    view = result_view(res, store.view(res), store.source(0)) if res else store.source(0)
     export(view, args.output, cfg.export, overwrite=args.overwrite)
     return 0
 

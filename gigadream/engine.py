@@ -1,4 +1,5 @@
-"""Runs passes: one task per tile on a Dask cluster. Knows nothing of neural networks.
+"""Runs passes: one task per tile on a Dask cluster. Knows tasks, workers and devices; the
+processors (``modes``) know the models.
 
 A task reads its tile's window from the previous canvas, hands it to the processor, and writes
 exactly the chunk the tile owns in the next canvas; its result is a small dict of statistics.
@@ -38,16 +39,14 @@ class TileTask:
     tile: Tile
     seed: tuple[int, int, int]   # (run seed, octave, pass)
     kind: str = "process"        # or "stat": only measure (gradient scale, Gram sums)
-    content: Any = None          # ArrayView of the content image, for processors that need it
 
 
-def run_tile(task: TileTask, *shared) -> dict:
-    """One tile; ``shared`` are the pass's values every tile needs (style: the Gram target
-    and the canvas's reduced Grams), sent to each worker once."""
-    return run_tiles((task,), *shared)[0]
+def run_tile(task: TileTask, data: Any = None) -> dict:
+    """One tile; ``data`` is the value every tile of the pass receives (``map_tiles``)."""
+    return run_tiles((task,), data)[0]
 
 
-def run_tiles(tasks: tuple[TileTask, ...], *shared, batch: int | None = None) -> list[dict]:
+def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None = None) -> list[dict]:
     """Several tiles in one Dask task. A Dask task costs ~15-20 ms of scheduling here (2
     cores shared with the client): more than an identity tile's own work (3 ms), so cheap
     tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
@@ -58,7 +57,7 @@ def run_tiles(tasks: tuple[TileTask, ...], *shared, batch: int | None = None) ->
     again."""
     stats = []
     for group in _model_groups(tasks, batch):
-        stats += _process(group, shared)
+        stats += _process(group, data)
     release_freed_memory()
     return stats
 
@@ -69,7 +68,7 @@ def _model_groups(tasks: Sequence[TileTask], size: int | None = None) -> list[li
     groups: list[list[TileTask]] = []
     for t in tasks:
         last = groups[-1][-1] if groups else None
-        if (last is not None and hasattr(t.processor, "batch") and t.processor is last.processor
+        if (last is not None and t.processor.batchable and t.processor is last.processor
                 and t.kind == last.kind and t.tile.window.shape == last.tile.window.shape
                 and (size is None or len(groups[-1]) < size)):
             groups[-1].append(t)
@@ -78,7 +77,7 @@ def _model_groups(tasks: Sequence[TileTask], size: int | None = None) -> list[li
     return groups
 
 
-def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
+def _process(tasks: list[TileTask], data: Any) -> list[dict]:
     """Tiles of one ``_model_groups`` group: read, process (steps.model_step: one at a time),
     write. Each tile's statistics gain its share of the group's time, when (unix time) the
     group began, and the model steps (``model_at``: a list of (start, end), on the group's
@@ -89,19 +88,12 @@ def _process(tasks: list[TileTask], shared: tuple) -> list[dict]:
     dtype = getattr(proc, "window_dtype", np.float32)
     windows = [t.source.read(t.tile.window, dtype) for t in tasks]
     cores = [t.tile.core.relative_to(t.tile.window) for t in tasks]
-    stat = first.kind == "stat"
     with recorded_steps() as steps:
-        if stat:
-            results = [(None, s) for s in (proc.stat_batch(windows, cores) if len(tasks) > 1
-                                           else [proc.stat(windows[0], cores[0])])]
-        elif len(tasks) > 1:
-            results = proc.batch(windows, cores, [tile_rng(*t.seed, t.tile) for t in tasks],
-                                 *shared)
+        if first.kind == "stat":
+            results = [(None, s) for s in proc.stat_batch(windows, cores)]
         else:
-            content = (first.content.read(first.tile.window)
-                       if first.content is not None else None)
-            results = [proc(windows[0], cores[0], tile_rng(*first.seed, first.tile), content,
-                            *shared)]
+            results = proc.process(windows, [t.tile for t in tasks],
+                                   [tile_rng(*t.seed, t.tile) for t in tasks], data)
     for task, (out, _) in zip(tasks, results):
         if out is not None:
             task.target.write(task.tile, out)
@@ -138,46 +130,15 @@ def batches(tasks: Sequence, size: int, by_shape: bool = False) -> list[tuple]:
 
 def map_tiles(executor: concurrent.futures.Executor, tasks: Sequence[TileTask], model: bool,
               batch: int = 1, on_done: Callable[[list[dict]], None] | None = None,
-              shared: tuple = ()) -> list[dict]:
-    """A pass's (or a calibration's) tile tasks on ``executor``: ``tiles_per_task`` tiles a
-    Dask task, in model steps of ``batch`` tiles of one window shape. ``on_done`` sees each
-    Dask task's statistics; all of them come back, a tile's each, in no particular order."""
+              data: Any = None, keep: bool = True) -> list[dict]:
+    """A pass's (or a measurement's) tile tasks on ``executor``: ``tiles_per_task`` tiles a
+    Dask task, in model steps of ``batch`` tiles of one window shape; ``data`` goes to every
+    tile (a Dask future is sent to each worker once). ``on_done`` sees each Dask task's
+    statistics; with ``keep`` all of them come back, a tile's each, in no particular order."""
     done = map_tasks(executor, functools.partial(run_tiles, batch=batch),
                      batches(tasks, tiles_per_task(model, batch), batch > 1), on_done,
-                     args=shared)
-    return [stats for task in done for stats in task]
-
-
-def worker_device() -> str:
-    """Where this worker runs its model: cpu or cuda (asked of each worker by ``model_batch``;
-    the client itself never imports torch)."""
-    from .models import device
-    return device().split(":")[0]
-
-
-# Tiles a GPU worker runs through its model at once (engine.batch: auto), for windows of the
-# default tile (512 px and its margin); as many fewer as larger windows have more pixels, so
-# that a batch's activations stay those of four default windows (VGG16 to relu4_3 keeps 0.64
-# GB of them in bf16 for a 602 px window's backward, 1.19 GB in fp32, counted as gigadream
-# plan does): a GPU is busy with one large window anyway. A CPU is no faster with more: a
-# VGG16 step on 576 px windows took 690-950 ms a tile alone and 640-840 ms in twos in bf16,
-# 1.9-2.2 s both ways in fp32 (measured here).
-GPU_BATCH = 4
-GPU_BATCH_PIXELS = GPU_BATCH * 602 * 602
-
-
-def model_batch(setting: int | str, executor: "DaskExecutor", window: int = 602) -> int:
-    """``engine.batch`` resolved for windows of ``window`` px a side: ``auto`` is GPU_BATCH
-    (fewer for windows larger than the default's) when every worker has a GPU, else 1."""
-    if setting != "auto":
-        return int(setting)
-    kinds = set(executor.client.run(worker_device).values())
-    return gpu_batch(window) if kinds == {"cuda"} else 1
-
-
-def gpu_batch(window: int) -> int:
-    """Windows of ``window`` px a side in one GPU model step (engine.batch: auto)."""
-    return max(1, min(GPU_BATCH, GPU_BATCH_PIXELS // (window * window)))
+                     args=(data,), keep=keep)
+    return [stats for task in done for stats in task] if keep else []
 
 
 @functools.cache
@@ -228,13 +189,14 @@ IN_FLIGHT = 32
 
 def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequence,
               on_done: Callable[[Any], None] | None = None, args: tuple = (),
-              in_flight: int = IN_FLIGHT) -> list:
-    """``fn(item, *args)`` over ``items`` on ``executor``; results in the order of ``items``.
+              in_flight: int = IN_FLIGHT, keep: bool = True) -> list:
+    """``fn(item, *args)`` over ``items`` on ``executor``; results in the order of ``items``
+    (``keep``), or none kept: ``on_done`` then is what sees them.
 
     At most ``in_flight`` tasks are submitted and not yet finished. ``on_done`` sees each
     result as it completes (progress). The first failure cancels the rest and is raised.
     """
-    results: list = [None] * len(items)
+    results: list = [None] * len(items) if keep else []
     pending: dict = {}
     queue = iter(enumerate(items))
 
@@ -251,9 +213,12 @@ def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequen
                 pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for fut in finished:
                 i = pending.pop(fut)
-                results[i] = fut.result()
+                result = fut.result()
+                if keep:
+                    results[i] = result
                 if on_done is not None:
-                    on_done(results[i])
+                    on_done(result)
+                del result, fut
                 submit_next()
     except BaseException:
         for fut in pending:
@@ -263,8 +228,8 @@ def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequen
 
 
 class DaskExecutor(concurrent.futures.Executor):
-    """A Dask client as an Executor (``submit`` brings each result back), plus ``remote``:
-    results that stay on the workers, for values that only other tasks read."""
+    """A Dask client as an Executor (``submit`` brings each result back), plus ``remote`` and
+    ``share``: values that stay on the workers, for tasks to read."""
 
     def __init__(self, client: Client):
         self.client = client
@@ -277,22 +242,15 @@ class DaskExecutor(concurrent.futures.Executor):
         """A Dask future of ``fn(*args)``; pass it to ``submit`` or ``remote`` as an argument."""
         return self.client.submit(fn, *args, pure=False)
 
-    def tree_reduce(self, fn: Callable, futures: list, fan_in: int = 8):
-        """``fn(*values)`` folded over remote futures in a tree of ``fan_in``-ary nodes, on
-        the workers: the client never holds the values, only the last future."""
-        while len(futures) > 1:
-            futures = [self.remote(fn, *futures[i:i + fan_in])
-                       for i in range(0, len(futures), fan_in)]
-        return futures[0]
+    def share(self, value):
+        """``value`` sent to every worker once, as a Dask future that tasks take as an
+        argument."""
+        return self.client.scatter(value, broadcast=True, hash=False)
 
-    def wait(self, futures: list, on_done: Callable[[], None] | None = None) -> None:
-        """Wait for remote futures without fetching their values; raise the first error."""
-        from distributed import as_completed
-        for fut in as_completed(futures):
-            if fut.status == "error":
-                fut.result()
-            if on_done is not None:
-                on_done()
+    def each_worker(self, fn: Callable, *args) -> list:
+        """``fn(*args)`` run once in every worker process (not as a task): what each
+        resolves for itself (its device, say)."""
+        return list(self.client.run(fn, *args).values())
 
 
 def cuda_devices() -> int:
@@ -313,16 +271,19 @@ def cuda_devices() -> int:
 
 
 class WorkerSetup(WorkerPlugin):
-    """Runs once in each worker process: bounds its threads, loads torch and the model before
-    the first task, so a pass never waits on weights and each worker loads them once."""
+    """Runs once in each worker process: bounds its threads, gives it its device, and runs
+    ``warm`` (a mode's: loading the model) before the first task, so a pass never waits on
+    weights and each worker loads them once. ``devices``: the embedded cluster's, one a
+    worker (by its number); None: the worker's own default."""
 
     name = "gigadream-setup"
 
-    def __init__(self, threads: int, model: tuple[str, str | None] | None,
-                 parent: int | None = None):
+    def __init__(self, threads: int, warm: Callable[[], Any] | None = None,
+                 parent: int | None = None, devices: list[str] | None = None):
         self.threads = threads
-        self.model = model
+        self.warm = warm
         self.parent = parent
+        self.devices = devices
 
     def setup(self, worker) -> None:
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
@@ -336,12 +297,11 @@ class WorkerSetup(WorkerPlugin):
         # (store.convert), 3-7x faster than numpy's; an identity pass ran 1.8x faster.
         import torch
         torch.set_num_threads(self.threads)
-        gpus = torch.cuda.device_count()
-        if gpus and "GIGADREAM_DEVICE" not in os.environ and isinstance(worker.name, int):
-            os.environ["GIGADREAM_DEVICE"] = f"cuda:{worker.name % gpus}"  # one GPU a worker
-        if self.model is not None:
-            from .models import device, get_model
-            get_model(*self.model, device())
+        if self.devices and isinstance(worker.name, int):
+            from .devices import use_device
+            use_device(self.devices[worker.name % len(self.devices)])
+        if self.warm is not None:
+            self.warm()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -370,19 +330,21 @@ GPU_PREFETCH = 4
 @contextlib.contextmanager
 def cluster(workers: int | str = "auto", threads: int | str = "auto",
             scheduler: str | None = None,
-            model: tuple[str, str | None] | None = None) -> Iterator[DaskExecutor]:
-    """An executor backed by Dask: an embedded LocalCluster on loopback, or ``scheduler``."""
+            warm: Callable[[], Any] | None = None) -> Iterator[DaskExecutor]:
+    """An executor backed by Dask: an embedded LocalCluster on loopback, whose workers own a
+    GPU each where there are GPUs, or ``scheduler``. ``warm`` runs once in each worker."""
     if scheduler:
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as e:
             raise ClusterError(f"no Dask scheduler answers at {scheduler} ({e.__class__.__name__}); "
                                "check the address, or leave out --scheduler to start one here") from e
-        local = None
+        local, devices = None, None
         n = len(client.scheduler_info()["workers"]) or 1
     else:
         gpus = cuda_devices()
         n = workers if workers != "auto" else max(1, gpus)
+        devices = [f"cuda:{i}" for i in range(gpus)] or None
     nthreads = threads if threads != "auto" else max(1, (os.cpu_count() or 1) // n)
     if not scheduler:
         # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB. The
@@ -394,14 +356,15 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
-            prefetch = (GPU_PREFETCH if gpus else PREFETCH) if model else 1
+            prefetch = (GPU_PREFETCH if gpus else PREFETCH) if warm else 1
             local = LocalCluster(n_workers=n, threads_per_worker=prefetch,
                                  processes=True,
                                  host="127.0.0.1", dashboard_address=None, memory_limit=0,
                                  silence_logs=logging.CRITICAL)   # task errors reach us anyway
         client = Client(local)
     try:
-        client.register_plugin(WorkerSetup(nthreads, model, os.getpid() if local else None))
+        client.register_plugin(WorkerSetup(nthreads, warm, os.getpid() if local else None,
+                                           devices))
         yield DaskExecutor(client)
     finally:
         if local is None:
@@ -452,13 +415,12 @@ class BackgroundCluster:
     """
 
     def __init__(self, workers: int | str = "auto", threads: int | str = "auto",
-                 scheduler: str | None = None,
-                 model: tuple[str, str | None] | None = None):
+                 scheduler: str | None = None, warm: Callable[[], Any] | None = None):
         self._stack = contextlib.ExitStack()
         # one thread: the context is entered and left on the same one
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "gigadream-cluster")
         self._started = self._thread.submit(self._stack.enter_context,
-                                            cluster(workers, threads, scheduler, model))
+                                            cluster(workers, threads, scheduler, warm))
         self._closed = False
         if scheduler:
             self.executor()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import archs
+from .devices import device
 from .errors import ModelError
 
 # Caffe preprocessing that the Keras VGG16 was trained with: BGR, minus the ImageNet mean.
@@ -314,15 +314,13 @@ BUILDERS = {
 }
 
 
-def device() -> str:
-    """Where this process runs DeepDream's model: ``GIGADREAM_DEVICE`` (cpu, cuda, cuda:1) if
-    set (each worker of an embedded cluster is given its own GPU this way), else the first
-    CUDA device torch sees, else the CPU."""
-    name = os.environ.get("GIGADREAM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"GIGADREAM_DEVICE={name} but torch sees no CUDA device; install a "
-                         "CUDA build of torch, or unset GIGADREAM_DEVICE to run on the CPU")
-    return name
+def load_on_device(name: str, weights: str | None) -> functools.partial:
+    """What a worker runs once at its start: the model loaded onto its device."""
+    return functools.partial(_load_on_device, name, weights)
+
+
+def _load_on_device(name: str, weights: str | None) -> None:
+    get_model(name, weights, device())
 
 
 @functools.cache

@@ -1,32 +1,29 @@
-"""A whole run: ingest → pyramid → for each octave, coarsest first, its passes → export.
+"""A whole run: ingest → pyramid → for each pass, coarsest octave first, its tiles → export.
 
-The core never prints: it reports ``Stage`` and ``Work`` events to ``on_event``; the CLI turns
-them into a progress bar, tests and profilers attach their own.
+The loop names no mode: the mode (``modes``) plans the passes, prepares what each octave and
+each pass share, and hands the engine each pass's processor. The core never prints: it
+reports ``Stage`` and ``Work`` events to ``on_event``; the CLI turns them into a progress bar,
+tests and profilers attach their own.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
+from typing import Any, Callable, Iterator
 
 from . import __version__
 from .config import Config, to_dict, to_yaml
-from .classes import indices
-from .dream import ClassLogits, DeepDream, Identity, objective
-from .engine import (BackgroundCluster, TileTask, map_tiles, model_batch, release_freed_memory,
-                     run_tile)
+from .engine import BackgroundCluster, TileTask, map_tiles, release_freed_memory
 from .errors import InputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest
-from .resample import octave_shape
+from .modes import Mode, PassPlan, mode_for, result_view
 from .store import ArrayView, OctaveStart, Store, atomic_write_text, is_store
-from .style import OriginalColors, StyleTransfer, add_stats, style_side, style_targets
-from .tiling import grid, pass_offset
+from .tiling import grid
 
 
 @dataclass(frozen=True)
@@ -50,28 +47,6 @@ class Work:
     units: int
 
 
-@dataclass(frozen=True)
-class PassPlan:
-    octave: int
-    pass_: int
-    shape: tuple[int, int]
-    offset: tuple[int, int]
-    tiles: int
-    tile: int                # tile side (the whole octave when it is stylised whole)
-    iterations: int          # processor steps per tile
-    stats: bool = False      # style: a Gram-sum task per tile before the pass
-
-    @property
-    def whole(self) -> bool:
-        """One tile covers the octave: it needs no margin."""
-        return self.tiles == 1 and self.tile >= max(self.shape)
-
-    @property
-    def units(self) -> int:
-        """Progress units: a tile × its steps, plus one per statistics task."""
-        return self.tiles * (self.iterations + self.stats)
-
-
 @dataclass
 class RunReport:
     """What a run did and where its time went (for the CLI, benchmarks and profiling)."""
@@ -84,90 +59,12 @@ class RunReport:
 
 
 def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
-    """Every pass of the run in order, with its random grid offset and tile count.
-
-    Style stylises its coarsest octave whole (one tile, ``whole_iterations`` steps), then
-    refines each finer octave tile by tile (Gatys et al. 2017, "Controlling Perceptual
-    Factors", section 5: coarse-to-fine for high resolutions).
-    """
-    out, t = [], cfg.tiling.tile
-    n, scale = cfg.octaves(shape)
-    for k in reversed(range(n)):
-        s = octave_shape(shape, scale, k)
-        if cfg.mode == "style" and k == n - 1:
-            out.append(PassPlan(k, 0, s, (0, 0), 1, max(s), cfg.style.whole_iterations))
-            continue
-        passes, its = ((cfg.style.passes, cfg.style.iterations) if cfg.mode == "style" else
-                       (cfg.dream.passes, cfg.dream.iterations if cfg.mode == "dream" else 1))
-        for p in range(passes):
-            # a tile as large as the octave covers it whole: no offset would split it
-            off = pass_offset(cfg.seed, k, p, t) if t < max(s) else (0, 0)
-            tiles = len(grid(s, t, off))
-            out.append(PassPlan(k, p, s, off, tiles, t, its, cfg.mode == "style" and tiles > 1))
-    return out
+    """Every pass of the run in order, with its random grid offset and tile count."""
+    return mode_for(cfg).plan(shape)
 
 
 def work_units(passes: list[PassPlan]) -> int:
     return sum(p.units for p in passes)
-
-
-def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = None,
-                   first: bool = False):
-    """The pass's processor. Style: ``pp`` says whether the pass is whole (no margin) and how
-    many steps; ``first`` marks the run's first pass (where ``init: random`` applies)."""
-    if cfg.mode == "identity":
-        return Identity(cfg.margin)
-    if cfg.mode == "style":
-        s = cfg.style
-        return StyleTransfer(cfg.model.name, cfg.model.weights,
-                             cfg.style_layer_list("content_layers"),
-                             cfg.style_layer_list("style_layers"), s.content_weight,
-                             s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
-                             pp.iterations if pp else s.iterations, s.normalize_gradients,
-                             s.pooling, 0 if pp is not None and pp.whole else cfg.margin,
-                             random_init=first and s.init == "random")
-    # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
-    jitter = min(cfg.dream.jitter, cfg.margin - 1) if cfg.margin > 0 else cfg.dream.jitter
-    objectives = tuple(objective(n, w) for n, w in cfg.dream_layers)
-    if cfg.dream.classes:
-        objectives += (ClassLogits(indices(cfg.dream.classes)),)
-    return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
-                     cfg.dream.step_size, jitter, cfg.margin, grad_scale, cfg.dream.dose,
-                     cfg.model.precision)
-
-
-def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None = None,
-              batch: int = 1) -> float:
-    """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser that
-    every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
-    tiles = grid(view.shape, cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
-    rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
-    pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles), replace=False))
-    proc = make_processor(cfg)
-    tasks = [TileTask(view, None, proc, tiles[i], (cfg.seed, octave, -1), "stat") for i in pick]
-    stats = map_tiles(executor, tasks, True, batch)
-    if report is not None:
-        report.model_s += sum(s["model_s"] for s in stats)
-    total = sum(s["grad_abs_sum"] for s in stats)
-    count = sum(s["count"] for s in stats)
-    return max(total / max(count, 1), 1e-12)
-
-
-def _source(input_path: Path, store: Store, shape: tuple[int, int], keep_store: bool,
-            on_event, report: RunReport) -> None:
-    """The input streamed into the store's source level 0, unless an attempt before did it."""
-    t = time.perf_counter()
-    if not store.has_source():
-        on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
-        try:
-            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
-        except InputError:      # a damaged input: nothing worth resuming, leave no litter
-            if not keep_store:
-                shutil.rmtree(store.path, ignore_errors=True)
-            raise
-        release_freed_memory()
-    report.stage_s["ingest"] = time.perf_counter() - t
-    report.shape = shape
 
 
 def default_store(out: Path) -> Path:
@@ -180,55 +77,165 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
     each finished stage and pass; running the same command again resumes after the last one,
     ``restart`` starts over. The default store is removed after success. The Dask cluster
-    starts while the source is ingested."""
-    input_path, out = Path(input_path), Path(out)
-    report = RunReport()
+    starts while the source is ingested; a resume with only the export left starts none."""
+    input_path, out, mode = Path(input_path), Path(out), mode_for(cfg)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     check_output(out, shape, overwrite)          # fails fast before hours of work
-    if cfg.mode == "style":
-        check_style_images(cfg.style.images)
+    mode.check()
     keep_store = store_path is not None
-    store_path = Path(store_path) if store_path else default_store(out)
-    store = open_run_store(store_path, input_path, cfg, restart)
-    passes = plan(shape, cfg)
+    store = open_run_store(Path(store_path or default_store(out)), input_path, cfg, restart)
+    passes = mode.plan(shape)
     on_event(Total(work_units(passes)))
-
-    model = (cfg.model.name, cfg.model.weights) if cfg.mode != "identity" else None
-    workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
-                                model)
+    report = RunReport(shape=shape)
+    todo = store.record().get("done", -1) + 1 < len(passes)
+    workers = (BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
+                                 mode.warm_up()) if todo else None)
     try:
-        _source(input_path, store, shape, keep_store, on_event, report)
-        octaves, scale = cfg.octaves(shape)
-        t = time.perf_counter()
-        # The pyramid runs on this process's threads, not as Dask tasks: its 256 px chunks
-        # take ~10 ms each, less than a Dask task's own cost here (200 MP, one octave: 7.5 s
-        # on two threads against 24-40 s on the cluster, measured).
-        on_event(Stage("pyramid", f"{octaves} octaves"))
-        sources = build_pyramid(store, octaves, scale)
-        report.stage_s["pyramid"] = time.perf_counter() - t
-        t = time.perf_counter()
-        on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
-        ex = workers.executor()         # what is left of its start
-        report.stage_s["cluster"] = time.perf_counter() - t
-        t = time.perf_counter()
-        _passes(ex, store, sources, cfg, passes, on_event, report)
-        report.stage_s["passes"] = time.perf_counter() - t
-        workers.close()                 # before the export: its memory is not needed there
-        view = result_view(store, store.record()["result"], sources[0])
-
-        t = time.perf_counter()
-        on_event(Stage("export", out.name))
-        export(view, out, cfg.export, overwrite=overwrite,
-               on_rows=_rows(on_event, "export", shape[0]))
-        config_text = _reproducible_yaml(cfg, input_path)
-        atomic_write_text(out.with_name(out.name + ".yaml"), config_text)
-        report.stage_s["export"] = time.perf_counter() - t
+        with _timed(report, "ingest"):
+            _source(input_path, store, shape, keep_store, on_event)
+        with _timed(report, "pyramid"):
+            # on this process's threads, not as Dask tasks: its 256 px chunks take ~10 ms
+            # each, less than a Dask task's own cost here (200 MP, one octave: 7.5 s on two
+            # threads against 24-40 s on the cluster, measured)
+            on_event(Stage("pyramid", f"{cfg.octaves(shape)[0]} octaves"))
+            sources = build_pyramid(store, *cfg.octaves(shape))
+        if workers is not None:
+            with _timed(report, "cluster"):
+                on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
+                ex = workers.executor()            # what is left of its start
+                resolved = check_resolved(store, mode.resolve(ex))
+            with _timed(report, "passes"):
+                _passes(_Run(ex, store, report, on_event, resolved, mode.batch(resolved),
+                             cfg.seed, mode.uses_model),
+                        mode, passes, sources)
+            workers.close()             # before the export: its memory is not needed there
+        with _timed(report, "export"):
+            on_event(Stage("export", out.name))
+            view = result_view(store.record()["result"], store.view(store.record()["result"]),
+                               sources[0])
+            export(view, out, cfg.export, overwrite=overwrite,
+                   on_rows=_rows(on_event, "export", shape[0]))
+            atomic_write_text(config_path(out), _reproducible_yaml(cfg, input_path))
     finally:
-        workers.close()
+        if workers is not None:
+            workers.close()
     report.output = out
     if not keep_store:
         shutil.rmtree(store.path, ignore_errors=True)
     return report
+
+
+def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayView]) -> None:
+    """The passes after the last one the store records as done; each finished pass is
+    recorded (atomically) with the canvas it wrote, which the next pass reads."""
+    store = run.store
+    first = store.record().get("done", -1) + 1
+    view = store.view(store.record()["canvas"]) if first > 0 else None
+    if first > 0:
+        run.stage("resume", f"after pass {first} of {len(passes)}")
+        run.work(work_units(passes[:first]))
+        for k in range(passes[first - 1].octave + 1, len(sources)):
+            store.drop_canvases(k)      # a kill between recording a pass and this cleanup
+    octave = None
+    for i in range(first, len(passes)):
+        pp, k = passes[i], passes[i].octave
+        if pp.pass_ == 0:   # the octave starts from the coarser one's detail on its source
+            view = sources[k] if view is None else OctaveStart(sources[k], view, sources[k + 1])
+        if octave != k:
+            octave = k
+            mode.begin_octave(run, k, view, sources[k])
+        proc = mode.processor(pp, first=i == 0)
+        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align)
+        data = mode.pass_data(run, pp, view, proc, tiles)
+        target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
+        run.process(pp, view, target, proc, tiles, data)
+        store.update_record(done=i, canvas=target.record())
+        if pp.pass_ == 0 and k + 1 < len(sources):
+            store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
+        view = target
+    store.update_record(result={**store.record()["canvas"], **mode.result_record()})
+    store.drop_spares()
+
+
+@dataclass
+class _Run:
+    """What the modes use of a running pipeline (``modes.Run``), and the passes' tiles."""
+
+    executor: Any
+    store: Store
+    report: RunReport
+    on_event: Callable[[object], None]
+    resolved: dict
+    batch: int
+    seed: int
+    model: bool                 # the processors run a model (tiles are costly)
+
+    def recorded(self, section: str, key: str, compute: Callable[[], Any]) -> Any:
+        values = self.store.record().get(section, {})
+        if key not in values:
+            values[key] = compute()
+            self.store.update_record(**{section: values})
+        return values[key]
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self.on_event(Stage(name, detail))
+
+    def work(self, units: int) -> None:
+        self.on_event(Work(units))
+
+    def measure(self, view, proc, tiles: list, seed: tuple[int, int, int],
+                on_done: Callable[[list[dict]], None] | None = None) -> list[dict] | None:
+        def count(stats: list[dict]) -> None:
+            self.report.model_s += sum(s.get("model_s", 0.0) for s in stats)
+            if on_done is not None:
+                on_done(stats)
+        tasks = [TileTask(view, None, proc, t, seed, "stat") for t in tiles]
+        return map_tiles(self.executor, tasks, True, self.batch, count, keep=on_done is None)
+
+    def process(self, pp: PassPlan, view, target: ArrayView, proc, tiles: list, data) -> None:
+        """One pass's tiles: from ``view`` through ``proc`` into ``target``."""
+        self.on_event(Stage("pass", f"octave {pp.octave} pass {pp.pass_ + 1}: "
+                                    f"{pp.shape[1]}×{pp.shape[0]} px, {len(tiles)} tiles"
+                                    + (f", {self.batch} a step" if self.batch > 1 else ""),
+                            pixels=pp.shape[0] * pp.shape[1]))
+
+        def done(results: list[dict]) -> None:
+            for stats in results:
+                self.report.model_s += stats.get("model_s", 0.0)
+                self.report.model_steps += len(stats["model_at"])
+                self.on_event(Work(pp.iterations))
+        seed = (self.seed, pp.octave, pp.pass_)
+        tasks = [TileTask(view, target, proc, t, seed) for t in tiles]
+        map_tiles(self.executor, tasks, self.model, self.batch, done, data, keep=False)
+        self.report.tiles += len(tasks)
+
+
+@contextlib.contextmanager
+def _timed(report: RunReport, stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.stage_s[stage] = time.perf_counter() - t
+
+
+def _source(input_path: Path, store: Store, shape: tuple[int, int], keep_store: bool,
+            on_event) -> None:
+    """The input streamed into the store's source level 0, unless an attempt before did it."""
+    if not store.has_source():
+        on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
+        try:
+            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
+        except InputError:      # a damaged input: nothing worth resuming, leave no litter
+            if not keep_store:
+                shutil.rmtree(store.path, ignore_errors=True)
+            raise
+        release_freed_memory()
+
+
+def config_path(out: Path) -> Path:
+    """The resolved config written beside a result: ``OUT.yaml``."""
+    return out.with_name(out.name + ".yaml")
 
 
 @dataclass(frozen=True)
@@ -308,14 +315,26 @@ def open_run_store(path: Path, input_path: Path, cfg: Config, restart: bool) -> 
         store = Store.create(path, overwrite=restart)
     if "config" not in store.record():
         store.update_record(config=to_dict(cfg), version=__version__, versions=_versions())
+    had, now = store.record()["versions"], _versions()
+    for pkg in now:
+        if had.get(pkg) != now[pkg]:
+            raise StoreError(f"store {path} was made with {pkg} {had.get(pkg)}, this is "
+                             f"{pkg} {now[pkg]}: a resumed result could differ from an "
+                             "uninterrupted one; resume with the same versions, or pass "
+                             "--restart to start over")
     return store
 
 
+# Packages whose versions shape a result's bytes: a resume under others could differ from an
+# uninterrupted run.
+RESULT_PACKAGES = ("torch", "zarr", "numpy", "pyvips")
+
+
 def _versions() -> dict:
-    """Versions that shape the bytes of a result (a resumed run on others may differ)."""
+    """gigadream's version and those of ``RESULT_PACKAGES``."""
     from importlib.metadata import PackageNotFoundError, version
     out = {"gigadream": __version__}
-    for pkg in ("torch", "zarr", "numpy", "pyvips", "dask", "distributed"):
+    for pkg in RESULT_PACKAGES:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -323,93 +342,29 @@ def _versions() -> dict:
     return out
 
 
-def check_style_images(paths: tuple[str, ...]) -> None:
-    """Every style image opens (header only), or one line says which does not."""
-    for p in paths:
-        image_shape(Path(p), role="style image")
+# What each resolved value is set by, so that a resume can ask for it explicitly.
+RESOLVED_SETTINGS = {"batch": "engine.batch", "precision": "model.precision"}
 
 
-def result_view(store: Store, result: dict, source: ArrayView):
-    """The run's result as recorded in run.json, in the content's colours if asked."""
-    view = store.view(result)
-    return OriginalColors(view, source) if result.get("original_colors") else view
+def check_resolved(store: Store, resolved: dict) -> dict:
+    """The settings the workers resolved (``Mode.resolve``): recorded at a run's first start;
+    a resume whose workers resolve them otherwise would compute other pixels, and is
+    refused."""
+    had = store.record().get("resolved")
+    if had is None:
+        store.update_record(resolved=resolved)
+        return resolved
+    for key in sorted(set(had) | set(resolved)):
+        if had.get(key) != resolved.get(key):
+            how = (f"resume with --set {RESOLVED_SETTINGS[key]}={had.get(key)}"
+                   if key in RESOLVED_SETTINGS and had.get(key) != "mixed" else
+                   f"resume where the workers' {key} is {had.get(key)}")
+            raise StoreError(f"store {store.path} was run with {key} {had.get(key)}, but these "
+                             f"workers resolve {resolved.get(key)}, which would change its "
+                             f"pixels; {how}, or pass --restart to start over")
+    return had
 
 
 def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
     return (f"# gigadream {__version__}: the resolved config of this result.\n"
             f"# Reproduce: gigadream run {input_path.name} --config THIS_FILE\n" + to_yaml(cfg))
-
-
-def _passes(ex, store: Store, sources: list[ArrayView], cfg: Config, passes: list[PassPlan],
-            on_event, report: RunReport) -> None:
-    """Run the passes after the last one the store records as done; each finished pass is
-    recorded (atomically) with the canvas it wrote, which the next pass reads."""
-    rec = store.record()
-    first = rec.get("done", -1) + 1
-    view = store.view(rec["canvas"]) if first > 0 else None
-    scales = rec.get("grad_scale", {})
-    style = cfg.mode == "style"
-    octave_ready = None            # the octave whose shared values (scale, style target) we hold
-    batch = (model_batch(cfg.engine.batch, ex, cfg.tiling.tile + 2 * cfg.margin)
-             if cfg.mode == "dream" else 1)
-    if first > 0:
-        on_event(Stage("resume", f"after pass {first} of {len(passes)}"))
-        on_event(Work(sum(p.units for p in passes[:first])))
-        for k in range(passes[first - 1].octave + 1, len(sources)):
-            store.drop_canvases(k)      # a kill between recording a pass and this cleanup
-    for i in range(first, len(passes)):
-        pp, k = passes[i], passes[i].octave
-        if pp.pass_ == 0:
-            view = sources[k] if view is None else OctaveStart(sources[k], view, sources[k + 1])
-        if octave_ready != k:
-            octave_ready = k
-            if cfg.mode == "dream":
-                if str(k) not in scales:    # measured once; a resumed run reuses it
-                    on_event(Stage("calibrate", f"octave {k}"))
-                    scales[str(k)] = calibrate(ex, view, cfg, k, report, batch)
-                    store.update_record(grad_scale=scales)
-                proc = make_processor(cfg, scales[str(k)])
-            elif style:   # the style Grams at this octave's size, computed once, on a worker
-                s = cfg.style
-                style_target = ex.remote(style_targets, s.images, s.blend_weights, cfg.model.name,
-                                         cfg.model.weights, s.pooling,
-                                         cfg.style_layer_list("style_layers"),
-                                         style_side(s.style_scale, pp.shape))
-            else:
-                proc = make_processor(cfg)
-        if style:
-            proc = make_processor(cfg, pp=pp, first=i == 0)
-        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, cfg.align)
-        seed = (cfg.seed, k, pp.pass_)
-        shared = ()
-        if style:
-            shared = (style_target,)
-            if pp.stats:   # one style across tiles: the canvas's Gram, reduced on the workers
-                on_event(Stage("grams", f"octave {k} pass {pp.pass_ + 1}"))
-                stats = [ex.remote(run_tile, TileTask(view, None, proc, t, seed, "stat"))
-                         for t in tiles]
-                shared += (ex.tree_reduce(add_stats, stats),)
-                ex.wait(stats, lambda: on_event(Work(1)))
-        on_event(Stage("pass", f"octave {k} pass {pp.pass_ + 1}: "
-                               f"{pp.shape[1]}×{pp.shape[0]} px, {pp.tiles} tiles"
-                               + (f", {batch} a step" if batch > 1 else ""),
-                       pixels=pp.shape[0] * pp.shape[1]))
-        target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
-        tasks = [TileTask(view, target, proc, tile, seed, content=sources[k] if style else None)
-                 for tile in tiles]
-
-        def done(results: list[dict]) -> None:
-            for stats in results:
-                report.model_s += stats.get("model_s", 0.0)
-                report.model_steps += len(stats["model_at"])
-                on_event(Work(pp.iterations))
-
-        map_tiles(ex, tasks, cfg.mode != "identity", batch, done, shared)
-        report.tiles += len(tasks)
-        store.update_record(done=i, canvas=target.record())
-        if pp.pass_ == 0 and k + 1 < len(sources):
-            store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
-        view = target
-    store.update_record(result={**store.record()["canvas"],
-                                "original_colors": style and cfg.style.original_colors})
-    store.drop_spares()

@@ -181,7 +181,8 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     from memory_profiler import LineProfiler, show_results
 
     from . import engine, export, ingest, resample, store as store_mod
-    from .pipeline import make_processor, plan
+    from .modes import mode_for
+    from .pipeline import plan
     from .tiling import grid
 
     st = store_mod.Store.open(store_path)
@@ -192,7 +193,8 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     passes = plan((h, w), cfg)
     last = passes[-1]
     scale = rec.get("grad_scale", {}).get(str(last.octave), 1.0)
-    proc = make_processor(cfg, scale, last)
+    mode = mode_for(cfg)
+    proc = mode.make(scale) if cfg.mode == "dream" else mode.processor(last, first=False)
     # ingest's chunk layout (_ChunkRows.take) and export's read-ahead run on threads that
     # the line profiler does not trace; the buffers they fill are made in traced lines.
     funcs = [ingest._stream, ingest._ChunkRows.__init__, store_mod.ArrayView.read,

@@ -22,7 +22,6 @@ of 2 or 3 fails.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,13 +48,12 @@ def _photo(side: int) -> np.ndarray:
 
 def _processor(weights: str, precision: str, iterations: int = 1, grad_scale: float = 1.0):
     """The default config's processor (its layers, margin, jitter and step), as ``gigadream
-    run`` builds it; ``pipeline.make_processor`` itself needs Dask and zarr."""
+    run`` builds it."""
     from gigadream.config import load_config
-    from gigadream.dream import DeepDream, objective
-    cfg = load_config(None, [f"model.weights={weights}"])
-    return DeepDream(cfg.model.name, weights, tuple(objective(n, w) for n, w in cfg.dream_layers),
-                     iterations, cfg.dream.step_size, min(cfg.dream.jitter, cfg.margin - 1),
-                     cfg.margin, grad_scale, cfg.dream.dose, precision)
+    from gigadream.modes.dream import DreamMode
+    cfg = load_config(None, [f"model.weights={weights}", f"model.precision={precision}",
+                             f"dream.iterations={iterations}"])
+    return DreamMode(cfg).make(grad_scale)
 
 
 def _core(side: int, margin: int):
@@ -157,10 +155,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="folder for gpu_check.md")
     p.add_argument("--quick", action="store_true", help="small windows and batches (a CPU)")
     args = p.parse_args()
-    os.environ["GIGADREAM_DEVICE"] = args.device
     import torch
 
-    from gigadream.models import device, dream_precision, native_bf16
+    from gigadream.devices import device, use_device
+    from gigadream.models import dream_precision, native_bf16
+    use_device(args.device)
     dev = device()
     name = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu"
     auto = dream_precision("auto", "vgg16", dev)

@@ -87,7 +87,7 @@ def test_bf16_dreams_as_fp32_does(photos):
     does (measured: 0.88-0.92 against 0.62-0.75 after 4 steps, 0.99 after one). ``auto``
     picks bf16 for VGG16 only where the hardware has it, never for EfficientNet."""
     from gigadream.models import dream_precision, native_bf16
-    from gigadream.pipeline import make_processor
+    from gigadream.modes.dream import DreamMode
     from gigadream.tiling import Box
 
     window = read(photos["astronaut_png"])[:320, 96:416].transpose(2, 0, 1).astype(np.float32)
@@ -95,8 +95,8 @@ def test_bf16_dreams_as_fp32_does(photos):
 
     def steps(precision: str, iterations: int, seed: int = 0):
         cfg = load_config(None, [f"dream.iterations={iterations}", f"model.precision={precision}"])
-        stat = make_processor(cfg).stat(window, core)
-        proc = make_processor(cfg, grad_scale=stat["grad_abs_sum"] / stat["count"])
+        stat = DreamMode(cfg).make().stat(window, core)
+        proc = DreamMode(cfg).make(stat["grad_abs_sum"] / stat["count"])
         out, _ = proc(window.copy(), core, np.random.default_rng(seed))
         return (out - window[(slice(None), *core.slices())]).ravel(), stat["grad_abs_sum"]
 
@@ -123,19 +123,19 @@ def test_a_batch_of_windows_dreams_each_as_it_would_alone(photos, guide):
     with its own jitter. One step: the batch's gradients differ from the lone ones by float
     rounding (1e-6 of their size, measured), which later steps may magnify where the model
     has kinks (EfficientNet's ReLU6: 0.07 levels on average after 3 steps)."""
-    from gigadream.pipeline import make_processor
+    from gigadream.modes.dream import DreamMode
     from gigadream.tiling import Box
 
     img = read(photos["astronaut_png"]).transpose(2, 0, 1).astype(np.float32)
     windows = [img[:, y:y + 160, x:x + 160].copy() for y, x in ((0, 0), (200, 96), (300, 340))]
     core = Box(32, 128, 32, 128)
     cfg = load_config(None, guide)
-    alone = [make_processor(cfg).stat(w, core) for w in windows]
-    together = make_processor(cfg).stat_batch(windows, [core] * 3)
+    alone = [DreamMode(cfg).make().stat(w, core) for w in windows]
+    together = DreamMode(cfg).make().stat_batch(windows, [core] * 3)
     for a, b in zip(alone, together):
         assert b["count"] == a["count"]
         assert b["grad_abs_sum"] == pytest.approx(a["grad_abs_sum"], rel=1e-4)
-    proc = make_processor(cfg, grad_scale=alone[0]["grad_abs_sum"] / alone[0]["count"])
+    proc = DreamMode(cfg).make(alone[0]["grad_abs_sum"] / alone[0]["count"])
     singles = [proc(w, core, np.random.default_rng(i))[0] for i, w in enumerate(windows)]
     batched = proc.batch(windows, [core] * 3, [np.random.default_rng(i) for i in range(3)])
     for w, single, (out, stats) in zip(windows, singles, batched):

@@ -70,18 +70,20 @@ def test_map_tasks_raises_the_first_failure():
 def test_cluster_runs_tasks_in_worker_processes():
     import os
 
-    from gigadream.engine import model_batch
+    from gigadream.modes import mode_for
     with cluster(workers=2) as ex:
         pids = set(map_tasks(ex, _pid, list(range(16))))
         # engine.batch: auto asks the workers where they run their models (CPUs here)
-        assert model_batch("auto", ex) == 1 and model_batch(3, ex) == 3
+        resolved = mode_for(load_config(None, [])).resolve(ex)
+        assert resolved["device"] == "cpu" and resolved["batch"] == 1
+        assert mode_for(load_config(None, ["engine.batch=3"])).resolve(ex)["batch"] == 3
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
 def test_gpu_batches_hold_four_default_windows_of_pixels():
     """engine.batch: auto on GPUs: 4 windows of the default tile's size (512 px and relu4_3's
     margin), as many fewer as larger windows have more pixels, never none."""
-    from gigadream.engine import gpu_batch
+    from gigadream.modes.dream import gpu_batch
     assert [gpu_batch(w) for w in (166, 550, 602, 700, 851, 1000, 1114, 4096)] == \
         [4, 4, 4, 2, 2, 1, 1, 1]
 
@@ -90,10 +92,10 @@ def test_tiles_are_batched_by_window_shape_and_each_tile_once(odd_image):
     """engine.batch: a pass's tasks in tuples whose windows share a shape (one model step
     each); a run of consecutive same-shape tiles is what run_tiles hands ``batch``."""
     from gigadream.engine import TileTask, _model_groups, batches, tiles_per_task
-    from gigadream.pipeline import make_processor
+    from gigadream.modes.dream import DreamMode
     from gigadream.tiling import grid
 
-    proc = make_processor(load_config(None, []))
+    proc = DreamMode(load_config(None, [])).make()
     tiles = grid((301, 517), 64, (17, 40), 24, 1)
     tasks = [TileTask(None, None, proc, t, (0, 0, 0)) for t in tiles]
     shapes = {t.window.shape for t in tiles}
@@ -156,7 +158,7 @@ def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photo
     the previous tile is in the model."""
     from gigadream.engine import TileTask, run_tile
     from gigadream.ingest import ingest
-    from gigadream.pipeline import make_processor
+    from gigadream.modes import mode_for
     from gigadream.store import Store
     from gigadream.tiling import grid
 
@@ -164,10 +166,11 @@ def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photo
     store = Store.create(tmp_path / "store")
     source = ingest(photos["chelsea_jpg"], store)
     target = store.canvas(0, 0, source.shape, 128, (0, 0))
-    proc = make_processor(cfg)
+    mode = mode_for(cfg)
+    proc = mode.make()
     tasks = [TileTask(source, target, proc, t, (0, 0, 0))
              for t in grid(source.shape, 128, (0, 0), cfg.margin, cfg.align)][:6]
-    with cluster(workers=1, model=(cfg.model.name, cfg.model.weights)) as ex:
+    with cluster(workers=1, warm=mode.warm_up()) as ex:
         stats = map_tasks(ex, run_tile, tasks)
     assert len({s["pid"] for s in stats}) == 1
     steps = sorted(step for s in stats for step in s["model_at"])

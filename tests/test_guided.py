@@ -11,7 +11,8 @@ from conftest import assert_config_error, read
 from gigadream import classes
 from gigadream.config import load_config
 from gigadream.models import get_model
-from gigadream.pipeline import make_processor, run
+from gigadream.modes.dream import DreamMode
+from gigadream.pipeline import run
 from gigadream.tiling import Box
 
 GUIDED = ["model.name=efficientnet_lite0", "dream.classes=[goldfish]", "tiling.tile=128",
@@ -50,8 +51,8 @@ def test_a_channel_objective_raises_that_channel(photos):
         with torch.no_grad():
             return float(get_model("efficientnet_lite0")(torch.from_numpy(x)[None], {"block10"})["block10"][0, 7].mean())
     def dream(cfg):
-        stat = make_processor(cfg).stat(img, Box(0, 128, 0, 128))     # the shared step scale
-        proc = make_processor(cfg, stat["grad_abs_sum"] / stat["count"])
+        stat = DreamMode(cfg).make().stat(img, Box(0, 128, 0, 128))     # the shared step scale
+        proc = DreamMode(cfg).make(stat["grad_abs_sum"] / stat["count"])
         return proc(img, Box(0, 128, 0, 128), np.random.default_rng(0))[0]
     out = dream(cfg)
     out8 = dream(load_config(None, ["model.name=efficientnet_lite0", "dream.layers=[block10:8]",

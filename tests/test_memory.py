@@ -71,13 +71,13 @@ def test_no_stage_grows_with_the_image(big, tmp_path):
 WORKING_SET = """
 import torch, numpy as np
 from gigadream.config import load_config
-from gigadream.pipeline import make_processor
+from gigadream.modes.dream import DreamMode
 from gigadream.tiling import Box
 cfg = load_config(None, {overrides!r})
 torch.set_num_threads(2)
 side = cfg.tiling.tile + 2 * cfg.margin
 window = np.random.default_rng(0).uniform(0, 255, (3, side, side)).astype(np.float32)
-make_processor(cfg)(window, Box(0, side, 0, side), np.random.default_rng(0))
+DreamMode(cfg).make()(window, Box(0, side, 0, side), np.random.default_rng(0))
 """
 
 

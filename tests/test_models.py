@@ -182,13 +182,13 @@ def test_layers_verb_lists_every_layer_with_its_receptive_field():
 def test_the_model_device_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypatch):
     import torch
 
+    from gigadream import devices
     from gigadream.errors import ModelError
-    from gigadream.models import device
-    monkeypatch.delenv("GIGADREAM_DEVICE", raising=False)
-    assert device() == ("cuda" if torch.cuda.is_available() else "cpu")
-    monkeypatch.setenv("GIGADREAM_DEVICE", "cpu")
-    assert device() == "cpu"
+    monkeypatch.setattr(devices, "_device", None)
+    assert devices.device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    devices.use_device("cpu")
+    assert devices.device() == "cpu"
     if not torch.cuda.is_available():
-        monkeypatch.setenv("GIGADREAM_DEVICE", "cuda:1")
-        with pytest.raises(ModelError, match="GIGADREAM_DEVICE=cuda:1 but torch sees no CUDA"):
-            device()
+        with pytest.raises(ModelError, match="device cuda:1 asked for, but torch sees no CUDA"):
+            devices.use_device("cuda:1")
+        assert devices.device() == "cpu"

@@ -9,8 +9,9 @@ from gigadream.config import load_config
 from gigadream.engine import cluster
 from gigadream.errors import InputError
 from gigadream.models import get_model
-from gigadream.pipeline import make_processor, plan, run
-from gigadream.style import StyleTransfer, add_stats, luminance_transfer, style_targets
+from gigadream.modes.style import StyleMode
+from gigadream.pipeline import plan, run
+from gigadream.modes.style import StyleTransfer, add_stats, luminance_transfer, style_targets
 from gigadream.tiling import Box, grid
 
 LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0), ("relu4_1", 1.0), ("relu5_1", 1.0))
@@ -96,7 +97,7 @@ def test_grams_of_tiles_add_up_to_the_whole_image(images):
     """The reduction's premise: per-tile Gram sums over the cores add up to the image's Gram."""
     cfg = load_config(None, ["mode=style", f"style={images['style']}", "style.whole_size=128", "tiling.tile=96",
                              "tiling.margin=48"])
-    proc = make_processor(cfg, pp=plan((256, 256), cfg)[1])
+    proc = StyleMode(cfg).processor(plan((256, 256), cfg)[1], first=False)
     img = images["array"].transpose(2, 0, 1).astype(np.float32)
     tiles = grid((256, 256), 96, (40, 17), proc.margin, cfg.align)   # aligned on 16 px
     total = add_stats(*[proc.stat(img[(slice(None), *t.window.slices())],
@@ -110,15 +111,30 @@ def test_grams_of_tiles_add_up_to_the_whole_image(images):
         assert np.abs(gt - gw).max() <= 1e-3 * np.abs(gw).max(), layer
 
 
-def test_tree_reduction_on_the_cluster_equals_the_sum():
+def _echo(value, shared):
+    return value, shared
+
+
+def test_grams_summed_as_they_arrive_reach_every_worker():
+    """The canvas's Gram as StyleMode.pass_data makes it: tasks' Gram sums added up as they
+    come back (none kept), then shared with the workers for the pass's tiles."""
+    from gigadream.engine import map_tasks
     rng = np.random.default_rng(0)
     stats = [{"grams": {"a": (rng.random((4, 4)), int(rng.integers(1, 9)))}} for _ in range(19)]
+    total = {"grams": {}}
+
+    def add(s):
+        nonlocal total
+        total = add_stats(total, s)
     with cluster(workers=2) as ex:
-        futures = [ex.remote(dict, s) for s in stats]
-        reduced = ex.tree_reduce(add_stats, futures, fan_in=3).result()
-    g, n = reduced["grams"]["a"]
-    assert np.allclose(g, sum(s["grams"]["a"][0] for s in stats))
-    assert n == sum(s["grams"]["a"][1] for s in stats)
+        assert map_tasks(ex, dict, stats, add, keep=False) == []
+        shared = ex.share(total)
+        seen = [r[1] for r in map_tasks(ex, _echo, list(range(4)), args=(shared,))]
+    assert len(seen) == 4
+    for reduced in seen:
+        g, n = reduced["grams"]["a"]
+        assert np.allclose(g, sum(s["grams"]["a"][0] for s in stats))
+        assert n == sum(s["grams"]["a"][1] for s in stats)
 
 
 def ycbcr_chroma(img: np.ndarray) -> np.ndarray:
@@ -167,7 +183,7 @@ def stylise(images, overrides: list[str]) -> np.ndarray:
     s = cfg.style
     target = style_targets(s.images, s.blend_weights, cfg.model.name, None, s.pooling,
                            cfg.style_layer_list("style_layers"), round(64 * s.style_scale))
-    proc = make_processor(cfg, pp=pp, first=True)
+    proc = StyleMode(cfg).processor(pp, first=True)
     assert isinstance(proc, StyleTransfer)
     rng = np.random.default_rng([cfg.seed, 0, 0])
     out, stats = proc(content, Box(0, 64, 0, 64), rng, content, target)

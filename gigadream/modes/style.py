@@ -1,4 +1,6 @@
-"""Gatys et al. style transfer as a tile processor, with one style across the whole image.
+"""Mode style: Gatys et al. style transfer as a tile processor, with one style across the
+whole image, and what the mode prepares per octave (the style's Gram target) and per pass
+(the canvas's Gram).
 
 Losses follow jcjohnson/neural-style, so its weights mean the same here: content = MSE of the
 content layers' features; style = MSE between Gram matrices normalised by C·H·W; total
@@ -23,14 +25,17 @@ their balance with the style term is the same in every tile and at every image s
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from . import archs
-from .store import ComputedView
-from .tiling import Box
+from . import Mode, PassPlan, Run
+from .. import archs
+from ..store import ComputedView
+from ..tiling import Box
 
 # Total variation is a sum over pixels in neural-style; here a mean, scaled to 512 × 512 px.
 TV_REFERENCE_PIXELS = 512 * 512
@@ -86,9 +91,12 @@ class StyleTransfer:
     pooling: str
     margin: int
     random_init: bool = False
+    content: object = None     # ArrayView of the content at the pass's size (``process``)
+    window_dtype = np.float32
+    batchable = False
 
     def _net(self):
-        from .models import get_model
+        from ..models import get_model
         return get_model(self.model, self.weights)
 
     @property
@@ -100,7 +108,7 @@ class StyleTransfer:
         the tiles of a pass into the canvas's global Gram (``add_stats``)."""
         import torch
 
-        from .steps import model_step
+        from ..steps import model_step
         with model_step(), torch.no_grad():
             t = time.perf_counter()
             acts = self._net()(torch.from_numpy(window)[None], self._layers, self.pooling)
@@ -111,6 +119,16 @@ class StyleTransfer:
             grams[layer] = (_gram_sum(f.double()).numpy(), f.shape[-1] * f.shape[-2])
         return {"grams": grams, "model_s": forward_s}
 
+    def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
+        return [self.stat(w, c) for w, c in zip(windows, cores)]
+
+    def process(self, windows, tiles, rngs, data) -> list[tuple[np.ndarray, dict]]:
+        """One tile at a time (``batchable`` is False); ``data`` is the pass's (style Grams,
+        canvas Grams or None)."""
+        target, canvas = data
+        return [self(w, t.core.relative_to(t.window), rng, self.content.read(t.window),
+                     target, canvas) for w, t, rng in zip(windows, tiles, rngs)]
+
     def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator,
                  content: np.ndarray | None = None, target: dict | None = None,
                  canvas: dict | None = None):
@@ -118,7 +136,7 @@ class StyleTransfer:
         the style Grams per layer, ``canvas`` the pass's ``add_stats`` (None: whole image)."""
         import torch
 
-        from .steps import model_step
+        from ..steps import model_step
         net = self._net()
         fixed = torch.from_numpy(window)[None]                    # (1, C, h, w), 0-255
         cs = core.slices()
@@ -204,7 +222,7 @@ def add_stats(*stats: dict) -> dict:
 
 def load_style_image(path: str, long_side: int) -> np.ndarray:
     """(3, h, w) float32 0-255 sRGB, resized (down only) so its long side is ``long_side``."""
-    from .ingest import open_image
+    from ..ingest import open_image
     im = open_image(path)
     scale = min(1.0, long_side / max(im.width, im.height))
     if scale < 1.0:
@@ -219,8 +237,8 @@ def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, mode
     (neural-style's -style_blend_weights, normalised to sum 1)."""
     import torch
 
-    from .steps import model_step
-    from .models import get_model
+    from ..steps import model_step
+    from ..models import get_model
     net = get_model(model, weights)
     blend = blend or (1.0,) * len(images)
     total = sum(blend)
@@ -267,3 +285,90 @@ class OriginalColors(ComputedView):
     def read(self, box: Box, dtype=np.float32) -> np.ndarray:
         """float32 pixels, whichever ``dtype`` (computed in float32)."""
         return luminance_transfer(self.styled.read(box), self.content.read(box))
+
+
+class StyleMode(Mode):
+    """Style stylises its coarsest octave whole (one tile, ``whole_iterations`` steps), then
+    refines each finer octave tile by tile (Gatys et al. 2017, "Controlling Perceptual
+    Factors", section 5: coarse-to-fine for high resolutions). Before each tiled pass the
+    canvas's Gram is reduced from every tile's (``pass_data``)."""
+
+    uses_model = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.content = None      # the source at the octave's size (begin_octave)
+        self.target = None       # a Dask future of the style's Grams (begin_octave)
+
+    @property
+    def passes_per_octave(self) -> int:
+        return self.cfg.style.passes
+
+    @property
+    def iterations(self) -> int:
+        return self.cfg.style.iterations
+
+    def check(self) -> None:
+        """Every style image opens (header only), or one line says which does not."""
+        from ..ingest import image_shape
+        for p in self.cfg.style.images:
+            image_shape(Path(p), role="style image")
+
+    def warm_up(self):
+        from ..models import load_on_device
+        return load_on_device(self.cfg.model.name, self.cfg.model.weights)
+
+    def resolve(self, executor) -> dict:
+        """The workers' device kind (a GPU's arithmetic differs from a CPU's)."""
+        from .dream import worker_resolution
+        kinds = {k for k, _ in executor.each_worker(worker_resolution, "fp32", self.cfg.model.name)}
+        return {"device": kinds.pop() if len(kinds) == 1 else "mixed"}
+
+    def octave_plan(self, k: int, shape: tuple[int, int], octaves: int) -> list[PassPlan]:
+        if k == octaves - 1:
+            return [PassPlan(k, 0, shape, (0, 0), 1, max(shape), self.cfg.style.whole_iterations)]
+        return [dataclasses.replace(p, stats=p.tiles > 1)
+                for p in super().octave_plan(k, shape, octaves)]
+
+    def begin_octave(self, run: Run, octave: int, view, source) -> None:
+        """The style Grams at this octave's size, computed once, on a worker (they stay
+        there: each tile task reads them)."""
+        s, m = self.cfg.style, self.cfg.model
+        self.content = source
+        self.target = run.executor.remote(style_targets, s.images, s.blend_weights, m.name,
+                                          m.weights, s.pooling,
+                                          self.cfg.style_layer_list("style_layers"),
+                                          style_side(s.style_scale, view.shape))
+
+    def processor(self, pp: PassPlan, first: bool) -> StyleTransfer:
+        """``first`` marks the run's first pass, where ``init: random`` applies; a whole pass
+        needs no margin."""
+        cfg, s = self.cfg, self.cfg.style
+        return StyleTransfer(cfg.model.name, cfg.model.weights,
+                             cfg.style_layer_list("content_layers"),
+                             cfg.style_layer_list("style_layers"), s.content_weight,
+                             s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
+                             pp.iterations, s.normalize_gradients, s.pooling,
+                             0 if pp.whole else self.margin,
+                             random_init=first and s.init == "random",
+                             content=self.content)
+
+    def pass_data(self, run: Run, pp: PassPlan, view, proc, tiles: list):
+        """(the style's Grams, the canvas's Grams): the canvas's summed from every tile's as
+        they arrive, so only the sum is held, however many tiles (each tile's float64 Grams
+        are 4.9 MB for VGG16's default layers)."""
+        if not pp.stats:
+            return self.target, None
+        run.stage("grams", f"octave {pp.octave} pass {pp.pass_ + 1}")
+        total = {"grams": {}}
+
+        def add(stats: list[dict]) -> None:
+            nonlocal total
+            total = add_stats(total, *stats)
+            run.work(len(stats))
+
+        run.measure(view, proc, tiles, (self.cfg.seed, pp.octave, pp.pass_), add)
+        return self.target, run.executor.share(total)
+
+    def result_record(self) -> dict:
+        return {"original_colors": self.cfg.style.original_colors}

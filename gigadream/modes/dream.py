@@ -1,12 +1,9 @@
-"""Processors: map a float tile window to the new pixels of its core.
+"""Mode dream: DeepDream as a tile processor, and what the mode prepares per octave.
 
-A processor is a small picklable object; the model behind it is loaded lazily, once per worker
-process (``models.get_model`` caches it). ``__call__(window, core, rng)`` takes the window
-(C, h, w) float32 in 0-255, the core's box relative to the window, and the tile's generator;
-it returns the core's new pixels and a dict of statistics for the engine. A processor's
-``window_dtype`` (float32 unless it says otherwise) is the dtype its windows arrive in. One
-that has ``batch(windows, cores, rngs)`` (and ``stat_batch``) takes windows of one shape
-together (``engine.batch``) and returns ``__call__``'s result for each.
+The processor maps a float tile window to the new pixels of its core by gradient ascent on
+the objectives (layers' L2, channels, ImageNet classes: small pieces summed). Every tile of an
+octave divides its steps by one gradient scale measured on a sample of the octave's tiles
+before its first pass (``DreamMode.begin_octave``).
 """
 from __future__ import annotations
 
@@ -15,20 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tiling import Box
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Copies the window's core: the engine's own cost, and a bit-exactness check. It takes
-    the window in the canvas's own float16 (``window_dtype = None``): converting it to float32
-    and back, which only a model needs, took 20 % of an identity tile (measured)."""
-
-    margin: int = 0
-    window_dtype = None
-
-    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator, content=None):
-        return window[(slice(None), *core.slices())], {}
+from . import Mode, PassPlan, Run
+from ..tiling import Box, grid
 
 
 @dataclass(frozen=True)
@@ -98,6 +83,7 @@ class DeepDream:
     grad_scale: float = 1.0
     dose: float = 1.0
     precision: str = "fp32"      # model.precision: auto, fp32, bf16 (auto resolved on the worker)
+    batchable = True
 
     def gradient(self, x):
         """Objective gradient w.r.t. x (N, C, h, w); returns (grad, seconds in the model).
@@ -105,8 +91,8 @@ class DeepDream:
         objective is a sum over the batch, so each window's gradient is its own."""
         import torch
 
-        from .steps import model_step
-        from .models import as_input, autocast, device, dream_precision, get_model
+        from ..steps import model_step
+        from ..models import as_input, autocast, device, dream_precision, get_model
 
         dev = device()
         net = get_model(self.model, self.weights, dev)
@@ -138,8 +124,11 @@ class DeepDream:
                         "count": gc.numel(), "model_s": seconds / len(windows)})
         return out
 
-    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator, content=None):
+    def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator):
         return self.batch([window], [core], [rng])[0]
+
+    def process(self, windows, tiles, rngs, data=None) -> list[tuple[np.ndarray, dict]]:
+        return self.batch(windows, [t.core.relative_to(t.window) for t in tiles], rngs)
 
     def batch(self, windows: list[np.ndarray], cores: list[Box],
               rngs: list[np.random.Generator]) -> list[tuple[np.ndarray, dict]]:
@@ -149,7 +138,7 @@ class DeepDream:
         those it gets alone, to float rounding."""
         import torch
 
-        from .models import device
+        from ..models import device
         # (N, C, h, w), 0-255, a copy in the models' channels-last layout: the steps below
         # then never change layout (each change is a copy)
         x = _batch(windows).to(device(), memory_format=torch.channels_last, copy=True)
@@ -187,3 +176,97 @@ def _roll(x, shifts: list[tuple[int, int]]):
     for i, s in enumerate(shifts):
         out[i:i + 1] = torch.roll(x[i:i + 1], s, (2, 3))
     return out
+
+
+# Tiles a GPU worker runs through its model at once (engine.batch: auto), for windows of the
+# default tile (512 px and its margin); as many fewer as larger windows have more pixels, so
+# that a batch's activations stay those of four default windows (VGG16 to relu4_3 keeps 0.64
+# GB of them in bf16 for a 602 px window's backward, 1.19 GB in fp32, counted as gigadream
+# plan does): a GPU is busy with one large window anyway. A CPU is no faster with more: a
+# VGG16 step on 576 px windows took 690-950 ms a tile alone and 640-840 ms in twos in bf16,
+# 1.9-2.2 s both ways in fp32 (measured here).
+GPU_BATCH = 4
+GPU_BATCH_PIXELS = GPU_BATCH * 602 * 602
+
+
+def gpu_batch(window: int) -> int:
+    """Windows of ``window`` px a side in one GPU model step (engine.batch: auto)."""
+    return max(1, min(GPU_BATCH, GPU_BATCH_PIXELS // (window * window)))
+
+
+def worker_resolution(precision: str, model: str) -> tuple[str, str]:
+    """(device kind, precision) as a worker resolves them for its own device."""
+    from ..models import device, dream_precision
+    dev = device()
+    return dev.split(":")[0], dream_precision(precision, model, dev)
+
+
+class DreamMode(Mode):
+    uses_model = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.precision = cfg.model.precision      # resolved on the workers (begin_octave)
+        self.grad_scale = 1.0                      # the octave's (begin_octave)
+
+    @property
+    def iterations(self) -> int:
+        return self.cfg.dream.iterations
+
+    def warm_up(self):
+        from ..models import load_on_device
+        return load_on_device(self.cfg.model.name, self.cfg.model.weights)
+
+    def resolve(self, executor) -> dict:
+        """The device kind and precision every worker resolves, and the batch they imply.
+        Workers that disagree resolve to 'mixed': their tiles differ, so no resume matches."""
+        m = self.cfg.model
+        found = set(executor.each_worker(worker_resolution, m.precision, m.name))
+        kinds = {k for k, _ in found}
+        precisions = {p for _, p in found}
+        device = kinds.pop() if len(kinds) == 1 else "mixed"
+        precision = precisions.pop() if len(precisions) == 1 else "mixed"
+        batch = self.cfg.engine.batch
+        if batch == "auto":
+            batch = gpu_batch(self.cfg.tiling.tile + 2 * self.margin) if device == "cuda" else 1
+        return {"device": device, "precision": precision, "batch": batch}
+
+    def batch(self, resolved: dict) -> int:
+        return resolved["batch"]
+
+    def begin_octave(self, run: Run, octave: int, view, source) -> None:
+        """The octave's gradient scale: measured once, kept in the run record."""
+        if run.resolved["precision"] != "mixed":
+            self.precision = run.resolved["precision"]
+        self.grad_scale = run.recorded("grad_scale", str(octave),
+                                       lambda: self.calibrate(run, octave, view))
+
+    def calibrate(self, run: Run, octave: int, view) -> float:
+        """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser
+        that every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
+        cfg = self.cfg
+        run.stage("calibrate", f"octave {octave}")
+        tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin, self.align)
+        rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
+        pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles),
+                                 replace=False))
+        stats = run.measure(view, self.make(1.0), [tiles[i] for i in pick], (cfg.seed, octave, -1))
+        total = sum(s["grad_abs_sum"] for s in stats)
+        count = sum(s["count"] for s in stats)
+        return max(total / max(count, 1), 1e-12)
+
+    def processor(self, pp: PassPlan, first: bool) -> "DeepDream":
+        return self.make(self.grad_scale)
+
+    def make(self, grad_scale: float = 1.0) -> "DeepDream":
+        """The processor with the octave's ``grad_scale``."""
+        from ..classes import indices
+        cfg = self.cfg
+        # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
+        jitter = min(cfg.dream.jitter, self.margin - 1) if self.margin > 0 else cfg.dream.jitter
+        objectives = tuple(objective(n, w) for n, w in cfg.dream_layers)
+        if cfg.dream.classes:
+            objectives += (ClassLogits(indices(cfg.dream.classes)),)
+        return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
+                         cfg.dream.step_size, jitter, self.margin, grad_scale, cfg.dream.dose,
+                         self.precision)
