@@ -1,8 +1,8 @@
 """Whole-chunk reads and writes of the store's arrays, straight to their chunk files.
 
 zarr-python spends about a millisecond per chunk in its asyncio codec pipeline, whatever the
-chunk's size: reading a 200 MP source back in strips (3052 chunks) took 4.0 s, and writing it
-most of ingest's time. gigadream's arrays have one simple layout (a regular grid, every channel
+chunk's size: reading a 200 MP source back in strips (3052 chunks) through it takes 4.0 s, and
+writing through it would be most of ingest's time. gigadream's arrays have one simple layout (a regular grid, every channel
 in each chunk, raw bytes or blosc), so this module reads and writes their chunk files itself,
 compressed ones decoded several at a time on a small thread pool (blosc releases the GIL).
 
@@ -114,7 +114,7 @@ def _buffer(nbytes: int) -> np.ndarray:
 def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None) -> np.ndarray | None:
     """Rows [r0:r1] of one chunk, (c, r1 - r0, cw); None where no file was written (it holds
     the fill value). A raw chunk's rows are read alone, channel by channel: a tile's window
-    straddles its chunks, and reading them whole read 4× the bytes it used (float16 canvas,
+    straddles its chunks, and reading them whole reads 4× the bytes it uses (float16 canvas,
     512 px tiles on another pass's grid). They lie in this thread's scratch buffer, valid
     until the thread loads the next."""
     ch, cw = lay.chunk
@@ -176,8 +176,8 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
     path = lay.file(iy, ix)
     # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
     # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new
-    # and existing files alike: Python's open(), "r+b" tried first and then "wb" with a
-    # makedirs, took 0.4-1.3 s more system time to write 300 MP of new chunks (measured).
+    # and existing files alike: Python's open(), "r+b" and then "wb" with a makedirs, takes
+    # 0.4-1.3 s more system time to write 300 MP of new chunks (measured).
     flags = os.O_WRONLY | os.O_CREAT | (0 if lay.codec is None else os.O_TRUNC)
     try:
         fd = os.open(path, flags, 0o666)

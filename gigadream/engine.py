@@ -52,9 +52,8 @@ def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None =
     tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
     shape go through a processor that has ``batch`` together, ``batch`` at a time
     (``engine.batch``: one model step for them all; None: no limit); others one after the
-    other. The heap is trimmed once a task: trimming after every identity tile doubled its
-    time (6.2 against 3.1 ms, measured), as the next tile faulted its buffers' pages in
-    again."""
+    other. The heap is trimmed once a task: trimming after every identity tile doubles its
+    time (6.2 against 3.1 ms, measured): the next tile faults its buffers' pages in again."""
     stats = []
     for group in _model_groups(tasks, batch):
         stats += _process(group, data)
@@ -294,7 +293,7 @@ class WorkerSetup(WorkerPlugin):
             # workers would report, tracebacks and all, on the run's stderr
             logging.getLogger("distributed").setLevel(logging.CRITICAL)
         # torch even without a model: the canvases' float16 conversions go through it
-        # (store.convert), 3-7x faster than numpy's; an identity pass ran 1.8x faster.
+        # (store.convert), 3-7x faster than numpy's: an identity pass runs 1.8x faster.
         import torch
         torch.set_num_threads(self.threads)
         if self.devices and isinstance(worker.name, int):
@@ -381,7 +380,7 @@ def _quiet(name: str) -> Iterator[None]:
     """Logger ``name`` and those below it say nothing in the block. The scheduler of an
     embedded cluster lives in this process and reports each killed worker's connection
     (``_kill_workers``) with a traceback; LocalCluster's own silence_logs ends as it starts
-    to close, so one run in three printed one on the run's stderr (measured: 4 lines)."""
+    to close: without this, one run in three prints one (4 lines) on the run's stderr."""
     logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)
@@ -394,7 +393,7 @@ def _quiet(name: str) -> Iterator[None]:
 def _kill_workers(local: LocalCluster) -> None:
     """End an embedded cluster's worker processes at once. They hold nothing: every task of
     a finished run has written its chunk, and an interrupted pass is redone on resume (as
-    after kill -9). Dask's orderly close took 0.4-0.6 s of every run's wall time here, this
+    after kill -9). Dask's orderly close takes 0.4-0.6 s of every run's wall time here, this
     0.02 s, and it does not wait for a model step to finish."""
     import signal
     for nanny in list(local.workers.values()):
@@ -407,9 +406,9 @@ def _kill_workers(local: LocalCluster) -> None:
 class BackgroundCluster:
     """``cluster(...)`` started on a thread of its own, so that the workers start (a process,
     torch, the model: 2-3 s here) while the client ingests and builds the pyramid. Its
-    workers' memory then adds to ingest's, which stays below the passes' peak. (Stopping it
-    while the export ran as well saved 0.4 s but raised a run's peak by the workers'
-    memory: 445 → 551 MB at 200 MP, measured.)
+    workers' memory then adds to ingest's, which stays below the passes' peak. It stops
+    before the export: stopping it while the export runs would save 0.4 s but raise a
+    run's peak by the workers' memory (445 → 551 MB at 200 MP, measured).
 
     A ``--scheduler`` is joined at once: a wrong address fails before hours of ingest.
     """

@@ -3,7 +3,7 @@
 libvips encodes, but it cannot pull pixels from zarr. So it reads the canvas as an uncompressed
 BigTIFF that is never written anywhere (``_VirtualTiff``, a custom source): each strip is read
 from the store as libvips reaches it, while libvips encodes the one before. Writing that TIFF
-to a temporary file first, then encoding it, took 1.3-1.9× as long as libvips re-encoding the
+to a temporary file first, then encoding it, takes 1.3-1.9× as long as libvips re-encoding the
 source JPEG; this way 0.8-1.1× (300 MP, the three alternated in one run), with no temporary
 file on disk.
 

@@ -288,11 +288,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def config_difference(recorded: dict, cfg: Config) -> list[str]:
-    """Result-changing settings that differ: 'key: STORE → NOW'."""
+    """Result-changing settings that differ: 'key: STORE → NOW'. Settings that the workers
+    resolve (``RESOLVED_SETTINGS``) are compared as resolved instead (``check_resolved``):
+    ``auto`` then and ``bf16`` now agree where auto meant bf16."""
     now = _flat({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
     had = _flat({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
+    keys = (set(now) | set(had)) - set(RESOLVED_SETTINGS.values())
     return [f"{k}: {had.get(k)!r} in the store, {now.get(k)!r} now"
-            for k in sorted(set(now) | set(had)) if now.get(k) != had.get(k)]
+            for k in sorted(keys) if now.get(k) != had.get(k)]
 
 
 def open_run_store(path: Path, input_path: Path, cfg: Config, restart: bool) -> Store:

@@ -22,8 +22,8 @@ def model_step() -> Iterator[None]:
     """What a processor runs its model in (a forward and backward, an optimiser's closure):
     one at a time in the process, under MODEL_LOCK. Only the model: the step's arithmetic
     around it (jitter, the update, layout copies) overlaps the other thread's model step.
-    Holding the lock around the whole processor call instead left 19 ms a tile of such work
-    in the model's way (VGG16 in bf16: 4 % of a dream run's model time, measured)."""
+    Holding it around the whole processor call would leave 19 ms a tile of such work in the
+    model's way (VGG16 in bf16: 4 % of a dream run's model time, measured)."""
     with MODEL_LOCK:
         start = time.time()
         try:

@@ -181,3 +181,52 @@ def test_store_holding_other_data_is_never_used(setup, pano, tmp_path):
         assert r.returncode == 2 and "holds other data" in r.stderr
         assert (folder / "holiday.jpg").read_bytes() == b"precious"
         assert sorted(os.listdir(folder)) == ["holiday.jpg"]
+
+
+def killed(setup, pano, name: str, when: str = "pass:2:5") -> Path:
+    """A store that a run killed mid-way left in ``setup['dir']/name``."""
+    d = setup["dir"] / name
+    d.mkdir()
+    r = harness(pano, d / "out.tif", d / "store", setup["config"], when)
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr[-2000:]
+    return d
+
+
+def edit_record(store: Path, edit) -> None:
+    rec = json.loads((store / "run.json").read_text())
+    edit(rec)
+    (store / "run.json").write_text(json.dumps(rec))
+
+
+def test_a_resume_that_would_change_pixels_is_refused(setup, pano):
+    """``engine.batch: auto`` and ``model.precision: auto`` are recorded as the workers
+    resolved them, with the versions that shape the bytes; a resume whose workers or
+    packages resolve otherwise is refused in one line that offers a way."""
+    d = killed(setup, pano, "resolved")
+    store, out = d / "store", d / "out.tif"
+    rec = json.loads((store / "run.json").read_text())
+    assert rec["resolved"]["device"] == "cpu" and rec["resolved"]["batch"] == 1
+    assert rec["resolved"]["precision"] in ("fp32", "bf16")
+    resume = ["run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet"]
+
+    def refused(*more: str) -> str:
+        r = gd(*resume, *more)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+        assert not out.exists()
+        return r.stderr
+
+    # as a GPU box resolves engine.batch: auto (4 windows a model step)
+    edit_record(store, lambda r: r["resolved"].update(batch=4))
+    msg = refused()
+    assert "engine.batch=4" in msg and "--restart" in msg
+    edit_record(store, lambda r: r["resolved"].update(batch=1))
+    other = "bf16" if rec["resolved"]["precision"] == "fp32" else "fp32"
+    assert f"model.precision={rec['resolved']['precision']}" in refused(
+        "--set", f"model.precision={other}")
+    edit_record(store, lambda r: r["versions"].update(torch="0.0"))
+    assert "made with torch 0.0" in refused() and "--restart" in refused()
+    edit_record(store, lambda r: r["versions"].update(torch=rec["versions"]["torch"]))
+    # the precision asked for as it was resolved: accepted, and the result is the same
+    r = gd(*resume, "--set", f"model.precision={rec['resolved']['precision']}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    np.testing.assert_array_equal(read(out), setup["reference"])
