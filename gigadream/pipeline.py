@@ -87,9 +87,13 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     passes = mode.plan(shape)
     on_event(Total(work_units(passes)))
     report = RunReport(shape=shape)
-    todo = store.record().get("done", -1) + 1 < len(passes)
-    workers = (BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
-                                 mode.warm_up()) if todo else None)
+    workers = None
+    if "result" in store.record():               # only the export is left: no workers
+        on_event(Stage("resume", "every pass is done"))
+        on_event(Work(work_units(passes)))
+    else:
+        workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads,
+                                    cfg.engine.scheduler, mode.warm_up())
     try:
         with _timed(report, "ingest"):
             _source(input_path, store, shape, keep_store, on_event)
@@ -111,9 +115,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             workers.close()             # before the export: its memory is not needed there
         with _timed(report, "export"):
             on_event(Stage("export", out.name))
-            view = result_view(store.record()["result"], store.view(store.record()["result"]),
-                               sources[0])
-            export(view, out, cfg.export, overwrite=overwrite,
+            result = store.record()["result"]
+            export(result_view(result, store.view(result), sources[0]), out, cfg.export, overwrite=overwrite,
                    on_rows=_rows(on_event, "export", shape[0]))
             atomic_write_text(config_path(out), _reproducible_yaml(cfg, input_path))
     finally:
