@@ -466,8 +466,9 @@ def resolve_preset(name: str) -> Path:
 
 
 def presets_dir() -> Path:
-    """The bundled presets: ``configs/`` of the source tree (installed editable by make)."""
-    return Path(__file__).resolve().parent.parent / "configs"
+    """The bundled presets: ``gigadream/configs/``, package data that wheels ship (the
+    source tree's top-level ``configs`` links to it)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
