@@ -20,7 +20,7 @@ from .classes import indices
 from .dream import ClassLogits, DeepDream, Identity, objective
 from .engine import (BackgroundCluster, TileTask, map_tiles, model_batch, release_freed_memory,
                      run_tile)
-from .errors import InputError, StoreError
+from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest
 from .resample import octave_shape
@@ -185,6 +185,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     report = RunReport()
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     check_output(out, shape, overwrite)          # fails fast before hours of work
+    check_config_output(out, overwrite)
     if cfg.mode == "style":
         check_style_images(cfg.style.images)
     keep_store = store_path is not None
@@ -221,7 +222,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         export(view, out, cfg.export, overwrite=overwrite,
                on_rows=_rows(on_event, "export", shape[0]))
         config_text = _reproducible_yaml(cfg, input_path)
-        atomic_write_text(out.with_name(out.name + ".yaml"), config_text)
+        atomic_write_text(config_output(out), config_text)
         report.stage_s["export"] = time.perf_counter() - t
     finally:
         workers.close()
@@ -333,6 +334,19 @@ def result_view(store: Store, result: dict, source: ArrayView):
     """The run's result as recorded in run.json, in the content's colours if asked."""
     view = store.view(result)
     return OriginalColors(view, source) if result.get("original_colors") else view
+
+
+def config_output(out: Path) -> Path:
+    """OUT.yaml: the resolved config written beside the result."""
+    return out.with_name(out.name + ".yaml")
+
+
+def check_config_output(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
+    path = config_output(out)
+    if path.exists() and not overwrite:
+        raise OutputError(f"output {path} (the config of {out.name}) already exists; pass "
+                          "--overwrite to replace it or choose another name with -o")
 
 
 def _reproducible_yaml(cfg: Config, input_path: Path) -> str:

@@ -130,6 +130,9 @@ BAD_RUNS = [
      r"output folder .* is not writable"),
     ("store is not ours", _photo, lambda t: (t / "mine").mkdir() or (t / "mine" / "a.txt").write_text("x")
      and ["--store", t / "mine"], r"store folder .*mine exists and holds other data"),
+    ("config beside the output exists", _photo, lambda t: (t / "r.jpg.yaml").write_text("mine")
+     and ["-o", t / "r.jpg"], r"output .*r.jpg.yaml \(the config of r.jpg\) already exists; "
+                              r"pass --overwrite"),
 ]
 
 
