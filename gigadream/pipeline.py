@@ -336,6 +336,34 @@ def result_view(store: Store, result: dict, source: ArrayView):
     return OriginalColors(view, source) if result.get("original_colors") else view
 
 
+def stored_image(store: Store, partial: bool = False) -> tuple[ArrayView, str | None]:
+    """What ``gigadream export`` writes of ``store``, and, where it is not the run's result,
+    a line that says what it is. The result of a finished run; the source of a store that
+    no run has used (``gigadream ingest``). An unfinished run's store is refused unless
+    ``partial``: then its latest canvas (an octave may be smaller than the image), or its
+    source before its first pass finishes."""
+    rec = store.record()
+    if "result" in rec:
+        return result_view(store, rec["result"], store.source(0)), None
+    if "config" not in rec:
+        return store.source(0), None
+    done = rec.get("done", -1) + 1
+    if not partial:
+        raise StoreError(f"store {store.path} holds an unfinished run ({done} passes done, no "
+                         "result yet); run the same 'gigadream run' command again to finish "
+                         "it, or pass --partial to export what it holds")
+    if "canvas" not in rec:
+        return store.source(0), "the source image: the run has finished no pass yet"
+    canvas = rec["canvas"]
+    shape = tuple(canvas["shape"])
+    octave = next(k for k in range(rec["pyramid"]["levels"]) if store.source(k).shape == shape)
+    colors = rec["config"]["mode"] == "style" and rec["config"]["style"]["original_colors"]
+    view = result_view(store, {**canvas, "original_colors": colors}, store.source(octave))
+    (h, w), (h0, w0) = shape, store.source(0).shape
+    return view, (f"an unfinished run's latest canvas, after {done} passes: octave {octave}, "
+                  f"{w}×{h} px (the image is {w0}×{h0} px)")
+
+
 def config_output(out: Path) -> Path:
     """OUT.yaml: the resolved config written beside the result."""
     return out.with_name(out.name + ".yaml")

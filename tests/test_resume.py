@@ -181,3 +181,34 @@ def test_store_holding_other_data_is_never_used(setup, pano, tmp_path):
         assert r.returncode == 2 and "holds other data" in r.stderr
         assert (folder / "holiday.jpg").read_bytes() == b"precious"
         assert sorted(os.listdir(folder)) == ["holiday.jpg"]
+
+
+def test_export_of_an_unfinished_run_is_refused_or_says_what_it_writes(pano, tmp_path):
+    from gigadream.store import Store
+    from gigadream.tiling import Box
+    config = tmp_path / "identity.yaml"
+    config.write_text(CONFIG.replace("mode: dream", "mode: identity"))
+    store, out = tmp_path / "store", tmp_path / "out.tif"
+    r = harness(pano, tmp_path / "run.tif", store, config, "pass:2:5")   # octave 0's first pass
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr[-2000:]
+    r = gd("export", store, out)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"gigadream: error: store {store} holds an unfinished run (2 passes done, no result "
+        "yet); run the same 'gigadream run' command again to finish it, or pass --partial to "
+        "export what it holds"]
+    assert not out.exists()
+
+    r = gd("export", store, out, "--partial", "--set", "export.tiff_compression=none")
+    assert r.returncode == 0, r.stderr
+    level1 = Store.open(store).source(1)          # an identity canvas holds the source's pixels
+    (h, w) = level1.shape
+    assert r.stderr.splitlines() == [
+        f"gigadream: writing an unfinished run's latest canvas, after 2 passes: octave 1, "
+        f"{w}×{h} px (the image is 768×512 px)"]
+    np.testing.assert_array_equal(read(out), level1.read_uint8(Box(0, h, 0, w)))
+
+    r = harness(pano, tmp_path / "run.tif", store, config)           # finished: its result
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = gd("export", store, tmp_path / "result.tif", "--set", "export.tiff_compression=none")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    np.testing.assert_array_equal(read(tmp_path / "result.tif"), read(tmp_path / "run.tif"))
