@@ -194,9 +194,11 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     passes = plan(shape, cfg)
     on_event(Total(work_units(passes)))
 
+    # A resume with only the export left starts no workers (nor loads their model).
+    finished = "result" in store.record()
     model = (cfg.model.name, cfg.model.weights) if cfg.mode != "identity" else None
-    workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
-                                model)
+    workers = None if finished else BackgroundCluster(cfg.engine.workers, cfg.engine.threads,
+                                                      cfg.engine.scheduler, model)
     try:
         _source(input_path, store, shape, keep_store, on_event, report)
         octaves, scale = cfg.octaves(shape)
@@ -207,14 +209,18 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         on_event(Stage("pyramid", f"{octaves} octaves"))
         sources = build_pyramid(store, octaves, scale)
         report.stage_s["pyramid"] = time.perf_counter() - t
-        t = time.perf_counter()
-        on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
-        ex = workers.executor()         # what is left of its start
-        report.stage_s["cluster"] = time.perf_counter() - t
-        t = time.perf_counter()
-        _passes(ex, store, sources, cfg, passes, on_event, report)
-        report.stage_s["passes"] = time.perf_counter() - t
-        workers.close()                 # before the export: its memory is not needed there
+        if finished:
+            on_event(Stage("resume", f"all {len(passes)} passes done"))
+            on_event(Work(work_units(passes)))
+        else:
+            t = time.perf_counter()
+            on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
+            ex = workers.executor()         # what is left of its start
+            report.stage_s["cluster"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _passes(ex, store, sources, cfg, passes, on_event, report)
+            report.stage_s["passes"] = time.perf_counter() - t
+            workers.close()                 # before the export: its memory is not needed there
         view = result_view(store, store.record()["result"], sources[0])
 
         t = time.perf_counter()
@@ -225,7 +231,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         atomic_write_text(config_output(out), config_text)
         report.stage_s["export"] = time.perf_counter() - t
     finally:
-        workers.close()
+        if workers is not None:
+            workers.close()
     report.output = out
     if not keep_store:
         shutil.rmtree(store.path, ignore_errors=True)

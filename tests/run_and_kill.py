@@ -1,5 +1,6 @@
 """Test harness: a real gigadream run in its own process that kills itself (SIGKILL, like
-``kill -9``) or one of its Dask workers at a chosen moment, and prints the stages it ran.
+``kill -9``) or one of its Dask workers at a chosen moment, and prints the stages it ran
+with the number of worker processes it has at each.
 
     python run_and_kill.py INPUT OUT STORE CONFIG WHEN
 
@@ -31,7 +32,9 @@ def main() -> None:
 
     def on_event(e) -> None:
         if isinstance(e, Stage):
-            print("stage", e.name, flush=True)
+            workers = [p for p in psutil.Process().children(recursive=True)
+                       if "multiprocessing" in " ".join(p.cmdline())]
+            print("stage", e.name, "workers", len(workers), flush=True)
             if e.name == "pass":
                 state["pass"] += 1
                 state["tiles"] = 0

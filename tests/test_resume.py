@@ -76,6 +76,10 @@ def test_killed_runs_resume_to_the_same_bytes(setup, pano, when):
         assert "ingest" not in stages                        # the source is reused
     if when.startswith("pass:2") or when == "export":
         assert record["done"] >= 1 and "resume" in stages    # finished passes are not redone
+    if when == "export":                                     # no workers, no model
+        workers = [int(ln.split()[3]) for ln in resumed.stdout.splitlines()
+                   if ln.startswith("stage")]
+        assert stages == ["pyramid", "resume", "export"] and workers == [0, 0, 0], resumed.stdout
     np.testing.assert_array_equal(read(out), setup["reference"])
     assert not list(d.glob(".out.tif.partial-*"))
     assert sha256(pano) == setup["input_sha"]
