@@ -126,8 +126,9 @@ def make_processor(cfg: Config, grad_scale: float = 1.0, pp: PassPlan | None = N
                              pp.iterations if pp else s.iterations, s.normalize_gradients,
                              s.pooling, 0 if pp is not None and pp.whole else cfg.margin,
                              random_init=first and s.init == "random")
-    # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
-    jitter = min(cfg.dream.jitter, cfg.margin - 1) if cfg.margin > 0 else cfg.dream.jitter
+    # Jitter wraps the window round; below the margin, the wrap seam stays out of the core
+    # (config refuses a margin of 0 with jitter).
+    jitter = min(cfg.dream.jitter, max(cfg.margin - 1, 0))
     objectives = tuple(objective(n, w) for n, w in cfg.dream_layers)
     if cfg.dream.classes:
         objectives += (ClassLogits(indices(cfg.dream.classes)),)
