@@ -18,23 +18,33 @@ from gigadream.config import load_config
 from gigadream.pipeline import Rows, Stage, Work, run
 
 
+def worker_processes(recursive: bool = False) -> list[psutil.Process]:
+    """This run's Dask worker processes, alive ones only: those multiprocessing spawned
+    (``recursive``: with their own, such as its resource tracker)."""
+    out = []
+    for p in psutil.Process().children(recursive=recursive):
+        try:
+            if "multiprocessing" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:        # gone, or a killed worker not yet reaped (a zombie)
+            pass
+    return out
+
+
 def main() -> None:
     src, out, store, config, when = sys.argv[1:6]
     kind, *at = when.split(":")
     state = {"pass": -1, "tiles": 0, "done": False}
 
     def kill_worker() -> None:
-        workers = [p for p in psutil.Process().children()
-                   if "multiprocessing" in " ".join(p.cmdline())]
+        workers = worker_processes()
         assert workers, "no worker process to kill"
         workers[0].kill()
         print("killed worker", workers[0].pid, flush=True)
 
     def on_event(e) -> None:
         if isinstance(e, Stage):
-            workers = [p for p in psutil.Process().children(recursive=True)
-                       if "multiprocessing" in " ".join(p.cmdline())]
-            print("stage", e.name, "workers", len(workers), flush=True)
+            print("stage", e.name, "workers", len(worker_processes(recursive=True)), flush=True)
             if e.name == "pass":
                 state["pass"] += 1
                 state["tiles"] = 0
