@@ -81,11 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", "-q", action="store_true")
 
-    p = sub.add_parser("export", help="write a store's result (or its source) as JPEG or BigTIFF")
+    p = sub.add_parser("export", help="write a store's result (or, before any run, its source) "
+                                      "as JPEG or BigTIFF")
     p.add_argument("store", type=Path, metavar="STORE")
     p.add_argument("output", type=Path, metavar="OUT", help=".jpg or .tif")
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--partial", action="store_true",
+                   help="of an unfinished run, write its latest canvas (which may be a "
+                        "smaller octave); without it such a store is refused")
 
     sub.add_parser("presets", help="list the bundled configs")
 
@@ -209,13 +213,15 @@ def _ingest(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export
-    from .modes import result_view
+    from .export import check_output, export
+    from .pipeline import stored_image
     from .store import Store
     cfg = _config(args)
     store = Store.open(args.store)
-    res = store.record().get("result")
-    view = result_view(res, store.view(res), store.source(0)) if res else store.source(0)
+    view, what = stored_image(store, args.partial)
+    check_output(args.output, view.shape, args.overwrite)
+    if what:
+        print(f"gigadream: writing {what}", file=sys.stderr)
     export(view, args.output, cfg.export, overwrite=args.overwrite)
     return 0
 

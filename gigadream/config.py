@@ -267,6 +267,14 @@ class Config:
                                   "model.name=efficientnet_lite0 (bundled) or googlenet")
             if not self.dream_layers and not self.dream.classes:
                 raise ConfigError("dream: nothing to dream of; set dream.layers or dream.classes")
+            # Jitter rolls the window round; the roll's seam (and the network's border)
+            # stays in the margin, so the jitter is capped below it: a margin of 0 leaves
+            # it nowhere but the tile itself.
+            if self.margin == 0 and self.dream.jitter > 0:
+                raise ConfigError(f"tiling.margin: 0 leaves dream.jitter ({self.dream.jitter} "
+                                  "px) no room: its wrap-around seam would fall inside every "
+                                  "tile; set tiling.margin=auto (or a few px: the jitter stays "
+                                  "below it), or dream.jitter=0")
         if self.mode == "style":
             self._check_style()
 
@@ -466,8 +474,9 @@ def resolve_preset(name: str) -> Path:
 
 
 def presets_dir() -> Path:
-    """The bundled presets: ``configs/`` of the source tree (installed editable by make)."""
-    return Path(__file__).resolve().parent.parent / "configs"
+    """The bundled presets: ``gigadream/configs/``, package data that wheels ship (the
+    source tree's top-level ``configs`` links to it)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -356,9 +356,13 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
             prefetch = (GPU_PREFETCH if gpus else PREFETCH) if warm else 1
+            # The scheduler serves HTTP (health, JSON) even without the dashboard, on 8787
+            # unless told otherwise, and warns when another run holds that port; a free
+            # loopback port serves as well.
             local = LocalCluster(n_workers=n, threads_per_worker=prefetch,
                                  processes=True,
                                  host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                  silence_logs=logging.CRITICAL)   # task errors reach us anyway
         client = Client(local)
     try:

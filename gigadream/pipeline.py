@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from . import __version__
 from .config import Config, to_dict, to_yaml
 from .engine import BackgroundCluster, TileTask, map_tiles, release_freed_memory
-from .errors import InputError, StoreError
+from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest
 from .modes import Mode, PassPlan, mode_for, result_view
@@ -81,19 +81,16 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     input_path, out, mode = Path(input_path), Path(out), mode_for(cfg)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     check_output(out, shape, overwrite)          # fails fast before hours of work
+    check_config_output(out, overwrite)
     mode.check()
     keep_store = store_path is not None
     store = open_run_store(Path(store_path or default_store(out)), input_path, cfg, restart)
     passes = mode.plan(shape)
     on_event(Total(work_units(passes)))
     report = RunReport(shape=shape)
-    workers = None
-    if "result" in store.record():               # only the export is left: no workers
-        on_event(Stage("resume", "every pass is done"))
-        on_event(Work(work_units(passes)))
-    else:
-        workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads,
-                                    cfg.engine.scheduler, mode.warm_up())
+    finished = "result" in store.record()        # only the export is left: no workers
+    workers = None if finished else BackgroundCluster(cfg.engine.workers, cfg.engine.threads,
+                                                      cfg.engine.scheduler, mode.warm_up())
     try:
         with _timed(report, "ingest"):
             _source(input_path, store, shape, keep_store, on_event)
@@ -103,7 +100,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             # threads against 24-40 s on the cluster, measured)
             on_event(Stage("pyramid", f"{cfg.octaves(shape)[0]} octaves"))
             sources = build_pyramid(store, *cfg.octaves(shape))
-        if workers is not None:
+        if finished:
+            on_event(Stage("resume", f"all {len(passes)} passes done"))
+            on_event(Work(work_units(passes)))
+        else:
             with _timed(report, "cluster"):
                 on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
                 ex = workers.executor()            # what is left of its start
@@ -116,9 +116,9 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         with _timed(report, "export"):
             on_event(Stage("export", out.name))
             result = store.record()["result"]
-            export(result_view(result, store.view(result), sources[0]), out, cfg.export, overwrite=overwrite,
-                   on_rows=_rows(on_event, "export", shape[0]))
-            atomic_write_text(config_path(out), _reproducible_yaml(cfg, input_path))
+            export(result_view(result, store.view(result), sources[0]), out, cfg.export,
+                   overwrite=overwrite, on_rows=_rows(on_event, "export", shape[0]))
+            atomic_write_text(config_output(out), _reproducible_yaml(cfg, input_path))
     finally:
         if workers is not None:
             workers.close()
@@ -152,11 +152,13 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
         data = mode.pass_data(run, pp, view, proc, tiles)
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
         run.process(pp, view, target, proc, tiles, data)
-        store.update_record(done=i, canvas=target.record())
+        # with what the result needs to be read back (``modes.result_view``), so that the
+        # latest canvas of an unfinished run is readable too (``stored_image``)
+        store.update_record(done=i, canvas={**target.record(), **mode.result_record()})
         if pp.pass_ == 0 and k + 1 < len(sources):
             store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
         view = target
-    store.update_record(result={**store.record()["canvas"], **mode.result_record()})
+    store.update_record(result=store.record()["canvas"])
     store.drop_spares()
 
 
@@ -234,11 +236,6 @@ def _source(input_path: Path, store: Store, shape: tuple[int, int], keep_store: 
                 shutil.rmtree(store.path, ignore_errors=True)
             raise
         release_freed_memory()
-
-
-def config_path(out: Path) -> Path:
-    """The resolved config written beside a result: ``OUT.yaml``."""
-    return out.with_name(out.name + ".yaml")
 
 
 @dataclass(frozen=True)
@@ -369,6 +366,46 @@ def check_resolved(store: Store, resolved: dict) -> dict:
                              f"workers resolve {resolved.get(key)}, which would change its "
                              f"pixels; {how}, or pass --restart to start over")
     return had
+
+
+def stored_image(store: Store, partial: bool = False) -> tuple[ArrayView, str | None]:
+    """What ``gigadream export`` writes of ``store``, and, where it is not the run's result,
+    a line that says what it is. The result of a finished run; the source of a store that
+    no run has used (``gigadream ingest``). An unfinished run's store is refused unless
+    ``partial``: then its latest canvas (an octave may be smaller than the image), or its
+    source before its first pass finishes."""
+    rec = store.record()
+    if "result" in rec:
+        return result_view(rec["result"], store.view(rec["result"]), store.source(0)), None
+    if "config" not in rec:
+        return store.source(0), None
+    done = rec.get("done", -1) + 1
+    if not partial:
+        raise StoreError(f"store {store.path} holds an unfinished run ({done} passes done, no "
+                         "result yet); run the same 'gigadream run' command again to finish "
+                         "it, or pass --partial to export what it holds")
+    if "canvas" not in rec:
+        return store.source(0), "the source image: the run has finished no pass yet"
+    canvas = rec["canvas"]
+    shape = tuple(canvas["shape"])
+    octave = next(k for k in range(rec["pyramid"]["levels"]) if store.source(k).shape == shape)
+    view = result_view(canvas, store.view(canvas), store.source(octave))
+    (h, w), (h0, w0) = shape, store.source(0).shape
+    return view, (f"an unfinished run's latest canvas, after {done} passes: octave {octave}, "
+                  f"{w}×{h} px (the image is {w0}×{h0} px)")
+
+
+def config_output(out: Path) -> Path:
+    """OUT.yaml: the resolved config written beside the result."""
+    return out.with_name(out.name + ".yaml")
+
+
+def check_config_output(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
+    path = config_output(out)
+    if path.exists() and not overwrite:
+        raise OutputError(f"output {path} (the config of {out.name}) already exists; pass "
+                          "--overwrite to replace it or choose another name with -o")
 
 
 def _reproducible_yaml(cfg: Config, input_path: Path) -> str:

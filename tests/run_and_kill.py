@@ -1,5 +1,6 @@
 """Test harness: a real gigadream run in its own process that kills itself (SIGKILL, like
-``kill -9``) or one of its Dask workers at a chosen moment, and prints the stages it ran.
+``kill -9``) or one of its Dask workers at a chosen moment, and prints the stages it ran
+with the number of worker processes it has at each.
 
     python run_and_kill.py INPUT OUT STORE CONFIG WHEN
 
@@ -17,21 +18,33 @@ from gigadream.config import load_config
 from gigadream.pipeline import Rows, Stage, Work, run
 
 
+def worker_processes(recursive: bool = False) -> list[psutil.Process]:
+    """This run's Dask worker processes, alive ones only: those multiprocessing spawned
+    (``recursive``: with their own, such as its resource tracker)."""
+    out = []
+    for p in psutil.Process().children(recursive=recursive):
+        try:
+            if "multiprocessing" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:        # gone, or a killed worker not yet reaped (a zombie)
+            pass
+    return out
+
+
 def main() -> None:
     src, out, store, config, when = sys.argv[1:6]
     kind, *at = when.split(":")
     state = {"pass": -1, "tiles": 0, "done": False}
 
     def kill_worker() -> None:
-        workers = [p for p in psutil.Process().children()
-                   if "multiprocessing" in " ".join(p.cmdline())]
+        workers = worker_processes()
         assert workers, "no worker process to kill"
         workers[0].kill()
         print("killed worker", workers[0].pid, flush=True)
 
     def on_event(e) -> None:
         if isinstance(e, Stage):
-            print("stage", e.name, flush=True)
+            print("stage", e.name, "workers", len(worker_processes(recursive=True)), flush=True)
             if e.name == "pass":
                 state["pass"] += 1
                 state["tiles"] = 0

@@ -130,6 +130,9 @@ BAD_RUNS = [
      r"output folder .* is not writable"),
     ("store is not ours", _photo, lambda t: (t / "mine").mkdir() or (t / "mine" / "a.txt").write_text("x")
      and ["--store", t / "mine"], r"store folder .*mine exists and holds other data"),
+    ("config beside the output exists", _photo, lambda t: (t / "r.jpg.yaml").write_text("mine")
+     and ["-o", t / "r.jpg"], r"output .*r.jpg.yaml \(the config of r.jpg\) already exists; "
+                              r"pass --overwrite"),
 ]
 
 
@@ -192,3 +195,21 @@ def test_unusual_inputs_work_end_to_end(tmp_path, case, make, shape):
         import pyvips
         upright = pyvips.Image.new_from_file(str(src)).autorot().numpy()
         assert np.abs(out.astype(int) - upright).mean() < 1
+
+
+def test_a_quiet_run_says_nothing_while_another_holds_the_dashboard_port(photos, tmp_path):
+    """Two runs at once on one machine: the second finds Dask's dashboard port (8787) taken.
+    The embedded scheduler's HTTP server takes a free loopback port, without a warning."""
+    import socket
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", 8787))
+        held.listen()
+    except OSError:
+        pass                     # something else holds it already: the case to test
+    try:
+        r = gd("run", photos["chelsea_jpg"], "-o", tmp_path / "out.jpg", "--set", "mode=identity",
+               "--quiet")
+    finally:
+        held.close()
+    assert r.returncode == 0 and r.stderr == "", r.stderr

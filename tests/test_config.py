@@ -15,6 +15,9 @@ def test_defaults_are_valid_and_margin_follows_the_deepest_layer():
     assert load_config(None, ["dream.layers=[relu3_3]"]).margin == 19
     assert load_config(None, ["mode=identity"]).margin == 0
     assert load_config(None, ["tiling.margin=7"]).margin == 7
+    # no margin: no room for the jitter (refused with it, BAD below), nor needed without it
+    assert load_config(None, ["tiling.margin=0", "dream.jitter=0"]).margin == 0
+    assert load_config(None, ["tiling.margin=0", "mode=identity"]).margin == 0
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in presets_dir().glob("*.yaml")))
@@ -53,6 +56,9 @@ BAD = [
     (["dream.layers={relu4_3: big}"], r"dream.layers.relu4_3: expected a number, got 'big'"),
     (["tiling.tile=8"], r"tiling.tile: expected an integer from 16 to 8192, got 8"),
     (["tiling.margin=wide"], r"tiling.margin: expected an integer or 'auto', got 'wide'"),
+    (["tiling.margin=0"], r"tiling.margin: 0 leaves dream.jitter \(32 px\) no room: its "
+                          r"wrap-around seam would fall inside every tile; set "
+                          r"tiling.margin=auto .*, or dream.jitter=0"),
     (["engine.workers=0"], r"engine.workers: expected an integer of at least 1, got 0"),
     (["export.quality=101"], r"export.quality: expected an integer from 1 to 100, got 101"),
     (["export.tiff_compression=zip"], r"expected one of deflate, jpeg, lzw, none; got 'zip'"),

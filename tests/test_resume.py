@@ -76,8 +76,10 @@ def test_killed_runs_resume_to_the_same_bytes(setup, pano, when):
         assert "ingest" not in stages                        # the source is reused
     if when.startswith("pass:2") or when == "export":
         assert record["done"] >= 1 and "resume" in stages    # finished passes are not redone
-    if when == "export":
-        assert "cluster" not in stages and "pass" not in stages   # no workers, no model
+    if when == "export":                                     # no workers, no model
+        workers = [int(ln.split()[3]) for ln in resumed.stdout.splitlines()
+                   if ln.startswith("stage")]
+        assert stages == ["pyramid", "resume", "export"] and workers == [0, 0, 0], resumed.stdout
     np.testing.assert_array_equal(read(out), setup["reference"])
     assert not list(d.glob(".out.tif.partial-*"))
     assert sha256(pano) == setup["input_sha"]
@@ -232,3 +234,34 @@ def test_a_resume_that_would_change_pixels_is_refused(setup, pano):
     r = gd(*resume, "--set", f"model.precision={rec['resolved']['precision']}")
     assert r.returncode == 0, r.stderr[-2000:]
     np.testing.assert_array_equal(read(out), setup["reference"])
+
+
+def test_export_of_an_unfinished_run_is_refused_or_says_what_it_writes(pano, tmp_path):
+    from gigadream.store import Store
+    from gigadream.tiling import Box
+    config = tmp_path / "identity.yaml"
+    config.write_text(CONFIG.replace("mode: dream", "mode: identity"))
+    store, out = tmp_path / "store", tmp_path / "out.tif"
+    r = harness(pano, tmp_path / "run.tif", store, config, "pass:2:5")   # octave 0's first pass
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr[-2000:]
+    r = gd("export", store, out)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"gigadream: error: store {store} holds an unfinished run (2 passes done, no result "
+        "yet); run the same 'gigadream run' command again to finish it, or pass --partial to "
+        "export what it holds"]
+    assert not out.exists()
+
+    r = gd("export", store, out, "--partial", "--set", "export.tiff_compression=none")
+    assert r.returncode == 0, r.stderr
+    level1 = Store.open(store).source(1)          # an identity canvas holds the source's pixels
+    (h, w) = level1.shape
+    assert r.stderr.splitlines() == [
+        f"gigadream: writing an unfinished run's latest canvas, after 2 passes: octave 1, "
+        f"{w}×{h} px (the image is 768×512 px)"]
+    np.testing.assert_array_equal(read(out), level1.read_uint8(Box(0, h, 0, w)))
+
+    r = harness(pano, tmp_path / "run.tif", store, config)           # finished: its result
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = gd("export", store, tmp_path / "result.tif", "--set", "export.tiff_compression=none")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    np.testing.assert_array_equal(read(tmp_path / "result.tif"), read(tmp_path / "run.tif"))

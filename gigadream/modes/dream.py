@@ -262,8 +262,9 @@ class DreamMode(Mode):
         """The processor with the octave's ``grad_scale``."""
         from ..classes import indices
         cfg = self.cfg
-        # Jitter wraps the window round; below the margin, the wrap seam stays out of the core.
-        jitter = min(cfg.dream.jitter, self.margin - 1) if self.margin > 0 else cfg.dream.jitter
+        # Jitter wraps the window round; below the margin, the wrap seam stays out of the core
+        # (config refuses a margin of 0 with jitter).
+        jitter = min(cfg.dream.jitter, max(self.margin - 1, 0))
         objectives = tuple(objective(n, w) for n, w in cfg.dream_layers)
         if cfg.dream.classes:
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
