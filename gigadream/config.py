@@ -308,6 +308,17 @@ class Config:
         if s.pooling == "avg" and not self.model.name.startswith("vgg"):
             raise ConfigError(f"style.pooling: avg applies to VGG models only, not {self.model.name}")
 
+    def resolved(self, base: Path) -> Config:
+        """This config with its file paths (style images, model weights) absolute, relative
+        ones taken from ``base``: the workers of a ``--scheduler`` cluster open them too, on
+        other machines and from working folders of their own."""
+        def absolute(p: str) -> str:
+            return str(Path(base).absolute() / p)
+        s, m = self.style, self.model
+        return dataclasses.replace(
+            self, style=dataclasses.replace(s, images=tuple(map(absolute, s.images))),
+            model=dataclasses.replace(m, weights=m.weights and absolute(m.weights)))
+
     @property
     def dream_layers(self) -> tuple[tuple[str, float], ...]:
         """The dream's layers, ``auto`` resolved: the model's classic layer, or none when the

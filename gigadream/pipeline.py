@@ -182,6 +182,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     ``restart`` starts over. The default store is removed after success. The Dask cluster
     starts while the source is ingested."""
     input_path, out = Path(input_path), Path(out)
+    # Workers on other machines open the style images and weights too. run.json and OUT.yaml
+    # then name them absolutely: OUT.yaml reproduces the run from any folder, and a resume
+    # from another folder whose relative paths name other files is refused.
+    cfg = cfg.resolved(Path.cwd())
     report = RunReport()
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     check_output(out, shape, overwrite)          # fails fast before hours of work
