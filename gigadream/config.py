@@ -223,7 +223,8 @@ class EngineConfig:
     workers: int | str = _field("auto", parse_int(1, auto=True),
                                 "worker processes; auto = one per GPU, else one")
     threads: int | str = _field("auto", parse_int(1, auto=True),
-                                "torch threads per worker; auto = cores / workers")
+                                "torch threads per worker; auto = cores / workers, or on "
+                                "a --scheduler cluster each worker's own Dask threads")
     scheduler: str | None = _field(None, parse_optional_str,
                                    "address of an existing Dask scheduler; null = start one here")
     batch: int | str = _field("auto", parse_int(1, 64, auto=True),
