@@ -223,7 +223,8 @@ class EngineConfig:
     workers: int | str = _field("auto", parse_int(1, auto=True),
                                 "worker processes; auto = one per GPU, else one")
     threads: int | str = _field("auto", parse_int(1, auto=True),
-                                "torch threads per worker; auto = cores / workers")
+                                "torch threads per worker; auto = cores / workers, or on "
+                                "a --scheduler cluster each worker's own Dask threads")
     scheduler: str | None = _field(None, parse_optional_str,
                                    "address of an existing Dask scheduler; null = start one here")
     batch: int | str = _field("auto", parse_int(1, 64, auto=True),
@@ -315,6 +316,17 @@ class Config:
                                       "convolutional layer")
         if s.pooling == "avg" and not self.model.name.startswith("vgg"):
             raise ConfigError(f"style.pooling: avg applies to VGG models only, not {self.model.name}")
+
+    def resolved(self, base: Path) -> Config:
+        """This config with its file paths (style images, model weights) absolute, relative
+        ones taken from ``base``: the workers of a ``--scheduler`` cluster open them too, on
+        other machines and from working folders of their own."""
+        def absolute(p: str) -> str:
+            return str(Path(base).absolute() / p)
+        s, m = self.style, self.model
+        return dataclasses.replace(
+            self, style=dataclasses.replace(s, images=tuple(map(absolute, s.images))),
+            model=dataclasses.replace(m, weights=m.weights and absolute(m.weights)))
 
     @property
     def dream_layers(self) -> tuple[tuple[str, float], ...]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import dask
+import dask.system
 import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 
@@ -269,15 +270,26 @@ def cuda_devices() -> int:
     return min(found, n)
 
 
+def worker_threads(setting: int | str, task_threads: int) -> int:
+    """Torch threads of a worker of an existing cluster, sized on its own machine
+    (``engine.threads``): auto is its Dask thread count, the share of its machine's cores its
+    operator gave it (``dask worker`` starts cores / ``--nworkers`` of them), at most the
+    cores it may use (affinity and a container's quota count: dask's ``cpu_count``)."""
+    if setting != "auto":
+        return int(setting)
+    return max(1, min(task_threads, dask.system.cpu_count()))
+
+
 class WorkerSetup(WorkerPlugin):
-    """Runs once in each worker process: bounds its threads, gives it its device, and runs
-    ``warm`` (a mode's: loading the model) before the first task, so a pass never waits on
-    weights and each worker loads them once. ``devices``: the embedded cluster's, one a
-    worker (by its number); None: the worker's own default."""
+    """Runs once in each worker process: bounds its threads (``threads`` auto is resolved on
+    the worker: ``worker_threads``), gives it its device, and runs ``warm`` (a mode's:
+    loading the model) before the first task, so a pass never waits on weights and each
+    worker loads them once. ``devices``: the embedded cluster's, one a worker (by its
+    number); None: the worker's own default."""
 
     name = "gigadream-setup"
 
-    def __init__(self, threads: int, warm: Callable[[], Any] | None = None,
+    def __init__(self, threads: int | str, warm: Callable[[], Any] | None = None,
                  parent: int | None = None, devices: list[str] | None = None):
         self.threads = threads
         self.warm = warm
@@ -285,7 +297,8 @@ class WorkerSetup(WorkerPlugin):
         self.devices = devices
 
     def setup(self, worker) -> None:
-        os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        threads = worker_threads(self.threads, worker.state.nthreads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
         if self.parent is not None:
             _exit_with_parent(self.parent)
             # as the client's LocalCluster(silence_logs=...): its task errors reach the
@@ -295,7 +308,7 @@ class WorkerSetup(WorkerPlugin):
         # torch even without a model: the canvases' float16 conversions go through it
         # (store.convert), 3-7x faster than numpy's: an identity pass runs 1.8x faster.
         import torch
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(threads)
         if self.devices and isinstance(worker.name, int):
             from .devices import use_device
             use_device(self.devices[worker.name % len(self.devices)])
@@ -339,19 +352,18 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
             raise ClusterError(f"no Dask scheduler answers at {scheduler} ({e.__class__.__name__}); "
                                "check the address, or leave out --scheduler to start one here") from e
         local, devices = None, None
-        n = len(client.scheduler_info()["workers"]) or 1
     else:
         gpus = cuda_devices()
         n = workers if workers != "auto" else max(1, gpus)
         devices = [f"cuda:{i}" for i in range(gpus)] or None
-    nthreads = threads if threads != "auto" else max(1, (os.cpu_count() or 1) // n)
-    if not scheduler:
+        # the workers share this machine's cores
+        threads = threads if threads != "auto" else max(1, dask.system.cpu_count() // n)
         # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB. The
         # first makes every executor thread single-threaded (OpenMP counts are per thread);
         # the second also freezes glibc's mmap threshold, so every activation is mmapped and
-        # faulted in afresh: a VGG16 forward ran 1.7x slower than in a plain process
+        # faulted in afresh: a VGG16 forward runs 1.7x slower than in a plain process
         # (measured here). run_tiles trims the heap after each task instead.
-        spawn_env = {k: str(nthreads) for k in
+        spawn_env = {k: str(threads) for k in
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
@@ -366,7 +378,7 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                                  silence_logs=logging.CRITICAL)   # task errors reach us anyway
         client = Client(local)
     try:
-        client.register_plugin(WorkerSetup(nthreads, warm, os.getpid() if local else None,
+        client.register_plugin(WorkerSetup(threads, warm, os.getpid() if local else None,
                                            devices))
         yield DaskExecutor(client)
     finally:

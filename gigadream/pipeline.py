@@ -78,6 +78,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     each finished stage and pass; running the same command again resumes after the last one,
     ``restart`` starts over. The default store is removed after success. The Dask cluster
     starts while the source is ingested; a resume with only the export left starts none."""
+    # Workers on other machines open the style images and weights too. run.json and OUT.yaml
+    # then name them absolutely: OUT.yaml reproduces the run from any folder, and a resume
+    # from another folder whose relative paths name other files is refused.
+    cfg = cfg.resolved(Path.cwd())
     input_path, out, mode = Path(input_path), Path(out), mode_for(cfg)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     check_output(out, shape, overwrite)          # fails fast before hours of work
@@ -346,7 +350,8 @@ def _versions() -> dict:
 
 
 # What each resolved value is set by, so that a resume can ask for it explicitly.
-RESOLVED_SETTINGS = {"batch": "engine.batch", "precision": "model.precision"}
+RESOLVED_SETTINGS = {"batch": "engine.batch", "precision": "model.precision",
+                     "threads": "engine.threads"}
 
 
 def check_resolved(store: Store, resolved: dict) -> dict:

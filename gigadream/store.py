@@ -226,7 +226,8 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.root = str(self.path)
+        # absolute: workers of a --scheduler cluster, in working folders of their own, open it
+        self.root = os.path.abspath(self.path)
 
     @classmethod
     def create(cls, path: Path, overwrite: bool = False) -> Store:

@@ -40,6 +40,23 @@ def test_overrides_reach_nested_keys_and_parse_yaml_values():
     assert cfg.dream.iterations == 7 and cfg.dream.layers == (("relu4_1", 2.0),) and cfg.seed == 9
 
 
+def test_resolved_makes_relative_paths_absolute(tmp_path, photos, monkeypatch):
+    """Relative style images and weights are taken from the base folder; absolute ones and
+    the bundled weights (null) stay as they are; the result validates from any folder."""
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "a.jpg").write_bytes(photos["coffee_jpg"].read_bytes())
+    (tmp_path / "vgg.h5").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["mode=style", f"style=[art/a.jpg, {photos['chelsea_jpg']}]",
+                             "model.weights=./vgg.h5"])
+    monkeypatch.chdir(photos["coffee_jpg"].parent)        # elsewhere: relative paths break
+    out = cfg.resolved(tmp_path)
+    assert out.style.images == (str(tmp_path / "art" / "a.jpg"), str(photos["chelsea_jpg"]))
+    assert out.model.weights == str(tmp_path / "vgg.h5")
+    assert out.style.iterations == cfg.style.iterations and out.seed == cfg.seed
+    assert load_config(None, ["mode=identity"]).resolved(tmp_path).model.weights is None
+
+
 BAD = [
     (["dream.iterations=0"], r"dream.iterations: expected an integer of at least 1, got 0"),
     (["dream.iterations=-3"], r"dream.iterations: expected an integer of at least 1, got -3"),

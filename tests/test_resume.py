@@ -210,6 +210,7 @@ def test_a_resume_that_would_change_pixels_is_refused(setup, pano):
     store, out = d / "store", d / "out.tif"
     rec = json.loads((store / "run.json").read_text())
     assert rec["resolved"]["device"] == "cpu" and rec["resolved"]["batch"] == 1
+    assert rec["resolved"]["threads"] == 1                       # engine.threads: 1
     assert rec["resolved"]["precision"] in ("fp32", "bf16")
     resume = ["run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet"]
 
@@ -223,7 +224,9 @@ def test_a_resume_that_would_change_pixels_is_refused(setup, pano):
     edit_record(store, lambda r: r["resolved"].update(batch=4))
     msg = refused()
     assert "engine.batch=4" in msg and "--restart" in msg
-    edit_record(store, lambda r: r["resolved"].update(batch=1))
+    edit_record(store, lambda r: r["resolved"].update(batch=1, threads=2))
+    assert "engine.threads=2" in refused()     # a CPU's sums split over threads differ
+    edit_record(store, lambda r: r["resolved"].update(threads=1))
     other = "bf16" if rec["resolved"]["precision"] == "fp32" else "fp32"
     assert f"model.precision={rec['resolved']['precision']}" in refused(
         "--set", f"model.precision={other}")

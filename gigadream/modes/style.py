@@ -319,10 +319,10 @@ class StyleMode(Mode):
         return load_on_device(self.cfg.model.name, self.cfg.model.weights)
 
     def resolve(self, executor) -> dict:
-        """The workers' device kind (a GPU's arithmetic differs from a CPU's)."""
-        from .dream import worker_resolution
-        kinds = {k for k, _ in executor.each_worker(worker_resolution, "fp32", self.cfg.model.name)}
-        return {"device": kinds.pop() if len(kinds) == 1 else "mixed"}
+        """The workers' device kind (a GPU's arithmetic differs from a CPU's) and threads."""
+        from .dream import agreed, worker_resolution
+        found = executor.each_worker(worker_resolution, "fp32", self.cfg.model.name)
+        return {"device": agreed({f[0] for f in found}), "threads": agreed({f[2] for f in found})}
 
     def octave_plan(self, k: int, shape: tuple[int, int], octaves: int) -> list[PassPlan]:
         if k == octaves - 1:
