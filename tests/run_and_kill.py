@@ -23,8 +23,9 @@ def main() -> None:
     state = {"pass": -1, "tiles": 0, "done": False}
 
     def kill_worker() -> None:
+        # Dask's worker processes (multiprocessing's spawn); not its resource tracker
         workers = [p for p in psutil.Process().children()
-                   if "multiprocessing" in " ".join(p.cmdline())]
+                   if "multiprocessing.spawn" in " ".join(p.cmdline())]
         assert workers, "no worker process to kill"
         workers[0].kill()
         print("killed worker", workers[0].pid, flush=True)
@@ -46,6 +47,8 @@ def main() -> None:
             if kind == "worker":
                 kill_worker()
             else:
+                print(f"kill -9 with {len(psutil.Process().children())} child processes",
+                      flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     run(Path(src), load_config(config), Path(out), store_path=Path(store), on_event=on_event)
