@@ -2,12 +2,15 @@
 
 Counts come from the run's own plan (the same tiles, windows and steps the passes will use).
 FLOPs per pixel are counted by torch's FlopCounterMode on one small window (forward to the
-deepest layer and the backward to the pixels). Time on this machine comes from timing that
-window (a short calibration); on a named GPU from its peak FLOP rate at an assumed efficiency.
+deepest layer and the backward to the pixels). Time on this machine comes from timing a few
+of the run's own window shapes (a short calibration); on a named GPU from its peak FLOP rate
+at an assumed efficiency.
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,14 @@ GPUS = {"t4": (8.1, 65.0), "l4": (30.3, 121.0), "a10": (31.2, 125.0), "a100": (1
 # Convolutions on tile windows reach about this share of peak (cuDNN, engine.batch's 4 windows
 # a step): an assumption, not yet measured.
 GPU_EFFICIENCY = 0.35
+# plan times the model on PROBES of the run's window shapes (at most this side): a first step
+# of each, then rounds of one step of each for CALIBRATION_S, at least REPEATS rounds. The
+# time a run's steps take follows the machine's load; a few seconds of rounds sample more of
+# it than a few steps did (their estimate varied 6× within minutes on this shared machine).
 CALIBRATION_SIDE = 192
+PROBES = 5
+REPEATS = 2
+CALIBRATION_S = 8.0
 
 
 @dataclass
@@ -40,8 +50,10 @@ class Estimate:
     cpu_s_per_step: float            # a step costs cpu_s_per_step + pixels × per megapixel
     cpu_s_per_mp_iteration: float
     precision: str = "fp32"          # of the model steps on this machine (model.precision)
-    shapes: int = 0                  # distinct window shapes the steps take
+    shapes: int = 0                  # first steps of a window shape in a worker process
     cpu_s_per_shape: float = 0.0     # the first step of each shape in a process costs this more
+    task_mp: float = 0.0             # Σ window megapixels of each Dask task's first step
+    cpu_s_per_task_mp: float = 0.0   # a task's first step costs this more per megapixel
 
     @property
     def flops(self) -> float:
@@ -49,8 +61,9 @@ class Estimate:
 
     @property
     def cpu_seconds(self) -> float:
-        return (self.steps * self.cpu_s_per_step + self.window_mp_iterations * self.cpu_s_per_mp_iteration
-                + self.shapes * self.cpu_s_per_shape)
+        return (self.steps * self.cpu_s_per_step
+                + self.window_mp_iterations * self.cpu_s_per_mp_iteration
+                + self.shapes * self.cpu_s_per_shape + self.task_mp * self.cpu_s_per_task_mp)
 
     def gpu_seconds(self, gpu: str, bf16: bool = False) -> float:
         return self.flops / (GPUS[gpu][bf16] * 1e12 * GPU_EFFICIENCY)
@@ -63,30 +76,68 @@ def step_precision(cfg: Config) -> str:
             if cfg.mode == "dream" else "fp32")
 
 
-def _model_costs(cfg: Config, workers: int) -> tuple[float, float, float, int, float]:
+def _probe_shapes(shapes: list[tuple[int, int]], n: int = PROBES) -> list[tuple[int, int]]:
+    """``n`` of the run's window shapes, from its smallest to its largest by area, windows
+    larger than a CALIBRATION_SIDE square replaced by that square (a 700 px window's steps
+    would make ``plan`` last minutes): the fit's cost per pixel extends to them."""
+    cap = CALIBRATION_SIDE ** 2
+    by_area = sorted({s if s[0] * s[1] <= cap else (CALIBRATION_SIDE, CALIBRATION_SIDE)
+                      for s in shapes}, key=lambda s: (s[0] * s[1], s))
+    if len(by_area) <= n:
+        return by_area
+    return [by_area[round(i * (len(by_area) - 1) / (n - 1))] for i in range(n)]
+
+
+def _model_costs(cfg: Config, workers: int,
+                 shapes: list[tuple[int, int]]) -> tuple[float, float, float, int, float, float]:
     """(FLOPs per pixel, seconds per step call, seconds per megapixel-step, bytes a step keeps
-    for the backward per pixel, seconds more for the first step of a new window shape) on
-    this CPU: a step costs a + b × pixels, fitted on two window sizes (small windows pay the
-    per-call overhead); oneDNN prepares its kernels once per shape (in bf16 the first step of
-    a window of a new shape took 25-60 ms more than the next, measured), and tiles at the
-    image's edges bring new shapes on every pass."""
+    for the backward per pixel, seconds more for the first step of a new window shape,
+    seconds more per megapixel for the first step of a Dask task) on
+    this CPU, timed where a run takes its steps: in a task of a worker of an embedded
+    cluster (its environment, threads and allocator settings), which costs ``plan`` the
+    worker's start, 3-5 s. Steps timed in the calling process ran at another speed: on
+    this shared, busy machine a VGG16 step of a 168×169 window took 550-1900 ms on a
+    process's main thread, 70-260 ms in a worker's task (measured), and the estimate stood
+    at 2.3-5.9× a real run's model time.
+
+    The steps are those of the run's own window ``shapes`` (``_probe_shapes``): edge tiles
+    bring thin windows that cost more per pixel than a square's. A step costs a + b ×
+    pixels, fitted by least squares on repeated steps of each probed shape. oneDNN prepares
+    its kernels once per shape in a process, and in a small image most windows are the
+    first of their shape: each probe's first step is timed against the fit. A worker trims
+    its heap after each Dask task (engine.release_freed_memory), so a task's first step
+    faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
+    measured in a worker); that cost is timed after a trim, per megapixel."""
+    from .engine import cluster
+
+    if cfg.mode == "identity":
+        return 0.0, 0.0, 0.0, 0, 0.0, 0.0
+    threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (engine.cluster)
+    with cluster(1, threads, model=(cfg.model.name, cfg.model.weights)) as ex:
+        return ex.submit(_time_steps, cfg, shapes).result()
+
+
+def _time_steps(cfg: Config,
+                shapes: list[tuple[int, int]]) -> tuple[float, float, float, int, float, float]:
+    """``_model_costs``, measured in the calling process (a worker's task)."""
+    import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .engine import release_freed_memory
     from .models import as_input, autocast, get_model
 
-    if cfg.mode == "identity":
-        return 0.0, 0.0, 0.0, 0, 0.0
     net = get_model(cfg.model.name, cfg.model.weights)
     layers = frozenset(n.partition(":")[0] for n in cfg.layers)
-    torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     precision = step_precision(cfg)
 
-    def step(h, w=None):
-        x = as_input(torch.rand(1, 3, h, h if w is None else w) * 255).requires_grad_(True)
+    def step(h, w) -> float:
+        x = as_input(torch.rand(1, 3, h, w) * 255).requires_grad_(True)
+        t = time.perf_counter()
         with autocast("cpu", precision):
             acts = net(x, layers)
         sum(a.float().pow(2).mean() for a in acts.values()).backward()
+        return time.perf_counter() - t
 
     saved = [0]
 
@@ -97,48 +148,51 @@ def _model_costs(cfg: Config, workers: int) -> tuple[float, float, float, int, f
     side = CALIBRATION_SIDE
     with FlopCounterMode(display=False) as counter, \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step(side)
-
-    def seconds(h, w=None):
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            step(h, w)
-            times.append(time.perf_counter() - t)
-        return sorted(times)[1]      # the median: a run meets this noisy machine's typical speed
-    small, large = seconds(side // 3), seconds(side)
-    per_mp = max(large - small, 1e-9) / ((side ** 2 - (side // 3) ** 2) / 1e6)
-    per_call = max(0.0, large - per_mp * side ** 2 / 1e6)
-    firsts = []
-    # shapes not seen yet in this process, of other aspects, as edge tiles have: a shape near
-    # one seen may reuse its kernels (192 → 194 px cost 11 ms more, 59 × 166 px 40 ms)
-    for h, w in ((side - 29, side - 29), (side // 3 + 7, side - 11), (side - 3, side // 2 + 5)):
-        t = time.perf_counter()
-        step(h, w)
-        firsts.append(time.perf_counter() - t - seconds(h, w))
-    return (counter.get_total_flops() / side ** 2, per_call, per_mp, saved[0] / side ** 2,
-            max(0.0, sorted(firsts)[1]))
+        step(side, side + 1)         # a shape no probe has: it stays new to them
+    probes = _probe_shapes(shapes)
+    first = {s: step(*s) for s in probes}
+    pixels, seconds, again, trimmed = [], [], {s: [] for s in probes}, []
+    end = time.perf_counter() + CALIBRATION_S
+    while min(map(len, again.values())) < REPEATS or time.perf_counter() < end:
+        for s in probes:             # round after round: each sees the machine's changes
+            release_freed_memory()   # as after each Dask task: a task's first step
+            after_trim = step(*s)
+            again[s].append(step(*s))
+            pixels.append(s[0] * s[1] / 1e6)
+            seconds.append(again[s][-1])
+            trimmed.append(after_trim - again[s][-1])
+    firsts = [first[s] - float(np.mean(again[s])) for s in probes]
+    if len(set(pixels)) > 1:
+        per_mp, per_call = np.polyfit(pixels, seconds, 1)
+    else:                            # one shape: the whole step per its pixels
+        per_mp, per_call = float(np.median(seconds)) / pixels[0], 0.0
+    return (counter.get_total_flops() / (side * (side + 1)), max(float(per_call), 0.0),
+            max(float(per_mp), 0.0), saved[0] / (side * (side + 1)),
+            max(0.0, float(np.mean(firsts))), max(0.0, sum(trimmed) / sum(pixels)))
 
 
 def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     shape = image_shape(Path(input_path))
     passes = plan(shape, cfg)
     octaves, scale = cfg.octaves(shape)
-    mp_its, tiles, window_px, steps, shapes = 0.0, 0, 0, 0, set()
+    mp_its, task_mp, tiles, window_px, steps, shapes = 0.0, 0.0, 0, 0, 0, Counter()
     for pp in passes:
         for t in grid(pp.shape, pp.tile, pp.offset, 0 if pp.whole else cfg.margin, cfg.align):
-            shapes.add(t.window.shape)
+            shapes[t.window.shape] += 1
             px = t.window.shape[0] * t.window.shape[1]
             window_px = max(window_px, px)
             mp_its += px / 1e6 * (pp.iterations + pp.stats)
             steps += pp.iterations + pp.stats
+            task_mp += px / 1e6 * (1 + pp.stats)     # a CPU's model task: one tile
         tiles += pp.tiles
     if cfg.mode == "dream":       # calibration: one gradient per sampled tile per octave
         for k in range(octaves):
             t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
             n = min(len(t), cfg.dream.calibration_tiles)
             shapes.update(x.window.shape for x in t)     # an upper bound: n of them are used
-            mp_its += n * sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
+            mean_mp = sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
+            mp_its += n * mean_mp
+            task_mp += n * mean_mp
             steps += n
     # Store: the source pyramid (raw uint8) and, at the peak, the two float16
     # canvases of octave 0 with octave 1's two still on disk during octave 0's first pass.
@@ -149,8 +203,10 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
         h, w = padded_shape(octave_shape(shape, scale, k), tile)
         canvases += 2 * 3 * 2 * h * w
     workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
-    flops_px, per_step, per_mp, bytes_px, per_shape = (_model_costs(cfg, workers) if calibrate
-                                                       else (0.0, 0.0, 0.0, 0.0, 0.0))
+    flops_px, per_step, per_mp, bytes_px, per_shape, per_task_mp = (
+        _model_costs(cfg, workers, list(shapes)) if calibrate else (0.0,) * 6)
+    # each worker process meets a shape for the first time once, if its tiles reach it
+    firsts = sum(min(workers, n) for n in shapes.values())
     # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its
     # window (float32 in and out), the next tile's window and content read ahead (prefetch),
     # and one step's saved activations for the largest window.
@@ -158,7 +214,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     return Estimate(shape, octaves, len(passes), tiles, mp_its, steps, flops_px,
                     src + canvases, worker_ram, per_step, per_mp,
                     step_precision(cfg) if cfg.mode != "identity" else "fp32",
-                    len(shapes) if cfg.mode != "identity" else 0, per_shape)
+                    firsts if cfg.mode != "identity" else 0, per_shape, task_mp, per_task_mp)
 
 
 def _duration(s: float) -> str:
@@ -184,8 +240,9 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         f"RAM per worker {e.worker_ram_bytes / 1e9:.2f} GB (model, one window's step, the next window)",
         f"this machine   {_duration(e.cpu_seconds)} of model time "
         f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step + {e.cpu_s_per_step * 1e3:.0f} ms "
-        f"per call + {e.cpu_s_per_shape * 1e3:.0f} ms for each of {e.shapes} window shapes, "
-        f"measured now, in {e.precision})",
+        f"per call + {e.cpu_s_per_shape * 1e3:.0f} ms for each of {e.shapes} first steps of a "
+        f"window shape + {e.cpu_s_per_task_mp:.2f} s per megapixel of a task's first step, "
+        f"measured now in a worker, in {e.precision})",
     ]
     if gpu:
         lines.append(f"{gpu:<14} {_duration(e.gpu_seconds(gpu))} fp32, "

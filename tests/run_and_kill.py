@@ -20,11 +20,11 @@ from gigadream.pipeline import Rows, Stage, Work, run
 
 def worker_processes(recursive: bool = False) -> list[psutil.Process]:
     """This run's Dask worker processes, alive ones only: those multiprocessing spawned
-    (``recursive``: with their own, such as its resource tracker)."""
+    (``recursive``: with those they spawned), not its resource tracker."""
     out = []
     for p in psutil.Process().children(recursive=recursive):
         try:
-            if "multiprocessing" in " ".join(p.cmdline()):
+            if "multiprocessing.spawn" in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:        # gone, or a killed worker not yet reaped (a zombie)
             pass
@@ -59,6 +59,8 @@ def main() -> None:
             if kind == "worker":
                 kill_worker()
             else:
+                print(f"kill -9 with {len(psutil.Process().children())} child processes",
+                      flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     run(Path(src), load_config(config), Path(out), store_path=Path(store), on_event=on_event)

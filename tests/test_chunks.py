@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, BytesCodec, TransposeCodec, ZstdCodec
 
 from gigadream import chunks
-from gigadream.store import Store, interleaved, to_uint8
+from gigadream.store import ArrayView, Store, interleaved, to_uint8
 from gigadream.tiling import Box, grid
 
 CODECS = {"raw": None, "lz4": BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"),
@@ -41,17 +41,64 @@ def test_what_zarr_wrote_reads_back_here_and_what_we_wrote_reads_in_zarr(tmp_pat
         assert got.dtype == np.dtype(dtype) and np.array_equal(got, want), (y0, y1, x0, x1)
 
 
-def test_other_layouts_are_left_to_zarr(tmp_path):
+# Arrays that chunks.py does not read or write itself (chunks.layout is None), each one step
+# away from a layout it handles: (create_array arguments, uncompressed unless they say, dtype).
+OTHER_LAYOUTS = {
+    "channels in separate chunks": ({"chunks": (1, 128, 128)}, "uint8"),
+    "zarr v2": ({"chunks": (3, 128, 128), "zarr_format": 2}, "uint8"),
+    "zstd, not blosc": ({"chunks": (3, 128, 128), "compressors": [ZstdCodec(level=1)]}, "uint8"),
+    "big-endian bytes": ({"chunks": (3, 128, 128), "serializer": BytesCodec(endian="big")},
+                         "uint16"),
+    "blosc of another typesize": ({"chunks": (3, 128, 128), "compressors": [BloscCodec(
+        cname="lz4", clevel=1, shuffle="shuffle", typesize=4)]}, "uint16"),
+    "a transpose before the bytes": ({"chunks": (3, 128, 128),
+                                      "filters": [TransposeCodec(order=(0, 2, 1))]}, "float16"),
+}
+
+
+@pytest.mark.parametrize("name", OTHER_LAYOUTS)
+def test_other_layouts_are_left_to_zarr(tmp_path, name):
+    """An array of another layout is read and written through zarr: the store's views give
+    and take the same pixels as zarr's own slicing."""
+    kw, dtype = OTHER_LAYOUTS[name]
+    arr = zarr.create_array(store=str(tmp_path / "a"), shape=(3, 300, 520), dtype=dtype,
+                            fill_value=0, **{"compressors": None, **kw})
+    assert chunks.layout(str(tmp_path / "a")) is None
+    pixels = np.random.default_rng(4).integers(0, 256, (3, 300, 520)).astype(dtype)
+    arr[:, :256] = pixels[:, :256]                        # zarr writes the top two chunk rows
+    view = ArrayView(str(tmp_path), "a", (300, 520))
+    for t in grid((300, 520), 128):                       # the view writes the last one
+        if t.row == 2:
+            view.write(t, pixels[(slice(None), *t.core.slices())].astype(np.float32))
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a"), mode="r")[:], pixels)
+    for box in [Box(0, 300, 0, 520), Box(5, 17, 3, 400), Box(127, 260, 127, 129),
+                Box(299, 300, 519, 520)]:
+        want = pixels[(slice(None), *box.slices())]
+        assert np.array_equal(view.read(box), want.astype(np.float32)), box
+        assert np.array_equal(view.read_uint8(box), to_uint8(want).transpose(1, 2, 0)), box
+
+
+def test_blosc_of_any_cname_is_read_and_written_here(tmp_path):
     zstd = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2)
-    a = make(tmp_path / "z", "uint8", None, chunk=(1, 128, 128))      # channels split
-    b = zarr.create_array(store=str(tmp_path / "v2"), shape=(3, 8, 8), chunks=(3, 8, 8),
-                          dtype="uint8", zarr_format=2)
-    c = make(tmp_path / "t", "uint16", zstd)                            # typesize ok, codec blosc
-    assert a.shape and b.shape and c.shape
-    assert chunks.layout(str(tmp_path / "t")).codec is not None     # blosc of any cname: ours
-    assert chunks.layout(str(tmp_path / "z")) is None
-    assert chunks.layout(str(tmp_path / "v2")) is None
+    pixels = np.random.default_rng(5).integers(0, 1 << 16, (3, 300, 520)).astype(np.uint16)
+    theirs = make(tmp_path / "theirs", "uint16", zstd)
+    ours = make(tmp_path / "ours", "uint16", zstd)
+    theirs[:] = pixels
+    lay = chunks.layout(str(tmp_path / "theirs"))
+    assert lay is not None and lay.codec is not None
+    assert np.array_equal(chunks.read(lay, 0, 300, 0, 520), pixels)
+    lay = chunks.layout(str(tmp_path / "ours"))
+    for iy in range(3):
+        for ix in range(5):
+            chunks.write(lay, iy, ix, pixels[:, iy * 128:(iy + 1) * 128, ix * 128:(ix + 1) * 128])
+    assert np.array_equal(ours[:], pixels)
+
+
+def test_no_array_has_no_layout(tmp_path):
     assert chunks.layout(str(tmp_path / "missing")) is None
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "zarr.json").write_text("{not json")
+    assert chunks.layout(str(tmp_path / "junk")) is None
 
 
 def test_views_through_chunks_match_zarr_slicing(tmp_path):

@@ -213,3 +213,28 @@ def test_a_quiet_run_says_nothing_while_another_holds_the_dashboard_port(photos,
     finally:
         held.close()
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_ingest_then_run_on_its_store_equals_a_plain_run(photos, tmp_path):
+    """``gigadream ingest`` (its default config: 4 octaves) then ``gigadream run --store`` with
+    a small dream config: the run reuses the ingested source and pyramid, and its result is
+    a plain run's, pixel for pixel."""
+    import json
+    src = photos["chelsea_jpg"]
+    small = [a for s in ("mode=dream", "dream.layers=[relu2_2]", "dream.octaves=2",
+                         "dream.passes=1", "dream.iterations=1", "dream.calibration_tiles=2",
+                         "tiling.tile=128", "engine.workers=1", "export.tiff_compression=none")
+             for a in ("--set", s)]
+    r = gd("run", src, "-o", tmp_path / "plain.tif", "--quiet", *small)
+    assert r.returncode == 0, r.stderr
+    r = gd("ingest", src, tmp_path / "store", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = gd("run", src, "-o", tmp_path / "stored.tif", "--store", tmp_path / "store", "--quiet",
+           "--events", tmp_path / "events.jsonl", *small)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
+    stages = [e["name"] for e in events if e["event"] == "Stage"]
+    assert "ingest" not in stages and stages.count("pass") == 2, stages
+    plain = read(tmp_path / "plain.tif")
+    assert np.abs(plain.astype(int) - read(src)).mean() > 2       # it dreamed
+    np.testing.assert_array_equal(read(tmp_path / "stored.tif"), plain)

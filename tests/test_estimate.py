@@ -22,10 +22,13 @@ def test_estimate_counts_match_the_plan_and_the_time_is_near_a_real_run(pano, tm
     assert e.flops_per_pixel > 1e5 and e.store_bytes > 3 * 768 * 512
     report = run(pano, cfg, tmp_path / "out.tif")
     ratio = e.cpu_seconds / report.model_s
-    print(f"estimated model time {e.cpu_seconds:.1f} s, measured {report.model_s:.1f} s")
-    # measured 0.42-0.66 in bf16, 0.55-0.85 in fp32: the run meets the first steps of many edge
-    # window shapes, and this machine's speed varies by 2x within minutes
-    assert 0.3 < ratio < 2.5
+    print(f"estimated model time {e.cpu_seconds:.1f} s ({e.cpu_s_per_step * 1e3:.0f} ms a step, "
+          f"{e.cpu_s_per_mp_iteration:.2f} s/MP, {e.cpu_s_per_shape * 1e3:.0f} ms a new shape, "
+          f"{e.cpu_s_per_task_mp:.2f} s/MP a task's first step), "
+          f"measured {report.model_s:.1f} s")
+    # measured 0.70-1.25 in bf16 on this shared machine under a load of 10-12 on its two
+    # cores, whose speed varies by 2x within minutes
+    assert 0.45 < ratio < 2.0
 
 
 def test_plan_command_prints_the_costs(pano):
