@@ -153,14 +153,16 @@ def calibrate(executor, view, cfg: Config, octave: int, report: RunReport | None
     return max(total / max(count, 1), 1e-12)
 
 
-def _source(input_path: Path, store: Store, shape: tuple[int, int], keep_store: bool,
-            on_event, report: RunReport) -> None:
-    """The input streamed into the store's source level 0, unless an attempt before did it."""
+def _source(input_path: Path, store: Store, shape: tuple[int, int], cfg: Config,
+            keep_store: bool, on_event, report: RunReport) -> None:
+    """The input streamed into the store's source pyramid, unless an attempt before did it."""
     t = time.perf_counter()
     if not store.has_source():
         on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
+        octaves, scale = cfg.octaves(shape)
         try:
-            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
+            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]),
+                   octaves=octaves, scale=scale)
         except InputError:      # a damaged input: nothing worth resuming, leave no litter
             if not keep_store:
                 shutil.rmtree(store.path, ignore_errors=True)
@@ -197,12 +199,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
                                 model)
     try:
-        _source(input_path, store, shape, keep_store, on_event, report)
+        _source(input_path, store, shape, cfg, keep_store, on_event, report)
         octaves, scale = cfg.octaves(shape)
         t = time.perf_counter()
-        # The pyramid runs on this process's threads, not as Dask tasks: its 256 px chunks
-        # take ~10 ms each, less than a Dask task's own cost here (200 MP, one octave: 7.5 s
-        # on two threads against 24-40 s on the cluster, measured).
+        # Ingest made the pyramid; a store ingested for other octaves gets its levels here.
         on_event(Stage("pyramid", f"{octaves} octaves"))
         sources = build_pyramid(store, octaves, scale)
         report.stage_s["pyramid"] = time.perf_counter() - t

@@ -1,4 +1,5 @@
 """Ingest: what users feed (formats, colour spaces, bit depths, orientation) and bad input."""
+import mmap
 import re
 import threading
 
@@ -10,7 +11,9 @@ import zarr
 
 from conftest import save, sha256
 from gigadream.errors import InputError, StoreError
-from gigadream.ingest import _ChunkRows, _stream, build_pyramid, ingest
+from gigadream import ingest as ingest_mod
+from gigadream.ingest import _Pyramid, _Rows, _Stream, _stream, build_pyramid, ingest
+from gigadream.resample import octave_shape
 from gigadream.store import Store
 
 CHELSEA = skimage.data.chelsea()          # (300, 451, 3)
@@ -148,40 +151,98 @@ def test_store_refuses_a_folder_holding_other_data(tmp_path):
         Store.open(tmp_path / "mine")
 
 
-def _gathered(rows: _ChunkRows, feed) -> tuple[np.ndarray, list[int]]:
-    """Run ``feed`` as libvips would (on its own thread) and read the chunk-rows back here
-    into one planar image, padded to whole chunks."""
-    decoder = threading.Thread(target=rows.run, args=(lambda _sink: feed(), None))
-    decoder.start()
-    strips, counts = [], []
-    for n, row in rows:
-        counts.append(n)
-        strips.append(row.transpose(1, 2, 0, 3).reshape(3, row.shape[2], -1).copy())
-        rows.recycle(row)
-    decoder.join()
-    return np.concatenate(strips, axis=1), counts
+class _Target:                          # stands in for pyvips.TargetCustom
+    def on_write(self, handler):
+        self.write = handler
 
 
-def test_chunk_rows_gather_a_stream_cut_anywhere():
+class _Pieces:
+    """An image that libvips would write to a target in ``pieces`` of raw bytes."""
+
+    def __init__(self, pieces):
+        self.pieces, self.taken = pieces, []
+
+    def rawsave_target(self, target):
+        self.taken.extend(target.write(p) for p in self.pieces)
+
+
+def _resized_like_libvips(image: np.ndarray, shapes) -> list[np.ndarray]:
+    """Each level libvips' resize of the whole level before it (the pyramid's definition)."""
+    levels, prev = [], pyvips.Image.new_from_array(image)
+    for h, w in shapes:
+        prev = prev.resize(w / prev.width, vscale=h / prev.height,
+                           kernel=ingest_mod.PYRAMID_KERNEL, gap=0)
+        levels.append(prev.numpy())
+        prev = pyvips.Image.new_from_array(levels[-1])
+    return levels
+
+
+def _planar_chunks(view) -> np.ndarray:
+    """All chunk files of a level as one planar image, padded to whole chunks."""
+    lay = view.layout
+    ny, nx = (-(-n // 256) for n in view.shape)
+    return np.block([[np.fromfile(lay.file(iy, ix), dtype=np.uint8).reshape(3, 256, 256)
+                      for ix in range(nx)] for iy in range(ny)])
+
+
+def test_a_stream_cut_anywhere_lands_in_level_0_and_the_pyramid(tmp_path, monkeypatch):
     """libvips hands the raw pixels over in pieces that need not end on a line: one byte,
-    part of a line, many lines across a chunk-row's end. Every pixel lands in its chunk, and
-    the outside of the image (right and bottom edge chunks) is zero, zarr's fill."""
+    part of a line, many lines across a chunk-row's end. Every pixel lands in its chunk,
+    the outside of the image (right and bottom edge chunks) is zero, zarr's fill, and the
+    levels made from the same stream are libvips' resize of the level before."""
     rng = np.random.default_rng(0)
-    h, w = 300, 451
+    h, w = 600, 451
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     data, line = image.tobytes(), w * 3
     cuts = {1, 2, 3, line - 1, line + 1, 120 * line + 7, 290 * line + line // 2}
-    cuts |= set(rng.integers(3 * line, 100 * line, 200).tolist())
+    cuts |= set(rng.integers(3 * line, 500 * line, 300).tolist())
     cuts = sorted(cuts)
     pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
-    rows = _ChunkRows(h, w)
-    taken = []
-    planar_, counts = _gathered(rows, lambda: taken.extend(rows.take(p) for p in pieces))
-    assert taken == [len(p) for p in pieces] and counts == [256, 44]
-    assert planar_.shape == (3, 512, 512)
+    monkeypatch.setattr(pyvips, "TargetCustom", _Target)
+    store = Store.create(tmp_path / "store")
+    shapes = [octave_shape((h, w), 1.4, k) for k in (1, 2, 3)]
+    levels = [store.create_source(s, f"source/{k}") for k, s in enumerate(shapes, start=1)]
+    fed = _Pieces(pieces)
+    _stream(fed, store.create_source((h, w)), None, tmp_path / "in.raw", levels)
+    assert fed.taken == [len(p) for p in pieces]
+    planar_ = _planar_chunks(store.source(0))
+    assert planar_.shape == (3, 768, 512)
     np.testing.assert_array_equal(planar_[:, :h, :w], image.transpose(2, 0, 1))
     assert not planar_[:, h:].any() and not planar_[:, :, w:].any()
-    assert rows.decoded == h and rows.error is None
+    for k, ref in enumerate(_resized_like_libvips(image, shapes), start=1):
+        np.testing.assert_array_equal(store.source(k).array[:].transpose(1, 2, 0), ref)
+        planar_ = _planar_chunks(store.source(k))
+        assert not planar_[:, ref.shape[0]:].any() and not planar_[:, :, ref.shape[1]:].any()
+
+
+@pytest.mark.parametrize("shape,scale,octaves", [((1100, 900), 1.4, 4), ((1000, 1300), 2.0, 5),
+                                                 ((700, 600), 4.0, 3), ((300, 5), 1.5, 3)])
+def test_pyramid_made_as_rows_arrive_is_the_whole_images_resize(tmp_path, monkeypatch, shape,
+                                                                 scale, octaves):
+    """Rows arrive a few at a time; each level is made as far as the rows in allow, and the
+    rows no level needs any more go back to the kernel at once (page by page here, so any
+    row handed back too early reads as zeros). The levels equal libvips' resize of the whole
+    level before, bit for bit: no band read a row that had not arrived or was gone."""
+    monkeypatch.setattr(ingest_mod, "HUGE_PAGE", mmap.PAGESIZE)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    store = Store.create(tmp_path / "store")
+    shapes = [octave_shape(shape, scale, k) for k in range(1, octaves)]
+    levels = [store.create_source(s, f"source/{k}") for k, s in enumerate(shapes, start=1)]
+    rows = _Rows(*shape)
+    freed = []
+    pyramid = _Pyramid(rows, levels, release=lambda r: (freed.append(r), rows.free_below(r)))
+    y = 0
+    while y < shape[0]:
+        n = min(shape[0] - y, int(rng.integers(1, 40)))
+        rows.pixels[y:y + n] = image[y:y + n]
+        y += n
+        pyramid.advance(y)
+    assert [lv.made for lv in pyramid.levels] == [s[0] for s in shapes]
+    assert shape[0] < 1000 or max(freed) > shape[0] // 2      # rows went back on the way
+    for k, ref in enumerate(_resized_like_libvips(image, shapes), start=1):
+        assert store.source(k).shape == shapes[k - 1]
+        np.testing.assert_array_equal(store.source(k).array[:].transpose(1, 2, 0), ref)
 
 
 def test_a_failing_chunk_write_stops_the_decoder(tmp_path, monkeypatch):
@@ -197,14 +258,14 @@ def test_a_failing_chunk_write_stops_the_decoder(tmp_path, monkeypatch):
         if len(writes) == 3:
             raise OSError(28, "No space left on device")
 
-    returned, real_take = [], _ChunkRows.take
+    returned, real_take = [], _Stream.take
 
     def take(self, data):
         returned.append(real_take(self, data))
         return returned[-1]
 
     monkeypatch.setattr(chunks, "write", full_disk)
-    monkeypatch.setattr(_ChunkRows, "take", take)
+    monkeypatch.setattr(_Stream, "take", take)
     with pytest.raises(OSError, match="No space left"):
         ingest(f, Store.create(tmp_path / "store"))
     assert len(writes) == 3
@@ -227,15 +288,10 @@ def test_a_truncated_jpeg_says_how_far_it_decoded(tmp_path):
 def test_a_stream_that_ends_early_is_refused(tmp_path, monkeypatch):
     """Should libvips end the raw stream early without an error, ingest says so rather than
     leave the rest of the image as zeros."""
-    class Target:                       # stands in for pyvips.TargetCustom
-        def on_write(self, handler):
-            self.write = handler
-
-    class HalfImage:                    # writes 100 of its 300 rows, then ends
-        def rawsave_target(self, target):
-            assert target.write(bytes(100 * 451 * 3)) == 100 * 451 * 3
-
-    monkeypatch.setattr(pyvips, "TargetCustom", Target)
+    monkeypatch.setattr(pyvips, "TargetCustom", _Target)
     store = Store.create(tmp_path / "store")
+    half = _Pieces([bytes(100 * 451 * 3)])          # 100 of its 300 rows, then the end
     with pytest.raises(InputError, match=r"in.jpg ended after row 100 of 300; .*truncated"):
-        _stream(HalfImage(), store.create_source((300, 451)), None, tmp_path / "in.jpg")
+        _stream(half, store.create_source((300, 451)), None, tmp_path / "in.jpg",
+                [store.create_source((150, 226), "source/1")])
+    assert half.taken == [100 * 451 * 3]
