@@ -434,8 +434,8 @@ class _Pyramid:
     def follow(self, stream: _Stream) -> None:
         """Make the levels as ``stream``'s rows arrive, PYRAMID_STEP rows at a time (on a
         thread of its own: an error lands in ``error`` and stops the stream)."""
+        h, seen = stream.rows.h, 0
         try:
-            h, seen = stream.rows.h, 0
             while seen < h:
                 got = stream.wait(min(h, (seen // PYRAMID_STEP + 1) * PYRAMID_STEP))
                 if got <= seen or stream.stopped:
@@ -445,6 +445,8 @@ class _Pyramid:
         except BaseException as e:  # noqa: BLE001 -- handed to _stream
             self.error = e
             stream.stop()
+        finally:                            # libvips never waits for this thread again
+            stream.release(1, h)
 
 
 def _pyramid_shapes(shape: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:

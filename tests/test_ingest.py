@@ -295,3 +295,104 @@ def test_a_stream_that_ends_early_is_refused(tmp_path, monkeypatch):
         _stream(half, store.create_source((300, 451)), None, tmp_path / "in.jpg",
                 [store.create_source((150, 226), "source/1")])
     assert half.taken == [100 * 451 * 3]
+
+
+def test_a_failing_pyramid_write_stops_every_thread(tmp_path, monkeypatch):
+    """A pyramid level's write that fails (a full disk) ends ingest with its error at once:
+    libvips and level 0's writer stop where they are, no thread is left behind, and the
+    store is not taken for an ingested one."""
+    from gigadream import chunks
+    f = save(np.random.default_rng(3).integers(0, 256, (1500, 2000, 3), dtype=np.uint8),
+             tmp_path / "in.jpg", Q=90)
+    real_write, real_take, returned = chunks.write, _Stream.take, []
+
+    def full_disk(lay, iy, ix, a):
+        if lay.path.endswith("source/1"):
+            raise OSError(28, "No space left on device")
+        real_write(lay, iy, ix, a)
+
+    def take(self, data):
+        returned.append(real_take(self, data))
+        return returned[-1]
+
+    monkeypatch.setattr(chunks, "write", full_disk)
+    monkeypatch.setattr(_Stream, "take", take)
+    store = Store.create(tmp_path / "store")
+    with pytest.raises(OSError, match="No space left"):
+        ingest(f, store, octaves=3, scale=1.4)
+    assert returned.count(-1) == 1 and returned[-1] == -1 and len(returned) < 1500
+    assert not [t for t in threading.enumerate() if t.name.startswith("gigadream-")]
+    assert not store.has_source()
+
+
+@pytest.mark.parametrize("orient", [3, 6])
+def test_a_rotated_photos_pyramid_is_the_upright_photos(tmp_path, orient):
+    """EXIF orientation: every level is upright, of the upright image's octave shapes, and
+    is the pyramid of the upright image to within libvips' rounding (resizing rows before
+    columns or after: a level off by one at most, per level down)."""
+    photo = np.asarray(pyvips.Image.new_from_array(skimage.data.astronaut())
+                       .resize(1.5).crop(0, 0, 700, 600).numpy())
+    im = pyvips.Image.new_from_array(photo).copy(interpretation="srgb")
+    im.set_type(pyvips.GValue.gint_type, "orientation", orient)
+    f = tmp_path / f"o{orient}.jpg"
+    im.jpegsave(str(f), Q=100)
+    upright = pyvips.Image.new_from_file(str(f)).autorot().numpy()
+    store = Store.create(tmp_path / "store")
+    ingest(f, store, octaves=3, scale=1.4)
+    shapes = [octave_shape(upright.shape[:2], 1.4, k) for k in (1, 2)]
+    np.testing.assert_array_equal(store.source(0).array[:].transpose(1, 2, 0), upright)
+    for k, ref in enumerate(_resized_like_libvips(upright, shapes), start=1):
+        got = store.source(k).array[:].transpose(1, 2, 0).astype(int)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= k
+    assert not (tmp_path / "store" / "source" / "raw").exists()
+
+
+def _gd(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "gigadream", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_store_from_the_ingest_command_serves_run(tmp_path):
+    """`gigadream ingest` makes the pyramid the config's octaves need; `run --store` takes
+    it as it is (no ingest, the levels' chunk files untouched). A run with other octaves
+    on a store ingested with the defaults remakes the levels from level 0 instead, as
+    ingest would have made them, and drops the level it does not use."""
+    import json
+    rng = np.random.default_rng(4)
+    image = np.clip(skimage.data.astronaut()[:, :480].astype(int)
+                    + rng.normal(0, 9, (512, 480, 1)), 0, 255).astype(np.uint8)
+    src = save(image, tmp_path / "in.png")
+    level0 = pyvips.Image.new_from_file(str(src)).numpy()
+    identity = ["--set", "mode=identity", "--set", "dream.passes=1", "--set", "tiling.tile=128",
+                "--quiet"]
+    store = tmp_path / "store"
+    assert _gd("ingest", src, store, "--set", "dream.octaves=3", "--quiet").returncode == 0
+    chunk_files = sorted(p for p in (store / "source").rglob("*") if p.is_file()
+                         and "c" in p.relative_to(store).parts)
+    stamps = [p.stat().st_mtime_ns for p in chunk_files]
+    r = _gd("run", src, "-o", tmp_path / "a.tif", "--store", store, "--set", "dream.octaves=3",
+            "--events", tmp_path / "a.jsonl", *identity)
+    assert r.returncode == 0, r.stderr
+    stages = [json.loads(ln).get("name") for ln in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert "ingest" not in stages and "pyramid" in stages
+    assert [p.stat().st_mtime_ns for p in chunk_files] == stamps
+    np.testing.assert_array_equal(pyvips.Image.new_from_file(str(tmp_path / "a.tif")).numpy(),
+                                  level0)
+
+    other = tmp_path / "other"
+    assert _gd("ingest", src, other, "--quiet").returncode == 0          # 4 octaves × 1.4
+    assert (other / "source" / "3").is_dir()
+    r = _gd("run", src, "-o", tmp_path / "b.tif", "--store", other, "--set", "dream.octaves=3",
+            "--set", "dream.octave_scale=2.0", *identity)
+    assert r.returncode == 0, r.stderr
+    st = Store.open(other)
+    assert st.record()["pyramid"] == {"levels": 3, "scale": 2.0}
+    shapes = [octave_shape(level0.shape[:2], 2.0, k) for k in (1, 2)]
+    for k, ref in enumerate(_resized_like_libvips(level0, shapes), start=1):
+        np.testing.assert_array_equal(st.source(k).array[:].transpose(1, 2, 0), ref)
+    assert not (other / "source" / "3").exists()
+    np.testing.assert_array_equal(pyvips.Image.new_from_file(str(tmp_path / "b.tif")).numpy(),
+                                  level0)
