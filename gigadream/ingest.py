@@ -1,11 +1,11 @@
 """Stream an image file into the store's source pyramid: level 0 and the octave levels.
 
 The file is decoded once, top to bottom (pyvips ``access='sequential'``), by libvips on its own
-threads; its raw pixels are laid out chunk by chunk as they arrive, and each finished
-chunk-row is written while the next is decoded. The octave levels are made from the same
-stream (``_Pyramid``): each is libvips' resize of its finer neighbour, computed band by band
-as the rows it needs arrive. Peak memory is two chunk-rows, a window of rows per level and
-libvips' strip buffers, whatever the image size.
+threads; each chunk-row of level 0 is laid out and written as soon as its rows are in. The
+octave levels are made from the same rows on another thread (``_Pyramid``): each is libvips'
+resize of its finer neighbour, computed band by band as the rows it needs arrive. Peak memory
+is a window of rows per level (``LEAD`` rows of level 0), a chunk-row per octave level and
+libvips' strip buffers, whatever the image's height.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from .tiling import Box, grid
 # triangle at every scale (libvips would box-shrink by 2 first at scale 4).
 PYRAMID_KERNEL = "linear"
 # A level is fetched from libvips in tiles of BAND_ROWS × BAND_COLS output pixels: full-width
-# bands cost 1.5-2.5× the CPU time of 2048 px wide ones (their intermediate rows outgrow the
-# caches; 1/1.4 resize of 40 MP, measured).
+# bands cost 1.5-2.5× the CPU time of 1024-2048 px wide ones (their intermediate rows outgrow
+# the caches; 1/1.4 resize of 40 MP, measured).
 BAND_ROWS = 64
 BAND_COLS = 4 * SOURCE_CHUNK
 
@@ -236,8 +236,8 @@ class _Stream:
     """The raw (h, w, 3) uint8 pixels that libvips writes to a target in pieces of any length
     on its own thread (``take``), kept in ``rows`` for the threads that read them (level 0's
     writer, the pyramid). Each reader says which rows it no longer needs (``release``);
-    libvips waits while it is ``LEAD`` rows ahead of the slowest, and the rows that no
-    reader needs go back to the kernel."""
+    libvips waits while it is ``LEAD`` rows ahead of the slowest (then a piece of any size
+    goes in), and the rows that no reader needs go back to the kernel."""
 
     def __init__(self, h: int, w: int, readers: int):
         self.rows = _Rows(h, w)
@@ -271,9 +271,8 @@ class _Stream:
         try:
             src = np.frombuffer(data, dtype=np.uint8)
             n = min(src.size, self._flat.size - self.received)  # past the last line: ignored
-            end = -(-(self.received + n) // self._line)
             with self._cond:
-                while not self._stopped and end > min(self._kept) + LEAD:
+                while not self._stopped and self.decoded >= min(self._kept) + LEAD:
                     self._cond.wait()
                 if self._stopped:
                     return -1

@@ -215,6 +215,25 @@ def test_a_stream_cut_anywhere_lands_in_level_0_and_the_pyramid(tmp_path, monkey
         assert not planar_[:, ref.shape[0]:].any() and not planar_[:, :, ref.shape[1]:].any()
 
 
+def test_one_piece_longer_than_the_lead_goes_in(tmp_path, monkeypatch):
+    """libvips waits while it is LEAD rows ahead of the readers, yet a single write of more
+    rows than that is taken whole (waiting for room for all of it would wait forever)."""
+    h, w = ingest_mod.LEAD * 2 + 5, 64
+    image = np.random.default_rng(5).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    monkeypatch.setattr(pyvips, "TargetCustom", _Target)
+    store = Store.create(tmp_path / "store")
+    levels = [store.create_source(octave_shape((h, w), 2.0, 1), "source/1")]
+    done = threading.Thread(target=_stream, args=(_Pieces([image.tobytes()]),
+                                                  store.create_source((h, w)), None,
+                                                  tmp_path / "in.raw", levels), daemon=True)
+    done.start()
+    done.join(timeout=60)
+    assert not done.is_alive(), "ingest waits forever"
+    np.testing.assert_array_equal(store.source(0).array[:].transpose(1, 2, 0), image)
+    ref = _resized_like_libvips(image, [levels[0].shape])[0]
+    np.testing.assert_array_equal(store.source(1).array[:].transpose(1, 2, 0), ref)
+
+
 @pytest.mark.parametrize("shape,scale,octaves", [((1100, 900), 1.4, 4), ((1000, 1300), 2.0, 5),
                                                  ((700, 600), 4.0, 3), ((300, 5), 1.5, 3)])
 def test_pyramid_made_as_rows_arrive_is_the_whole_images_resize(tmp_path, monkeypatch, shape,
