@@ -199,13 +199,12 @@ def _run(args) -> int:
 
 
 def _ingest(args) -> int:
-    from .ingest import build_pyramid, ingest
+    from .ingest import image_shape, ingest
     from .store import Store
     cfg = _config(args)
+    octaves, scale = cfg.octaves(image_shape(args.input))
     store = Store.create(args.store, overwrite=args.overwrite)
-    level0 = ingest(args.input, store)
-    octaves, scale = cfg.octaves(level0.shape)
-    build_pyramid(store, octaves, scale)
+    level0 = ingest(args.input, store, octaves=octaves, scale=scale)
     if not args.quiet:
         print(f"ingested {args.input} ({level0.shape[1]}×{level0.shape[0]} px, "
               f"{octaves} octaves) into {args.store}", file=sys.stderr)

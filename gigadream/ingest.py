@@ -1,28 +1,40 @@
-"""Stream an image file into the store's source level 0, then build the octave pyramid.
+"""Stream an image file into the store's source pyramid: level 0 and the octave levels.
 
 The file is decoded once, top to bottom (pyvips ``access='sequential'``), by libvips on its own
-threads; its raw pixels are laid out chunk by chunk as they arrive, and each finished
-chunk-row is written while the next is decoded. Peak memory is two chunk-rows and libvips'
-strip buffers, whatever the image size.
+threads; each chunk-row of level 0 is laid out and written as soon as its rows are in. The
+octave levels are made from the same rows on another thread (``_Pyramid``): each is libvips'
+resize of its finer neighbour, computed band by band as the rows it needs arrive. Peak memory
+is a window of rows per level (``LEAD`` rows of level 0), a chunk-row per octave level and
+libvips' strip buffers, whatever the image's height.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
+import math
+import mmap
 import os
-import queue
 import shutil
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import chunks
 from .errors import InputError
 from .resample import octave_shape
-from .store import SOURCE_CHUNK, ArrayView, Store, downsample_tile
+from .store import SOURCE_CHUNK, ArrayView, Store
 from .tiling import Box, grid
+
+# The pyramid's filter: libvips' "linear" kernel widened by the scale is a triangle, the
+# antialiased bilinear of resample.py (the two agree within 2 levels); gap=0 keeps it one
+# triangle at every scale (libvips would box-shrink by 2 first at scale 4).
+PYRAMID_KERNEL = "linear"
+# A level is fetched from libvips in tiles of BAND_ROWS × BAND_COLS output pixels: full-width
+# bands cost 1.5-2.5× the CPU time of 1024-2048 px wide ones (their intermediate rows outgrow
+# the caches; 1/1.4 resize of 40 MP, measured).
+BAND_ROWS = 64
+BAND_COLS = 4 * SOURCE_CHUNK
 
 
 def _vips():
@@ -130,205 +142,379 @@ def fingerprint(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
 
 
-def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None, path: Path) -> None:
-    """Decode ``im`` top to bottom into ``target``, one chunk-row at a time.
+def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None, path: Path,
+            levels: Sequence[ArrayView] = ()) -> None:
+    """Decode ``im`` top to bottom into ``target``, and into ``levels`` (each octave_shape
+    of the one before) the pyramid made from the same rows as they arrive.
 
-    libvips decodes on its threads and hands the raw pixels to ``_ChunkRows`` (``rawsave`` to
-    a custom target), which lays them out chunk by chunk as they come; this thread writes each
-    finished chunk-row's files meanwhile. Pulling rows with ``Region.fetch`` on this thread
-    instead, then cutting and copying each strip here, ran decode and our copies one after
-    the other: 1.9-2.3× the decode's time against 1.45-1.74× this way (20000×15000 JPEG,
-    the two ways alternated in one run)."""
+    libvips decodes on its threads and hands the raw pixels to ``_Stream`` (``rawsave`` to a
+    custom target); this thread lays out each chunk-row of level 0 as soon as its rows are
+    in and writes its files, while a second thread makes the pyramid. Pulling rows with
+    ``Region.fetch`` on this thread instead, then cutting and copying each strip here, ran
+    decode and our copies one after the other: 1.9-2.3× the decode's time against 1.45-1.74×
+    with libvips pushing (level 0 alone, 20000×15000 JPEG, the two ways alternated)."""
     pyvips = _vips()
     lay = target.layout
     assert lay is not None and lay.chunk == (SOURCE_CHUNK, SOURCE_CHUNK), "gigadream's layout"
-    rows = _ChunkRows(*target.shape)
+    h, w = target.shape
+    stream = _Stream(h, w, readers=2 if levels else 1)
     sink = pyvips.TargetCustom()
-    sink.on_write(rows.take)
-    decoder = threading.Thread(target=rows.run, args=(im.rawsave_target, sink),
-                               name="gigadream-decode", daemon=True)
-    decoder.start()
+    sink.on_write(stream.take)
+    threads = [threading.Thread(target=stream.run, args=(im.rawsave_target, sink),
+                                name="gigadream-decode", daemon=True)]
+    pyramid = None
+    if levels:
+        pyramid = _Pyramid(stream.rows, levels, release=lambda row: stream.release(1, row))
+        threads.append(threading.Thread(target=pyramid.follow, args=(stream,),
+                                        name="gigadream-pyramid", daemon=True))
+    for t in threads:
+        t.start()
+    ok = False
     try:
-        for iy, (n, row) in enumerate(rows):
-            for ix in range(row.shape[0]):
-                chunks.write(lay, iy, ix, row[ix])
-            rows.recycle(row)
-            if on_rows:
-                on_rows(n)
+        _write_level0(stream, lay, on_rows)
+        ok = True
     finally:
-        rows.stop()
-        decoder.join()
-    if rows.error is not None:
-        if isinstance(rows.error, pyvips.Error):
-            raise InputError(f"input {path} cannot be decoded past row {rows.decoded} "
-                             f"({_first_line(rows.error)}); the file may be truncated or "
+        if not ok:
+            stream.stop()                   # libvips and the pyramid stop where they are
+        for t in threads:
+            t.join()
+    if pyramid is not None and pyramid.error is not None:
+        raise pyramid.error
+    if stream.error is not None:
+        if isinstance(stream.error, pyvips.Error):
+            raise InputError(f"input {path} cannot be decoded past row {stream.decoded} "
+                             f"({_first_line(stream.error)}); the file may be truncated or "
                              "damaged")
-        raise rows.error
-    if rows.done != target.shape[0]:      # libvips said nothing, yet rows are missing
-        raise InputError(f"input {path} ended after row {rows.decoded} of {target.shape[0]}; "
+        raise stream.error
+    if stream.decoded < h:                  # libvips said nothing, yet rows are missing
+        raise InputError(f"input {path} ended after row {stream.decoded} of {h}; "
                          "the file may be truncated or damaged")
 
 
-STAGE_LINES = 32
+def _write_level0(stream: _Stream, lay: chunks.Layout, on_rows) -> None:
+    """Level 0's chunk files, a chunk-row as soon as its rows are in, until the stream ends
+    or stops."""
+    h, w, s = stream.rows.h, stream.rows.w, SOURCE_CHUNK
+    chunk = np.zeros((3, s, s), dtype=np.uint8)
+    for iy, y0 in enumerate(range(0, h, s)):
+        y1 = min(h, y0 + s)
+        if stream.wait(y1) < y1:
+            return                          # ended early or stopped: the caller says why
+        for ix, x0 in enumerate(range(0, w, s)):
+            x1 = min(w, x0 + s)
+            if (y1 - y0, x1 - x0) != (s, s):
+                chunk[:] = 0                # outside the image: zarr's fill
+            _lay_out(chunk[None], 0, 0, stream.rows.pixels[y0:y1, x0:x1])
+            chunks.write(lay, iy, ix, chunk)
+        stream.release(0, y1)
+        if on_rows:
+            on_rows(y1 - y0)
 
 
-class _ChunkRows:
-    """A raw (h, w, 3) uint8 pixel stream, as libvips writes it to a target in pieces of any
-    length on its own thread, laid out as chunk-rows: (nx, 3, S, S) arrays (S the source
-    chunk), each chunk planar and contiguous, ready to be written as a file, with the
-    outside of the image zero (zarr's fill). Finished chunk-rows are iterated on another
-    thread; two are alive at most (one filling, one being written)."""
+def _lay_out(row: np.ndarray, y: int, x: int, lines: np.ndarray) -> None:
+    """Interleaved pixels ``lines`` (k, n, 3) into chunk-row ``row`` (nx, 3, S, S) at its
+    rows y..y+k and image columns x..x+n, x a multiple of S."""
+    k, n, s = lines.shape[0], lines.shape[1], SOURCE_CHUNK
+    ix, full = x // s, n // s
+    if full:
+        row[ix:ix + full, :, y:y + k] = (lines[:, :full * s].reshape(k, full, s, 3)
+                                          .transpose(1, 3, 0, 2))
+    if full * s < n:
+        row[ix + full, :, y:y + k, :n - full * s] = lines[:, full * s:].transpose(2, 0, 1)
 
-    def __init__(self, h: int, w: int):
-        self.h, self.w = h, w
-        self.nx = -(-w // SOURCE_CHUNK)
+
+# libvips may run this many rows ahead of the slowest reader of the stream: level 0's writer
+# holds a chunk-row while the next one arrives, the pyramid a step of rows.
+PYRAMID_STEP = 128
+LEAD = 2 * SOURCE_CHUNK + PYRAMID_STEP
+# Readers wait for row counts that are multiples of this (or the whole image); libvips wakes
+# them only when it passes one, not at each of its writes (one line each).
+GRAIN = 32
+
+
+class _Stream:
+    """The raw (h, w, 3) uint8 pixels that libvips writes to a target in pieces of any length
+    on its own thread (``take``), kept in ``rows`` for the threads that read them (level 0's
+    writer, the pyramid). Each reader says which rows it no longer needs (``release``);
+    libvips waits while it is ``LEAD`` rows ahead of the slowest (then a piece of any size
+    goes in), and the rows that no reader needs go back to the kernel."""
+
+    def __init__(self, h: int, w: int, readers: int):
+        self.rows = _Rows(h, w)
+        self._flat = self.rows.pixels.reshape(-1)
+        self._line = w * 3
+        self.received = 0                           # bytes
         self.error: BaseException | None = None
-        self.done = 0                               # rows of finished chunk-rows
-        self._full: queue.Queue = queue.Queue()
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(2):
-            self._free.put(np.zeros((self.nx, 3, SOURCE_CHUNK, SOURCE_CHUNK), dtype=np.uint8))
-        self._stopped = threading.Event()
-        self._row = None                            # the chunk-row being filled
-        self._y = 0                                 # its rows so far
-        self._line = w * 3                          # bytes of an image line
-        # Lines are staged, then laid out STAGE_LINES at a time: libvips writes one line a
-        # call, and laying out each alone cost 0.2-0.6 CPU-s more on 300 MP (numpy's overhead).
-        self._stage = np.empty(STAGE_LINES * self._line, dtype=np.uint8)
-        self._staged = 0                            # bytes in it
+        self._kept = [0] * readers                  # per reader: the rows it released
+        self._ended = self._stopped = False
+        self._cond = threading.Condition()
 
     @property
     def decoded(self) -> int:
         """Whole image rows received so far."""
-        return self.done + self._y + self._staged // self._line
+        return self.received // self._line
 
     def run(self, save, sink) -> None:
-        """``save(sink)`` on this thread; after the last chunk-row, the end of the stream
-        (its error, if any, in ``error``)."""
+        """``save(sink)`` on this thread, then the end of the stream (its error, if any, in
+        ``error``)."""
         try:
             save(sink)
-        except BaseException as e:  # noqa: BLE001 -- handed to the iterating thread
+        except BaseException as e:  # noqa: BLE001 -- handed to the reading threads
             if self.error is None:
                 self.error = e
-        self._full.put(None)
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
 
     def take(self, data) -> int:
         """The target's write callback: ``data`` appended to the stream; -1 stops libvips."""
-        if self._stopped.is_set():
-            return -1
         try:
             src = np.frombuffer(data, dtype=np.uint8)
-            i = 0
-            while i < src.size:
-                # the batch: up to STAGE_LINES lines, never past the chunk-row being filled
-                lines = min(STAGE_LINES, min(SOURCE_CHUNK, self.h - self.done) - self._y)
-                want = lines * self._line
-                if want <= 0:                       # past the image's last line: ignored
-                    break
-                if self._staged == 0 and src.size - i >= want:     # whole: lay out in place
-                    batch, i = src[i:i + want], i + want
-                else:
-                    n = min(want - self._staged, src.size - i)
-                    self._stage[self._staged:self._staged + n] = src[i:i + n]
-                    self._staged, i = self._staged + n, i + n
-                    if self._staged < want:
-                        break
-                    batch, self._staged = self._stage[:want], 0
-                if not self._lines(batch.reshape(lines, self.w, 3)):
+            n = min(src.size, self._flat.size - self.received)  # past the last line: ignored
+            with self._cond:
+                while not self._stopped and self.decoded >= min(self._kept) + LEAD:
+                    self._cond.wait()
+                if self._stopped:
                     return -1
+            before = self.decoded
+            self._flat[self.received:self.received + n] = src[:n]
+            with self._cond:
+                self.received += n
+                if self.decoded // GRAIN != before // GRAIN or self.decoded == self.rows.h:
+                    self._cond.notify_all()
             return src.size
         except BaseException as e:  # noqa: BLE001 -- a callback must not raise into libvips
             self.error = e
             return -1
 
-    def _lines(self, lines: np.ndarray) -> bool:
-        """Image lines (k, w, 3) into the chunk-row being filled, k ≤ the rows it lacks;
-        False once the reader has stopped."""
-        if self._row is None:
-            self._row = self._next_free()
-            if self._row is None:
-                return False
-        k, s, y = lines.shape[0], SOURCE_CHUNK, self._y
-        full = self.w // s
-        if full:
-            self._row[:full, :, y:y + k] = (lines[:, :full * s].reshape(k, full, s, 3)
-                                            .transpose(1, 3, 0, 2))
-        if full < self.nx:
-            self._row[full, :, y:y + k, :self.w - full * s] = lines[:, full * s:].transpose(2, 0, 1)
-        self._y += k
-        rows = min(s, self.h - self.done)
-        if self._y == rows:
-            if rows < s:                            # the last chunk-row: below the image
-                self._row[:, :, rows:] = 0
-            self._full.put((rows, self._row))
-            self.done += rows
-            self._row, self._y = None, 0
-        return True
+    def wait(self, rows: int) -> int:
+        """Until ``rows`` rows (a multiple of GRAIN, or all) are in, the stream ended, or it
+        stopped; the rows in."""
+        with self._cond:
+            while self.decoded < rows and not (self._ended or self._stopped):
+                self._cond.wait()
+            return self.decoded
 
-    def _next_free(self):
-        while not self._stopped.is_set():
-            try:
-                return self._free.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        return None
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
-    def __iter__(self):
-        while (item := self._full.get()) is not None:
-            yield item
-
-    def recycle(self, row: np.ndarray) -> None:
-        self._free.put(row)
+    def release(self, reader: int, row: int) -> None:
+        """``reader`` never reads the rows above ``row`` again."""
+        with self._cond:
+            self._kept[reader] = max(self._kept[reader], row)
+            self.rows.free_below(min(self._kept))
+            self._cond.notify_all()
 
     def stop(self) -> None:
-        """Whatever the iterating thread's state: libvips stops at its next write, and
-        nothing is left waiting."""
-        self._stopped.set()
+        """Whatever the other threads' state: libvips stops at its next write, readers stop
+        waiting."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
 
 
-def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = None) -> ArrayView:
-    """Level 0 of ``store``'s source pyramid from the image file at ``path``, upright."""
+# Rows go back to the kernel in whole huge pages (2 MiB, the x86-64 and arm64 size): each
+# page a stream first touches is a fault and a zeroing, 0.68 CPU-s for 900 MB in 4 KiB pages
+# here, 0.28-0.33 s in huge ones (madvise(MADV_HUGEPAGE), measured).
+HUGE_PAGE = 2 << 20
+
+
+class _Rows:
+    """An (h, w, 3) uint8 image that arrives top to bottom, for libvips to read as a memory
+    image (``image``). It lies in an anonymous mapping of the whole size that the process
+    only reserves: rows are written once, in order, and the pages of rows no longer needed
+    are handed back to the kernel (``free_below``), so a window of rows is resident,
+    whatever h."""
+
+    def __init__(self, h: int, w: int):
+        self.h, self.w, self.line = h, w, w * 3
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        self._map = mmap.mmap(-1, h * self.line, flags=flags)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self._map.madvise(mmap.MADV_HUGEPAGE)
+        self.pixels = np.frombuffer(self._map, dtype=np.uint8).reshape(h, w, 3)
+        self.image = _vips().Image.new_from_memory(self._map, w, h, 3, "uchar")
+        self._freed = 0                             # bytes handed back, from the start
+
+    def free_below(self, row: int) -> None:
+        """Rows above ``row`` are never read again: the huge pages they fill go back."""
+        end = min(max(row, 0), self.h) * self.line // HUGE_PAGE * HUGE_PAGE
+        if end > self._freed:
+            self._map.madvise(mmap.MADV_DONTNEED, self._freed, end - self._freed)
+            self._freed = end
+
+
+class _Level:
+    """One octave level, libvips' resize of the finer level's rows (``parent``) to
+    ``target``'s shape, made as those rows arrive: bands of output rows are fetched as soon
+    as the input rows under their filter have arrived, laid out chunk-row by chunk-row, and
+    each chunk-row is written when whole. ``rows`` keeps the level's own rows for the next
+    coarser level, where there is one. ``release(row)``: the parent's rows above ``row``
+    are never read again."""
+
+    def __init__(self, parent: _Rows, target: ArrayView, keep_rows: bool,
+                 release: Callable[[int], None]):
+        h, w = target.shape
+        self.parent, self.target, self.h, self.w = parent, target, h, w
+        self.release = release
+        image = parent.image.resize(w / parent.w, vscale=h / parent.h, kernel=PYRAMID_KERNEL,
+                                    gap=0)
+        if (image.height, image.width) != (h, w):
+            raise AssertionError(f"libvips resized {parent.h}×{parent.w} to "
+                                 f"{image.height}×{image.width}, not {h}×{w}")
+        self.region = _vips().Region.new(image)
+        self.image = image          # the region's pipeline: kept alive with it
+        # Output row y is centred on input row (y + 0.5)·f - 0.5 and the triangle reaches f
+        # rows either side; 2 more rows cover libvips' rounding of its taps.
+        self.f = parent.h / h
+        self.reach = math.ceil(self.f) + 2
+        self.made = 0                                   # output rows made so far
+        self.rows = _Rows(h, w) if keep_rows else None
+        self._chunks = np.zeros((-(-w // SOURCE_CHUNK), 3, SOURCE_CHUNK, SOURCE_CHUNK),
+                                dtype=np.uint8)
+
+    def advance(self, arrived: int) -> int:
+        """Make the output rows that the parent's first ``arrived`` rows determine; the
+        rows made so far."""
+        if arrived >= self.parent.h:
+            n = self.h
+        else:    # the rows y with (y + 0.5)·f - 0.5 + reach < arrived
+            n = min(self.h, max(self.made, math.ceil((arrived - self.reach + 0.5) / self.f
+                                                     - 0.5)))
+        s = SOURCE_CHUNK
+        while self.made < n:
+            y0 = self.made
+            y1 = min(n, y0 + BAND_ROWS, (y0 // s + 1) * s)
+            self._band(y0, y1)
+            self.made = y1
+            if y1 % s == 0 or y1 == self.h:
+                self._write(y0 // s, y1 - y0 // s * s)
+        # Output rows from ``made`` on start reading at (made + 0.5)·f - 0.5 - reach.
+        self.release(math.floor((self.made + 0.5) * self.f - 0.5) - self.reach)
+        return self.made
+
+    def _band(self, y0: int, y1: int) -> None:
+        for x0 in range(0, self.w, BAND_COLS):
+            x1 = min(self.w, x0 + BAND_COLS)
+            tile = np.frombuffer(self.region.fetch(x0, y0, x1 - x0, y1 - y0), dtype=np.uint8)
+            tile = tile.reshape(y1 - y0, x1 - x0, 3)
+            if self.rows is not None:
+                self.rows.pixels[y0:y1, x0:x1] = tile
+            _lay_out(self._chunks, y0 % SOURCE_CHUNK, x0, tile)
+
+    def _write(self, iy: int, rows: int) -> None:
+        if rows < SOURCE_CHUNK:                         # the last chunk-row: below the image
+            self._chunks[:, :, rows:] = 0
+        lay = self.target.layout
+        for ix in range(self._chunks.shape[0]):
+            chunks.write(lay, iy, ix, self._chunks[ix])
+
+
+class _Pyramid:
+    """Levels 1, 2, … of a source pyramid, made while level 0's rows arrive in ``base``:
+    each level from its finer neighbour. ``release`` as ``_Level``'s, for ``base``."""
+
+    def __init__(self, base: _Rows, targets: Sequence[ArrayView],
+                 release: Callable[[int], None]):
+        self.levels: list[_Level] = []
+        self.error: BaseException | None = None
+        parent = base
+        for k, target in enumerate(targets):
+            self.levels.append(_Level(parent, target, keep_rows=k < len(targets) - 1,
+                                      release=release if k == 0 else parent.free_below))
+            parent = self.levels[-1].rows
+
+    def advance(self, arrived: int) -> None:
+        """Level 0's first ``arrived`` rows are in ``base``: make what they determine."""
+        for level in self.levels:
+            arrived = level.advance(arrived)
+
+    def follow(self, stream: _Stream) -> None:
+        """Make the levels as ``stream``'s rows arrive, PYRAMID_STEP rows at a time (on a
+        thread of its own: an error lands in ``error`` and stops the stream)."""
+        h, seen = stream.rows.h, 0
+        try:
+            while seen < h:
+                got = stream.wait(min(h, (seen // PYRAMID_STEP + 1) * PYRAMID_STEP))
+                if got <= seen or stream.stopped:
+                    return                  # ended early or stopped: _stream says why
+                self.advance(got)
+                seen = got
+        except BaseException as e:  # noqa: BLE001 -- handed to _stream
+            self.error = e
+            stream.stop()
+        finally:                            # libvips never waits for this thread again
+            stream.release(1, h)
+
+
+def _pyramid_shapes(shape: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
+    return [octave_shape(shape, scale, k) for k in range(1, octaves)]
+
+
+def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = None,
+           octaves: int = 1, scale: float | None = None) -> ArrayView:
+    """The source pyramid of ``store`` from the image file at ``path``, upright: level 0 and
+    ``octaves - 1`` levels each ``scale`` times smaller than the one before (octave_shape),
+    all from one decode. Returns level 0."""
     path = Path(path)
     im = open_image(path)
     orient = orientation(im)
     shape = (im.height, im.width)
-    if orient == 1:
-        level0 = store.create_source(shape)
-        _stream(im, level0, on_rows, path)
-    else:  # rotating needs random access: stream as stored, then re-tile upright
-        raw = store.create_source(shape, "source/raw")
-        _stream(im, raw, on_rows, path)
-        level0 = store.create_source(upright_shape(shape, orient))
-        for tile in grid(level0.shape, SOURCE_CHUNK):
-            orient_tile(raw, level0, tile, orient)
+    store.update_record(ingested=False, pyramid={"levels": 0, "scale": None})
+    # Rotating needs random access: the levels are streamed as stored, then re-tiled upright.
+    prefix = "source/" if orient == 1 else "source/raw/"
+    raw = [store.create_source(shape, f"{prefix}0")]
+    raw += [store.create_source(s, f"{prefix}{k}")
+            for k, s in enumerate(_pyramid_shapes(shape, octaves, scale), start=1)]
+    _stream(im, raw[0], on_rows, path, raw[1:])
+    levels = raw
+    if orient != 1:
+        levels = []
+        for k, r in enumerate(raw):
+            level = store.create_source(upright_shape(r.shape, orient), f"source/{k}")
+            for tile in grid(level.shape, SOURCE_CHUNK):
+                orient_tile(r, level, tile, orient)
+            levels.append(level)
         shutil.rmtree(store.path / "source" / "raw")
-    store.write_ome(1.0, 1)
+    _drop_levels_from(store, octaves)
+    store.write_ome(scale or 1.0, octaves)
     store.update_record(ingested=True, input={"name": path.name, **fingerprint(path)},
-                        shape=list(level0.shape), pyramid={"levels": 1, "scale": None})
-    return level0
+                        shape=list(levels[0].shape),
+                        pyramid={"levels": octaves, "scale": scale})
+    return levels[0]
+
+
+def _drop_levels_from(store: Store, first: int) -> None:
+    """Remove source levels ``first`` and coarser, left by an earlier pyramid."""
+    k = first
+    while (store.path / "source" / str(k)).is_dir():
+        shutil.rmtree(store.path / "source" / str(k))
+        k += 1
 
 
 def build_pyramid(store: Store, octaves: int, scale: float) -> list[ArrayView]:
-    """Source levels 0..octaves-1, each ``scale`` times smaller than the one before, each
-    resized from its finer neighbour in chunk-aligned tasks on a pool of this process's
-    threads (numpy and file I/O release the GIL). Reuses a matching pyramid."""
-    from .engine import map_tasks
-
+    """Source levels 0..octaves-1, each ``scale`` times smaller than the one before. Reuses
+    the pyramid that ingest made where it matches; otherwise remakes levels 1.. from the
+    stored level 0, as ingest makes them."""
     have = store.record().get("pyramid", {})
-    base = store.source(0)
-    levels = [base]
     if have.get("scale") == scale and have.get("levels", 1) >= octaves:
         return [store.source(k) for k in range(octaves)]
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as executor:
-        for k in range(1, octaves):
-            target = store.create_source(octave_shape(base.shape, scale, k), f"source/{k}")
-            tasks = [(levels[-1], target, t) for t in grid(target.shape, SOURCE_CHUNK)]
-            map_tasks(executor, _downsample, tasks)
-            levels.append(target)
+    base = store.source(0)
+    # Until the new levels are whole, the record names level 0 alone (a kill in between
+    # leaves no level that a later run would take for a finished one).
+    store.update_record(pyramid={"levels": 1, "scale": None})
+    targets = [store.create_source(s, f"source/{k}")
+               for k, s in enumerate(_pyramid_shapes(base.shape, octaves, scale), start=1)]
+    if targets:
+        rows = _Rows(*base.shape)
+        pyramid = _Pyramid(rows, targets, release=rows.free_below)
+        h, w = base.shape
+        for y0 in range(0, h, SOURCE_CHUNK):
+            y1 = min(h, y0 + SOURCE_CHUNK)
+            rows.pixels[y0:y1] = base.read_uint8(Box(y0, y1, 0, w))
+            pyramid.advance(y1)
+    _drop_levels_from(store, octaves)
     store.write_ome(scale, octaves)
     store.update_record(pyramid={"levels": octaves, "scale": scale})
-    return levels
-
-
-def _downsample(args) -> dict:
-    return downsample_tile(*args)
+    return [base, *targets]

@@ -96,14 +96,12 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     workers = None if finished else BackgroundCluster(cfg.engine.workers, cfg.engine.threads,
                                                       cfg.engine.scheduler, mode.warm_up())
     try:
-        with _timed(report, "ingest"):
-            _source(input_path, store, shape, keep_store, on_event)
-        with _timed(report, "pyramid"):
-            # on this process's threads, not as Dask tasks: its 256 px chunks take ~10 ms
-            # each, less than a Dask task's own cost here (200 MP, one octave: 7.5 s on two
-            # threads against 24-40 s on the cluster, measured)
-            on_event(Stage("pyramid", f"{cfg.octaves(shape)[0]} octaves"))
-            sources = build_pyramid(store, *cfg.octaves(shape))
+        octaves, scale = cfg.octaves(shape)
+        with _timed(report, "ingest"):      # level 0 and the octave pyramid, in one decode
+            _source(input_path, store, shape, octaves, scale, keep_store, on_event)
+        with _timed(report, "pyramid"):     # only a store ingested for other octaves
+            on_event(Stage("pyramid", f"{octaves} octaves"))
+            sources = build_pyramid(store, octaves, scale)
         if finished:
             on_event(Stage("resume", f"all {len(passes)} passes done"))
             on_event(Work(work_units(passes)))
@@ -228,13 +226,14 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
         report.stage_s[stage] = time.perf_counter() - t
 
 
-def _source(input_path: Path, store: Store, shape: tuple[int, int], keep_store: bool,
-            on_event) -> None:
-    """The input streamed into the store's source level 0, unless an attempt before did it."""
+def _source(input_path: Path, store: Store, shape: tuple[int, int], octaves: int,
+            scale: float, keep_store: bool, on_event) -> None:
+    """The input streamed into the store's source pyramid, unless an attempt before did it."""
     if not store.has_source():
         on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
         try:
-            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]))
+            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]),
+                   octaves=octaves, scale=scale)
         except InputError:      # a damaged input: nothing worth resuming, leave no litter
             if not keep_store:
                 shutil.rmtree(store.path, ignore_errors=True)

@@ -195,10 +195,12 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     scale = rec.get("grad_scale", {}).get(str(last.octave), 1.0)
     mode = mode_for(cfg)
     proc = mode.make(scale) if cfg.mode == "dream" else mode.processor(last, first=False)
-    # ingest's chunk layout (_ChunkRows.take) and export's read-ahead run on threads that
-    # the line profiler does not trace; the buffers they fill are made in traced lines.
-    funcs = [ingest._stream, ingest._ChunkRows.__init__, store_mod.ArrayView.read,
-             store_mod.ArrayView.write, store_mod.downsample_tile, resample.resample_window,
+    # ingest's receiving of rows (_Stream.take), its pyramid and export's read-ahead run on
+    # threads that the line profiler does not trace; the buffers they fill are made in
+    # traced lines.
+    funcs = [ingest._stream, ingest._write_level0, ingest._Rows.__init__,
+             store_mod.ArrayView.read, store_mod.ArrayView.write, store_mod.downsample_tile,
+             resample.resample_window,
              engine.run_tile, export._VirtualTiff.read, export._VirtualTiff._strip_bytes,
              export._VirtualTiff.strip]
     tiles_too = cfg.mode != "style"   # style tiles need the pass's reduced Grams

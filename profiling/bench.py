@@ -1,8 +1,10 @@
 """make bench: one table of ratios, each measured in one run (this machine is noisy, so every
 ratio compares two things timed moments apart, on the same file).
 
-    ingest ÷ libvips decode         gigadream's ingest of a 300 MP JPEG into the store, against
-                                    libvips decoding the same file sequentially (avg())
+    CLI ingest ÷ libvips decode     `gigadream ingest` of a 300 MP JPEG as a user runs it (level
+                                    0 and the default config's octave pyramid, process start
+                                    included), against libvips decoding the same file
+                                    sequentially (avg()), timed just before and just after
     export ÷ libvips re-encode      JPEG export of the stored image, against libvips decoding
                                     and re-encoding the source JPEG at the same quality
     identity passes                 MP/s through the engine (2 workers), no model: one octave of
@@ -16,12 +18,18 @@ ratio compares two things timed moments apart, on the same file).
                                     run this bench used before, 15-25 % of the wall, a share no
                                     real run has.
 
+The panoramas are scikit-image's photos with camera-like noise (BENCH_NOISE, the noise's
+standard deviation in levels, default 9): ~0.4 bytes a pixel at quality 90, as stitched photos
+are (100-250 MB for 300 MP). BENCH_NOISE=0 gives the smooth upscaled photos alone (0.06 bytes a
+pixel, which libvips decodes about twice as fast).
+
 Sizes: BENCH_SIZE=WxH (default 20000x15000), BENCH_DREAM=WxH (4800x2400); BENCH_DIR for the
 scratch files.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,13 +37,12 @@ from pathlib import Path
 
 from gigadream.config import ExportConfig, load_config
 from gigadream.export import export
-from gigadream.ingest import ingest
 from gigadream.memory import peak_mb
 from gigadream.pipeline import Stage, run
 from gigadream.sample import make_panorama
 from gigadream.store import Store
 
-AIMS = {"ingest": 1.3, "export": 1.3, "identity": 100.0, "dream": 1.05}
+AIMS = {"ingest": 2.0, "export": 1.3, "identity": 100.0, "dream": 1.05}
 IDENTITY_PASSES = 4
 
 
@@ -55,18 +62,27 @@ def main() -> None:
     pyvips.cache_set_max(0)
     w, h = _size("BENCH_SIZE", "20000x15000")
     dream_w, dream_h = _size("BENCH_DREAM", "4800x2400")
+    noise = float(os.environ.get("BENCH_NOISE", "9"))
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         d = Path(d)
-        src = make_panorama(d / "pano.jpg", w, h)
+        src = make_panorama(d / "pano.jpg", w, h, noise=noise)
         mp = w * h / 1e6
-        decode, _ = timed(lambda: pyvips.Image.new_from_file(str(src), access="sequential").avg())
-        store = Store.create(d / "store")
-        ing_s, level0 = timed(lambda: ingest(src, store))
+        per_px = src.stat().st_size / (w * h)
+
+        def decode() -> float:
+            im = pyvips.Image.new_from_file(str(src), access="sequential")
+            return timed(im.avg)[0]
+
+        before = decode()
+        ing_s, _ = timed(lambda: subprocess.run(
+            [sys.executable, "-m", "gigadream", "ingest", str(src), str(d / "store"), "--quiet"],
+            check=True))
+        decode_s = (before + decode()) / 2
+        level0 = Store.open(d / "store").source(0)
         reenc, _ = timed(lambda: pyvips.Image.new_from_file(str(src), access="sequential")
                          .jpegsave(str(d / "re.jpg"), Q=ExportConfig().quality, keep="none"))
         exp_s, _ = timed(lambda: export(level0, d / "out.jpg"))
-        ing_mb = peak_mb(["ingest", str(src), str(d / "store2"), "--set", "dream.octaves=1",
-                          "--quiet"])
+        ing_mb = peak_mb(["ingest", str(src), str(d / "store2"), "--quiet"])
         exp_mb = peak_mb(["export", str(d / "store2"), str(d / "out2.jpg")])
         starts = []           # (stage, time) of the identity run's stages
 
@@ -84,8 +100,9 @@ def main() -> None:
     marks = [t for name, t in starts if name in ("pass", "export")]
     pass_mps = [mp / (b - a) for a, b in zip(marks, marks[1:])]
     rows = [
-        (f"ingest ÷ libvips decode ({mp:.0f} MP)", f"{ing_s:.1f} s ÷ {decode:.1f} s",
-         ing_s / decode, f"≤ {AIMS['ingest']}", ing_s / decode <= AIMS["ingest"]),
+        (f"CLI ingest ÷ libvips decode ({mp:.0f} MP)", f"{ing_s:.1f} s ÷ {decode_s:.1f} s",
+         ing_s / decode_s, f"≤ {AIMS['ingest']}", ing_s / decode_s <= AIMS["ingest"]),
+        ("  the JPEG (bytes a pixel)", f"noise σ {noise:g}, quality 90", per_px, "", None),
         ("export ÷ libvips re-encode", f"{exp_s:.1f} s ÷ {reenc:.1f} s", exp_s / reenc,
          f"≤ {AIMS['export']}", exp_s / reenc <= AIMS["export"]),
         ("identity passes, 2 workers (MP/s)",
