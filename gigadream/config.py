@@ -175,17 +175,20 @@ class DreamConfig:
 
 @dataclass(frozen=True)
 class StyleConfig:
-    """Gatys et al. style transfer, with jcjohnson/neural-style's options and defaults."""
+    """Gatys et al. style transfer with jcjohnson/neural-style's options; the losses are
+    scale-free (``style.py``), so their weights differ from neural-style's."""
 
     SHORTHAND = "images"     # ``style: painting.jpg`` means ``style.images: [painting.jpg]``
 
     images: tuple[str, ...] = _field((), parse_paths, "style image(s); --set style=PATH")
     blend_weights: tuple[float, ...] | None = _field(
         None, parse_weights_list, "weight of each style image; null = equal")
-    content_weight: float = _field(5.0, parse_float(0.0), "weight of the content loss")
-    style_weight: float = _field(100.0, parse_float(0.0), "weight of the style loss")
-    tv_weight: float = _field(1e-3, parse_float(0.0),
-                              "total-variation smoothing (as at 512×512 px, at every size)")
+    content_weight: float = _field(1.0, parse_float(0.0),
+                                   "weight of the content loss (error relative to the features' energy)")
+    style_weight: float = _field(1.0, parse_float(0.0),
+                                 "weight of the style loss (each layer's Gram error relative to the style's)")
+    tv_weight: float = _field(1.0, parse_float(0.0),
+                              "total-variation smoothing (mean squared neighbour step, 0-1 range)")
     content_layers: tuple[tuple[str, float], ...] | str = _field(
         "auto", parse_layers, "content layers; auto = relu4_2 (VGG)")
     style_layers: tuple[tuple[str, float], ...] | str = _field(
@@ -195,8 +198,9 @@ class StyleConfig:
                                 "(never above the style image's own size, nor 1024 px)")
     init: str = _field("image", parse_choice("image", "random"),
                        "start the coarsest octave from the content image or from noise")
-    optimizer: str = _field("lbfgs", parse_choice("lbfgs", "adam"), "optimiser of each tile")
-    learning_rate: float = _field(10.0, parse_float(0.0, lo_open=True), "Adam's step size")
+    optimizer: str = _field("adam", parse_choice("adam", "lbfgs"), "optimiser of each tile")
+    learning_rate: float = _field(5.0, parse_float(0.0, lo_open=True),
+                                  "Adam's step size, in pixel levels (0-255)")
     normalize_gradients: bool = _field(False, parse_bool,
                                        "divide each loss's gradient by its L1 norm (per tile)")
     pooling: str = _field("max", parse_choice("max", "avg"), "VGG pooling: max or avg")
@@ -207,8 +211,10 @@ class StyleConfig:
     whole_iterations: int = _field(300, parse_int(1), "optimiser steps on the coarsest octave")
     octave_scale: float = _field(2.0, parse_float(1.0, 4.0, lo_open=True),
                                  "size ratio between octaves")
-    passes: int = _field(2, parse_int(1), "randomly offset tile grids per finer octave")
-    iterations: int = _field(20, parse_int(1), "optimiser steps per tile per pass")
+    passes: int = _field(8, parse_int(1), "randomly offset tile grids per finer octave")
+    iterations: int = _field(5, parse_int(1), "optimiser steps per tile per pass: a few keep "
+                             "tile edges invisible (each tile moves against its neighbours' "
+                             "pixels as the pass began)")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,20 @@
 whole image, and what the mode prepares per octave (the style's Gram target) and per pass
 (the canvas's Gram).
 
-Losses follow jcjohnson/neural-style, so its weights mean the same here: content = MSE of the
-content layers' features; style = MSE between Gram matrices normalised by C·H·W; total
-variation = ½ Σ of squared neighbour differences.
+Losses. Departures from Gatys et al. and jcjohnson/neural-style, whose weights assume the
+Caffe VGG19's feature scales: the bundled VGG16's Grams fall ~10⁴× from relu1_1 to relu5_1,
+so with neural-style's weights relu1_1 (colour) outweighs the stroke-making layers by 10⁸ and
+the result is a colour wash without strokes. Here every term is scale-free:
+
+- style, per layer: ‖G − A‖² / ‖A‖², the Gram's error relative to the style's Gram (G and A
+  normalised by C·H·W, as neural-style); 1 = as far as no Gram at all;
+- content, per layer: mean (F − P)² / s, with s the layer's mean square activation over the
+  style image (``style_targets``): the error relative to the features' own energy;
+- total variation: mean of squared neighbour differences, in units of the full 0-255 range.
+
+Any backbone (VGG16, VGG19, ...) then takes the same weights. The default optimiser is Adam
+with a step in pixel levels (as crowsonkb/style-transfer-pytorch), clamped to 0-255 after each
+step; L-BFGS remains an option.
 
 One style across tiles. The Gram matrix is additive over pixels, so before each pass the
 engine reduces every tile's Gram sum into the canvas's global Gram (``stat``, then a Dask tree
@@ -17,11 +28,11 @@ by its own cells, not weighted by its share of the image. All tiles of a pass mo
 with share weighting each would correct the whole image's error by itself and together they
 would overshoot by the number of tiles. Normalised, each tile corrects as if every tile moved
 as it does, so the sum of their moves is one whole-image correction. A whole image is one tile:
-G_est is then its own Gram, exactly the whole-image loss.
+G_est is then its own Gram, exactly the whole-image loss. Every normaliser above is global
+(the style's Grams and scales), so tiles weigh their terms alike.
 
 Content and total variation are local, and are taken as means over the tile's core, so that
-their balance with the style term is the same in every tile and at every image size
-(total variation is scaled as at 512 × 512 px, neural-style's default size).
+their balance with the style term is the same in every tile and at every image size.
 """
 from __future__ import annotations
 
@@ -37,8 +48,6 @@ from .. import archs
 from ..store import ComputedView
 from ..tiling import Box
 
-# Total variation is a sum over pixels in neural-style; here a mean, scaled to 512 × 512 px.
-TV_REFERENCE_PIXELS = 512 * 512
 # Style images are used at most this long (the Gram target of a larger one costs gigabytes).
 STYLE_MAX_SIDE = 1024
 
@@ -154,7 +163,9 @@ class StyleTransfer:
                          self.pooling)
             p = {n: _cells(c_acts[n], core, strides[n]) for n, _ in self.content_layers}
             del c_acts
-            a = {n: torch.from_numpy(target[n]) for n, _ in self.style_layers}
+        grams = {n: torch.from_numpy(target["grams"][n]) for n, _ in self.style_layers}
+        energy = {n: float(a.pow(2).sum()) for n, a in grams.items()}        # ‖A‖²
+        scales = {n: target["scales"][n] for n, _ in self.content_layers}
         offsets: dict = {}                   # G_global − Ĝ_tile(x₀), set at the first step
         model_s = [0.0]
 
@@ -166,7 +177,7 @@ class StyleTransfer:
             loss = win.new_zeros(())
             for n, w in self.content_layers:
                 f = _cells(norm(acts[n]), core, strides[n])
-                loss = loss + self.content_weight * w * (f - p[n]).pow(2).mean()
+                loss = loss + self.content_weight * w * (f - p[n]).pow(2).mean() / scales[n]
             for n, w in self.style_layers:
                 f = _cells(norm(acts[n]), core, strides[n])
                 cells = f.shape[-1] * f.shape[-2]
@@ -177,11 +188,11 @@ class StyleTransfer:
                     offsets[n] = (0.0 if canvas is None else
                                   torch.from_numpy(canvas["grams"][n][0] / (f.shape[1] * canvas["grams"][n][1])).float()
                                   - g.detach())
-                loss = loss + self.style_weight * w * (g + offsets[n] - a[n]).pow(2).mean()
+                loss = loss + self.style_weight * w * (g + offsets[n] - grams[n]).pow(2).sum() / energy[n]
             if self.tv_weight:
                 dy, dx = x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
-                tv = 0.5 * (dy.pow(2).sum() + dx.pow(2).sum()) / x[0, 0].numel()
-                loss = loss + self.tv_weight * TV_REFERENCE_PIXELS * tv
+                tv = (dy.pow(2).mean() + dx.pow(2).mean()) / 255.0 ** 2
+                loss = loss + self.tv_weight * tv
             return loss, t
 
         def closure():
@@ -193,10 +204,13 @@ class StyleTransfer:
             return loss
 
         if self.optimizer == "adam":
-            opt = torch.optim.Adam([x], lr=self.learning_rate)
+            # crowsonkb's betas: the second moment adapts within a pass's few steps
+            opt = torch.optim.Adam([x], lr=self.learning_rate, betas=(0.9, 0.99))
             for _ in range(self.iterations):
                 loss = closure()
                 opt.step()
+                with torch.no_grad():
+                    x.clamp_(0.0, 255.0)
         else:
             # neural-style's L-BFGS: no tolerance stops, a bounded history (per tile, each
             # pair of history vectors costs two windows of memory)
@@ -233,8 +247,10 @@ def load_style_image(path: str, long_side: int) -> np.ndarray:
 def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, model: str,
                   weights: str | None, pooling: str, layers: tuple[tuple[str, float], ...],
                   long_side: int) -> dict:
-    """The style Gram per layer, each image's Gram normalised by C·H·W, blended by weight
-    (neural-style's -style_blend_weights, normalised to sum 1)."""
+    """What a tile optimises towards: ``grams``, the style Gram per layer of ``layers``, each
+    image's Gram normalised by C·H·W, blended by weight (neural-style's -style_blend_weights,
+    normalised to sum 1); and ``scales``, the mean square activation of every layer of the
+    model over the style images (blended alike), the content loss's normaliser."""
     import torch
 
     from ..steps import model_step
@@ -242,17 +258,21 @@ def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, mode
     net = get_model(model, weights)
     blend = blend or (1.0,) * len(images)
     total = sum(blend)
-    out: dict = {}
+    every = frozenset(o.name for o in archs.ops(model) if o.kernel is not None)   # spatial maps
+    grams: dict = {}
+    scales: dict = {}
     pixels = [torch.from_numpy(load_style_image(p, long_side))[None] for p in images]
     with model_step():   # beside the tile tasks of the worker's other thread; decoding above
         for x, w in zip(pixels, blend):
             with torch.no_grad():
-                acts = net(x, frozenset(n for n, _ in layers), pooling)
+                acts = net(x, every, pooling)
+            for n, f in acts.items():
+                scales[n] = scales.get(n, 0.0) + float(f.double().pow(2).mean()) * (w / total)
             for n, _ in layers:
                 f = acts[n]
                 g = (_gram_sum(f) / f[0].numel()).numpy() * (w / total)
-                out[n] = out[n] + g if n in out else g
-    return out
+                grams[n] = grams[n] + g if n in grams else g
+    return {"grams": grams, "scales": scales}
 
 
 def style_side(style_scale: float, octave_shape: tuple[int, int]) -> int:
