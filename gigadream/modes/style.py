@@ -17,9 +17,9 @@ Any backbone (VGG16, VGG19, ...) then takes the same weights. The default optimi
 with a step in pixel levels (as crowsonkb/style-transfer-pytorch), clamped to 0-255 after each
 step; L-BFGS remains an option.
 
-One style across tiles. The Gram matrix is additive over pixels, so before each pass the
-engine reduces every tile's Gram sum into the canvas's global Gram (``stat``, then a Dask tree
-reduction). A tile then optimises its own pixels (its margin stays fixed, as context) against
+One style across tiles. The Gram matrix is additive over pixels, so before each pass every
+tile's Gram sum (``stat``) is added into the canvas's global Gram as it comes back
+(``StyleMode.pass_data``). A tile then optimises its own pixels (its margin stays fixed, as context) against
 
     G_est(x) = G_global + Ĝ_tile(x) − Ĝ_tile(x₀)
 
@@ -223,7 +223,7 @@ class StyleTransfer:
 
 
 def add_stats(*stats: dict) -> dict:
-    """Sum tiles' Gram sums and cell counts, layer by layer (a node of the tree reduction)."""
+    """Sum tiles' Gram sums and cell counts, layer by layer."""
     out = {}
     for s in stats:
         for layer, (g, n) in s["grams"].items():
