@@ -97,8 +97,8 @@ def _model_costs(cfg: Config, workers: int,
     cluster (its environment, threads and allocator settings), which costs ``plan`` the
     worker's start, 3-5 s. Steps timed in the calling process ran at another speed: on
     this shared, busy machine a VGG16 step of a 168×169 window took 550-1900 ms on a
-    process's main thread, 70-260 ms in a worker's task (measured), and the estimate stood
-    at 2.3-5.9× a real run's model time.
+    process's main thread, 70-260 ms in a worker's task (measured), and an estimate timed there
+    stands at 2.3-5.9× a real run's model time.
 
     The steps are those of the run's own window ``shapes`` (``_probe_shapes``): edge tiles
     bring thin windows that cost more per pixel than a square's. A step costs a + b ×
@@ -109,11 +109,13 @@ def _model_costs(cfg: Config, workers: int,
     faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
     measured in a worker); that cost is timed after a trim, per megapixel."""
     from .engine import cluster
+    from .modes import mode_for
 
-    if cfg.mode == "identity":
+    mode = mode_for(cfg)
+    if not mode.uses_model:
         return 0.0, 0.0, 0.0, 0, 0.0, 0.0
     threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (engine.cluster)
-    with cluster(1, threads, model=(cfg.model.name, cfg.model.weights)) as ex:
+    with cluster(1, threads, warm=mode.warm_up()) as ex:
         return ex.submit(_time_steps, cfg, shapes).result()
 
 
