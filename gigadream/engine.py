@@ -244,8 +244,10 @@ class DaskExecutor(concurrent.futures.Executor):
 
     def share(self, value):
         """``value`` sent to every worker once, as a Dask future that tasks take as an
-        argument."""
-        return self.client.scatter(value, broadcast=True, hash=False)
+        argument. (In a list: Dask scatters a dict's values under the dict's keys, so two
+        dicts with one key would share one future.)"""
+        [future] = self.client.scatter([value], broadcast=True, hash=False)
+        return future
 
     def each_worker(self, fn: Callable, *args) -> list:
         """``fn(*args)`` run once in every worker process (not as a task): what each

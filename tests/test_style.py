@@ -205,6 +205,9 @@ def test_grams_summed_as_they_arrive_reach_every_worker():
         assert map_tasks(ex, dict, stats, add, keep=False) == []
         shared = ex.share(total)
         seen = [r[1] for r in map_tasks(ex, _echo, list(range(4)), args=(shared,))]
+        # the next pass's Grams are its own, not the last pass's under the same name
+        other = ex.share({"grams": {"a": (np.zeros((4, 4)), 0)}})
+        assert map_tasks(ex, _echo, [0], args=(other,))[0][1]["grams"]["a"][1] == 0
     assert len(seen) == 4
     for reduced in seen:
         g, n = reduced["grams"]["a"]
