@@ -8,9 +8,8 @@ from conftest import assert_config_error, read, save
 from gigadream.config import load_config
 from gigadream.engine import cluster
 from gigadream.errors import InputError
-from gigadream.models import get_model
 from gigadream.modes.style import (StyleMode, StyleTransfer, add_stats, luminance_transfer,
-                                   style_targets)
+                                   style_model, style_targets)
 from gigadream.pipeline import plan, run
 from gigadream.sample import painting
 from gigadream.tiling import Box, grid
@@ -41,7 +40,7 @@ def images(tmp_path_factory):
 def features(img: np.ndarray, layers, pooling: str = "max") -> dict:
     x = torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32).copy())[None]
     with torch.no_grad():
-        return get_model("vgg16")(x, frozenset(layers), pooling)
+        return style_model("vgg16", None)(x, frozenset(layers), pooling)   # as style sees it
 
 
 def grams(img: np.ndarray, layers=LAYERS, pooling: str = "max") -> dict:
