@@ -14,9 +14,8 @@ ratio compares two things timed moments apart, on the same file).
                                     impressionist, 2 octaves × 2 passes on a 4800×2400 px
                                     panorama (~2 min of VGG16 in bf16 on 2 cores). Its fixed
                                     costs (a worker process starting, importing torch, loading
-                                    the model, less what ingest hides) are ~2.5 s: on the 0.5 MP
-                                    run this bench used before, 15-25 % of the wall, a share no
-                                    real run has.
+                                    the model, less what ingest hides) are ~2.5 s: 15-25 % of a
+                                    0.5 MP run's wall, a share no real run has, hence the size.
 
 The panoramas are scikit-image's photos with camera-like noise (BENCH_NOISE, the noise's
 standard deviation in levels, default 9): ~0.4 bytes a pixel at quality 90, as stitched photos
