@@ -111,7 +111,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
                 ex = workers.executor()            # what is left of its start
                 resolved = check_resolved(store, mode.resolve(ex))
             with _timed(report, "passes"):
-                _passes(_Run(ex, store, report, on_event, resolved, mode.batch(resolved),
+                _passes(_Run(ex, store, report, on_event, resolved, resolved.get("batch", 1),
                              cfg.seed, mode.uses_model),
                         mode, passes, sources)
             workers.close()             # before the export: its memory is not needed there

@@ -124,12 +124,10 @@ class Mode:
 
     def resolve(self, executor) -> dict:
         """Settings resolved on the workers that shape the result's bytes (``auto`` values,
-        the device kind): recorded with the run, and a resume must resolve them alike."""
+        the device kind): recorded with the run, and a resume must resolve them alike. Its
+        ``batch``, where there is one, is how many tiles of one window shape a processor
+        step takes at once (1 without)."""
         return {}
-
-    def batch(self, resolved: dict) -> int:
-        """Tiles of one window shape a processor step takes at once."""
-        return 1
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
         """Prepare what every pass of ``octave`` shares (``view``: the octave's start,

@@ -237,9 +237,6 @@ class DreamMode(Mode):
             batch = gpu_batch(self.cfg.tiling.tile + 2 * self.margin) if device == "cuda" else 1
         return {"device": device, "precision": precision, "batch": batch, "threads": threads}
 
-    def batch(self, resolved: dict) -> int:
-        return resolved["batch"]
-
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
         """The octave's gradient scale: measured once, kept in the run record."""
         if run.resolved["precision"] != "mixed":
