@@ -245,6 +245,7 @@ def test_the_page_opens_from_disk_with_the_input_left_and_the_result_right(brows
 def test_dragging_the_curtain_moves_the_boundary(browser, deepzoom):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     d, input_, result = deepzoom
     open_page(browser, write_viewer(d / "pano dream.html", d / "pano dream.dzi", d / "pano.dzi"))
     before = screen(browser)["curtain"]
@@ -259,6 +260,12 @@ def test_dragging_the_curtain_moves_the_boundary(browser, deepzoom):
     wait_loaded(browser)
     s = screen(browser)
     assert abs(s["curtain"] - (before + 100)) <= 1
+    assert_curtain_at(s, input_, result)
+    # the curtain keeps the focus the drag gave it: arrow keys move it by 2 % of the width
+    browser.switch_to.active_element.send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT)
+    wait_loaded(browser)
+    s = screen(browser)
+    assert abs(s["curtain"] - (before + 100 - 0.04 * s["shot"].shape[1])) <= 1
     assert_curtain_at(s, input_, result)
     assert console_errors(browser) == []
 
