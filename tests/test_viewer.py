@@ -57,7 +57,7 @@ def test_the_descriptor_is_inlined_with_its_tiles_relative_to_the_page(deepzoom,
 
     page = write_viewer(d / "pano dream.html", d / "pano dream.dzi", d / "pano.dzi")
     text = page.read_text()
-    # everything inline: no script or stylesheet from anywhere, no fetch of a descriptor
+    # everything inline: no script or stylesheet from anywhere
     assert "<script src" not in text and "<link" not in text
     assert json.dumps(src["Image"]["Url"]) in text
     # the vendored release, the one viewer.py names, with its licence
@@ -171,7 +171,7 @@ def zoom(browser, image_zoom: float, x: float, y: float) -> None:
 
 def screen(browser) -> dict:
     """The screenshot as an (h, w, 3) array and where things are on it: the curtain's x, the
-    image's corners, the image zoom."""
+    image's corners, the bottom of the navigator (the buttons are above it), the image zoom."""
     from PIL import Image
     shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB"))
     geo = browser.execute_script("""
@@ -179,6 +179,7 @@ def screen(browser) -> dict:
         const a = l.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0));
         const b = l.imageToViewerElementCoordinates(size);
         return {curtain: g.curtain() * g.viewer.container.clientWidth, x0: a.x, y0: a.y,
+                top: g.viewer.navigator.element.getBoundingClientRect().bottom,
                 x1: b.x, y1: b.y, zoom: l.viewportToImageZoom(g.viewer.viewport.getZoom(true)),
                 message: document.getElementById("message").textContent};""")
     assert shot.shape[1] == round(browser.execute_script("return window.innerWidth"))
@@ -198,7 +199,7 @@ def band(s: dict, rows: np.ndarray, h: int) -> np.ndarray:
     top, the labels at the bottom and the curtain's grip in the middle."""
     n = s["shot"].shape[0]
     y = np.arange(n)
-    return y[(rows >= 0) & (rows < h) & (y > 110) & (y < n - 40) & (abs(y - n / 2) > 25)]
+    return y[(rows >= 0) & (rows < h) & (y > s["top"] + 5) & (y < n - 40) & (abs(y - n / 2) > 25)]
 
 
 def sides(s: dict, input_: np.ndarray, result: np.ndarray):
