@@ -219,7 +219,7 @@ def attach(im, kept: dict[str, bytes], fmt: str):
         im.set_type(pyvips.GValue.blob_type, EXIF, kept[EXIF])
     if XMP in kept:
         im.set_type(pyvips.GValue.blob_type, XMP, kept[XMP])
-    im.set_type(pyvips.GValue.gint_type, "orientation", 1)
+    # no "orientation" field (the virtual TIFF has none): libvips writes orientation 1
     return im, "icc:exif:xmp"
 
 

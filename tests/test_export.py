@@ -246,14 +246,19 @@ def test_szi_and_iiif3_hold_the_same_pyramid(tmp_path, source, photos):
     assert np.abs(_tile_of(iiif, "iiif3").numpy().astype(int) - ref).mean() < 3
 
 
-def test_deep_zoom_reads_the_view_once_top_to_bottom(tmp_path):
-    """dzsave takes the strips as they come: each is read once, in order (so it never needs
-    the whole image), and then the tiles are in place."""
-    pixels = np.random.default_rng(5).integers(0, 256, (700, 300, 3), dtype=np.uint8)
-    view = Pixels(pixels)
+def test_deep_zoom_is_written_while_the_strips_arrive(tmp_path):
+    """dzsave takes the strips as they come: each is read once, in order, and the tiles of
+    the top rows are on disk before the last strip is read (the image is never whole in
+    memory)."""
+    pixels = np.random.default_rng(5).integers(0, 256, (2000, 64, 3), dtype=np.uint8)
+    tiles_before_last = []
+    view = Pixels(pixels, at_row=1792,
+                  then=lambda: tiles_before_last.append(len(list(tmp_path.rglob("*.jpeg")))))
     out = export(view, tmp_path / "p.dzi")
-    assert view.rows_read == [0, 256, 512]
-    assert read(out.with_name("p_files") / "10" / "0_0.jpeg").shape == (255, 255, 3)
+    assert view.rows_read == list(range(0, 2000, 256))
+    assert tiles_before_last[0] >= 5                 # level 11's first rows of 254 px tiles
+    tile = read(out.with_name("p_files") / "11" / "0_0.jpeg").astype(int)
+    assert np.abs(tile - pixels[:255, :64]).mean() < 12         # noise, JPEG quality 92
 
 
 def test_deep_zoom_replaces_only_with_overwrite_and_only_tiles(tmp_path, source):
