@@ -67,7 +67,7 @@ def output_format(out: Path, cfg: ExportConfig = ExportConfig()) -> str:
 
 
 def outputs(out: Path, cfg: ExportConfig = ExportConfig()) -> list[Path]:
-    """Every path that an export to ``out`` writes, the one a viewer opens first:
+    """Every path that an export to ``out`` writes, first the one a viewer opens:
 
     - .jpg, .tif: the file.
     - .dzi: ``NAME.dzi`` (the Deep Zoom XML: tile size, overlap, format, size) and
@@ -290,8 +290,10 @@ def _save_deep_zoom(im, folder: Path, name: str, fmt: str, cfg: ExportConfig) ->
     """``im`` as deep zoom named ``name`` (``outputs``) in ``folder``. Each tile carries
     sRGB's profile."""
     im, keep = metadata.attach(im, {}, fmt)
-    if fmt == "dz":            # dzsave adds .dzi and _files to the name
-        im.dzsave(str(folder / Path(name).stem), layout="dz", Q=cfg.quality, keep=keep)
+    if fmt == "dz":            # dzsave adds .dzi (lower case) and _files to the name
+        stem = Path(name).stem
+        im.dzsave(str(folder / stem), layout="dz", Q=cfg.quality, keep=keep)
+        os.replace(folder / f"{stem}.dzi", folder / name)
     elif fmt == "szi":
         im.dzsave(str(folder / name), layout="dz", container="szi", Q=cfg.quality, keep=keep)
     else:

@@ -76,7 +76,8 @@ def _read_ifd(data: bytes, order: str, name: str, at: int, ifds: dict) -> None:
     (n,) = struct.unpack(order + "H", data[at:at + 2])
     entries = []
     for i in range(n):
-        tag, typ, count, field = struct.unpack(order + "HHI4s", data[at + 2 + 12 * i:at + 14 + 12 * i])
+        at_entry = at + 2 + 12 * i
+        tag, typ, count, field = struct.unpack(order + "HHI4s", data[at_entry:at_entry + 12])
         sub = POINTERS.get(name, {}).get(tag)
         if sub is not None:
             if sub not in ifds:
@@ -243,8 +244,8 @@ def append_exif(path: Path, blob: bytes) -> None:
         f.seek(first)
         (n,) = struct.unpack("<Q", f.read(8))
         table = f.read(20 * n + 8)
-        have = [Entry(*struct.unpack("<HHQ", table[20 * i:20 * i + 12]), table[20 * i + 12:20 * i + 20])
-                for i in range(n)]
+        entries = [table[20 * i:20 * i + 20] for i in range(n)]
+        have = [Entry(*struct.unpack("<HHQ", e[:12]), e[12:]) for e in entries]
         (next_ifd,) = struct.unpack("<Q", table[20 * n:])
         tags = {e.tag for e in have}
         more = [e for e in ifds["0"] if e.tag not in tags and e.tag not in LAYOUT_TAGS]

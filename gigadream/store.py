@@ -64,8 +64,8 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 # 0-255 → 0-65535 is × 257 (255 × 257 = 65535), so a uint8 level k is 16-bit level 257 k.
-_F16_TO_U16 = np.rint(257 * np.clip(np.nan_to_num(
-    np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)), 0, 255)).astype(np.uint16)
+_F16_TO_U16 = np.rint(257 * np.clip(np.nan_to_num(np.arange(
+    1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)), 0, 255)).astype(np.uint16)
 
 
 def to_uint16(a: np.ndarray) -> np.ndarray:

@@ -205,7 +205,8 @@ KINDS = [("out.jpg", {}, "jpeg"), ("out.tif", {}, "tiff"), ("out16.tif", {"bits"
 def test_every_output_embeds_the_srgb_profile(tmp_path, source, name, settings, kind):
     store, view = source
     out = export(view, tmp_path / name, ExportConfig(**settings))
-    im = _tile_of(out, kind) if kind in ("dz", "szi", "iiif3") else pyvips.Image.new_from_file(str(out))
+    im = _tile_of(out, kind) if kind in ("dz", "szi", "iiif3") else \
+        pyvips.Image.new_from_file(str(out))
     assert im.get_typeof("icc-profile-data") and im.get("icc-profile-data") == srgb_profile()
 
 
@@ -231,6 +232,13 @@ def test_dzi_is_a_deep_zoom_pyramid_of_the_image(tmp_path, source, photos):
     assert np.abs(t - ref[y0:y0 + t.shape[0], x0:x0 + t.shape[1]]).mean() < 3
 
 
+def test_an_upper_case_dzi_name_is_kept(tmp_path, source):
+    """dzsave names its XML NAME.dzi whatever the case asked for: renamed to the name given."""
+    store, view = source
+    export(view, tmp_path / "Pano.DZI")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Pano.DZI", "Pano_files", "store"]
+
+
 def test_szi_and_iiif3_hold_the_same_pyramid(tmp_path, source, photos):
     import json
     import zipfile
@@ -238,7 +246,8 @@ def test_szi_and_iiif3_hold_the_same_pyramid(tmp_path, source, photos):
     szi = export(view, tmp_path / "pano.szi")
     names = zipfile.ZipFile(szi).namelist()
     assert "pano/pano.dzi" in names and sum(n.startswith("pano/pano_files/9/") for n in names) == 9
-    iiif = export(view, tmp_path / "pano", ExportConfig(layout="iiif3", iiif_id="https://x.org/iiif"))
+    iiif = export(view, tmp_path / "pano",
+                  ExportConfig(layout="iiif3", iiif_id="https://x.org/iiif"))
     info = json.loads((iiif / "info.json").read_text())
     assert (info["id"], info["width"], info["height"]) == ("https://x.org/iiif/pano", 512, 512)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pano", "pano.szi", "store"]
@@ -301,7 +310,8 @@ def test_a_failed_deep_zoom_export_leaves_nothing(tmp_path, source):
     ("out.jpg", {"bits": 16}, r"export.bits 16 needs a TIFF output, but out.jpg is a JPEG .*"
                               r"name it out.tif, or set export.bits=8"),
     ("out.dzi", {"bits": 16}, r"out.dzi is deep zoom"),
-    ("out.dzi", {"layout": "iiif3"}, r"iiif3 writes a folder of tiles, not a .dzi file; .*-o out\)"),
+    ("out.dzi", {"layout": "iiif3"},
+     r"iiif3 writes a folder of tiles, not a .dzi file; .*-o out\)"),
     ("out", {}, r"unknown format .*\.dzi or \.szi \(deep zoom\), or set export.layout=iiif3"),
 ])
 def test_bad_output_settings(tmp_path, name, settings, message):
