@@ -10,6 +10,11 @@ from . import __version__, archs
 from .config import Config, field_help, load_config, presets_dir
 from .errors import DiskFullError, GigadreamError
 
+# What -o / OUT may name; the formats are export.output_format's.
+OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
+           "(deep zoom: NAME.dzi and tiles in NAME_files/) or .szi (the same in one zip); or a "
+           "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3")
+
 # Shortcut flags and the config keys they set; their defaults live in the config alone.
 SHORTCUTS = {"seed": "seed", "workers": "engine.workers", "scheduler": "engine.scheduler"}
 
@@ -49,14 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="dream or stylise an image end to end: ingest, passes, export",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Dream or stylise INPUT and write the result (JPEG or BigTIFF) and, "
-                                   "beside it, OUT.yaml: the resolved config that reproduces it.",
+                       description="Dream or stylise INPUT and write the result (JPEG, BigTIFF or "
+                                   "deep zoom) and, beside it, OUT.yaml: the resolved config that "
+                                   "reproduces it.",
                        epilog=_settings_epilog())
     p.add_argument("input", type=Path, metavar="INPUT", help="image file (JPEG, PNG, TIFF, WebP, ...)")
     _add_config_args(p)
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
-                   help="result file, .jpg or .tif (default: INPUT-dream.jpg, or INPUT-style.jpg, "
-                        "beside the input)")
+                   help=f"the result: {OUTPUTS} (default: INPUT-dream.jpg, or "
+                        "INPUT-style.jpg, beside the input)")
     p.add_argument("--store", type=Path, metavar="DIR",
                    help="working store folder, kept afterwards (default: OUT.gdstore, "
                         "removed after success). Running the same command again resumes "
@@ -82,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
 
     p = sub.add_parser("export", help="write a store's result (or, before any run, its source) "
-                                      "as JPEG or BigTIFF")
+                                      "as JPEG, BigTIFF or deep zoom")
     p.add_argument("store", type=Path, metavar="STORE")
-    p.add_argument("output", type=Path, metavar="OUT", help=".jpg or .tif")
+    p.add_argument("output", type=Path, metavar="OUT", help=OUTPUTS)
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--partial", action="store_true",
@@ -218,10 +224,10 @@ def _export(args) -> int:
     cfg = _config(args)
     store = Store.open(args.store)
     view, what = stored_image(store, args.partial)
-    check_output(args.output, view.shape, args.overwrite)
+    check_output(args.output, view.shape, args.overwrite, cfg.export)
     if what:
         print(f"gigadream: writing {what}", file=sys.stderr)
-    export(view, args.output, cfg.export, overwrite=args.overwrite)
+    export(view, args.output, cfg.export, overwrite=args.overwrite, kept=store.input_metadata())
     return 0
 
 

@@ -52,12 +52,18 @@ def parse_float(lo: float | None = None, hi: float | None = None, lo_open: bool 
     return parse
 
 
-def parse_choice(*choices: str) -> Parser:
+def parse_choice(*choices: str | int) -> Parser:
     def parse(key: str, v: Any) -> Any:
-        if v not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(choices)}; got {v!r}")
+        if not any(type(v) is type(c) and v == c for c in choices):   # 16.0, True: refused
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}; got {v!r}")
         return v
     return parse
+
+
+def parse_text(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: expected a non-empty string, got {v!r} ({_type_name(v)})")
+    return v
 
 
 def parse_optional_str(key: str, v: Any) -> Any:
@@ -241,9 +247,28 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    quality: int = _field(92, parse_int(1, 100), "JPEG quality (also TIFF with jpeg compression)")
+    """How the result is written; the output's name (-o) picks the format: .jpg, .tif
+    (BigTIFF), .dzi or .szi (deep zoom), or a folder (``layout: iiif3``)."""
+
+    quality: int = _field(92, parse_int(1, 100),
+                          "JPEG quality (also deep-zoom tiles, and TIFF with jpeg compression)")
     tiff_compression: str = _field("deflate", parse_choice("deflate", "jpeg", "lzw", "none"),
                                    "compression of BigTIFF output")
+    bits: int = _field(8, parse_choice(8, 16),
+                       "bits a channel: 8, or 16 for print (TIFF only: the float canvas "
+                       "scaled to 0-65535, never rounded to 8 bits on the way)")
+    layout: str = _field("dz", parse_choice("dz", "iiif3"),
+                         "deep zoom: dz (-o NAME.dzi writes NAME.dzi and its tiles in "
+                         "NAME_files/; -o NAME.szi, the same in one zip) or iiif3 (-o NAME "
+                         "writes the folder NAME/: info.json and tiles, IIIF Image API 3 level 0)")
+    iiif_id: str = _field(".", parse_text,
+                          "iiif3: the URL of OUT's parent folder as served (info.json's id "
+                          "is ID/NAME); '.' = relative, for a page in that folder")
+
+    def __post_init__(self) -> None:
+        if self.bits == 16 and self.tiff_compression == "jpeg":
+            raise ConfigError("export.bits: 16 cannot be stored with export.tiff_compression "
+                              "jpeg (8 bits a channel only); use deflate, lzw or none")
 
 
 @dataclass(frozen=True)

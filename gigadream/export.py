@@ -1,20 +1,33 @@
-"""Canvas → JPEG or tiled BigTIFF, streamed.
+"""Canvas → JPEG, tiled BigTIFF (8 or 16 bits a channel) or deep zoom (.dzi, .szi, IIIF 3),
+streamed.
 
 libvips encodes, but it cannot pull pixels from zarr. So it reads the canvas as an uncompressed
 BigTIFF that is never written anywhere (``_VirtualTiff``, a custom source): each strip is read
 from the store as libvips reaches it, while libvips encodes the one before. Writing that TIFF
 to a temporary file first, then encoding it, takes 1.3-1.9× as long as libvips re-encoding the
 source JPEG; this way 0.8-1.1× (300 MP, the three alternated in one run), with no temporary
-file on disk.
+file on disk. Deep zoom is libvips' ``dzsave`` reading the same source: it cuts the tiles and
+shrinks the next level from strips as they arrive, so it too holds a few strips a level,
+whatever the image's height.
 
-The result is written under a hidden temporary name in the output's folder and renamed over the
-final name only when complete, so a final name never holds a partial image.
+A 16-bit TIFF's strips come from the float16 canvas scaled to 0-65535 (``read_uint16``): the
+fractions of a level that the passes leave are kept, never rounded to 8 bits on the way.
+
+Every output carries sRGB's ICC profile (deep-zoom tiles too); JPEG and TIFF also carry the
+input's EXIF and XMP, orientation 1 (``metadata``).
+
+A file is written under a hidden temporary name in the output's folder and renamed over the
+final name only when complete, so a final name never holds a partial image; deep zoom's files
+are written in a hidden temporary folder there and moved into place when complete, the .dzi
+last.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import json
 import os
+import shutil
 import struct
 import threading
 from pathlib import Path
@@ -22,32 +35,66 @@ from typing import Callable
 
 import numpy as np
 
+from . import metadata
 from .config import ExportConfig
 from .errors import OutputError
 from .tiling import Box
 
 JPEG_MAX_SIDE = 65500          # libjpeg's limit
 STRIP_ROWS = 256
-FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff"}
+FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".dzi": "dz",
+           ".szi": "szi"}
+DEEP_ZOOM = ("dz", "szi", "iiif3")
+KINDS = {"jpeg": "a JPEG", "dz": "deep zoom", "szi": "deep zoom", "iiif3": "deep zoom"}
 
 
-def output_format(out: Path) -> str:
+def output_format(out: Path, cfg: ExportConfig = ExportConfig()) -> str:
+    """jpeg, tiff, dz (.dzi), szi or iiif3 (``export.layout``: a folder): from the name."""
+    out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
+    if cfg.layout == "iiif3":
+        if fmt is not None:
+            raise OutputError(f"output {out}: export.layout iiif3 writes a folder of tiles, "
+                              f"not a {out.suffix} file; name the folder without an image "
+                              f"extension (-o {out.with_suffix('').name}), or set "
+                              "export.layout=dz")
+        return "iiif3"
     if fmt is None:
         raise OutputError(f"output {out}: unknown format {out.suffix or '(no extension)'!r}; "
-                          "name it .jpg or .tif (BigTIFF)")
+                          "name it .jpg or .tif (BigTIFF), .dzi or .szi (deep zoom), or set "
+                          "export.layout=iiif3 for a IIIF folder")
     return fmt
 
 
-def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: bool = False) -> str:
-    """Refuse, before any work, an output that could not be written. Returns its format."""
+def outputs(out: Path, cfg: ExportConfig = ExportConfig()) -> list[Path]:
+    """Every path that an export to ``out`` writes, first the one a viewer opens:
+
+    - .jpg, .tif: the file.
+    - .dzi: ``NAME.dzi`` (the Deep Zoom XML: tile size, overlap, format, size) and
+      ``NAME_files/``, its tiles ``NAME_files/LEVEL/COLUMN_ROW.jpeg``, where level 0 is one
+      pixel and the last level the full image.
+    - .szi: ``NAME.szi``, one zip holding ``NAME/NAME.dzi`` and ``NAME/NAME_files/``.
+    - iiif3: the folder ``NAME/``: ``NAME/info.json`` (id ``export.iiif_id``/NAME) and the
+      tiles of IIIF Image API 3 level 0, ``NAME/X,Y,W,H/W,H/0/default.jpg``.
+    """
     out = Path(out)
-    fmt = output_format(out)
-    if out.is_dir():
-        raise OutputError(f"output {out} is a folder; give a file name such as {out / 'dream.jpg'}")
-    if out.exists() and not overwrite:
-        raise OutputError(f"output {out} already exists; pass --overwrite to replace it "
-                          "or choose another name with -o")
+    if output_format(out, cfg) == "dz":
+        return [out, out.with_name(out.stem + "_files")]
+    return [out]
+
+
+def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: bool = False,
+                 cfg: ExportConfig = ExportConfig()) -> str:
+    """Refuse, before any work, an output that could not be written, or that would replace
+    something without ``overwrite``. Returns its format (``output_format``)."""
+    out = Path(out)
+    fmt = output_format(out, cfg)
+    if cfg.bits == 16 and fmt != "tiff":
+        raise OutputError(f"export.bits 16 needs a TIFF output, but {out.name} is "
+                          f"{KINDS[fmt]} (8 bits a channel); name it "
+                          f"{out.with_suffix('.tif').name}, or set export.bits=8")
+    for path in outputs(out, cfg):
+        _check_replaceable(path, out, fmt, overwrite)
     parent = out.parent
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} does not exist; create it first")
@@ -60,12 +107,45 @@ def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: boo
     return fmt
 
 
-def _bigtiff_header(h: int, w: int, rows: int) -> bytes:
-    """The bytes before the pixels of an uncompressed, strip-organised, 8-bit RGB BigTIFF of
-    h × w px in strips of ``rows`` rows: header, the one IFD, and its strip offsets and byte
-    counts. The pixels follow it, strip after strip, row-major and interleaved."""
+def _check_replaceable(path: Path, out: Path, fmt: str, overwrite: bool) -> None:
+    """``path``, one of ``out``'s outputs, is free, or ``overwrite`` may replace it: a file
+    by a file; a folder by a folder only where it holds deep-zoom tiles and nothing else
+    (--overwrite never removes a folder of other files named by mistake)."""
+    folder = fmt == "iiif3" or path != out
+    what = path if path == out else f"{path} (the tiles of {out.name})"
+    if not folder and path.is_dir():
+        raise OutputError(f"output {out} is a folder; give a file name such as {out / 'dream.jpg'}")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise OutputError(f"output {what} already exists; pass --overwrite to replace it "
+                          "or choose another name with -o")
+    if folder and not _holds_tiles(path, fmt):
+        raise OutputError(f"output {what} exists and holds other files than deep-zoom tiles; "
+                          "it is kept even with --overwrite: choose another name with -o")
+
+
+def _holds_tiles(path: Path, fmt: str) -> bool:
+    """Whether the folder ``path`` holds what dzsave writes (or nothing)."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if fmt == "iiif3":
+        try:
+            info = json.loads((path / "info.json").read_text())
+        except (OSError, ValueError):
+            return not names
+        return isinstance(info, dict) and "iiif.io/api/image" in str(info.get("@context"))
+    return all(n.isdigit() and (path / n).is_dir() or n == "vips-properties.xml" for n in names)
+
+
+def _bigtiff_header(h: int, w: int, rows: int, bits: int = 8) -> bytes:
+    """The bytes before the pixels of an uncompressed, strip-organised RGB BigTIFF of h × w
+    px, ``bits`` (8 or 16, little-endian) a sample, in strips of ``rows`` rows: header, the
+    one IFD, and its strip offsets and byte counts. The pixels follow it, strip after strip,
+    row-major and interleaved."""
     n = -(-h // rows)
-    sizes = [min(rows, h - i * rows) * w * 3 for i in range(n)]
+    sizes = [min(rows, h - i * rows) * w * 3 * bits // 8 for i in range(n)]
     ifd_at, entries = 16, 10
     offsets_at = ifd_at + 8 + entries * 20 + 8
     counts_at = offsets_at + 8 * n
@@ -81,7 +161,7 @@ def _bigtiff_header(h: int, w: int, rows: int) -> bytes:
 
     ifd = [entry(256, long, 1, struct.pack("<I", w)),            # ImageWidth
            entry(257, long, 1, struct.pack("<I", h)),            # ImageLength
-           entry(258, short, 3, struct.pack("<3H", 8, 8, 8)),    # BitsPerSample
+           entry(258, short, 3, struct.pack("<3H", bits, bits, bits)),  # BitsPerSample
            entry(259, short, 1, struct.pack("<H", 1)),           # Compression: none
            entry(262, short, 1, struct.pack("<H", 2)),           # Photometric: RGB
            entry(273, long8, n, array(offsets, offsets_at)),     # StripOffsets
@@ -102,15 +182,15 @@ class _VirtualTiff:
     source's read and seek): the header is made up front, as the strips' sizes are known,
     and each strip of pixels is read from the store when libvips reaches it, the next one
     meanwhile on a thread. Nothing is written to disk, and libvips encodes one strip while
-    the next is read."""
+    the next is read. ``bits``: 8 (``view.read_uint8``) or 16 (``view.read_uint16``)."""
 
-    def __init__(self, view, on_rows: Callable[[int], None] | None = None):
-        self.view, self.on_rows = view, on_rows
+    def __init__(self, view, on_rows: Callable[[int], None] | None = None, bits: int = 8):
+        self.view, self.on_rows, self.bits = view, on_rows, bits
         h, w = view.shape
-        self.head = _bigtiff_header(h, w, STRIP_ROWS)
-        self.strip_bytes = STRIP_ROWS * w * 3
+        self.head = _bigtiff_header(h, w, STRIP_ROWS, bits)
+        self.strip_bytes = STRIP_ROWS * w * 3 * bits // 8
         self.strips = -(-h // STRIP_ROWS)
-        self.size = len(self.head) + h * w * 3
+        self.size = len(self.head) + h * w * 3 * bits // 8
         self.pos = 0
         self.error: BaseException | None = None
         self._stopped = threading.Event()
@@ -127,9 +207,12 @@ class _VirtualTiff:
         return src
 
     def strip(self, i: int) -> np.ndarray:
-        """Strip ``i``: (rows, w, 3) uint8, contiguous."""
+        """Strip ``i``: (rows, w, 3) uint8 or little-endian uint16, contiguous."""
         h, w = self.view.shape
-        return self.view.read_uint8(Box(i * STRIP_ROWS, min(h, (i + 1) * STRIP_ROWS), 0, w))
+        box = Box(i * STRIP_ROWS, min(h, (i + 1) * STRIP_ROWS), 0, w)
+        if self.bits == 16:
+            return np.ascontiguousarray(self.view.read_uint16(box), dtype="<u2")
+        return self.view.read_uint8(box)
 
     def read(self, n: int):
         """Up to ``n`` bytes from the current position; empty at the end, or once stopped or
@@ -185,53 +268,109 @@ def _alive(pid: str) -> bool:
     return int(pid) != os.getpid()
 
 
-def _save(im, path: Path, fmt: str, cfg: ExportConfig) -> None:
+def _save(im, path: Path, fmt: str, cfg: ExportConfig, kept: dict[str, bytes]) -> None:
+    """``im`` into the file ``path``, with sRGB's profile and the input's metadata."""
+    im, keep = metadata.attach(im, kept, fmt)
     if fmt == "jpeg":
         # No optimize_coding: libjpeg then buffers every coefficient (3.5 GB at 300 MP).
-        im.jpegsave(str(path), Q=cfg.quality, keep="none")
+        im.jpegsave(str(path), Q=cfg.quality, keep=keep)
     else:
         # TIFF tiles are multiples of 16; libvips refuses to read back tiles much larger
         # than the image (a 128 px image in 512 px tiles), so small images get small tiles.
         side = min(512, -(-max(im.width, im.height) // 16) * 16)
         im.tiffsave(str(path), bigtiff=True, tile=True, tile_width=side, tile_height=side,
                     pyramid=False, compression=cfg.tiff_compression, Q=cfg.quality,
-                    predictor="horizontal" if cfg.tiff_compression != "jpeg" else "none")
+                    predictor="horizontal" if cfg.tiff_compression != "jpeg" else "none",
+                    keep=keep)
+        if metadata.EXIF in kept:
+            metadata.append_exif(path, kept[metadata.EXIF])
 
 
-def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, overwrite: bool = False,
-           on_rows: Callable[[int], None] | None = None) -> Path:
-    """Write ``view`` (anything with ``shape`` and ``read_uint8(box)``) to ``out``.
+def _save_deep_zoom(im, folder: Path, name: str, fmt: str, cfg: ExportConfig) -> None:
+    """``im`` as deep zoom named ``name`` (``outputs``) in ``folder``. Each tile carries
+    sRGB's profile."""
+    im, keep = metadata.attach(im, {}, fmt)
+    if fmt == "dz":            # dzsave adds .dzi (lower case) and _files to the name
+        stem = Path(name).stem
+        im.dzsave(str(folder / stem), layout="dz", Q=cfg.quality, keep=keep)
+        os.replace(folder / f"{stem}.dzi", folder / name)
+    elif fmt == "szi":
+        im.dzsave(str(folder / name), layout="dz", container="szi", Q=cfg.quality, keep=keep)
+    else:
+        # dzsave puts a vips-properties.xml beside an IIIF folder: it stays in ``folder``
+        im.dzsave(str(folder / name), layout="iiif3", id=cfg.iiif_id, Q=cfg.quality, keep=keep)
 
-    libvips encodes on a thread of its own, reading ``view`` as a ``_VirtualTiff``; this
-    thread only waits, so Ctrl-C and SIGTERM stop an export at once (the reads stop, and
-    libvips fails at its next one).
+
+def _encode(view, out: Path, bits: int, on_rows, save: Callable) -> None:
+    """``save(image)`` of ``view`` read as a ``_VirtualTiff``.
+
+    libvips encodes on a thread of its own; this thread only waits, so Ctrl-C and SIGTERM
+    stop an export at once (the reads stop, and libvips fails at its next one).
     """
     import pyvips
 
+    tiff = _VirtualTiff(view, on_rows, bits)
+    with concurrent.futures.ThreadPoolExecutor(1, "gigadream-encode") as encoder:
+        saving = encoder.submit(lambda: save(pyvips.Image.new_from_source(
+            tiff.source(), "", access="sequential")))
+        try:
+            saving.result()
+        except pyvips.Error as e:
+            if tiff.error is not None:
+                raise tiff.error from None
+            raise OutputError(f"could not write {out}: "
+                              f"{str(e).strip().splitlines()[-1]}") from e
+        finally:
+            tiff.close()         # on an interrupt, libvips stops at its next read
+    if tiff.error is not None:   # libvips may take a short read for the end
+        raise tiff.error
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _move_into_place(made: Path, out: Path, cfg: ExportConfig) -> None:
+    """Deep zoom's outputs from the folder ``made`` to their places; the .dzi last, so that
+    it appears only when its tiles are there. A folder they replace is moved into ``made``
+    first (removed with it)."""
+    for final in reversed(outputs(out, cfg)):
+        if final.is_dir() and not final.is_symlink():
+            os.replace(final, made / f"replaced-{final.name}")
+        os.replace(made / final.name, final)
+
+
+def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, overwrite: bool = False,
+           on_rows: Callable[[int], None] | None = None,
+           kept: dict[str, bytes] | None = None) -> Path:
+    """Write ``view`` (anything with ``shape`` and ``read_uint8(box)``, and
+    ``read_uint16(box)`` for ``export.bits`` 16) to ``out``: the format follows from its
+    name and ``cfg.layout`` (``output_format``), the paths written are ``outputs(out,
+    cfg)``. ``kept``: the input's metadata (``Store.input_metadata()``) for JPEG and TIFF.
+
+    Deep zoom of any view, e.g. a run's result and, as a second layer for a viewer, the
+    input the store holds: ``export(store.source(0), Path("pano-input.dzi"))``.
+    """
     out = Path(out)
-    fmt = check_output(out, view.shape, overwrite)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    # an export killed outright (kill -9, power loss) leaves its partial file: clear it
+    fmt = check_output(out, view.shape, overwrite, cfg)
+    # an export killed outright (kill -9, power loss) leaves its partial file or folder
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         if not _alive(stale.name.rsplit("-", 1)[-1]):
-            stale.unlink(missing_ok=True)
-    tiff = _VirtualTiff(view, on_rows)
+            _remove(stale)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
-        with concurrent.futures.ThreadPoolExecutor(1, "gigadream-encode") as encoder:
-            saving = encoder.submit(lambda: _save(pyvips.Image.new_from_source(
-                tiff.source(), "", access="sequential"), partial, fmt, cfg))
-            try:
-                saving.result()
-            except pyvips.Error as e:
-                if tiff.error is not None:
-                    raise tiff.error from None
-                raise OutputError(f"could not write {out}: "
-                                  f"{str(e).strip().splitlines()[-1]}") from e
-            finally:
-                tiff.close()         # on an interrupt, libvips stops at its next read
-        if tiff.error is not None:   # libvips may take a short read for the end
-            raise tiff.error
-        os.replace(partial, out)
+        if fmt in DEEP_ZOOM:
+            partial.mkdir()
+            _encode(view, out, cfg.bits, on_rows,
+                    lambda im: _save_deep_zoom(im, partial, out.name, fmt, cfg))
+            _move_into_place(partial, out, cfg)
+        else:
+            _encode(view, out, cfg.bits, on_rows,
+                    lambda im: _save(im, partial, fmt, cfg, kept or {}))
+            os.replace(partial, out)
     finally:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
     return out

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import chunks
+from . import chunks, metadata
 from .errors import InputError
 from .resample import octave_shape
 from .store import SOURCE_CHUNK, ArrayView, Store
@@ -479,6 +479,7 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
         shutil.rmtree(store.path / "source" / "raw")
     _drop_levels_from(store, octaves)
     store.write_ome(scale or 1.0, octaves)
+    store.keep_metadata(metadata.from_image(im, transposed=ORIENT[orient][0]))
     store.update_record(ingested=True, input={"name": path.name, **fingerprint(path)},
                         shape=list(levels[0].shape),
                         pyramid={"levels": octaves, "scale": scale})

@@ -7,6 +7,8 @@ Layout of STORE/:
     canvas/o{k}p{n}     float16 canvases of octave k, ping-pong parity n, stored "rolled in
                         place": pixel (y, x) at (y + oy, x + ox), attributes.offset = [oy, ox]
     spare/              chunk files of dropped canvases, until new canvases take them
+    metadata/           the input's EXIF, XMP and resolution, normalised for the upright
+                        image (``metadata.from_image``), for every export
     run.json            the run record, replaced atomically (write, then rename)
 
 Workers receive ``ArrayView``s (a path, an array name, an offset), not open arrays, and open
@@ -34,6 +36,7 @@ from .tiling import Box, Tile, grid, padded_shape
 FORMAT_VERSION = 1
 SOURCE_CHUNK = 256
 SPARES = "spare"           # chunk files of dropped canvases, for new ones (Store.drop_canvases)
+METADATA = "metadata"      # the input's metadata, a file per field (Store.keep_metadata)
 # Chunk codecs, picked by measurement (200 MP photo panorama, 256 px uint8 chunks, chunks.py
 # writing): none 1.8-2.7 s to ingest and 587 MB; blosc-lz4 3.3 s, 218 MB, 0.36 ms to decode a
 # chunk; lz4 with bitshuffle 3.6 s, 220 MB, 0.46 ms; zstd 4.1 s, 118 MB. Every pyramid task
@@ -58,6 +61,21 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.float16:
         return np.take(_F16_TO_U8, a.view(np.uint16))
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+# 0-255 → 0-65535 is × 257 (255 × 257 = 65535), so a uint8 level k is 16-bit level 257 k.
+_F16_TO_U16 = np.rint(257 * np.clip(np.nan_to_num(np.arange(
+    1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)), 0, 255)).astype(np.uint16)
+
+
+def to_uint16(a: np.ndarray) -> np.ndarray:
+    """Pixels in 0-255 (uint8 or float) → uint16 in 0-65535, rounded to nearest and clipped:
+    the float canvas's fractions of a level survive, as they do not in ``to_uint8``."""
+    if a.dtype == np.uint8:
+        return a.astype(np.uint16) * np.uint16(257)
+    if a.dtype == np.float16:
+        return np.take(_F16_TO_U16, a.view(np.uint16))
+    return np.rint(257 * np.clip(a.astype(np.float32), 0, 255)).astype(np.uint16)
 
 
 def interleaved(a: np.ndarray) -> np.ndarray:
@@ -142,6 +160,10 @@ class ArrayView:
         a = self._pixels(box)
         return interleaved(a if a.dtype == np.uint8 else to_uint8(a))
 
+    def read_uint16(self, box: Box) -> np.ndarray:
+        """(h, w, C) uint16 pixels, 0-255 scaled to 0-65535: what a 16-bit exporter writes."""
+        return interleaved(to_uint16(self._pixels(box)))
+
     def write(self, tile: Tile, core: np.ndarray) -> None:
         """Write ``core`` (C, h, w) as the whole chunk that ``tile`` owns."""
         lay = self.layout
@@ -166,6 +188,9 @@ class ComputedView:
 
     def read_uint8(self, box: Box) -> np.ndarray:
         return interleaved(to_uint8(self.read(box)))
+
+    def read_uint16(self, box: Box) -> np.ndarray:
+        return interleaved(to_uint16(self.read(box)))
 
 
 @dataclass(frozen=True)
@@ -363,6 +388,25 @@ class Store:
     def drop_spares(self) -> None:
         """The spare chunk files no canvas took (at the end of a run)."""
         shutil.rmtree(self.path / SPARES, ignore_errors=True)
+
+    # -- the input's metadata -------------------------------------------------------------
+
+    def keep_metadata(self, fields: dict[str, bytes]) -> None:
+        """The input's metadata (``metadata.from_image``: a file per field), for every
+        export of this store, also one in another process (``gigadream export``). Replaces
+        what an earlier ingest kept."""
+        folder = self.path / METADATA
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for name, data in fields.items():
+            (folder / name).write_bytes(data)
+
+    def input_metadata(self) -> dict[str, bytes]:
+        """What ``keep_metadata`` kept; nothing for a store ingested before it existed."""
+        folder = self.path / METADATA
+        if not folder.is_dir():
+            return {}
+        return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
 
     # -- run record ------------------------------------------------------------------------
 

@@ -100,6 +100,13 @@ def unmount():
         subprocess.run(["umount", "-l", str(MOUNTS.pop())], capture_output=True)
 
 
+def _tiles_folder(tmp):
+    """An earlier deep zoom's tiles, without its .dzi."""
+    (tmp / "pano_files" / "9").mkdir(parents=True)
+    (tmp / "pano_files" / "9" / "0_0.jpeg").write_bytes(b"an earlier tile")
+    return True
+
+
 def _conf(text):
     def make(tmp):
         (tmp / "c.yaml").write_text(text)
@@ -133,6 +140,13 @@ BAD_RUNS = [
     ("config beside the output exists", _photo, lambda t: (t / "r.jpg.yaml").write_text("mine")
      and ["-o", t / "r.jpg"], r"output .*r.jpg.yaml \(the config of r.jpg\) already exists; "
                               r"pass --overwrite"),
+    ("16 bits into a JPEG", _photo, lambda t: ["--set", "export.bits=16"],
+     r"export.bits 16 needs a TIFF output, but result.jpg is a JPEG \(8 bits a channel\); "
+     r"name it result.tif"),
+    ("deep zoom tiles folder exists", _photo, lambda t: _tiles_folder(t) and ["-o", t / "pano.dzi"],
+     r"output .*pano_files \(the tiles of pano.dzi\) already exists; pass --overwrite"),
+    ("unknown deep zoom layout", _photo, lambda t: ["--set", "export.layout=zoomify"],
+     r"export.layout: expected one of dz, iiif3; got 'zoomify'"),
 ]
 
 

@@ -1,6 +1,7 @@
 import os
 import signal
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from gigadream.config import ExportConfig
 from gigadream.errors import OutputError
 from gigadream.export import _VirtualTiff, check_output, export
 from gigadream.ingest import ingest
+from gigadream.metadata import srgb_profile
 from gigadream.store import Store
 from gigadream.tiling import Box
 
@@ -142,3 +144,176 @@ def test_an_interrupt_stops_the_export_at_once_and_leaves_nothing(tmp_path):
     assert max(view.rows_read) < 256 * 10, "libvips kept reading after the interrupt"
     assert not [t for t in threading.enumerate()
                 if t.name.startswith(("gigadream-export", "gigadream-encode"))]
+
+
+# ---- 16 bits, ICC, deep zoom ----
+
+@pytest.fixture
+def canvas(tmp_path, photos):
+    """A real float16 canvas (offset, as passes leave them) whose pixels have fractions of a
+    level everywhere: the photo dimmed, plus a ramp."""
+    from gigadream.tiling import grid
+    store = Store.create(tmp_path / "cstore")
+    photo = read(photos["astronaut_png"])[:300, :400].transpose(2, 0, 1).astype(np.float32)
+    pixels = (0.7 * photo + np.linspace(0.0, 70.0, 400, dtype=np.float32)).astype(np.float16)
+    view = store.canvas(0, 0, pixels.shape[1:], 128, (37, 101))
+    for t in grid(view.shape, 128, (37, 101)):
+        view.write(t, pixels[(slice(None), *t.core.slices())])
+    return view, pixels
+
+
+def test_16_bit_tiff_keeps_the_canvas_fractions_and_matches_8_bit_to_rounding(tmp_path, canvas):
+    view, pixels = canvas
+    t16 = pyvips.Image.new_from_file(str(export(view, tmp_path / "o16.tif", ExportConfig(bits=16))))
+    assert t16.format == "ushort" and t16.get("bits-per-sample") == 16
+    a16 = t16.numpy()
+    # exactly the float16 canvas × 257: no 8-bit rounding on the way
+    want = np.rint(257 * pixels.astype(np.float32).clip(0, 255)).transpose(1, 2, 0)
+    np.testing.assert_array_equal(a16, want.astype(np.uint16))
+    assert all(len(np.unique(a16[..., c])) > 4 * 256 for c in range(3))
+    a8 = read(export(view, tmp_path / "o8.tif", ExportConfig()))
+    assert all(len(np.unique(a8[..., c])) <= 256 for c in range(3))
+    back = np.rint(a16 / 257.0).astype(int)
+    assert np.abs(back - a8).max() <= 1 and (back == a8).mean() > 0.999
+
+
+def test_16_bit_tiff_of_an_8_bit_source_is_exact(tmp_path, source, photos):
+    store, view = source
+    out = export(view, tmp_path / "o16.tif", ExportConfig(bits=16, tiff_compression="lzw"))
+    np.testing.assert_array_equal(pyvips.Image.new_from_file(str(out)).numpy(),
+                                  read(photos["astronaut_png"]).astype(np.uint16) * 257)
+
+
+def _tile_of(out: Path, kind: str) -> pyvips.Image:
+    """One full-resolution tile of a deep-zoom output, as libvips decodes it."""
+    import zipfile
+    if kind == "szi":
+        with zipfile.ZipFile(out) as z:
+            name = next(n for n in z.namelist() if n.endswith("_files/9/0_0.jpeg"))
+            return pyvips.Image.new_from_buffer(z.read(name), "")
+    if kind == "iiif3":
+        # the 512 px image's one full-resolution tile: region "full" (the whole image)
+        return pyvips.Image.new_from_file(str(out / "full" / "512,512" / "0" / "default.jpg"))
+    return pyvips.Image.new_from_file(str(out.with_name(out.stem + "_files") / "9" / "0_0.jpeg"))
+
+
+KINDS = [("out.jpg", {}, "jpeg"), ("out.tif", {}, "tiff"), ("out16.tif", {"bits": 16}, "tiff"),
+         ("out.dzi", {}, "dz"), ("out.szi", {}, "szi"), ("out-iiif", {"layout": "iiif3"}, "iiif3")]
+
+
+@pytest.mark.parametrize("name,settings,kind", KINDS, ids=[k[2] + str(k[1]) for k in KINDS])
+def test_every_output_embeds_the_srgb_profile(tmp_path, source, name, settings, kind):
+    store, view = source
+    out = export(view, tmp_path / name, ExportConfig(**settings))
+    im = _tile_of(out, kind) if kind in ("dz", "szi", "iiif3") else \
+        pyvips.Image.new_from_file(str(out))
+    assert im.get_typeof("icc-profile-data") and im.get("icc-profile-data") == srgb_profile()
+
+
+def test_dzi_is_a_deep_zoom_pyramid_of_the_image(tmp_path, source, photos):
+    """Levels 0 (one pixel) to 9 (512 px), the tile count of each, and a full-size tile's
+    pixels (with its one-pixel overlap) match the image."""
+    import xml.etree.ElementTree as ET
+    store, view = source
+    out = export(view, tmp_path / "pano.dzi")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.dzi", "pano_files", "store"]
+    dzi = ET.parse(out).getroot()
+    size, tile, overlap = dzi[0].attrib, int(dzi.get("TileSize")), int(dzi.get("Overlap"))
+    assert (size["Width"], size["Height"], dzi.get("Format")) == ("512", "512", "jpeg")
+    files = tmp_path / "pano_files"
+    assert sorted(int(p.name) for p in files.iterdir() if p.is_dir()) == list(range(10))
+    for level in range(10):
+        side = -(-512 // 2 ** (9 - level))
+        assert len(list((files / str(level)).glob("*.jpeg"))) == (-(-side // tile)) ** 2, level
+    ref = read(photos["astronaut_png"]).astype(int)
+    t = pyvips.Image.new_from_file(str(files / "9" / "1_1.jpeg")).numpy().astype(int)
+    y0 = x0 = tile - overlap
+    assert t.shape == (tile + 2 * overlap, tile + 2 * overlap, 3)
+    assert np.abs(t - ref[y0:y0 + t.shape[0], x0:x0 + t.shape[1]]).mean() < 3
+
+
+def test_an_upper_case_dzi_name_is_kept(tmp_path, source):
+    """dzsave names its XML NAME.dzi whatever the case asked for: renamed to the name given."""
+    store, view = source
+    export(view, tmp_path / "Pano.DZI")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Pano.DZI", "Pano_files", "store"]
+
+
+def test_szi_and_iiif3_hold_the_same_pyramid(tmp_path, source, photos):
+    import json
+    import zipfile
+    store, view = source
+    szi = export(view, tmp_path / "pano.szi")
+    names = zipfile.ZipFile(szi).namelist()
+    assert "pano/pano.dzi" in names and sum(n.startswith("pano/pano_files/9/") for n in names) == 9
+    iiif = export(view, tmp_path / "pano",
+                  ExportConfig(layout="iiif3", iiif_id="https://x.org/iiif"))
+    info = json.loads((iiif / "info.json").read_text())
+    assert (info["id"], info["width"], info["height"]) == ("https://x.org/iiif/pano", 512, 512)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano", "pano.szi", "store"]
+    ref = read(photos["astronaut_png"]).astype(int)
+    assert np.abs(_tile_of(iiif, "iiif3").numpy().astype(int) - ref).mean() < 3
+
+
+def test_deep_zoom_is_written_while_the_strips_arrive(tmp_path):
+    """dzsave takes the strips as they come: each is read once, in order, and the tiles of
+    the top rows are on disk before the last strip is read (the image is never whole in
+    memory)."""
+    pixels = np.random.default_rng(5).integers(0, 256, (2000, 64, 3), dtype=np.uint8)
+    tiles_before_last = []
+    view = Pixels(pixels, at_row=1792,
+                  then=lambda: tiles_before_last.append(len(list(tmp_path.rglob("*.jpeg")))))
+    out = export(view, tmp_path / "p.dzi")
+    assert view.rows_read == list(range(0, 2000, 256))
+    assert tiles_before_last[0] >= 5                 # level 11's first rows of 254 px tiles
+    tile = read(out.with_name("p_files") / "11" / "0_0.jpeg").astype(int)
+    assert np.abs(tile - pixels[:255, :64]).mean() < 12         # noise, JPEG quality 92
+
+
+def test_deep_zoom_replaces_only_with_overwrite_and_only_tiles(tmp_path, source):
+    store, view = source
+    files = tmp_path / "pano_files"
+    files.mkdir()
+    (files / "12").mkdir()                            # a level the new pyramid has not
+    with pytest.raises(OutputError, match=r"pano_files \(the tiles of pano.dzi\) already exists; "
+                                          r"pass --overwrite"):
+        export(view, tmp_path / "pano.dzi")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano_files", "store"]
+    export(view, tmp_path / "pano.dzi", overwrite=True)
+    assert sorted(int(p.name) for p in files.iterdir() if p.is_dir()) == list(range(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.dzi", "pano_files", "store"]
+    photos_dir = tmp_path / "holiday"
+    photos_dir.mkdir()
+    (photos_dir / "me.jpg").write_bytes(b"precious")
+    with pytest.raises(OutputError, match="holds other files than deep-zoom tiles; it is kept"):
+        export(view, photos_dir, ExportConfig(layout="iiif3"), overwrite=True)
+    assert (photos_dir / "me.jpg").read_bytes() == b"precious"
+
+
+def test_a_failed_deep_zoom_export_leaves_nothing(tmp_path, source):
+    store, view = source
+
+    class Failing:
+        shape = view.shape
+
+        def read_uint8(self, box: Box):
+            if box.y0 >= 256:
+                raise OSError(28, "No space left on device")
+            return view.read_uint8(box)
+
+    with pytest.raises(OSError):
+        export(Failing(), tmp_path / "out.dzi")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+@pytest.mark.parametrize("name,settings,message", [
+    ("out.jpg", {"bits": 16}, r"export.bits 16 needs a TIFF output, but out.jpg is a JPEG .*"
+                              r"name it out.tif, or set export.bits=8"),
+    ("out.dzi", {"bits": 16}, r"out.dzi is deep zoom"),
+    ("out.dzi", {"layout": "iiif3"},
+     r"iiif3 writes a folder of tiles, not a .dzi file; .*-o out\)"),
+    ("out", {}, r"unknown format .*\.dzi or \.szi \(deep zoom\), or set export.layout=iiif3"),
+])
+def test_bad_output_settings(tmp_path, name, settings, message):
+    with pytest.raises(OutputError, match=message):
+        check_output(tmp_path / name, cfg=ExportConfig(**settings))
