@@ -224,10 +224,13 @@ def _export(args) -> int:
     cfg = _config(args)
     store = Store.open(args.store)
     view, what = stored_image(store, args.partial)
-    check_output(args.output, view.shape, args.overwrite, cfg.export)
+    # a run's result beside its input, for the viewer page of a deep zoom output
+    before = store.source(0) if "result" in store.record() else None
+    check_output(args.output, view.shape, args.overwrite, cfg.export, viewer=before is not None)
     if what:
         print(f"gigadream: writing {what}", file=sys.stderr)
-    export(view, args.output, cfg.export, overwrite=args.overwrite, kept=store.input_metadata())
+    export(view, args.output, cfg.export, overwrite=args.overwrite, kept=store.input_metadata(),
+           before=before)
     return 0
 
 

@@ -24,6 +24,7 @@ last.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import json
 import os
@@ -66,8 +67,27 @@ def output_format(out: Path, cfg: ExportConfig = ExportConfig()) -> str:
     return fmt
 
 
-def outputs(out: Path, cfg: ExportConfig = ExportConfig()) -> list[Path]:
-    """Every path that an export to ``out`` writes, first the one a viewer opens:
+# Deep zoom layouts a browser reads from disk: the viewer page (``viewer.py``) goes beside them.
+# A .szi is one zip, whose tiles a page opened from file:// cannot read: it gets none.
+VIEWABLE = ("dz", "iiif3")
+
+
+def viewer_files(out: Path, cfg: ExportConfig = ExportConfig()) -> tuple[Path, Path] | None:
+    """(the viewer page, the input's deep zoom layer) that an export of a run's result to
+    ``out`` writes beside it: ``NAME.html`` and ``NAME-input.dzi`` (or the IIIF 3 folder
+    ``NAME-input``); None for the formats a page cannot show."""
+    out = Path(out)
+    fmt = output_format(out, cfg)
+    if fmt not in VIEWABLE:
+        return None
+    stem = out.stem if fmt == "dz" else out.name
+    return (out.with_name(stem + ".html"),
+            out.with_name(stem + "-input" + (out.suffix if fmt == "dz" else "")))
+
+
+def outputs(out: Path, cfg: ExportConfig = ExportConfig(), viewer: bool = False) -> list[Path]:
+    """Every path that an export to ``out`` writes, first the one a viewer opens (``viewer``:
+    with the viewer page and the input's layer, ``viewer_files``):
 
     - .jpg, .tif: the file.
     - .dzi: ``NAME.dzi`` (the Deep Zoom XML: tile size, overlap, format, size) and
@@ -78,22 +98,26 @@ def outputs(out: Path, cfg: ExportConfig = ExportConfig()) -> list[Path]:
       tiles of IIIF Image API 3 level 0, ``NAME/X,Y,W,H/W,H/0/default.jpg``.
     """
     out = Path(out)
-    if output_format(out, cfg) == "dz":
-        return [out, out.with_name(out.stem + "_files")]
-    return [out]
+    own = [out, out.with_name(out.stem + "_files")] if output_format(out, cfg) == "dz" else [out]
+    extra = viewer_files(out, cfg) if viewer else None
+    if extra is None:
+        return own
+    page, layer = extra
+    return own + [page] + outputs(layer, cfg)
 
 
 def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: bool = False,
-                 cfg: ExportConfig = ExportConfig()) -> str:
+                 cfg: ExportConfig = ExportConfig(), viewer: bool = False) -> str:
     """Refuse, before any work, an output that could not be written, or that would replace
-    something without ``overwrite``. Returns its format (``output_format``)."""
+    something without ``overwrite`` (``viewer``: also the viewer page and the input's layer
+    beside a deep zoom result, ``viewer_files``). Returns its format (``output_format``)."""
     out = Path(out)
     fmt = output_format(out, cfg)
     if cfg.bits == 16 and fmt != "tiff":
         raise OutputError(f"export.bits 16 needs a TIFF output, but {out.name} is "
                           f"{KINDS[fmt]} (8 bits a channel); name it "
                           f"{out.with_suffix('.tif').name}, or set export.bits=8")
-    for path in outputs(out, cfg):
+    for path in outputs(out, cfg, viewer):
         _check_replaceable(path, out, fmt, overwrite)
     parent = out.parent
     if not parent.is_dir():
@@ -111,8 +135,9 @@ def _check_replaceable(path: Path, out: Path, fmt: str, overwrite: bool) -> None
     """``path``, one of ``out``'s outputs, is free, or ``overwrite`` may replace it: a file
     by a file; a folder by a folder only where it holds deep-zoom tiles and nothing else
     (--overwrite never removes a folder of other files named by mistake)."""
-    folder = fmt == "iiif3" or path != out
-    what = path if path == out else f"{path} (the tiles of {out.name})"
+    folder = path.suffix.lower() not in (*FORMATS, ".html")   # NAME_files/, a IIIF folder
+    what = (path if path == out else f"{path} (the tiles of {out.name})"
+            if path.name.endswith("_files") else f"{path} (beside {out.name}: its viewer)")
     if not folder and path.is_dir():
         raise OutputError(f"output {out} is a folder; give a file name such as {out / 'dream.jpg'}")
     if not path.exists() and not path.is_symlink():
@@ -345,17 +370,18 @@ def _move_into_place(made: Path, out: Path, cfg: ExportConfig) -> None:
 
 def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, overwrite: bool = False,
            on_rows: Callable[[int], None] | None = None,
-           kept: dict[str, bytes] | None = None) -> Path:
+           kept: dict[str, bytes] | None = None, before=None) -> Path:
     """Write ``view`` (anything with ``shape`` and ``read_uint8(box)``, and
     ``read_uint16(box)`` for ``export.bits`` 16) to ``out``: the format follows from its
     name and ``cfg.layout`` (``output_format``), the paths written are ``outputs(out,
     cfg)``. ``kept``: the input's metadata (``Store.input_metadata()``) for JPEG and TIFF.
 
-    Deep zoom of any view, e.g. a run's result and, as a second layer for a viewer, the
-    input the store holds: ``export(store.source(0), Path("pano-input.dzi"))``.
+    ``before``: the image the result was made from (a store's source), for deep zoom results
+    that a browser reads from disk (.dzi, IIIF 3): it is written beside as a second layer and
+    the viewer page compares the two (``viewer_files``; ``viewer.write_viewer``).
     """
     out = Path(out)
-    fmt = check_output(out, view.shape, overwrite, cfg)
+    fmt = check_output(out, view.shape, overwrite, cfg, viewer=before is not None)
     # an export killed outright (kill -9, power loss) leaves its partial file or folder
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         if not _alive(stale.name.rsplit("-", 1)[-1]):
@@ -373,4 +399,10 @@ def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, overwrite: bo
             os.replace(partial, out)
     finally:
         _remove(partial)
+    extra = viewer_files(out, cfg) if before is not None else None
+    if extra is not None:
+        from .viewer import write_viewer
+        page, layer = extra
+        export(before, layer, dataclasses.replace(cfg, bits=8), overwrite=overwrite)
+        write_viewer(page, out, layer)
     return out

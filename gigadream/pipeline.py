@@ -84,7 +84,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     cfg = cfg.resolved(Path.cwd())
     input_path, out, mode = Path(input_path), Path(out), mode_for(cfg)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
-    check_output(out, shape, overwrite, cfg.export)   # fails fast before hours of work
+    check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
     check_config_output(out, overwrite)
     mode.check()
     keep_store = store_path is not None
@@ -120,7 +120,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             result = store.record()["result"]
             export(result_view(result, store.view(result), sources[0]), out, cfg.export,
                    overwrite=overwrite, on_rows=_rows(on_event, "export", shape[0]),
-                   kept=store.input_metadata())
+                   kept=store.input_metadata(), before=sources[0])
             atomic_write_text(config_output(out), _reproducible_yaml(cfg, input_path))
     finally:
         if workers is not None:

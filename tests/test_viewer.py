@@ -340,3 +340,35 @@ def test_a_page_away_from_its_tiles_says_so(browser, deepzoom, tmp_path):
         })();""")
     assert message.startswith("tiles are missing (")
     console_errors(browser)     # drain: the failed tiles are logged there
+
+
+# --- the page as `gigadream run` and `gigadream export` write it --------------------------------
+
+def test_a_deep_zoom_run_writes_the_page_and_the_input_layer_beside_it(browser, photos, tmp_path):
+    """-o NAME.dzi: the result, the input as NAME-input.dzi, and NAME.html comparing them; the
+    page opens both layers from disk. `gigadream export` of the kept store does the same, and
+    refuses, before writing anything, a page that is in the way."""
+    from test_cli import gd
+    out, store = tmp_path / "cat.dzi", tmp_path / "cat.gdstore"
+    r = gd("run", photos["chelsea_jpg"], "-o", out, "--store", store, "--quiet",
+           "--set", "mode=identity")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cat-input.dzi", "cat-input_files", "cat.dzi", "cat.dzi.yaml", "cat.gdstore", "cat.html",
+        "cat_files"]
+    open_page(browser, tmp_path / "cat.html")
+    urls = requested(browser)
+    assert tile_levels(urls, "cat_files") and tile_levels(urls, "cat-input_files")
+    assert console_errors(browser) == []
+
+    (tmp_path / "again.html").write_text("someone's page")
+    r = gd("export", store, tmp_path / "again.dzi")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "again.html (beside again.dzi: its viewer) already exists" in r.stderr
+    assert not (tmp_path / "again.dzi").exists()
+    assert (tmp_path / "again.html").read_text() == "someone's page"
+    r = gd("export", store, tmp_path / "again.dzi", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again-input.dzi").exists()
+    open_page(browser, tmp_path / "again.html")
+    assert tile_levels(requested(browser), "again-input_files")
