@@ -206,11 +206,14 @@ def _run(args) -> int:
 
 def _ingest(args) -> int:
     from .ingest import image_shape, ingest
+    from .pipeline import with_wrap
     from .store import Store
     cfg = _config(args)
-    octaves, scale = cfg.octaves(image_shape(args.input))
+    shape = image_shape(args.input)
+    cfg = with_wrap(cfg, args.input, shape)
+    octaves, scale = cfg.octaves(shape)
     store = Store.create(args.store, overwrite=args.overwrite)
-    level0 = ingest(args.input, store, octaves=octaves, scale=scale)
+    level0 = ingest(args.input, store, octaves=octaves, scale=scale, wrap=cfg.wraps)
     if not args.quiet:
         print(f"ingested {args.input} ({level0.shape[1]}×{level0.shape[0]} px, "
               f"{octaves} octaves) into {args.store}", file=sys.stderr)

@@ -228,6 +228,10 @@ class TilingConfig:
     tile: int = _field(512, parse_int(16, 8192), "tile side in pixels (= canvas chunk side)")
     margin: int | str = _field("auto", parse_int(0, auto=True),
                                "context read around each tile; auto = from the layers' receptive field")
+    wrap: str = _field("auto", parse_choice("auto", "x", "none"),
+                       "x: the left and right edges meet (a 360° panorama): tiles, context, "
+                       "jitter and resampling reach across them; auto = x where the input's "
+                       "XMP says GPano:ProjectionType equirectangular and it is 2:1 wide")
 
 
 @dataclass(frozen=True)
@@ -386,6 +390,12 @@ class Config:
             return [n for key in ("content_layers", "style_layers")
                     for n, _ in self.style_layer_list(key)]
         return []
+
+    @property
+    def wraps(self) -> bool:
+        """x is circular (``tiling.wrap``; ``auto`` counts as none until a run resolves it
+        from its input: ``pipeline.with_wrap``)."""
+        return self.tiling.wrap == "x"
 
     @property
     def margin(self) -> int:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .ingest import image_shape
-from .pipeline import plan
+from .ingest import image_shape, wrap_setting
+from .pipeline import plan, with_wrap
 from .resample import octave_shape
 from .tiling import grid, padded_shape
 
@@ -54,6 +54,7 @@ class Estimate:
     cpu_s_per_shape: float = 0.0     # the first step of each shape in a process costs this more
     task_mp: float = 0.0             # Σ window megapixels of each Dask task's first step
     cpu_s_per_task_mp: float = 0.0   # a task's first step costs this more per megapixel
+    wrap: str = "none"               # tiling.wrap as the run resolves it, and why
 
     @property
     def flops(self) -> float:
@@ -175,11 +176,15 @@ def _time_steps(cfg: Config,
 
 def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     shape = image_shape(Path(input_path))
+    wrap, why = wrap_setting(cfg.tiling.wrap, Path(input_path), shape)
+    cfg = with_wrap(cfg, input_path, shape)
     passes = plan(shape, cfg)
     octaves, scale = cfg.octaves(shape)
     mp_its, task_mp, tiles, window_px, steps, shapes = 0.0, 0.0, 0, 0, 0, Counter()
     for pp in passes:
-        for t in grid(pp.shape, pp.tile, pp.offset, 0 if pp.whole else cfg.margin, cfg.align):
+        # a whole octave needs no margin, but on a circle it reads round the edge
+        margin = 0 if pp.whole and not cfg.wraps else cfg.margin
+        for t in grid(pp.shape, pp.tile, pp.offset, margin, cfg.align, cfg.wraps):
             shapes[t.window.shape] += 1
             px = t.window.shape[0] * t.window.shape[1]
             window_px = max(window_px, px)
@@ -189,7 +194,8 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
         tiles += pp.tiles
     if cfg.mode == "dream":       # calibration: one gradient per sampled tile per octave
         for k in range(octaves):
-            t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), cfg.margin, cfg.align)
+            t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), cfg.margin,
+                     cfg.align, cfg.wraps)
             n = min(len(t), cfg.dream.calibration_tiles)
             shapes.update(x.window.shape for x in t)     # an upper bound: n of them are used
             mean_mp = sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
@@ -216,7 +222,8 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
     return Estimate(shape, octaves, len(passes), tiles, mp_its, steps, flops_px,
                     src + canvases, worker_ram, per_step, per_mp,
                     step_precision(cfg) if cfg.mode != "identity" else "fp32",
-                    firsts if cfg.mode != "identity" else 0, per_shape, task_mp, per_task_mp)
+                    firsts if cfg.mode != "identity" else 0, per_shape, task_mp, per_task_mp,
+                    f"{wrap} ({why})")
 
 
 def _duration(s: float) -> str:
@@ -236,6 +243,7 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         f"octaves        {e.octaves}",
         f"passes         {e.passes}",
         f"tiles          {e.tiles} (tile {cfg.tiling.tile} px, margin {cfg.margin} px)",
+        f"wrap           {e.wrap}",
         f"model work     {e.window_mp_iterations:,.1f} megapixel-steps (windows, margins included)",
         f"FLOPs          {e.flops:.3g} ({e.flops_per_pixel:,.0f} per pixel-step)",
         f"store disk     {e.store_bytes / 1e9:.2f} GB at the peak",

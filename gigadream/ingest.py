@@ -6,6 +6,12 @@ octave levels are made from the same rows on another thread (``_Pyramid``): each
 resize of its finer neighbour, computed band by band as the rows it needs arrive. Peak memory
 is a window of rows per level (``LEAD`` rows of level 0), a chunk-row per octave level and
 libvips' strip buffers, whatever the image's height.
+
+A 360° panorama (x circular, ``wrap``) gets its levels from ``resample``'s filter instead, chunk
+by chunk once level 0 is in (``wrapped_levels``): its taps reach across the left and right edges,
+which libvips' resize cannot do (it repeats the edge pixels, and padding the image with the
+other side shifts its output grid by a fraction of a pixel unless the padding is a multiple
+of in/gcd(in, out) columns: often the whole width).
 """
 from __future__ import annotations
 
@@ -15,15 +21,16 @@ import mmap
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from . import chunks, metadata
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .resample import octave_shape
-from .store import SOURCE_CHUNK, ArrayView, Store
+from .store import SOURCE_CHUNK, ArrayView, Store, downsample_tile
 from .tiling import Box, grid
 
 # The pyramid's filter: libvips' "linear" kernel widened by the scale is a triangle, the
@@ -109,6 +116,46 @@ def image_shape(path: Path, role: str = "input") -> tuple[int, int]:
     file and decodes nothing."""
     im = open_image(path, role)
     return upright_shape((im.height, im.width), orientation(im))
+
+
+GPANO = "http://ns.google.com/photos/1.0/panorama/"     # XMP namespace of Google's GPano
+
+
+def xmp_projection(xmp: bytes) -> str | None:
+    """GPano:ProjectionType of an XMP packet (as an attribute of its rdf:Description, as
+    PTGui and Hugin write it, or as an element), or None."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xmp.rstrip(b"\0 \t\r\n"))
+    except ET.ParseError:
+        return None
+    name = f"{{{GPANO}}}ProjectionType"
+    for el in root.iter():
+        if name in el.attrib:
+            return el.attrib[name].strip()
+        if el.tag == name:
+            return (el.text or "").strip()
+    return None
+
+
+def wrap_setting(setting: str, path: Path, shape: tuple[int, int]) -> tuple[str, str]:
+    """``tiling.wrap`` resolved for the input at ``path`` of upright ``shape``: (x or none,
+    why). auto is x for an equirectangular 360° panorama: its XMP says so (GPano, which
+    stitchers write) and it is twice as wide as high, to a pixel of rounding."""
+    h, w = shape
+    if setting == "x" and w < 2:
+        raise ConfigError(f"tiling.wrap: x joins the image's left and right edges, but input "
+                          f"{path.name} is {w} px wide; set tiling.wrap=none")
+    if setting != "auto":
+        return setting, "as set"
+    im = open_image(path)
+    xmp = im.get("xmp-data") if im.get_typeof("xmp-data") else b""
+    projection = xmp_projection(xmp) if xmp else None
+    if (projection or "").lower() != "equirectangular":
+        return "none", "auto: the input's XMP says no equirectangular projection"
+    if abs(w - 2 * h) > 1:
+        return "none", f"auto: its XMP says equirectangular, but {w}×{h} px is not 2:1"
+    return "x", "auto: a 360° panorama, its XMP says equirectangular and it is 2:1"
 
 
 def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> None:
@@ -448,15 +495,21 @@ class _Pyramid:
             stream.release(1, h)
 
 
+def _pyramid_record(levels: int, scale: float | None, wrap: bool) -> dict:
+    """The run record's note of the pyramid the store holds (``wrap`` only where it is)."""
+    return {"levels": levels, "scale": scale, **({"wrap": True} if wrap else {})}
+
+
 def _pyramid_shapes(shape: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
     return [octave_shape(shape, scale, k) for k in range(1, octaves)]
 
 
 def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = None,
-           octaves: int = 1, scale: float | None = None) -> ArrayView:
+           octaves: int = 1, scale: float | None = None, wrap: bool = False) -> ArrayView:
     """The source pyramid of ``store`` from the image file at ``path``, upright: level 0 and
     ``octaves - 1`` levels each ``scale`` times smaller than the one before (octave_shape),
-    all from one decode. Returns level 0."""
+    all from one decode. ``wrap``: x is circular, the levels are made across its edge
+    (``wrapped_levels``). Returns level 0."""
     path = Path(path)
     im = open_image(path)
     orient = orientation(im)
@@ -465,8 +518,9 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
     # Rotating needs random access: the levels are streamed as stored, then re-tiled upright.
     prefix = "source/" if orient == 1 else "source/raw/"
     raw = [store.create_source(shape, f"{prefix}0")]
-    raw += [store.create_source(s, f"{prefix}{k}")
-            for k, s in enumerate(_pyramid_shapes(shape, octaves, scale), start=1)]
+    if not wrap:
+        raw += [store.create_source(s, f"{prefix}{k}")
+                for k, s in enumerate(_pyramid_shapes(shape, octaves, scale), start=1)]
     _stream(im, raw[0], on_rows, path, raw[1:])
     levels = raw
     if orient != 1:
@@ -477,13 +531,32 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
                 orient_tile(r, level, tile, orient)
             levels.append(level)
         shutil.rmtree(store.path / "source" / "raw")
+    if wrap:
+        levels = wrapped_levels(store, levels[0], octaves, scale)
     _drop_levels_from(store, octaves)
     store.write_ome(scale or 1.0, octaves)
     store.keep_metadata(metadata.from_image(im, transposed=ORIENT[orient][0]))
     store.update_record(ingested=True, input={"name": path.name, **fingerprint(path)},
                         shape=list(levels[0].shape),
-                        pyramid={"levels": octaves, "scale": scale})
+                        pyramid=_pyramid_record(octaves, scale, wrap))
     return levels[0]
+
+
+def wrapped_levels(store: Store, base: ArrayView, octaves: int,
+                   scale: float | None) -> list[ArrayView]:
+    """Source levels 1..octaves-1 of a circular x, each from its finer neighbour by
+    ``resample``'s antialiased triangle, chunk by chunk on a pool of threads (numpy releases
+    the GIL in the filter's arithmetic); returns all levels, level 0 (``base``) first."""
+    levels = [base]
+    with ThreadPoolExecutor(os.cpu_count() or 1, "gigadream-pyramid") as pool:
+        for k, s in enumerate(_pyramid_shapes(base.shape, octaves, scale), start=1):
+            parent = ArrayView(base.root, levels[-1].name, levels[-1].shape, wrap=True)
+            target = store.create_source(s, f"source/{k}")
+            for _ in pool.map(lambda t: downsample_tile(parent, target, t),
+                              grid(s, SOURCE_CHUNK)):
+                pass
+            levels.append(target)
+    return levels
 
 
 def _drop_levels_from(store: Store, first: int) -> None:
@@ -494,20 +567,25 @@ def _drop_levels_from(store: Store, first: int) -> None:
         k += 1
 
 
-def build_pyramid(store: Store, octaves: int, scale: float) -> list[ArrayView]:
-    """Source levels 0..octaves-1, each ``scale`` times smaller than the one before. Reuses
-    the pyramid that ingest made where it matches; otherwise remakes levels 1.. from the
-    stored level 0, as ingest makes them."""
+def build_pyramid(store: Store, octaves: int, scale: float,
+                  wrap: bool = False) -> list[ArrayView]:
+    """Source levels 0..octaves-1, each ``scale`` times smaller than the one before, read
+    with x circular where ``wrap``. Reuses the pyramid that ingest made where it matches;
+    otherwise remakes levels 1.. from the stored level 0, as ingest makes them."""
     have = store.record().get("pyramid", {})
-    if have.get("scale") == scale and have.get("levels", 1) >= octaves:
-        return [store.source(k) for k in range(octaves)]
+    if (have.get("scale") == scale and have.get("levels", 1) >= octaves
+            and have.get("wrap", False) == wrap):
+        return [store.source(k, wrap) for k in range(octaves)]
     base = store.source(0)
     # Until the new levels are whole, the record names level 0 alone (a kill in between
     # leaves no level that a later run would take for a finished one).
     store.update_record(pyramid={"levels": 1, "scale": None})
-    targets = [store.create_source(s, f"source/{k}")
-               for k, s in enumerate(_pyramid_shapes(base.shape, octaves, scale), start=1)]
-    if targets:
+    if wrap:
+        targets = wrapped_levels(store, base, octaves, scale)[1:]
+    else:
+        targets = [store.create_source(s, f"source/{k}")
+                   for k, s in enumerate(_pyramid_shapes(base.shape, octaves, scale), start=1)]
+    if targets and not wrap:
         rows = _Rows(*base.shape)
         pyramid = _Pyramid(rows, targets, release=rows.free_below)
         h, w = base.shape
@@ -517,5 +595,5 @@ def build_pyramid(store: Store, octaves: int, scale: float) -> list[ArrayView]:
             pyramid.advance(y1)
     _drop_levels_from(store, octaves)
     store.write_ome(scale, octaves)
-    store.update_record(pyramid={"levels": octaves, "scale": scale})
-    return [base, *targets]
+    store.update_record(pyramid=_pyramid_record(octaves, scale, wrap))
+    return [store.source(k, wrap) for k in range(octaves)]

@@ -8,6 +8,7 @@ tests and profilers attach their own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
@@ -20,7 +21,7 @@ from .config import Config, to_dict, to_yaml
 from .engine import BackgroundCluster, TileTask, map_tiles, release_freed_memory
 from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
-from .ingest import build_pyramid, fingerprint, image_shape, ingest
+from .ingest import build_pyramid, fingerprint, image_shape, ingest, wrap_setting
 from .modes import Mode, PassPlan, mode_for, result_view
 from .store import ArrayView, OctaveStart, Store, atomic_write_text, is_store
 from .tiling import grid
@@ -63,6 +64,14 @@ def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
     return mode_for(cfg).plan(shape)
 
 
+def with_wrap(cfg: Config, input_path: Path, shape: tuple[int, int]) -> Config:
+    """``cfg`` with ``tiling.wrap`` resolved for its input (``ingest.wrap_setting``): x or
+    none, as the run record and OUT.yaml then say, so that a resume and a rerun from OUT.yaml
+    wrap as this run did."""
+    wrap, _ = wrap_setting(cfg.tiling.wrap, Path(input_path), shape)
+    return dataclasses.replace(cfg, tiling=dataclasses.replace(cfg.tiling, wrap=wrap))
+
+
 def work_units(passes: list[PassPlan]) -> int:
     return sum(p.units for p in passes)
 
@@ -82,8 +91,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     # then name them absolutely: OUT.yaml reproduces the run from any folder, and a resume
     # from another folder whose relative paths name other files is refused.
     cfg = cfg.resolved(Path.cwd())
-    input_path, out, mode = Path(input_path), Path(out), mode_for(cfg)
+    input_path, out = Path(input_path), Path(out)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
+    cfg = with_wrap(cfg, input_path, shape)      # from its header too
+    mode = mode_for(cfg)
     check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
     check_config_output(out, overwrite)
     mode.check()
@@ -98,10 +109,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     try:
         octaves, scale = cfg.octaves(shape)
         with _timed(report, "ingest"):      # level 0 and the octave pyramid, in one decode
-            _source(input_path, store, shape, octaves, scale, keep_store, on_event)
+            _source(input_path, store, shape, octaves, scale, cfg.wraps, keep_store, on_event)
         with _timed(report, "pyramid"):     # only a store ingested for other octaves
             on_event(Stage("pyramid", f"{octaves} octaves"))
-            sources = build_pyramid(store, octaves, scale)
+            sources = build_pyramid(store, octaves, scale, cfg.wraps)
         if finished:
             on_event(Stage("resume", f"all {len(passes)} passes done"))
             on_event(Work(work_units(passes)))
@@ -151,9 +162,9 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
             octave = k
             mode.begin_octave(run, k, view, sources[k])
         proc = mode.processor(pp, first=i == 0)
-        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align)
+        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align, mode.wrap)
         data = mode.pass_data(run, pp, view, proc, tiles)
-        target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset)
+        target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)
         run.process(pp, view, target, proc, tiles, data)
         # with what the result needs to be read back (``modes.result_view``), so that the
         # latest canvas of an unfinished run is readable too (``stored_image``)
@@ -228,13 +239,13 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
 
 
 def _source(input_path: Path, store: Store, shape: tuple[int, int], octaves: int,
-            scale: float, keep_store: bool, on_event) -> None:
+            scale: float, wrap: bool, keep_store: bool, on_event) -> None:
     """The input streamed into the store's source pyramid, unless an attempt before did it."""
     if not store.has_source():
         on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
         try:
             ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]),
-                   octaves=octaves, scale=scale)
+                   octaves=octaves, scale=scale, wrap=wrap)
         except InputError:      # a damaged input: nothing worth resuming, leave no litter
             if not keep_store:
                 shutil.rmtree(store.path, ignore_errors=True)

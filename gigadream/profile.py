@@ -223,9 +223,9 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
                 for t in grid(half.shape, store_mod.SOURCE_CHUNK)[:2]:
                     store_mod.downsample_tile(level0, half, t)
             if tiles_too:
-                target = lines.canvas(0, 0, result.shape, last.tile, last.offset)
+                target = lines.canvas(0, 0, result.shape, last.tile, last.offset, result.wrap)
                 for t in grid(result.shape, last.tile, last.offset, proc.margin,
-                              cfg.align)[:LINE_TILES]:
+                              cfg.align, result.wrap)[:LINE_TILES]:
                     engine.run_tile(engine.TileTask(result, target, proc, t,
                                                     (cfg.seed, last.octave, last.pass_)))
             tiff = export._VirtualTiff(dataclasses.replace(result, shape=(rows, w)))

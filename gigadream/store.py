@@ -6,6 +6,7 @@ Layout of STORE/:
     source/             OME-Zarr 0.5 image: arrays 0, 1, ... (c, y, x) uint8, finest first
     canvas/o{k}p{n}     float16 canvases of octave k, ping-pong parity n, stored "rolled in
                         place": pixel (y, x) at (y + oy, x + ox), attributes.offset = [oy, ox]
+                        (attributes.wrap: x circular, pixel (y, x) at (y + oy, (x + ox) mod w))
     spare/              chunk files of dropped canvases, until new canvases take them
     metadata/           the input's EXIF, XMP and resolution, normalised for the upright
                         image (``metadata.from_image``), for every export
@@ -31,7 +32,7 @@ import zarr
 from . import chunks
 from .errors import StoreError
 from .resample import resample_window
-from .tiling import Box, Tile, grid, padded_shape
+from .tiling import Box, Tile, circular_runs, grid, padded_shape
 
 FORMAT_VERSION = 1
 SOURCE_CHUNK = 256
@@ -118,12 +119,15 @@ class ArrayView:
     """An image of ``shape`` held in array ``name`` of the store at ``root``.
 
     Pixel (y, x) lives at (y + oy, x + ox) of the array; ``read`` returns float32 (C, h, w).
+    ``wrap``: x is circular (a 360° panorama): pixel (y, x) lives at (y + oy, (x + ox) mod w),
+    and a box may reach past either edge, into the other side (``tiling``).
     """
 
     root: str
     name: str
     shape: tuple[int, int]
     offset: tuple[int, int] = (0, 0)
+    wrap: bool = False
 
     @property
     def array(self) -> zarr.Array:
@@ -131,7 +135,8 @@ class ArrayView:
 
     def record(self) -> dict[str, Any]:
         """Where the view lives, for run.json; ``Store.view`` reads it back."""
-        return {"name": self.name, "shape": list(self.shape), "offset": list(self.offset)}
+        return {"name": self.name, "shape": list(self.shape), "offset": list(self.offset),
+                **({"wrap": True} if self.wrap else {})}
 
     @property
     def layout(self) -> chunks.Layout | None:
@@ -141,7 +146,14 @@ class ArrayView:
     def _pixels(self, box: Box) -> np.ndarray:
         """The box's pixels in the array's dtype, (C, h, w)."""
         oy, ox = self.offset
-        y0, y1, x0, x1 = box.y0 + oy, box.y1 + oy, box.x0 + ox, box.x1 + ox
+        if self.wrap:   # the box's columns mod w: one run of stored columns, two across the edge
+            parts = [self._stored(box.y0 + oy, box.y1 + oy, a, b)
+                     for a, b in circular_runs(box.x0 + ox, box.x1 + ox, self.shape[1])]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        return self._stored(box.y0 + oy, box.y1 + oy, box.x0 + ox, box.x1 + ox)
+
+    def _stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Array elements [:, y0:y1, x0:x1]."""
         lay = self.layout
         if lay is None:
             return self.array[:, y0:y1, x0:x1]
@@ -210,18 +222,24 @@ class OctaveStart(ComputedView):
     def shape(self) -> tuple[int, int]:
         return self.source.shape
 
+    @property
+    def wrap(self) -> bool:
+        return self.source.wrap
+
     def _detail(self, box: Box) -> np.ndarray:
         return self.coarse_canvas.read(box) - self.coarse_source.read(box)
 
     def read(self, box: Box, dtype=np.float32) -> np.ndarray:
         """float32 pixels, whichever ``dtype`` (computed in float32)."""
-        up = resample_window(self._detail, self.coarse_source.shape, self.shape, box)
+        up = resample_window(self._detail, self.coarse_source.shape, self.shape, box,
+                             wrap=self.wrap)
         return self.source.read(box) + up
 
 
 def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
-    """One pyramid task: the chunk of ``target`` that ``tile`` owns, resized from ``source``."""
-    out = resample_window(source.read, source.shape, target.shape, tile.core)
+    """One pyramid task: the chunk of ``target`` that ``tile`` owns, resized from ``source``
+    (across x's edge where ``source`` wraps)."""
+    out = resample_window(source.read, source.shape, target.shape, tile.core, wrap=source.wrap)
     target.write(tile, to_uint8(out))
     return {}
 
@@ -288,14 +306,15 @@ class Store:
         _forget_arrays()
         return ArrayView(self.root, name, shape)
 
-    def source(self, level: int) -> ArrayView:
+    def source(self, level: int, wrap: bool = False) -> ArrayView:
+        """Source level ``level`` (``wrap``: read with x circular)."""
         name = f"source/{level}"
         try:
             arr = zarr.open_array(store=os.path.join(self.root, name), mode="r")
         except (FileNotFoundError, zarr.errors.ArrayNotFoundError) as e:
             raise StoreError(f"store {self.path} has no source level {level}; "
                              "ingest the image first") from e
-        return ArrayView(self.root, name, tuple(arr.shape[1:]))
+        return ArrayView(self.root, name, tuple(arr.shape[1:]), wrap=wrap)
 
     def has_source(self) -> bool:
         return (self.path / "source" / "0" / "zarr.json").is_file() and \
@@ -316,8 +335,9 @@ class Store:
     # -- canvases --------------------------------------------------------------------------
 
     def canvas(self, octave: int, parity: int, shape: tuple[int, int], tile: int,
-               offset: tuple[int, int]) -> ArrayView:
-        """A canvas of an octave, on the grid of the pass that will write it.
+               offset: tuple[int, int], wrap: bool = False) -> ArrayView:
+        """A canvas of an octave, on the grid of the pass that will write it (``wrap``: x
+        circular, the grid of ``tiling.grid(..., wrap=True)``).
 
         Passes alternate between two canvases, so this name holds the canvas of two passes
         back, which nothing reads any more. Where its geometry is the same (it is, within an
@@ -328,7 +348,7 @@ class Store:
         never read."""
         name = f"canvas/o{octave}p{parity}"
         path = os.path.join(self.root, name)
-        attributes = {"offset": list(offset), "shape": list(shape)}
+        attributes = {"offset": list(offset), "shape": list(shape), "wrap": wrap}
         padded = (3, *padded_shape(shape, tile))
         lay = chunks.layout.__wrapped__(path)      # as on disk now, not as cached
         if (lay is not None and lay.shape == padded and lay.chunk == (tile, tile)
@@ -342,12 +362,12 @@ class Store:
                               chunks=(3, tile, tile), dtype="float16", compressors=None,
                               fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
                               attributes=attributes)
-            self._take_spares(chunks.layout.__wrapped__(path), shape, tile, offset)
+            self._take_spares(chunks.layout.__wrapped__(path), shape, tile, offset, wrap)
         _forget_arrays()
-        return ArrayView(self.root, name, shape, offset)
+        return ArrayView(self.root, name, shape, offset, wrap)
 
     def _take_spares(self, lay: chunks.Layout, shape: tuple[int, int], tile: int,
-                     offset: tuple[int, int]) -> None:
+                     offset: tuple[int, int], wrap: bool) -> None:
         """A new canvas's chunk files, as far as there are spares of their size: renamed
         into place where the pass's tiles will write (``drop_canvases``). Each is then
         overwritten whole, into pages the page cache already holds."""
@@ -356,7 +376,7 @@ class Store:
             return
         size = lay.shape[0] * lay.chunk[0] * lay.chunk[1] * np.dtype(lay.dtype).itemsize
         files = [e.path for e in os.scandir(spare) if e.is_file() and e.stat().st_size == size]
-        for path, t in zip(files, grid(shape, tile, offset)):
+        for path, t in zip(files, grid(shape, tile, offset, wrap=wrap)):
             target = lay.file(t.chunk.y0 // tile, t.chunk.x0 // tile)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(path, target)
@@ -364,7 +384,7 @@ class Store:
     def view(self, record: dict[str, Any]) -> ArrayView:
         """The view an ``ArrayView.record()`` describes, in this store."""
         return ArrayView(self.root, record["name"], tuple(record["shape"]),
-                         tuple(record["offset"]))
+                         tuple(record["offset"]), record.get("wrap", False))
 
     def drop_canvases(self, octave: int) -> None:
         """Remove an octave's canvases. Their raw chunk files are kept as spares, which new

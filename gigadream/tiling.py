@@ -4,6 +4,13 @@ A pass covers the image with a grid of ``tile``-sized squares shifted by ``offse
 (``0 <= oy, ox < tile``). Pixel (y, x) of the image is *stored* at (y + oy, x + ox) in a
 canvas whose chunks are ``tile`` square, so tile (i, j) owns exactly chunk (i, j): every tile
 writes whole chunks that no other tile touches ("roll in place", DESIGN.md).
+
+With ``wrap`` (a 360° panorama) x is circular: column x of a w px wide image is column x mod w,
+and pixel (y, x) is stored at (y + oy, (x + ox) mod w), a true roll. The grid then tiles the
+circle: tile (i, 0) owns columns [-ox, tile - ox), which straddle the edge (its core's x0 is
+negative: columns are written unrolled, and mean x mod w), and the windows reach across the
+edge instead of stopping at it. The edge is then an ordinary place: a tile boundary only where
+the pass's random grid puts one.
 """
 from __future__ import annotations
 
@@ -36,9 +43,13 @@ class Box:
     def shift(self, dy: int, dx: int) -> Box:
         return Box(self.y0 + dy, self.y1 + dy, self.x0 + dx, self.x1 + dx)
 
-    def grow(self, margin: int, shape: tuple[int, int]) -> Box:
-        """This box widened by ``margin`` on every side, clipped to an image of ``shape``."""
+    def grow(self, margin: int, shape: tuple[int, int], wrap: bool = False) -> Box:
+        """This box widened by ``margin`` on every side, clipped to an image of ``shape``
+        (in y only where x ``wrap``s: there the margin reaches round to the other side)."""
         h, w = shape
+        if wrap:
+            return Box(max(0, self.y0 - margin), min(h, self.y1 + margin),
+                       self.x0 - margin, self.x1 + margin)
         return Box(max(0, self.y0 - margin), min(h, self.y1 + margin),
                    max(0, self.x0 - margin), min(w, self.x1 + margin))
 
@@ -51,41 +62,60 @@ class Box:
 class Tile:
     row: int
     col: int
-    core: Box    # image pixels this tile owns and writes
-    window: Box  # image pixels it reads: core + margin, clipped to the image
+    core: Box    # image pixels this tile owns and writes (with wrap, x unrolled: x0 may be < 0)
+    window: Box  # image pixels it reads: core + margin, clipped to the image (not in x with wrap)
     chunk: Box   # stored coordinates of the one chunk it writes, whole
 
 
-def grid_size(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0)) -> tuple[int, int]:
-    """Rows and columns of tiles that a grid shifted by ``offset`` needs to cover ``shape``."""
+def grid_size(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
+              wrap: bool = False) -> tuple[int, int]:
+    """Rows and columns of tiles that a grid shifted by ``offset`` needs to cover ``shape``
+    (with ``wrap``, the columns that cover the circle: the shift only rolls them round)."""
     (h, w), (oy, ox) = shape, offset
-    return math.ceil((h + oy) / tile), math.ceil((w + ox) / tile)
+    return math.ceil((h + oy) / tile), math.ceil(w / tile) if wrap else math.ceil((w + ox) / tile)
 
 
 def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
-         margin: int = 0, align: int = 1) -> list[Tile]:
-    """The tiles of one pass, row-major. Their cores partition the image exactly.
+         margin: int = 0, align: int = 1, wrap: bool = False) -> list[Tile]:
+    """The tiles of one pass, row-major. Their cores partition the image exactly (with
+    ``wrap``: the circle, x taken mod the width).
 
     Windows start on multiples of ``align`` (a network's largest stride): then every window's
     pooling grid lines up with the whole image's, and with enough margin a window's features
     equal the whole image's features there (the margin grows by up to align - 1 on the top
-    and left sides)."""
+    and left sides). With ``wrap`` that holds across the edge too where the width is a
+    multiple of ``align``."""
     h, w = shape
     oy, ox = offset
     if not (0 <= oy < tile and 0 <= ox < tile):
         raise ValueError(f"offset {offset} must lie in [0, {tile})")
-    rows, cols = grid_size(shape, tile, offset)
+    rows, cols = grid_size(shape, tile, offset, wrap)
     tiles = []
     for i in range(rows):
         for j in range(cols):
             chunk = Box(i * tile, (i + 1) * tile, j * tile, (j + 1) * tile)
-            core = Box(max(0, chunk.y0 - oy), min(h, chunk.y1 - oy),
-                       max(0, chunk.x0 - ox), min(w, chunk.x1 - ox))
-            window = core.grow(margin, shape)
+            if wrap:     # stored columns [0, w) hold the circle rolled by ox
+                x0, x1 = chunk.x0 - ox, min(w, chunk.x1) - ox
+            else:
+                x0, x1 = max(0, chunk.x0 - ox), min(w, chunk.x1 - ox)
+            core = Box(max(0, chunk.y0 - oy), min(h, chunk.y1 - oy), x0, x1)
+            window = core.grow(margin, shape, wrap)
             window = Box(window.y0 - window.y0 % align, window.y1,
                          window.x0 - window.x0 % align, window.x1)
             tiles.append(Tile(i, j, core, window, chunk))
     return tiles
+
+
+def circular_runs(x0: int, x1: int, w: int) -> list[tuple[int, int]]:
+    """Columns [x0, x1) of a circle w wide, unrolled, as runs [a, b) of columns in [0, w):
+    one run where the range stays on one turn, more where it crosses the edge."""
+    runs = []
+    while x0 < x1:
+        a = x0 % w
+        b = min(w, a + x1 - x0)
+        runs.append((a, b))
+        x0 += b - a
+    return runs
 
 
 def padded_shape(shape: tuple[int, int], tile: int) -> tuple[int, int]:

@@ -37,7 +37,7 @@ def test_plan_command_prints_the_costs(pano):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     keys = [ln.split()[0] for ln in r.stdout.splitlines()]
-    assert keys == ["image", "octaves", "passes", "tiles", "model", "FLOPs", "store", "RAM",
+    assert keys == ["image", "octaves", "passes", "tiles", "wrap", "model", "FLOPs", "store", "RAM",
                     "this", "h100"]
     r = subprocess.run([sys.executable, "-m", "gigadream", "plan", str(pano), "--gpu", "abacus"],
                        capture_output=True, text=True, timeout=60)

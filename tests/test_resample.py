@@ -55,3 +55,34 @@ def test_octave_shapes():
     assert octave_shape((15000, 20000), 1.4, 0) == (15000, 20000)
     assert octave_shape((15000, 20000), 1.4, 1) == (10714, 14286)
     assert octave_shape((1, 1), 1.4, 5) == (1, 1)
+
+
+def _circular_reader(img):
+    """Reads an unrolled box of an image whose x wraps."""
+    w = img.shape[2]
+    return lambda b: img[:, b.y0:b.y1][:, :, np.arange(b.x0, b.x1) % w]
+
+
+@pytest.mark.parametrize("out_shape", [(26, 38), (53, 75), (37, 53), (19, 2)])
+def test_a_circular_x_resizes_across_its_edge(out_shape):
+    """With wrap, x is a circle: the resize equals the middle of the same resize of the image
+    laid three times side by side (whose edges are then far away), and tiles, including
+    unrolled ones that straddle the edge, reproduce the whole bit for bit."""
+    rng = np.random.default_rng(2)
+    img = rng.uniform(0, 255, (3, 37, 53)).astype(np.float32)
+    (h, w), wide = out_shape, np.concatenate([img] * 3, axis=2)
+    whole = resample_window(_circular_reader(img), (37, 53), out_shape, Box(0, h, 0, w),
+                            use_torch=False, wrap=True)
+    middle = resample_window(_reader(wide), (37, 159), (h, 3 * w), Box(0, h, w, 2 * w),
+                             use_torch=False)
+    np.testing.assert_allclose(whole, middle, rtol=0, atol=1e-3)
+    flat = resample_window(_reader(img), (37, 53), out_shape, Box(0, h, 0, w), use_torch=False)
+    if out_shape != (37, 53):              # not the edge-repeating resize (same size: copies)
+        assert np.abs(flat - whole)[:, :, [0, -1]].max() > 1
+    for use_torch in (False, True):
+        tiled = np.zeros_like(whole)
+        for t in grid(out_shape, 8, (3, 5), wrap=True):
+            cols = np.arange(t.core.x0, t.core.x1) % w
+            tiled[:, t.core.y0:t.core.y1, cols] = resample_window(
+                _circular_reader(img), (37, 53), out_shape, t.core, use_torch, wrap=True)
+        assert np.array_equal(tiled, whole)

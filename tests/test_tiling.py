@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from gigadream.tiling import Box, Tile, grid, grid_size, padded_shape, pass_offset, tile_rng
+from gigadream.tiling import (Box, Tile, circular_runs, grid, grid_size, padded_shape, pass_offset,
+                              tile_rng)
 
 
 def test_grid_on_a_tiny_image_matches_hand_written_tiles():
@@ -77,3 +78,47 @@ def test_tile_randomness_depends_only_on_seed_octave_pass_and_tile():
     a = tile_rng(1, 2, 3, t).integers(0, 1000, 8)
     assert np.array_equal(a, tile_rng(1, 2, 3, t).integers(0, 1000, 8))
     assert not np.array_equal(a, tile_rng(1, 2, 4, t).integers(0, 1000, 8))
+
+
+def test_a_wrapped_grid_on_a_tiny_image_matches_hand_written_tiles():
+    # 5×7 image whose x wraps (a 360° panorama), 4 px tiles, grid shifted by (1, 2), 1 px
+    # margin: two columns of tiles cover the circle; the first straddles the edge (its core
+    # x -2..2 is columns 5, 6, 0, 1) and every window reaches round it.
+    tiles = grid((5, 7), 4, (1, 2), margin=1, wrap=True)
+    assert tiles == [
+        Tile(0, 0, core=Box(0, 3, -2, 2), window=Box(0, 4, -3, 3), chunk=Box(0, 4, 0, 4)),
+        Tile(0, 1, core=Box(0, 3, 2, 5), window=Box(0, 4, 1, 6), chunk=Box(0, 4, 4, 8)),
+        Tile(1, 0, core=Box(3, 5, -2, 2), window=Box(2, 5, -3, 3), chunk=Box(4, 8, 0, 4)),
+        Tile(1, 1, core=Box(3, 5, 2, 5), window=Box(2, 5, 1, 6), chunk=Box(4, 8, 4, 8)),
+    ]
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (9, 1), (51, 133), (64, 64), (17, 1000)])
+@pytest.mark.parametrize("tile", [16, 64, 512])
+def test_a_wrapped_grid_writes_every_pixel_of_the_circle_once(shape, tile):
+    """Cores, taken mod the width, partition the image; each lies, stored at +offset, in its
+    own whole chunk within the stored width; windows hold their core and the margin on both
+    sides, whatever the edge."""
+    rng = np.random.default_rng(8)
+    h, w = shape
+    for _ in range(12):
+        offset = tuple(int(v) for v in rng.integers(0, tile, 2))
+        count = np.zeros(shape, dtype=np.uint8)
+        chunks = set()
+        for t in grid(shape, tile, offset, margin=5, wrap=True):
+            np.add.at(count, (t.core.slices()[0], np.arange(t.core.x0, t.core.x1) % w), 1)
+            s, c, win = t.core.shift(*offset), t.chunk, t.window
+            assert c.y0 <= s.y0 and s.y1 <= c.y1 and s.x0 == c.x0 and s.x1 <= min(c.x1, w)
+            assert c.x0 < w and c.y1 <= padded_shape(shape, tile)[0]
+            assert (win.x0, win.x1) == (t.core.x0 - 5, t.core.x1 + 5)
+            assert (win.y0, win.y1) == (max(0, t.core.y0 - 5), min(h, t.core.y1 + 5))
+            chunks.add((c.y0, c.x0))
+        assert count.min() == 1 and count.max() == 1, (shape, tile, offset)
+        assert len(chunks) == np.prod(grid_size(shape, tile, offset, wrap=True))
+
+
+def test_circular_runs_cut_an_unrolled_range_at_the_edge():
+    assert circular_runs(2, 5, 7) == [(2, 5)]
+    assert circular_runs(-3, 3, 7) == [(4, 7), (0, 3)]
+    assert circular_runs(5, 20, 7) == [(5, 7), (0, 7), (0, 6)]
+    assert circular_runs(7, 9, 7) == [(0, 2)] and circular_runs(3, 3, 7) == []

@@ -7,7 +7,7 @@ hands the engine a processor for each pass. The pipeline runs every mode the sam
         mode.begin_octave(run, octave, view, source)  # on a new octave: dream calibrates its
                                                     # gradient scale, style makes its Gram target
         proc = mode.processor(pass_, first)         # what every tile of the pass runs
-        tiles = grid(..., proc.margin, mode.align)
+        tiles = grid(..., proc.margin, mode.align, mode.wrap)
         data = mode.pass_data(run, pass_, view, proc, tiles)   # style: the canvas's Gram
         engine: each tile → proc.process(windows, tiles, rngs, data) → its chunk
 
@@ -94,6 +94,11 @@ class Mode:
         return self.cfg.align
 
     @property
+    def wrap(self) -> bool:
+        """x is circular (a 360° panorama): grids, windows and resampling reach across it."""
+        return self.cfg.wraps
+
+    @property
     def passes_per_octave(self) -> int:
         return self.cfg.dream.passes
 
@@ -119,7 +124,8 @@ class Mode:
         for p in range(self.passes_per_octave):
             # a tile as large as the octave covers it whole: no offset would split it
             off = pass_offset(self.cfg.seed, k, p, t) if t < max(shape) else (0, 0)
-            out.append(PassPlan(k, p, shape, off, len(grid(shape, t, off)), t, self.iterations))
+            out.append(PassPlan(k, p, shape, off, len(grid(shape, t, off, wrap=self.wrap)), t,
+                                self.iterations))
         return out
 
     def resolve(self, executor) -> dict:

@@ -249,7 +249,7 @@ class DreamMode(Mode):
         that every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
         cfg = self.cfg
         run.stage("calibrate", f"octave {octave}")
-        tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin, self.align)
+        tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin, self.align, self.wrap)
         rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
         pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles),
                                  replace=False))

@@ -33,6 +33,14 @@ G_est is then its own Gram, exactly the whole-image loss. Every normaliser above
 
 Content and total variation are local, and are taken as means over the tile's core, so that
 their balance with the style term is the same in every tile and at every image size.
+
+360° panoramas (``tiling.wrap``). The tiled passes need nothing of their own: their grids tile
+the circle, so the cores, and with them the Grams' cells, still count each pixel once, and the
+windows read their context across the edge. The coarsest octave, stylised whole, is one core
+that is the whole circle (``circular``): its window's margins are the core's own other side,
+taken from the pixels being optimised at every step (a circular padding), not fixed as a
+tile's context is: over its hundreds of steps a fixed copy of the other side would fall far
+behind the pixels it stands for, and the edge would be stylised against the photo.
 """
 from __future__ import annotations
 
@@ -110,6 +118,7 @@ class StyleTransfer:
     margin: int
     random_init: bool = False
     content: object = None     # ArrayView of the content at the pass's size (``process``)
+    circular: bool = False     # the core is a whole octave whose x wraps (a 360° panorama)
     window_dtype = np.float32
     batchable = False
 
@@ -163,6 +172,9 @@ class StyleTransfer:
         else:
             start = fixed[(slice(None), slice(None), *cs)]
         x = start.clone().requires_grad_(True)
+        if self.circular:   # window column j is core column (j - core.x0) mod w, every row
+            assert (core.y0, core.y1) == (0, window.shape[1]), "a whole octave's core"
+            around = torch.from_numpy((np.arange(window.shape[2]) - core.x0) % (core.x1 - core.x0))
         norm = _normalize_grad() if self.normalize_gradients else (lambda t: t)
         strides = {n: archs.stride(self.model, n) for n in self._layers}
 
@@ -179,8 +191,11 @@ class StyleTransfer:
 
         def loss_fn():
             t = time.perf_counter()
-            win = fixed.clone()
-            win[(slice(None), slice(None), *cs)] = x
+            if self.circular:
+                win = x[..., around]
+            else:
+                win = fixed.clone()
+                win[(slice(None), slice(None), *cs)] = x
             acts = net(win, self._layers, self.pooling)
             loss = win.new_zeros(())
             for n, w in self.content_layers:
@@ -199,6 +214,8 @@ class StyleTransfer:
                 loss = loss + self.style_weight * w * (g + offsets[n] - grams[n]).pow(2).sum() / energy[n]
             if self.tv_weight:
                 dy, dx = x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+                if self.circular:       # and the step from the last column to the first
+                    dx = torch.cat([dx, x[..., :, :1] - x[..., :, -1:]], dim=-1)
                 tv = (dy.pow(2).mean() + dx.pow(2).mean()) / 255.0 ** 2
                 loss = loss + self.tv_weight * tv
             return loss, t
@@ -368,16 +385,16 @@ class StyleMode(Mode):
 
     def processor(self, pp: PassPlan, first: bool) -> StyleTransfer:
         """``first`` marks the run's first pass, where ``init: random`` applies; a whole pass
-        needs no margin."""
+        needs no margin, unless its x wraps (``circular``)."""
         cfg, s = self.cfg, self.cfg.style
         return StyleTransfer(cfg.model.name, cfg.model.weights,
                              cfg.style_layer_list("content_layers"),
                              cfg.style_layer_list("style_layers"), s.content_weight,
                              s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
                              pp.iterations, s.normalize_gradients, s.pooling,
-                             0 if pp.whole else self.margin,
+                             0 if pp.whole and not self.wrap else self.margin,
                              random_init=first and s.init == "random",
-                             content=self.content)
+                             content=self.content, circular=pp.whole and self.wrap)
 
     def pass_data(self, run: Run, pp: PassPlan, view, proc, tiles: list):
         """(the style's Grams, the canvas's Grams): the canvas's summed from every tile's as
