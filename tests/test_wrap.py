@@ -140,6 +140,9 @@ def test_a_wrapped_run_is_exact_records_its_wrap_and_resumes_only_so(panorama, t
     store, out = tmp_path / "store", tmp_path / "out.tif"
     run(src, load_config(None, IDENTITY), out, store_path=store)
     np.testing.assert_array_equal(read(out), read(src))
+    # viewers still see a 360° image: the input's GPano XMP is carried into the output
+    assert b'GPano:ProjectionType="equirectangular"' in pyvips.Image.new_from_file(
+        str(out)).get("xmp-data")
     record = json.loads((store / "run.json").read_text())
     assert record["config"]["tiling"]["wrap"] == "x" and record["result"]["wrap"] is True
     assert yaml.safe_load(out.with_name("out.tif.yaml").read_text())["tiling"]["wrap"] == "x"
