@@ -230,8 +230,9 @@ class TilingConfig:
                                "context read around each tile; auto = from the layers' receptive field")
     wrap: str = _field("auto", parse_choice("auto", "x", "none"),
                        "x: the left and right edges meet (a 360° panorama): tiles, context, "
-                       "jitter and resampling reach across them; auto = x where the input's "
-                       "XMP says GPano:ProjectionType equirectangular and it is 2:1 wide")
+                       "jitter and resampling reach across them; none: they do not; auto = "
+                       "x where the input's XMP says GPano:ProjectionType equirectangular "
+                       "and it is 2:1 wide")
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def test_a_wrapped_grid_writes_every_pixel_of_the_circle_once(shape, tile):
     rng = np.random.default_rng(8)
     h, w = shape
     for _ in range(12):
-        offset = tuple(int(v) for v in rng.integers(0, tile, 2))
+        offset = int(rng.integers(0, tile)), int(rng.integers(0, w))    # ox: anywhere round
         count = np.zeros(shape, dtype=np.uint8)
         chunks = set()
         for t in grid(shape, tile, offset, margin=5, wrap=True):
@@ -115,6 +115,18 @@ def test_a_wrapped_grid_writes_every_pixel_of_the_circle_once(shape, tile):
             chunks.add((c.y0, c.x0))
         assert count.min() == 1 and count.max() == 1, (shape, tile, offset)
         assert len(chunks) == np.prod(grid_size(shape, tile, offset, wrap=True))
+
+
+def test_a_wrapped_grid_may_start_anywhere_round_the_circle():
+    # 4 × 10 circle in 4 px tiles from x = -7: cores -7..-3 (columns 3..7), -3..1, and the
+    # narrower last one, 1..3, which ends where the first begins (3 = -7 + 10)
+    tiles = grid((4, 10), 4, (0, 7), wrap=True)
+    assert [(t.core.x0, t.core.x1) for t in tiles] == [(-7, -3), (-3, 1), (1, 3)]
+    assert [t.chunk.x0 for t in tiles] == [0, 4, 8]
+    with pytest.raises(ValueError, match="offset"):
+        grid((4, 10), 4, (0, 10), wrap=True)
+    offsets = {pass_offset(0, k, p, 64, wrap=1000)[1] for k in range(4) for p in range(4)}
+    assert max(offsets) >= 64 and all(0 <= ox < 1000 for ox in offsets)
 
 
 def test_circular_runs_cut_an_unrolled_range_at_the_edge():

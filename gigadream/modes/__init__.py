@@ -123,7 +123,8 @@ class Mode:
         t, out = self.cfg.tiling.tile, []
         for p in range(self.passes_per_octave):
             # a tile as large as the octave covers it whole: no offset would split it
-            off = pass_offset(self.cfg.seed, k, p, t) if t < max(shape) else (0, 0)
+            off = (pass_offset(self.cfg.seed, k, p, t, shape[1] if self.wrap else None)
+                   if t < max(shape) else (0, 0))
             out.append(PassPlan(k, p, shape, off, len(grid(shape, t, off, wrap=self.wrap)), t,
                                 self.iterations))
         return out
