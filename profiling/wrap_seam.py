@@ -72,7 +72,8 @@ def painting_file(path: Path) -> Path:
     import pyvips
 
     from gigadream.sample import painting
-    pyvips.Image.new_from_array(painting(256, 256)).copy(interpretation="srgb").write_to_file(str(path))
+    im = pyvips.Image.new_from_array(painting(256, 256)).copy(interpretation="srgb")
+    im.write_to_file(str(path))
     return path
 
 
