@@ -81,7 +81,7 @@ def test_a_circular_x_resizes_across_its_edge(out_shape):
         assert np.abs(flat - whole)[:, :, [0, -1]].max() > 1
     for use_torch in (False, True):
         tiled = np.zeros_like(whole)
-        for t in grid(out_shape, 8, (3, 5), wrap=True):
+        for t in grid(out_shape, 8, (3, 5 % w), wrap=True):
             cols = np.arange(t.core.x0, t.core.x1) % w
             tiled[:, t.core.y0:t.core.y1, cols] = resample_window(
                 _circular_reader(img), (37, 53), out_shape, t.core, use_torch, wrap=True)
