@@ -140,6 +140,16 @@ def parse_bool(key: str, v: Any) -> bool:
     return v
 
 
+def parse_far(key: str, v: Any) -> int:
+    """0 (off) or a shrink factor from 2 (the smallest view that is not the image itself) to
+    256 (a 25000 px panorama's far view under 100 px wide, each tile reading 384 px more)."""
+    v = parse_int(0, 256)(key, v)
+    if v == 1:
+        raise ConfigError(f"{key}: expected 0 (off) or a shrink factor from 2 to 256, got 1 "
+                          "(the image itself: nothing would change)")
+    return v
+
+
 def _field(default: Any, parse: Parser, help: str) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help})
 
@@ -177,6 +187,10 @@ class DreamConfig:
     jitter: int = _field(32, parse_int(0), "max random shift (px) of the tile before each step")
     calibration_tiles: int = _field(16, parse_int(1),
                                     "tiles sampled per octave for the shared gradient scale")
+    keep_far: int = _field(0, parse_far,
+                           "keep the far view: the result shrunk this many times stays the "
+                           "input shrunk as much, the detail up close stays wild (every pass's "
+                           "change loses its low frequencies; dream and style); 0 = off")
 
 
 @dataclass(frozen=True)
@@ -305,15 +319,22 @@ class Config:
             if not self.dream_layers and not self.dream.classes:
                 raise ConfigError("dream: nothing to dream of; set dream.layers or dream.classes")
             # Jitter rolls the window round; the roll's seam (and the network's border)
-            # stays in the margin, so the jitter is capped below it: a margin of 0 leaves
-            # it nowhere but the tile itself.
-            if self.margin == 0 and self.dream.jitter > 0:
-                raise ConfigError(f"tiling.margin: 0 leaves dream.jitter ({self.dream.jitter} "
-                                  "px) no room: its wrap-around seam would fall inside every "
-                                  "tile; set tiling.margin=auto (or a few px: the jitter stays "
-                                  "below it), or dream.jitter=0")
+            # stays in the network's margin, so the jitter is capped below it: a margin of 0
+            # leaves it nowhere but the tile itself.
+            if self.margin - self.far_margin == 0 and self.dream.jitter > 0:
+                held = " (all of it dream.keep_far's)" if self.far_margin else ""
+                raise ConfigError(f"tiling.margin: {self.margin}{held} leaves dream.jitter "
+                                  f"({self.dream.jitter} px) no room: its wrap-around seam "
+                                  "would fall inside every tile; set tiling.margin=auto (or a "
+                                  "few px: the jitter stays below it), or dream.jitter=0")
         if self.mode == "style":
             self._check_style()
+        if self.far_margin and self.tiling.margin != "auto" and self.tiling.margin < self.far_margin:
+            raise ConfigError(f"tiling.margin: {self.tiling.margin} px cannot hold the low-pass "
+                              f"of dream.keep_far={self.keep_far}, which reaches "
+                              f"{self.far_margin} px around each tile; set tiling.margin=auto "
+                              f"(it adds them to the layers' context), or at least "
+                              f"{self.far_margin} plus the context the layers need")
 
     def _check_layer(self, key: str, layer: str) -> None:
         name, _, channel = layer.partition(":")
@@ -403,14 +424,27 @@ class Config:
         """Context around each tile: the explicit margin, or the receptive-field radius of the
         deepest layer (of the last spatial layer for logits), so a core pixel's gradient sees
         all the pixels it depends on; at most half a tile, the receptive field's far rim
-        weighs little (its effective field is much smaller)."""
+        weighs little (its effective field is much smaller). ``keep_far``'s low-pass adds
+        its reach (``far_margin``) to that."""
         if self.tiling.margin != "auto":
             return int(self.tiling.margin)
         if not self.layers:
             return 0
         radii = [archs.receptive_radius(self.model.name, n) for n in self.layers]
         radius = max(archs.spatial_radius(self.model.name) if r is None else r for r in radii)
-        return min(radius, self.tiling.tile // 2)
+        return min(radius, self.tiling.tile // 2) + self.far_margin
+
+    @property
+    def keep_far(self) -> int:
+        """``dream.keep_far`` where the mode paints (dream, style); identity copies: 0."""
+        return self.dream.keep_far if self.mode != "identity" else 0
+
+    @property
+    def far_margin(self) -> int:
+        """The part of ``margin`` that ``keep_far``'s low-pass reaches at full size (px);
+        coarser octaves need less (``modes.far``)."""
+        from .modes.far import far_radius, far_sigma
+        return far_radius(far_sigma(self.keep_far)) if self.keep_far else 0
 
     @property
     def align(self) -> int:
@@ -428,8 +462,13 @@ class Config:
             s, n = self.style, 1
             while max(shape) / s.octave_scale ** (n - 1) > s.whole_size:
                 n += 1
-            return n, s.octave_scale
-        return self.dream.octaves, self.dream.octave_scale
+            return n, self.octave_scale
+        return self.dream.octaves, self.octave_scale
+
+    @property
+    def octave_scale(self) -> float:
+        """Size ratio between neighbouring octaves: the mode's own."""
+        return self.style.octave_scale if self.mode == "style" else self.dream.octave_scale
 
 
 def _is_section(f: dataclasses.Field) -> bool:

@@ -161,7 +161,7 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
         if octave != k:
             octave = k
             mode.begin_octave(run, k, view, sources[k])
-        proc = mode.processor(pp, first=i == 0)
+        proc = mode.pass_processor(pp, first=i == 0)
         tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align, mode.wrap)
         data = mode.pass_data(run, pp, view, proc, tiles)
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)

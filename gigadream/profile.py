@@ -194,7 +194,9 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     last = passes[-1]
     scale = rec.get("grad_scale", {}).get(str(last.octave), 1.0)
     mode = mode_for(cfg)
-    proc = mode.make(scale) if cfg.mode == "dream" else mode.processor(last, first=False)
+    proc = mode.keep_far(mode.make(scale) if cfg.mode == "dream" else
+                         mode.processor(last, first=False), last.octave)
+    own = getattr(proc, "inner", proc)         # the mode's processor inside keep_far's
     # ingest's receiving of rows (_Stream.take), its pyramid and export's read-ahead run on
     # threads that the line profiler does not trace; the buffers they fill are made in
     # traced lines.
@@ -205,9 +207,11 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
              export._VirtualTiff.strip]
     tiles_too = cfg.mode != "style"   # style tiles need the pass's reduced Grams
     if tiles_too:
-        funcs.append(type(proc).__call__)
-        if hasattr(proc, "gradient"):
-            funcs.append(type(proc).gradient)
+        funcs.append(type(own).__call__)
+        if hasattr(own, "gradient"):
+            funcs.append(type(own).gradient)
+        if own is not proc:
+            funcs.append(type(proc).process)
     prof = LineProfiler(backend="psutil")
     for f in funcs:
         prof.add_function(f)

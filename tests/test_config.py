@@ -118,5 +118,5 @@ def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_pa
     assert r.stderr.strip().splitlines() == [
         "gigadream: error: unknown key 'dream.iteratons'; did you mean 'dream.iterations'? "
         "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
-        "dream.step_size, dream.jitter, dream.calibration_tiles)"]
+        "dream.step_size, dream.jitter, dream.calibration_tiles, dream.keep_far)"]
     assert not (tmp_path / "x.jpg").exists()

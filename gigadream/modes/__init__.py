@@ -6,7 +6,7 @@ hands the engine a processor for each pass. The pipeline runs every mode the sam
     for each pass (coarsest octave first):
         mode.begin_octave(run, octave, view, source)  # on a new octave: dream calibrates its
                                                     # gradient scale, style makes its Gram target
-        proc = mode.processor(pass_, first)         # what every tile of the pass runs
+        proc = mode.pass_processor(pass_, first)    # what every tile of the pass runs
         tiles = grid(..., proc.margin, mode.align, mode.wrap)
         data = mode.pass_data(run, pass_, view, proc, tiles)   # style: the canvas's Gram
         engine: each tile → proc.process(windows, tiles, rngs, data) → its chunk
@@ -87,7 +87,10 @@ class Mode:
 
     @property
     def margin(self) -> int:
-        return self.cfg.margin
+        """The context a mode's processor reads around its core: the run's margin, less the
+        part that ``keep_far`` reaches (``pass_processor`` adds it back, as its octave
+        needs)."""
+        return self.cfg.margin - self.cfg.far_margin
 
     @property
     def align(self) -> int:
@@ -141,8 +144,27 @@ class Mode:
         ``source``: the input at the octave's size)."""
 
     def processor(self, pp: PassPlan, first: bool):
-        """The processor of pass ``pp`` (``first``: the run's first pass)."""
+        """The mode's own processor of pass ``pp`` (``first``: the run's first pass)."""
         raise NotImplementedError
+
+    def pass_processor(self, pp: PassPlan, first: bool):
+        """What every tile of pass ``pp`` runs: the mode's processor, which ``keep_far``
+        wraps so that the pass's change keeps no low frequencies (``far``), at the octave's
+        scale."""
+        return self.keep_far(self.processor(pp, first), pp.octave)
+
+    def keep_far(self, proc, octave: int):
+        """``proc`` wrapped by ``far.KeepFar`` at ``octave``'s scale where ``keep_far`` is on;
+        ``proc`` itself where it is off."""
+        if not self.cfg.keep_far:
+            return proc
+        from .far import KeepFar
+        return KeepFar(proc, self.far_sigma(octave))
+
+    def far_sigma(self, octave: int) -> float:
+        """``keep_far``'s low-pass σ in the pixels of ``octave``; 0 when it is off."""
+        from .far import far_sigma
+        return far_sigma(self.cfg.keep_far, self.cfg.octave_scale ** octave) if self.cfg.keep_far else 0.0
 
     def pass_data(self, run: Run, pp: PassPlan, view, proc, tiles: list) -> Any:
         """The value every tile of the pass receives (sent to each worker once), or None."""

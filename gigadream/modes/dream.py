@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import Mode, PassPlan, Run
+from .far import far_radius
 from ..tiling import Box, grid
 
 
@@ -83,6 +84,7 @@ class DeepDream:
     grad_scale: float = 1.0
     dose: float = 1.0
     precision: str = "fp32"      # model.precision: auto, fp32, bf16 (auto resolved on the worker)
+    far_sigma: float = 0.0       # stat measures the gradient as keep_far keeps it (``far``)
     batchable = True
 
     def gradient(self, x):
@@ -109,7 +111,10 @@ class DeepDream:
             return g, time.perf_counter() - t
 
     def stat(self, window: np.ndarray, core: Box) -> dict:
-        """Σ|g| and pixel count over the core: reduced over tiles into ``grad_scale``."""
+        """Σ|g| and pixel count over the core: reduced over tiles into ``grad_scale``. With
+        ``far_sigma``, g is high-passed as ``far.KeepFar`` high-passes the steps (the window
+        needs ``far.far_radius`` px more around the core): each kept step is then
+        ``step_size`` long on average, as a whole step is without keep_far."""
         return self.stat_batch([window], [core])[0]
 
     def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
@@ -117,6 +122,9 @@ class DeepDream:
         import torch
 
         g, seconds = self.gradient(_batch(windows))
+        if self.far_sigma:
+            from .far import highpass
+            g = highpass(g, self.far_sigma)
         out = []
         for gi, core in zip(g, cores):
             gc = gi[(slice(None), *core.slices())]
@@ -234,7 +242,7 @@ class DreamMode(Mode):
         device, precision, threads = (agreed({f[i] for f in found}) for i in range(3))
         batch = self.cfg.engine.batch
         if batch == "auto":
-            batch = gpu_batch(self.cfg.tiling.tile + 2 * self.margin) if device == "cuda" else 1
+            batch = gpu_batch(self.cfg.tiling.tile + 2 * self.cfg.margin) if device == "cuda" else 1
         return {"device": device, "precision": precision, "batch": batch, "threads": threads}
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
@@ -249,11 +257,14 @@ class DreamMode(Mode):
         that every tile of the octave shares (DeepDream's whole-image mean |g|, estimated)."""
         cfg = self.cfg
         run.stage("calibrate", f"octave {octave}")
-        tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin, self.align, self.wrap)
+        sigma = self.far_sigma(octave)
+        tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin + far_radius(sigma),
+                     self.align, self.wrap)
         rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
         pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles),
                                  replace=False))
-        stats = run.measure(view, self.make(1.0), [tiles[i] for i in pick], (cfg.seed, octave, -1))
+        stats = run.measure(view, self.make(1.0, sigma), [tiles[i] for i in pick],
+                            (cfg.seed, octave, -1))
         total = sum(s["grad_abs_sum"] for s in stats)
         count = sum(s["count"] for s in stats)
         return max(total / max(count, 1), 1e-12)
@@ -261,8 +272,9 @@ class DreamMode(Mode):
     def processor(self, pp: PassPlan, first: bool) -> "DeepDream":
         return self.make(self.grad_scale)
 
-    def make(self, grad_scale: float = 1.0) -> "DeepDream":
-        """The processor with the octave's ``grad_scale``."""
+    def make(self, grad_scale: float = 1.0, far_sigma: float = 0.0) -> "DeepDream":
+        """The processor with the octave's ``grad_scale`` (``far_sigma``: its ``stat``
+        measures the gradient that keep_far keeps)."""
         from ..classes import indices
         cfg = self.cfg
         # Jitter wraps the window round; below the margin, the wrap seam stays out of the core
@@ -273,4 +285,4 @@ class DreamMode(Mode):
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
         return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
                          cfg.dream.step_size, jitter, self.margin, grad_scale, cfg.dream.dose,
-                         self.precision)
+                         self.precision, far_sigma)

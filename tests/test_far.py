@@ -1,0 +1,182 @@
+"""dream.keep_far: the result shrunk F times stays the input shrunk F times, the detail up
+close stays; tile by tile without seams, in dream and style mode (real weights, real photos)."""
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_config_error, read, save
+from gigadream.config import load_config
+from gigadream.modes.far import KeepFar, far_radius, lowpass
+from gigadream.pipeline import plan, run
+from gigadream.tiling import Box, Tile, grid
+
+
+@dataclass(frozen=True)
+class Wiggle:
+    """A processor whose change does not depend on the tile: each pixel moves by a function of
+    its own value (detail) and 20 levels up (a far change, which keep_far removes)."""
+
+    margin: int = 0
+    batchable = False
+
+    def process(self, windows, tiles, rngs, data=None):
+        return [(np.clip(c + 30 * np.sin(c / 6) + 20, 0, 255), {}) for w, t in zip(windows, tiles)
+                for c in [w[(slice(None), *t.core.relative_to(t.window).slices())]]]
+
+
+def whole_tile(h: int, w: int) -> Tile:
+    box = Box(0, h, 0, w)
+    return Tile(0, 0, box, box, box)
+
+
+def low(change: np.ndarray, sigma: float) -> float:
+    """Mean |low-pass| of a (C, h, w) change: what a far view sees of it."""
+    return float(lowpass(torch.from_numpy(np.ascontiguousarray(change, np.float32))[None], sigma).abs().mean())
+
+
+def test_a_tiled_pass_equals_the_whole_image_pass_and_keeps_no_far_change(photos):
+    """The high-pass fits in the margin: tiles on a shifted grid give the whole image's pass
+    (to float rounding), and the pass's low frequencies are gone (measured: 0.78 of 21.0
+    levels left, from the clamp to 0-255) while its detail stays (10.7 of 23.6 levels)."""
+    img = read(photos["astronaut_png"]).transpose(2, 0, 1).astype(np.float32)
+    h, w = img.shape[1:]
+    proc = KeepFar(Wiggle(), 4.0)
+    whole = proc.process([img], [whole_tile(h, w)], [None])[0][0]
+    tiles = grid((h, w), 64, (23, 41), proc.margin)
+    tiled = np.zeros_like(img)
+    for t in tiles:
+        tiled[(slice(None), *t.core.slices())] = proc.process(
+            [img[(slice(None), *t.window.slices())]], [t], [None])[0][0]
+    assert np.abs(tiled - whole).max() < 1e-3
+    inner = Wiggle().process([img], [whole_tile(h, w)], [None])[0][0]
+    print(f"far change: {low(inner - img, 4):.2f} -> {low(whole - img, 4):.2f} levels; "
+          f"full size {np.abs(inner - img).mean():.2f} -> {np.abs(whole - img).mean():.2f}")
+    assert low(whole - img, 4) < 0.05 * low(inner - img, 4)
+    assert np.abs(whole - img).mean() > 0.35 * np.abs(inner - img).mean()
+
+
+def test_the_margin_grows_by_the_low_pass_reach_per_octave():
+    cfg = load_config("impressionist", ["dream.keep_far=16"])
+    plain = load_config("impressionist", ["dream.keep_far=0"])
+    assert cfg.far_margin == far_radius(4.0) == 24
+    assert cfg.margin == plain.margin + 24
+    from gigadream.modes import mode_for
+    mode = mode_for(cfg)
+    procs = [mode.pass_processor(p, first=False) for p in plan((800, 2400), cfg)]
+    # σ = keep_far/4 full-size px: 4 at octave 0, 4 / 1.4³ in octave 3's pixels
+    assert procs[-1].sigma == 4.0 and procs[0].sigma == pytest.approx(4.0 / 1.4 ** 3)
+    assert procs[-1].margin == cfg.margin and procs[0].margin < cfg.margin
+    off = mode_for(plain).pass_processor(plan((800, 2400), plain)[0], False)
+    assert not isinstance(off, KeepFar) and off.margin == plain.margin
+
+
+def shrink(img: np.ndarray, k: int) -> np.ndarray:
+    """``img`` (h, w, 3) shrunk k times by libvips: the mean of each k × k block."""
+    import pyvips
+    return pyvips.Image.new_from_array(np.ascontiguousarray(img)).shrink(k, k).numpy()
+
+
+def far_and_near(before: np.ndarray, after: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean |change| in 0-255 levels at 1/k size (box shrink) and at full size."""
+    b, a = before.astype(np.float64), after.astype(np.float64)
+    return np.abs(shrink(a, k) - shrink(b, k)).mean(), np.abs(a - b).mean()
+
+
+def boundary_ratio(img: np.ndarray, lines: list[int], axis: int) -> float:
+    """Mean |gradient| across ``lines`` (the step from line to line + 1) over that elsewhere."""
+    d = np.abs(np.diff(img.sum(axis=2), axis=axis))
+    return float(d.take(lines, axis=axis).mean() / np.delete(d, lines, axis=axis).mean())
+
+
+def boundaries(cfg, shape: tuple[int, int], axis: int) -> list[int]:
+    """The finest octave's tile boundary lines along ``axis``, every pass's."""
+    t = cfg.tiling.tile
+    return sorted({i * t - p.offset[axis] - 1 for p in plan(shape, cfg) if p.octave == 0
+                   for i in range(1, shape[axis] // t + 2) if 0 < i * t - p.offset[axis] < shape[axis]})
+
+
+# 320 px of the astronaut, 64 px tiles: 15 tile boundaries a side over the finest octave's passes
+DREAM = ["dream.layers=[relu3_3]", "tiling.tile=64", "dream.octaves=2", "dream.passes=3",
+         "export.tiff_compression=none"]
+FAR = 8
+
+
+@pytest.fixture(scope="module")
+def dreamed(photos, tmp_path_factory):
+    d = tmp_path_factory.mktemp("far")
+    src = save(read(photos["astronaut_png"])[:320, 96:416], d / "astronaut.png")
+    out = {}
+    for keep_far in (0, FAR):
+        cfg = load_config(None, DREAM + [f"dream.keep_far={keep_far}"])
+        out[keep_far] = (read(run(src, cfg, d / f"far{keep_far}.tif").output), cfg)
+    return read(src), out
+
+
+def test_dream_keeps_the_far_view_and_the_detail(dreamed):
+    before, runs = dreamed
+    (far_off, near_off), (far_on, near_on) = (far_and_near(before, runs[k][0], FAR) for k in (0, FAR))
+    print(f"mean change at 1/{FAR}: {far_off:.2f} -> {far_on:.2f} levels; "
+          f"full size: {near_off:.2f} -> {near_on:.2f}")
+    # measured: 1/8 2.40 -> 0.53 levels, full size 5.03 -> 4.35
+    assert far_on < 1.2 and far_on < 0.4 * far_off
+    assert near_on > 0.7 * near_off
+
+
+def test_dream_with_keep_far_has_no_seams(dreamed):
+    before, runs = dreamed
+    after, cfg = runs[FAR]
+    b, a = before.astype(np.float32), after.astype(np.float32)
+    for axis in (0, 1):
+        lines = boundaries(cfg, a.shape[:2], axis)
+        change = boundary_ratio(a - b, lines, axis)
+        relative = boundary_ratio(a, lines, axis) / boundary_ratio(b, lines, axis)
+        print(f"axis {axis}: {len(lines)} lines, change {change:.3f}, dreamed/input {relative:.3f}")
+        assert len(lines) >= 12
+        assert abs(change - 1) < 0.05 and abs(relative - 1) < 0.06
+
+
+def test_style_keeps_the_far_view(tmp_path, photos):
+    """Style mode wraps its processor too, the coarsest octave's whole pass included: the
+    painting's strokes come, its colours do not (they would change the far view)."""
+    from gigadream.sample import painting
+    style = save(painting(128, 128), tmp_path / "painting.png")
+    src = save(read(photos["coffee_jpg"])[60:220, 220:380], tmp_path / "coffee.png")
+    cfg = load_config(None, ["mode=style", f"style={style}", "style.whole_size=80",
+                             "style.whole_iterations=20", "style.passes=2", "style.iterations=2",
+                             "style.content_layers=[relu3_1]",
+                             "style.style_layers=[relu1_1, relu2_1, relu3_1]", "tiling.tile=64",
+                             f"dream.keep_far={FAR}", "export.tiff_compression=none"])
+    after = read(run(src, cfg, tmp_path / "styled.tif").output)
+    far, near = far_and_near(read(src), after, FAR)
+    print(f"style with keep_far: mean change at 1/{FAR} {far:.2f}, full size {near:.2f}")
+    # measured: 2.15 and 12.8 levels; without keep_far 35.4 and 43.4
+    assert far < 0.3 * near and near > 5
+
+
+BAD = [
+    (["dream.keep_far=1"], r"dream.keep_far: expected 0 \(off\) or a shrink factor from 2 to 256, got 1"),
+    (["dream.keep_far=-2"], r"dream.keep_far: expected an integer from 0 to 256, got -2"),
+    (["dream.keep_far=300"], r"dream.keep_far: expected an integer from 0 to 256, got 300"),
+    (["dream.keep_far=far"], r"dream.keep_far: expected an integer, got 'far' \(str\)"),
+    (["dream.keep_far=16", "tiling.margin=20"],
+     r"tiling.margin: 20 px cannot hold the low-pass of dream.keep_far=16, which reaches 24 px "
+     r"around each tile; set tiling.margin=auto"),
+    (["dream.keep_far=16", "tiling.margin=24"],
+     r"tiling.margin: 24 \(all of it dream.keep_far's\) leaves dream.jitter \(32 px\) no room"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_keep_far_values_are_one_line_errors(overrides, message):
+    assert_config_error(overrides, message)
+
+
+def test_identity_copies_whatever_keep_far_says():
+    """Identity paints nothing, so there is no far view to keep: its tiles stay plain copies."""
+    from gigadream.modes import mode_for
+    from gigadream.modes.identity import Identity
+    cfg = load_config(None, ["mode=identity", "dream.keep_far=16"])
+    assert cfg.far_margin == 0 and cfg.margin == 0
+    assert isinstance(mode_for(cfg).pass_processor(plan((300, 300), cfg)[0], True), Identity)
