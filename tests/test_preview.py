@@ -227,3 +227,22 @@ def test_a_crop_is_what_the_full_run_paints_there(previewed):
         ratio = np.abs(mine).mean() / np.abs(theirs).mean()
         print(f"crop {i}: correlation {corr:.3f}, mean change {ratio:.3f} of the full run's")
         assert corr > 0.85 and 0.75 < ratio < 1.3, (i, corr, ratio)
+
+
+def test_overwrite_replaces_an_earlier_preview_and_keeps_other_files(tmp_path):
+    """--overwrite: the new preview's files replace the old preview's (an old crop-9.jpg
+    goes too), the user's own files stay."""
+    from gigadream.preview import _publish, check_folder
+    folder, work = tmp_path / "out", tmp_path / "out" / ".work"
+    work.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "crop-9.jpg").write_bytes(b"old")
+    (folder / "index.html").write_text("old")
+    (work / "index.html").write_text("new")
+    (work / "crop-1.jpg").write_bytes(b"new")
+    (work / "crop-1-window.tif").write_bytes(b"working file")
+    check_folder(folder, overwrite=True)
+    _publish(work, folder)
+    assert sorted(p.name for p in folder.iterdir()) == [".work", "crop-1.jpg", "index.html",
+                                                        "notes.txt"]
+    assert (folder / "index.html").read_text() == "new"
