@@ -111,6 +111,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
                    help=f"also estimate the time on this GPU: {', '.join(sorted(GPUS))}")
 
+    p = sub.add_parser("preview", help="see the night's result in minutes: the whole image "
+                                       "shrunk and dreamed, and full-size crops as the full "
+                                       "run paints them, on one page",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Preview what 'gigadream run' will make of INPUT: the far "
+                                   "view (the whole image at about 2 MP, run with the same "
+                                   "config) and the near view (full-resolution crops, each run "
+                                   "as the full run would paint it there: its config, octave "
+                                   "scales and gradient scales, with context around it). Writes "
+                                   "DIR/index.html (open it in a browser), the images, "
+                                   "config.yaml and preview.json, and the full run's estimated "
+                                   "time here and on a GPU.",
+                       epilog="Example: gigadream preview pano.jpg --config impressionist "
+                              "--at 5200,3100 --crops 4 -o pano-preview")
+    p.add_argument("input", type=Path, metavar="INPUT")
+    _add_config_args(p)
+    from .preview import CROP_SIDE, DEFAULT_CROPS, DEFAULT_GPU
+    p.add_argument("-o", "--output", type=Path, metavar="DIR",
+                   help="folder for the preview, new or empty (default: INPUT-preview beside "
+                        "the input)")
+    p.add_argument("--at", nargs="+", action="extend", default=[], metavar="X,Y",
+                   help="centre a crop on these pixels of the full image (repeatable); "
+                        "without it the crops go where the image is busy and varied, spread "
+                        "over it")
+    p.add_argument("--crops", type=int, metavar="N",
+                   help=f"number of crops (default: {DEFAULT_CROPS}, or as many as --at "
+                        "points; more than the points: the rest are picked)")
+    p.add_argument("--crop", type=int, default=CROP_SIDE, metavar="PX",
+                   help=f"side of a crop at full resolution (default {CROP_SIDE})")
+    p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU, metavar="GPU",
+                   help=f"estimate the full run's time on this GPU too: "
+                        f"{', '.join(sorted(GPUS))} (default {DEFAULT_GPU})")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (engine.workers)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the preview in a folder that is not empty (other files stay)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     p = sub.add_parser("profile", help="run and measure: memory over time per stage, the naive "
                                        "baseline beside it, hot functions line by line",
                        description="Run INPUT as 'gigadream run' would, sampling the memory of "
@@ -263,6 +300,27 @@ def _plan(args) -> int:
     return 0
 
 
+def _preview(args) -> int:
+    from .preview import parse_point, preview
+    cfg = _config(args)
+    at = [parse_point(a) for a in args.at]
+    folder = args.output or args.input.with_name(f"{args.input.stem}-preview")
+    progress = _Progress(args.quiet)
+    try:
+        report = preview(args.input, cfg, folder, at=at, crops=args.crops, side=args.crop,
+                         gpu=args.gpu, overwrite=args.overwrite, on_event=progress)
+    except Interrupted as e:
+        raise Interrupted(f"{e}: stopped; nothing of the preview was kept", e.signum) from None
+    finally:
+        progress.close()
+    if args.quiet:
+        return 0
+    total = sum(report.stage_s.values())
+    print(f"preview of {args.input.name} in {total:.0f} s: open {report.index}",
+          file=sys.stderr)
+    return 0
+
+
 def _profile(args) -> int:
     from .profile import profile
     cfg = _config(args)
@@ -286,7 +344,8 @@ def _classes(args) -> int:
 
 
 VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
-         "layers": _layers, "classes": _classes, "plan": _plan, "profile": _profile}
+         "layers": _layers, "classes": _classes, "plan": _plan, "profile": _profile,
+         "preview": _preview}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,8 +89,8 @@ def _probe_shapes(shapes: list[tuple[int, int]], n: int = PROBES) -> list[tuple[
     return [by_area[round(i * (len(by_area) - 1) / (n - 1))] for i in range(n)]
 
 
-def _model_costs(cfg: Config, workers: int,
-                 shapes: list[tuple[int, int]]) -> tuple[float, float, float, int, float, float]:
+def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
+                 executor=None) -> tuple[float, float, float, int, float, float]:
     """(FLOPs per pixel, seconds per step call, seconds per megapixel-step, bytes a step keeps
     for the backward per pixel, seconds more for the first step of a new window shape,
     seconds more per megapixel for the first step of a Dask task) on
@@ -108,13 +108,17 @@ def _model_costs(cfg: Config, workers: int,
     first of their shape: each probe's first step is timed against the fit. A worker trims
     its heap after each Dask task (engine.release_freed_memory), so a task's first step
     faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
-    measured in a worker); that cost is timed after a trim, per megapixel."""
+    measured in a worker); that cost is timed after a trim, per megapixel. ``executor``: a
+    started cluster's (``preview``), whose worker has the model loaded, instead of one
+    started here."""
     from .engine import cluster
     from .modes import mode_for
 
     mode = mode_for(cfg)
     if not mode.uses_model:
         return 0.0, 0.0, 0.0, 0, 0.0, 0.0
+    if executor is not None:
+        return executor.submit(_time_steps, cfg, shapes).result()
     threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (engine.cluster)
     with cluster(1, threads, warm=mode.warm_up()) as ex:
         return ex.submit(_time_steps, cfg, shapes).result()
@@ -174,7 +178,9 @@ def _time_steps(cfg: Config,
             max(0.0, float(np.mean(firsts))), max(0.0, sum(trimmed) / sum(pixels)))
 
 
-def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
+def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=None) -> Estimate:
+    """What a run of ``cfg`` on ``input_path`` will cost; ``calibrate`` times the model on
+    this machine, in a worker of ``executor`` where one is given."""
     shape = image_shape(Path(input_path))
     wrap, why = wrap_setting(cfg.tiling.wrap, Path(input_path), shape)
     cfg = with_wrap(cfg, input_path, shape)
@@ -212,7 +218,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True) -> Estimate:
         canvases += 2 * 3 * 2 * h * w
     workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
     flops_px, per_step, per_mp, bytes_px, per_shape, per_task_mp = (
-        _model_costs(cfg, workers, list(shapes)) if calibrate else (0.0,) * 6)
+        _model_costs(cfg, workers, list(shapes), executor) if calibrate else (0.0,) * 6)
     # each worker process meets a shape for the first time once, if its tiles reach it
     firsts = sum(min(workers, n) for n in shapes.values())
     # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its

@@ -23,7 +23,7 @@ from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest, wrap_setting
 from .modes import Mode, PassPlan, mode_for, result_view
-from .store import ArrayView, OctaveStart, Store, atomic_write_text, is_store
+from .store import ArrayView, OctaveStart, Store, atomic_write_text, forget_arrays, is_store
 from .tiling import grid
 
 
@@ -82,11 +82,21 @@ def default_store(out: Path) -> Path:
 
 def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
         overwrite: bool = False, restart: bool = False,
-        on_event: Callable[[object], None] = lambda e: None) -> RunReport:
+        on_event: Callable[[object], None] = lambda e: None,
+        cluster: BackgroundCluster | None = None, prepared: dict | None = None,
+        frame: tuple[int, int] | None = None) -> RunReport:
     """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
     each finished stage and pass; running the same command again resumes after the last one,
     ``restart`` starts over. The default store is removed after success. The Dask cluster
-    starts while the source is ingested; a resume with only the export left starts none."""
+    starts while the source is ingested; a resume with only the export left starts none.
+
+    A run over part of a larger image (``preview``'s crops) is processed as the whole image's
+    run would process it: ``frame`` is the whole image's shape, whose octave geometry the run
+    follows (``modes.Mode``), and ``prepared`` what the mode records from the whole image
+    (``shared_record``: dream's gradient scale), which the mode takes into its own
+    (``Mode.begin_octave``: ``Run.shared``). ``cluster``: a
+    started cluster to run on, which the run leaves running (one cluster for many runs:
+    its workers start and load the model once)."""
     # Workers on other machines open the style images and weights too. run.json and OUT.yaml
     # then name them absolutely: OUT.yaml reproduces the run from any folder, and a resume
     # from another folder whose relative paths name other files is refused.
@@ -94,7 +104,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     input_path, out = Path(input_path), Path(out)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     cfg = with_wrap(cfg, input_path, shape)      # from its header too
-    mode = mode_for(cfg)
+    mode = mode_for(cfg, frame)
     check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
     check_config_output(out, overwrite)
     mode.check()
@@ -104,10 +114,11 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     on_event(Total(work_units(passes)))
     report = RunReport(shape=shape)
     finished = "result" in store.record()        # only the export is left: no workers
-    workers = None if finished else BackgroundCluster(cfg.engine.workers, cfg.engine.threads,
-                                                      cfg.engine.scheduler, mode.warm_up())
+    own = cluster is None and not finished       # a cluster this run starts and stops
+    workers = cluster if not own else BackgroundCluster(
+        cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, mode.warm_up())
     try:
-        octaves, scale = cfg.octaves(shape)
+        octaves, scale = mode.octaves(shape)
         with _timed(report, "ingest"):      # level 0 and the octave pyramid, in one decode
             _source(input_path, store, shape, octaves, scale, cfg.wraps, keep_store, on_event)
         with _timed(report, "pyramid"):     # only a store ingested for other octaves
@@ -120,12 +131,15 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             with _timed(report, "cluster"):
                 on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
                 ex = workers.executor()            # what is left of its start
+                if not own:     # its workers may hold arrays of a store since replaced
+                    ex.each_worker(forget_arrays)
                 resolved = check_resolved(store, mode.resolve(ex))
             with _timed(report, "passes"):
                 _passes(_Run(ex, store, report, on_event, resolved, resolved.get("batch", 1),
-                             cfg.seed, mode.uses_model),
+                             cfg.seed, mode.uses_model, prepared or {}),
                         mode, passes, sources)
-            workers.close()             # before the export: its memory is not needed there
+            if own:
+                workers.close()         # before the export: its memory is not needed there
         with _timed(report, "export"):
             on_event(Stage("export", out.name))
             result = store.record()["result"]
@@ -134,12 +148,26 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
                    kept=store.input_metadata(), before=sources[0])
             atomic_write_text(config_output(out), _reproducible_yaml(cfg, input_path))
     finally:
-        if workers is not None:
+        if own:
             workers.close()
     report.output = out
     if not keep_store:
         shutil.rmtree(store.path, ignore_errors=True)
     return report
+
+
+def shared_record(store: Store, cfg: Config, executor, sources: list[ArrayView],
+                  on_event: Callable[[object], None] = lambda e: None,
+                  report: RunReport | None = None) -> dict:
+    """What a run over a part of the image in ``store`` takes from the whole image
+    (``Mode.shared``), measured on ``executor``'s workers over the store's source pyramid
+    ``sources``: the ``prepared`` argument of ``run`` for each part."""
+    cfg = cfg.resolved(Path.cwd())
+    mode = mode_for(cfg)
+    resolved = mode.resolve(executor)
+    run_ = _Run(executor, store, report or RunReport(), on_event, resolved,
+                resolved.get("batch", 1), cfg.seed, mode.uses_model)
+    return mode.shared(run_, sources)
 
 
 def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayView]) -> None:
@@ -188,6 +216,7 @@ class _Run:
     batch: int
     seed: int
     model: bool                 # the processors run a model (tiles are costly)
+    shared: dict = field(default_factory=dict)   # from the whole image (``Mode.shared``)
 
     def recorded(self, section: str, key: str, compute: Callable[[], Any]) -> Any:
         values = self.store.record().get(section, {})

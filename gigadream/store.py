@@ -108,8 +108,10 @@ def _open_array(root: str, name: str) -> zarr.Array:
     return zarr.open_array(store=os.path.join(root, name), mode="r+")
 
 
-def _forget_arrays() -> None:
-    """Arrays were created or removed: drop what this process cached about them."""
+def forget_arrays() -> None:
+    """Arrays were created or removed: drop what this process cached about them. (A worker
+    that serves several runs, ``pipeline.run(cluster=...)``, is told to before each: a
+    store made again at the same path has other arrays.)"""
     _open_array.cache_clear()
     chunks.layout.cache_clear()
 
@@ -303,7 +305,7 @@ class Store:
                           chunks=(3, SOURCE_CHUNK, SOURCE_CHUNK), dtype="uint8",
                           compressors=[SOURCE_CODEC] if SOURCE_CODEC else None, fill_value=0,
                           overwrite=True, dimension_names=("c", "y", "x"))
-        _forget_arrays()
+        forget_arrays()
         return ArrayView(self.root, name, shape)
 
     def source(self, level: int, wrap: bool = False) -> ArrayView:
@@ -363,7 +365,7 @@ class Store:
                               fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
                               attributes=attributes)
             self._take_spares(chunks.layout.__wrapped__(path), shape, tile, offset, wrap)
-        _forget_arrays()
+        forget_arrays()
         return ArrayView(self.root, name, shape, offset, wrap)
 
     def _take_spares(self, lay: chunks.Layout, shape: tuple[int, int], tile: int,
@@ -403,7 +405,7 @@ class Store:
                         key = "-".join(f.relative_to(path / "c").parts)
                         os.replace(f, spare / f"o{octave}p{parity}-{key}")
             shutil.rmtree(path, ignore_errors=True)
-        _forget_arrays()
+        forget_arrays()
 
     def drop_spares(self) -> None:
         """The spare chunk files no canvas took (at the end of a run)."""

@@ -12,7 +12,7 @@ import zarr
 
 from conftest import read, save
 from gigadream.config import load_config
-from gigadream.engine import cluster, map_tasks
+from gigadream.engine import ONEDNN_CACHE, cluster, map_tasks
 from gigadream.errors import ClusterError
 from gigadream.pipeline import plan, run
 from gigadream.tiling import Box
@@ -77,6 +77,9 @@ def test_cluster_runs_tasks_in_worker_processes():
         resolved = mode_for(load_config(None, [])).resolve(ex)
         assert resolved["device"] == "cpu" and resolved["batch"] == 1
         assert mode_for(load_config(None, ["engine.batch=3"])).resolve(ex)["batch"] == 3
+        # every worker bounds oneDNN's cache of compiled kernels (engine.ONEDNN_CACHE)
+        caps = ex.each_worker(_env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+        assert caps == [str(ONEDNN_CACHE)] * 2, caps
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
@@ -114,6 +117,10 @@ def test_tiles_are_batched_by_window_shape_and_each_tile_once(odd_image):
     assert sum(map(len, mixed)) == 12 and len(mixed) > 1
     for g in mixed:
         assert len({t.tile.window.shape for t in g}) == 1
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name)
 
 
 def _pid(_):

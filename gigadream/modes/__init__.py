@@ -59,6 +59,8 @@ class Run(Protocol):
 
     executor: Any                      # engine.DaskExecutor
     resolved: dict                     # Mode.resolve's, as recorded with the run
+    shared: dict                       # Mode.shared's of the whole image, where the run
+                                       # covers a part of it (a preview's crop); else empty
 
     def recorded(self, section: str, key: str, compute: Callable[[], Any]) -> Any:
         """A value kept in the run record (``section.key``): computed once, reused by a
@@ -78,12 +80,29 @@ class Run(Protocol):
 
 
 class Mode:
-    """The defaults: tile passes over ``cfg.octaves``, nothing to prepare, no model."""
+    """The defaults: tile passes over ``cfg.octaves``, nothing to prepare, no model.
+
+    ``frame``: the shape of the whole image when the run covers a part of it (a preview's
+    crop). The run then follows the whole image's octave geometry: its number of octaves
+    (style's depends on the image's size) and what a mode sizes by an octave's extent
+    (style's image)."""
 
     uses_model = False
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, frame: tuple[int, int] | None = None):
         self.cfg = cfg
+        self.frame = frame
+
+    def octaves(self, shape: tuple[int, int]) -> tuple[int, float]:
+        """(number of octaves, scale between them) of a run over an image of ``shape``."""
+        return self.cfg.octaves(self.frame or shape)
+
+    def extent(self, octave: int, shape: tuple[int, int]) -> tuple[int, int]:
+        """The shape of the whole image at ``octave``, where the run's octave has ``shape``."""
+        if self.frame is None:
+            return shape
+        n, scale = self.octaves(shape)
+        return octave_shape(self.frame, scale, octave)
 
     @property
     def margin(self) -> int:
@@ -118,7 +137,7 @@ class Mode:
 
     def plan(self, shape: tuple[int, int]) -> list[PassPlan]:
         """Every pass of the run in order, with its random grid offset and tile count."""
-        n, scale = self.cfg.octaves(shape)
+        n, scale = self.octaves(shape)
         return [p for k in reversed(range(n))
                 for p in self.octave_plan(k, octave_shape(shape, scale, k), n)]
 
@@ -142,6 +161,13 @@ class Mode:
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
         """Prepare what every pass of ``octave`` shares (``view``: the octave's start,
         ``source``: the input at the octave's size)."""
+
+    def shared(self, run: Run, sources: list) -> dict:
+        """What a run over a part of the image needs from the whole image to process the
+        part as the whole run would, measured on the whole image's source pyramid
+        ``sources`` (finest first). The part's run receives it as ``Run.shared``
+        (``pipeline.run(prepared=...)``). Nothing by default."""
+        return {}
 
     def processor(self, pp: PassPlan, first: bool):
         """The mode's own processor of pass ``pp`` (``first``: the run's first pass)."""
@@ -175,11 +201,12 @@ class Mode:
         return {}
 
 
-def mode_for(cfg: Config) -> Mode:
+def mode_for(cfg: Config, frame: tuple[int, int] | None = None) -> Mode:
     from .dream import DreamMode
     from .identity import IdentityMode
     from .style import StyleMode
-    return {"identity": IdentityMode, "dream": DreamMode, "style": StyleMode}[cfg.mode](cfg)
+    modes = {"identity": IdentityMode, "dream": DreamMode, "style": StyleMode}
+    return modes[cfg.mode](cfg, frame)
 
 
 def result_view(record: dict, view, source):

@@ -17,10 +17,21 @@ from .far import far_radius
 from ..tiling import Box, grid
 
 
+# Objectives are sums over a tile's window divided by this fixed area, not by the window's
+# own: a pixel's gradient is then the same in a small window (a sliver of a tile at the
+# image's edge, a preview's crop) as in a whole one, as in whole-image DeepDream, whose
+# gradient is that of ½ Σ a². Divided by each window's own area, a small window's steps
+# were as many times longer as its area is smaller (5.5× for a 136 px window against a
+# 320 px one), and an impressionist run changed a photo's outer 40 px rows by 18-22 levels
+# against 11 inside (9 with this). The value only keeps the loss near 1: it cancels in the
+# step, which divides by the octave's mean |g| (``grad_scale``).
+OBJECTIVE_PIXELS = 512 * 512
+
+
 @dataclass(frozen=True)
 class LayerL2:
-    """DeepDream objective of one layer: ½ Σ a², per input pixel and per channel, so weights
-    compare across layers of different depth and width."""
+    """DeepDream objective of one layer: ½ Σ a², per channel and per ``OBJECTIVE_PIXELS``
+    input pixels, so weights compare across layers of different depth and width."""
 
     layer: str
     weight: float = 1.0
@@ -32,7 +43,8 @@ class LayerL2:
 
 @dataclass(frozen=True)
 class Channel:
-    """One channel of a layer (``block11:37``): its activation summed, per input pixel."""
+    """One channel of a layer (``block11:37``): its activation summed, per
+    ``OBJECTIVE_PIXELS`` input pixels."""
 
     layer: str
     channel: int
@@ -103,8 +115,7 @@ class DeepDream:
             t = time.perf_counter()
             with autocast(dev, dream_precision(self.precision, self.model, dev)):
                 acts = net(x, frozenset(o.layer for o in self.objectives))
-            n = x.shape[-1] * x.shape[-2]
-            loss = sum(o(acts, n) for o in self.objectives)
+            loss = sum(o(acts, OBJECTIVE_PIXELS) for o in self.objectives)
             (g,) = torch.autograd.grad(loss, x)
             if g.is_cuda:
                 torch.cuda.synchronize()   # CUDA runs asynchronously: time the work, not its launch
@@ -221,8 +232,8 @@ def agreed(values: set):
 class DreamMode(Mode):
     uses_model = True
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, frame=None):
+        super().__init__(cfg, frame)
         self.precision = cfg.model.precision      # resolved on the workers (begin_octave)
         self.grad_scale = 1.0                      # the octave's (begin_octave)
 
@@ -246,11 +257,40 @@ class DreamMode(Mode):
         return {"device": device, "precision": precision, "batch": batch, "threads": threads}
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
-        """The octave's gradient scale: measured once, kept in the run record."""
+        """The octave's gradient scale: measured once, kept in the run record. A run over a
+        part of an image (``run.shared``) takes the whole image's into it (``part_scale``)."""
         if run.resolved["precision"] != "mixed":
             self.precision = run.resolved["precision"]
-        self.grad_scale = run.recorded("grad_scale", str(octave),
-                                       lambda: self.calibrate(run, octave, view))
+        own = run.recorded("grad_scale", str(octave), lambda: self.calibrate(run, octave, view))
+        whole = run.shared.get("coarsest_grad_scale")
+        self.grad_scale = own if whole is None else self.part_scale(run, octave, own, whole)
+
+    def part_scale(self, run: Run, octave: int, own: float, whole: dict) -> float:
+        """The gradient scale of a part of an image (a preview's crop) at ``octave``: its own
+        (``own``, measured on its octave's start as a whole run measures the whole's)
+        times the whole image's over the part's own at the coarsest octave (``whole``:
+        ``shared``), where both are measured on the source alone.
+
+        Why not the part's own: it is a mean over the part's tiles, so a busy part dreams
+        more gently than the whole run paints it there (0.87× the whole run's change on a
+        busy crop of a photo, measured). Why not the whole image's measured on its source
+        pyramid: at finer octaves the run measures its octave's start, which holds the
+        coarser octaves' dream, and those gradients are 1.3-2.1× the source's, by a factor
+        that depends on the image and its scale; the crops then dreamed 1.4-1.6× too hard.
+        The ratio at the coarsest octave corrects the part's busyness; the part's own
+        octave starts carry the dream's growth (``profiling/README.md``)."""
+        coarsest = next(iter(whole))
+        part = run.recorded("grad_scale", coarsest, lambda: own)   # begin_octave's, by now
+        return own * whole[coarsest] / part
+
+    def shared(self, run: Run, sources: list) -> dict:
+        """The whole image's gradient scale at its coarsest octave (measured on its source,
+        as the whole run measures it there: the same seeded sample of the same grid), for
+        a part's ``part_scale``."""
+        if run.resolved.get("precision", "mixed") != "mixed":
+            self.precision = run.resolved["precision"]
+        k = len(sources) - 1
+        return {"coarsest_grad_scale": {str(k): self.calibrate(run, k, sources[k])}}
 
     def calibrate(self, run: Run, octave: int, view) -> float:
         """Mean |gradient| over a seeded sample of the octave's tiles: the step normaliser

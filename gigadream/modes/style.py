@@ -339,8 +339,8 @@ class StyleMode(Mode):
 
     uses_model = True
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, frame=None):
+        super().__init__(cfg, frame)
         self.content = None      # the source at the octave's size (begin_octave)
         self.target = None       # a Dask future of the style's Grams (begin_octave)
 
@@ -381,7 +381,8 @@ class StyleMode(Mode):
         self.target = run.executor.remote(style_targets, s.images, s.blend_weights, m.name,
                                           m.weights, s.pooling,
                                           self.cfg.style_layer_list("style_layers"),
-                                          style_side(s.style_scale, view.shape))
+                                          style_side(s.style_scale,
+                                                     self.extent(octave, view.shape)))
 
     def processor(self, pp: PassPlan, first: bool) -> StyleTransfer:
         """``first`` marks the run's first pass, where ``init: random`` applies; a whole pass

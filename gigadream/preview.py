@@ -1,0 +1,536 @@
+"""``gigadream preview``: the night's result in minutes, from afar and up close.
+
+An artist judges a giant dream twice: from across the room and up close. The preview shows
+both before the night's run:
+
+- the far view: the whole image shrunk to about ``FAR_PIXELS`` (from the store's pyramid),
+  run with the same config;
+- the near view: a few full-resolution crops, each run with the full run's config and octave
+  geometry (``pipeline.run(frame=...)``), on a context box around it (``context``), with
+  what the mode measures on the whole image (``Mode.shared``: dream's gradient scale), so
+  that its detail is what the full run paints there.
+
+The input is decoded once, streamed into a temporary store inside the output folder (source
+pyramid), which every part reads; one Dask cluster serves every run. The folder gets the
+images, ``index.html`` (static, opens from disk) and ``preview.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .config import Config, to_yaml
+from .engine import BackgroundCluster, release_freed_memory
+from .errors import ConfigError, OutputError
+from .ingest import image_shape, ingest
+from .modes import mode_for
+from .pipeline import Rows, Stage, Total, Work, run, shared_record, with_wrap, work_units
+from .resample import octave_shape, resample_window
+from .store import ArrayView, Store
+from .tiling import Box
+
+FAR_PIXELS = 2_000_000        # the far view's size: a screen's worth
+CROP_SIDE = 1024              # a crop's side at full resolution
+DEFAULT_CROPS = 4
+MAX_CROPS = 64
+DEFAULT_GPU = "h100"
+# The files a preview writes into its folder; --overwrite replaces these and no others.
+OUR_FILES = ("index.html", "preview.json", "config.yaml", "far.jpg", "far-input.jpg",
+             "crop-*.jpg")
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A detail crop: ``box`` (full-resolution pixels) is shown, ``window`` (the box and its
+    context, clipped to the image) is processed."""
+
+    box: Box
+    window: Box
+    picked: str              # "--at" or "auto"
+
+
+@dataclass
+class PreviewReport:
+    folder: Path
+    index: Path
+    shape: tuple[int, int]
+    far_shape: tuple[int, int]
+    crops: list[Crop]
+    stage_s: dict[str, float] = field(default_factory=dict)
+    model_s: float = 0.0
+    estimate: str = ""
+
+
+# -- validation --------------------------------------------------------------------------
+
+def parse_point(text: str) -> tuple[int, int]:
+    """``X,Y`` (pixels of the full image) → (x, y)."""
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise ConfigError(f"--at {text!r}: expected X,Y in pixels of the full image, e.g. "
+                          "--at 5200,3100")
+    return int(parts[0]), int(parts[1])
+
+
+def check_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that cannot take the preview, or one that
+    holds files without ``overwrite``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output {folder} is a file; give a folder for the preview with -o")
+    if folder.is_dir():
+        if any(folder.iterdir()) and not overwrite:
+            raise OutputError(f"output folder {folder} is not empty; pass --overwrite to "
+                              "replace a preview there, or choose another folder with -o")
+        if not os.access(folder, os.W_OK):
+            raise OutputError(f"output folder {folder} is not writable; choose another with -o")
+        return
+    parent = folder.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output folder {parent} is not writable; choose another with -o")
+
+
+def check_crops(shape: tuple[int, int], side: int, n: int | None,
+                at: Sequence[tuple[int, int]]) -> int:
+    """The number of crops, once the request is checked against the image: every ``--at``
+    point inside it, the crop no larger than it, at least one crop. Returns it."""
+    h, w = shape
+    if n is not None and n < 1:
+        raise ConfigError(f"--crops {n}: expected at least 1 crop")
+    if n is not None and n > MAX_CROPS:
+        raise ConfigError(f"--crops {n}: expected at most {MAX_CROPS} crops")
+    if n is not None and n < len(at):
+        raise ConfigError(f"--crops {n} but {len(at)} --at points; give --crops {len(at)} or "
+                          "more (the rest are picked), or leave --crops out")
+    if side < 16:
+        raise ConfigError(f"--crop {side}: expected a side of at least 16 px")
+    if side > min(h, w):
+        raise ConfigError(f"a crop of {side} px is larger than the image ({w}×{h} px); pass "
+                          f"--crop {min(h, w)} or less")
+    for x, y in at:
+        if not (0 <= x < w and 0 <= y < h):
+            raise ConfigError(f"--at {x},{y} lies outside the image ({w}×{h} px): X from 0 to "
+                              f"{w - 1}, Y from 0 to {h - 1}")
+    return n if n is not None else (len(at) or DEFAULT_CROPS)
+
+
+# -- geometry ----------------------------------------------------------------------------
+
+def crop_box(shape: tuple[int, int], side: int, x: int, y: int) -> Box:
+    """The ``side`` square centred on (x, y), moved inside the image where it would leave it."""
+    h, w = shape
+    y0 = min(max(0, y - side // 2), h - side)
+    x0 = min(max(0, x - side // 2), w - side)
+    return Box(y0, y0 + side, x0, x0 + side)
+
+
+def context_window(box: Box, margin: int, shape: tuple[int, int]) -> Box:
+    """``box`` grown by ``margin`` on every side and moved inside the image where it would
+    leave it (at the image's edge the full run sees an edge too; the context goes to the
+    other side), so every crop's window has one shape."""
+    h, w = shape
+    wh, ww = min(h, box.y1 - box.y0 + 2 * margin), min(w, box.x1 - box.x0 + 2 * margin)
+    y0 = min(max(0, box.y0 - margin), h - wh)
+    x0 = min(max(0, box.x0 - margin), w - ww)
+    return Box(y0, y0 + wh, x0, x0 + ww)
+
+
+def context(cfg: Config, shape: tuple[int, int], side: int) -> int:
+    """Pixels of context on each side of a crop of ``side`` px (full resolution).
+
+    What a pixel becomes depends on its neighbours: each pass moves it by what the network
+    sees around it, up to ``margin`` pixels away at its octave, ``margin × scale^k`` at full
+    resolution, and the passes and octaves compound that reach. The nearer neighbours weigh
+    most (a network's effective receptive field is much smaller than its theoretical one),
+    so the context is half of one reach at every octave, summed: with impressionist (68 px)
+    crops correlate with the full run's change there as closely as with the whole reach
+    (135 px), as closely as two full runs with other seeds do (0.97-0.99), and without
+    context at 0.67-0.89 (measured on photos: ``profiling/README.md``). At most half the
+    crop: a deep layer's reach (logits: the whole window) would cost many crops' work.
+
+    ``dream.keep_far``'s high-pass adds its reach (``far_margin``, the same at every octave in
+    full-size pixels: 24 px for keep_far 16) whole: it subtracts a blur of the change, which
+    the crop's edge would otherwise cut short."""
+    mode = mode_for(cfg)
+    n, scale = mode.octaves(shape)
+    reach = sum(mode.margin * scale ** k for k in range(n))
+    return min(math.ceil(reach / 2) + cfg.far_margin, side // 2)
+
+
+def far_shape(shape: tuple[int, int], pixels: int = FAR_PIXELS) -> tuple[int, int]:
+    """The far view's shape: about ``pixels``, the image's own where it is smaller."""
+    h, w = shape
+    f = min(1.0, math.sqrt(pixels / (h * w)))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def pyramid_levels(shape: tuple[int, int], scale: float, octaves: int, far: tuple[int, int]) -> int:
+    """Source levels to ingest: the run's octaves, and enough coarser ones that the far view
+    is resized from a level at most ``scale`` times its size (they come from the same
+    decode, at a fraction of its cost)."""
+    k = 0
+    while True:
+        nxt = octave_shape(shape, scale, k + 1)
+        if nxt[0] < far[0] or nxt[1] < far[1] or k + 1 >= 64:
+            break
+        k += 1
+    return max(octaves, k + 1)
+
+
+def far_image(levels: list[ArrayView], shape: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8: the image at ``shape``, resized from the smallest level at least that
+    large, in bands of rows (only a band of the level is read at a time)."""
+    level = min((lv for lv in levels if lv.shape[0] >= shape[0] and lv.shape[1] >= shape[1]),
+                key=lambda lv: lv.shape[0] * lv.shape[1])
+    h, w = shape
+    if level.shape == shape:
+        return level.read_uint8(Box(0, h, 0, w))
+    out = np.empty((h, w, 3), np.uint8)
+    for y0 in range(0, h, 128):
+        y1 = min(h, y0 + 128)
+        band = resample_window(level.read, level.shape, shape, Box(y0, y1, 0, w))
+        out[y0:y1] = np.clip(np.rint(band), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return out
+
+
+# -- picking crops -----------------------------------------------------------------------
+
+def detail_map(image: np.ndarray) -> np.ndarray:
+    """(h, w) float32: how busy each pixel's neighbourhood is, the gradient magnitude of
+    the luminance (0-255 levels per pixel)."""
+    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    gy, gx = np.gradient(lum)
+    return np.hypot(gy, gx)
+
+
+def _box_means(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Means of ``a`` (h, w, ...) over every ``size`` window, (h - sh + 1, w - sw + 1, ...),
+    from an integral image."""
+    sh, sw = size
+    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1, *a.shape[2:]), np.float64)
+    s[1:, 1:] = a.cumsum(0).cumsum(1)
+    return (s[sh:, sw:] - s[:-sh, sw:] - s[sh:, :-sw] + s[:-sh, :-sw]) / (sh * sw)
+
+
+def pick_crops(image: np.ndarray, shape: tuple[int, int], side: int, n: int,
+               fixed: Sequence[Box] = ()) -> list[Box]:
+    """``n`` crop boxes of ``side`` px (full resolution), the ``fixed`` ones first, the rest
+    picked on ``image`` (the whole image, small: the far view's input): busy, varied and
+    spread. Greedy: each pick maximises
+
+        detail × (1 − overlap) × spread × novelty
+
+    over candidate places (a grid of a quarter crop's step): ``detail`` the mean gradient
+    magnitude under the crop; ``overlap`` the largest share of it that a pick covers;
+    ``spread`` = min(1, distance to the nearest pick / R), R the side of the square each
+    crop would have if the N crops tiled the image; ``novelty`` = ½ + ½ min(1, the
+    distance of the crop's colour and texture (its mean RGB and detail, each in units of
+    its spread over all places) to the nearest pick's). A busy place next to a pick thus
+    beats a flat one far away, and a busy place unlike the picks beats one like them."""
+    h, w = shape
+    ih, iw = image.shape[:2]
+    fy, fx = ih / h, iw / w                      # image pixels per full-resolution pixel
+    foot = (max(1, min(ih, round(side * fy))), max(1, min(iw, round(side * fx))))
+    detail = detail_map(image)
+    means = _box_means(np.dstack([image.astype(np.float32), detail]), foot)
+    step = max(1, min(foot) // 4)
+    ys, xs = np.arange(0, means.shape[0], step), np.arange(0, means.shape[1], step)
+    boxes = [crop_box(shape, side, round((x + foot[1] / 2) / fx), round((y + foot[0] / 2) / fy))
+             for y in ys for x in xs]
+    desc = means[ys][:, xs].reshape(len(boxes), 4)          # mean R, G, B, detail
+    score = desc[:, 3]
+    desc = (desc - desc.mean(0)) / (desc.std(0) + 1e-6)
+    corner = np.array([(b.y0, b.x0) for b in boxes], np.float64)
+    reach = math.sqrt(h * w / n)
+    picks = list(fixed)
+    # a fixed crop's descriptor: that of the candidate nearest to it
+    taken = [int(np.argmin(np.abs(corner - (b.y0, b.x0)).sum(1))) for b in fixed]
+    while len(picks) < n:
+        value = score.copy()
+        if picks:
+            gap = np.abs(corner[:, None] - np.array([(b.y0, b.x0) for b in picks])[None])
+            overlap = (np.clip(side - gap, 0, None).prod(2) / side ** 2).max(1)
+            spread = np.minimum(1.0, np.sqrt((gap ** 2).sum(2)).min(1) / reach)
+            novel = np.sqrt(((desc[:, None] - desc[taken][None]) ** 2).sum(2)).min(1)
+            value = value * (1 - overlap) * spread * (0.5 + 0.5 * np.minimum(1.0, novel))
+            value[overlap >= 1] = -1.0                       # the same box again
+        i = int(np.argmax(value))
+        if value[i] < 0:
+            break
+        picks.append(boxes[i])
+        taken.append(i)
+    return picks
+
+
+# -- the preview -------------------------------------------------------------------------
+
+def _part(on_event: Callable[[object], None], name: str) -> Callable[[object], None]:
+    """A run's events as part of the preview's: its stages named after the part, its work
+    counted in the preview's one total, its own total and row counts dropped."""
+    def forward(event) -> None:
+        if isinstance(event, Stage):
+            on_event(Stage(f"{name}: {event.name}", event.detail, event.pixels))
+        elif isinstance(event, Work):
+            on_event(event)
+    return forward
+
+
+@contextlib.contextmanager
+def _timed(report: PreviewReport, stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.stage_s[stage] = report.stage_s.get(stage, 0.0) + time.perf_counter() - t
+
+
+def _save_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
+    import pyvips
+    im = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation="srgb")
+    im.jpegsave(str(path), Q=quality, keep="none")
+
+
+def _save_lossless(pixels: np.ndarray, path: Path) -> None:
+    import pyvips
+    im = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation="srgb")
+    im.tiffsave(str(path), compression="none")
+
+
+def _read(path: Path) -> np.ndarray:
+    import pyvips
+    return pyvips.Image.new_from_file(str(path)).numpy()
+
+
+def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[int, int]] = (),
+            crops: int | None = None, side: int = CROP_SIDE, gpu: str = DEFAULT_GPU,
+            overwrite: bool = False, far_pixels: int = FAR_PIXELS, estimate_time: bool = True,
+            on_event: Callable[[object], None] = lambda e: None) -> PreviewReport:
+    """The far view and ``crops`` detail crops of ``input_path`` under ``cfg``, written into
+    ``folder`` with ``index.html``. Everything is checked before anything is written; the
+    working files live in a hidden folder inside ``folder`` and go, as does ``folder`` where
+    this call made it, whatever stops the preview."""
+    cfg = cfg.resolved(Path.cwd())
+    input_path, folder = Path(input_path), Path(folder)
+    shape = image_shape(input_path)
+    cfg = with_wrap(cfg, input_path, shape)     # a 360° panorama's far view closes as the run's
+    n = check_crops(shape, side, crops, at)
+    check_folder(folder, overwrite)
+    mode = mode_for(cfg)
+    mode.check()
+    far = far_shape(shape, far_pixels)
+    octaves, scale = mode.octaves(shape)
+    margin = context(cfg, shape, side)
+    window = context_window(Box(0, side, 0, side), margin, shape).shape
+    units = (work_units(mode_for(cfg).plan(far))
+             + n * work_units(mode_for(cfg, shape).plan(window)))
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".gigadream-preview-", dir=folder))
+    report = PreviewReport(folder, folder / "index.html", shape, far, [])
+    workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
+                                mode.warm_up())
+    ok = False
+    try:
+        on_event(Total(units))
+        store = Store.create(work / "source.gdstore")
+        with _timed(report, "ingest"):
+            levels = _ingest(input_path, store, shape, scale,
+                             pyramid_levels(shape, scale, octaves, far), cfg.wraps, on_event)
+        with _timed(report, "far input"):
+            far_in = far_image(levels, far)
+        fixed = [crop_box(shape, side, x, y) for x, y in at]
+        boxes = pick_crops(far_in, shape, side, n, fixed)
+        report.crops = [Crop(b, context_window(b, margin, shape),
+                             "--at" if i < len(fixed) else "auto") for i, b in enumerate(boxes)]
+        with _timed(report, "cluster"):
+            on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
+            ex = workers.executor()
+        with _timed(report, "calibrate"):
+            prepared = shared_record(store, cfg, ex, levels[:octaves], on_event)
+        out_cfg = dataclasses.replace(
+            cfg, export=dataclasses.replace(cfg.export, tiff_compression="none"))
+        with _timed(report, "far view"):
+            _save_lossless(far_in, work / "far-input.tif")
+            _save_jpeg(far_in, work / "far-input.jpg", cfg.export.quality)
+            r = run(work / "far-input.tif", out_cfg, work / "far.tif", cluster=workers,
+                    on_event=_part(on_event, "far view"))
+            report.model_s += r.model_s
+            _save_jpeg(_read(work / "far.tif"), work / "far.jpg", cfg.export.quality)
+        for i, c in enumerate(report.crops, start=1):
+            with _timed(report, f"crop {i}"):
+                _crop(store, cfg, out_cfg, c, i, work, workers, prepared, shape, report,
+                      _part(on_event, f"crop {i}/{len(report.crops)}"))
+        if estimate_time:
+            with _timed(report, "estimate"):
+                on_event(Stage("estimate", "the full run's time"))
+                from .estimate import estimate, report as estimate_report
+                report.estimate = estimate_report(estimate(input_path, cfg, executor=ex), cfg, gpu)
+        workers.close()
+        (work / "config.yaml").write_text(
+            f"# gigadream preview of {input_path.name}: the resolved config. Run the night's "
+            f"job with:\n# gigadream run {input_path.name} --config config.yaml\n" + to_yaml(cfg))
+        (work / "preview.json").write_text(json.dumps(_summary(report, input_path), indent=1))
+        (work / "index.html").write_text(index_html(report, input_path, cfg))
+        _publish(work, folder)
+        ok = True
+    finally:
+        workers.close()
+        shutil.rmtree(work, ignore_errors=True)
+        if not ok and made:
+            shutil.rmtree(folder, ignore_errors=True)
+    return report
+
+
+def _ingest(input_path: Path, store: Store, shape: tuple[int, int], scale: float, levels: int,
+            wrap: bool, on_event) -> list[ArrayView]:
+    """The input decoded once into ``store``: level 0 and ``levels`` - 1 levels below it
+    (``wrap``: made and read with x circular, as a 360° panorama's run makes them)."""
+    on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
+    done = [0]
+
+    def rows(k: int) -> None:
+        done[0] += k
+        on_event(Rows("ingest", done[0], shape[0]))
+    ingest(input_path, store, on_rows=rows, octaves=levels, scale=scale, wrap=wrap)
+    release_freed_memory()
+    return [store.source(k, wrap) for k in range(levels)]
+
+
+def _crop(store: Store, cfg: Config, out_cfg: Config, c: Crop, i: int, work: Path,
+          workers: BackgroundCluster, prepared: dict, shape: tuple[int, int],
+          report: PreviewReport, on_event) -> None:
+    """Crop ``i``: its window read from the store's level 0 and run as a part of the whole
+    image (its octave geometry, the whole image's gradient scales); its box kept."""
+    window = store.source(0).read_uint8(c.window)               # (h, w, 3)
+    _save_lossless(window, work / f"crop-{i}-window.tif")
+    inner = c.box.relative_to(c.window)
+    _save_jpeg(window[inner.slices()], work / f"crop-{i}-input.jpg", cfg.export.quality)
+    # A crop is no circle: at a 360° panorama's edge its context lies on one side, where
+    # the full run's reads across the edge (``context_window``).
+    crop_cfg = dataclasses.replace(out_cfg, tiling=dataclasses.replace(out_cfg.tiling, wrap="none"))
+    r = run(work / f"crop-{i}-window.tif", crop_cfg, work / f"crop-{i}-window-out.tif",
+            cluster=workers, prepared=prepared, frame=shape, on_event=on_event)
+    report.model_s += r.model_s
+    _save_jpeg(_read(work / f"crop-{i}-window-out.tif")[inner.slices()], work / f"crop-{i}.jpg",
+               cfg.export.quality)
+
+
+def _publish(work: Path, folder: Path) -> None:
+    """The finished preview's files moved from ``work`` into ``folder``, replacing what an
+    earlier preview wrote there (``OUR_FILES``); the user's other files stay."""
+    for pattern in OUR_FILES:
+        for old in folder.glob(pattern):
+            if old.is_file():
+                old.unlink()
+    for f in work.iterdir():
+        if f.is_file() and any(f.match(p) for p in OUR_FILES):
+            os.replace(f, folder / f.name)
+
+
+def _summary(report: PreviewReport, input_path: Path) -> dict:
+    """preview.json: where the crops are and where the time went (for scripts)."""
+    return {"input": input_path.name, "shape": list(report.shape),
+            "far_shape": list(report.far_shape),
+            "crops": [{"file": f"crop-{i}.jpg", "input": f"crop-{i}-input.jpg",
+                       "box": dataclasses.astuple(c.box), "window": dataclasses.astuple(c.window),
+                       "picked": c.picked} for i, c in enumerate(report.crops, start=1)],
+            "stage_s": {k: round(v, 2) for k, v in report.stage_s.items()},
+            "model_s": round(report.model_s, 2), "estimate": report.estimate}
+
+
+# -- the page ----------------------------------------------------------------------------
+
+PAGE_STYLE = """
+body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5em; background: #1b1b1b; color: #ddd; }
+a { color: #9cf; }
+.far { position: relative; display: inline-block; max-width: 100%; }
+.far img { display: block; max-width: 100%; height: auto; }
+.far .input { position: absolute; inset: 0; width: 100%; opacity: 0; }
+.far:hover .input { opacity: 1; }
+.mark { position: absolute; box-sizing: border-box; border: 2px solid #ff3; color: #ff3;
+        font-weight: bold; text-decoration: none; padding: 0 3px;
+        text-shadow: 0 0 3px #000; min-width: 6px; min-height: 6px; }
+.mark:hover { background: rgba(255, 255, 51, 0.2); }
+.pair { display: flex; gap: 8px; flex-wrap: wrap; }
+.pair figure { margin: 0; flex: 1 1 45%; }
+.pair img { width: 100%; height: auto; image-rendering: pixelated; }
+section { margin: 2em 0; padding-top: 0.5em; border-top: 1px solid #444; }
+section:target { outline: 2px solid #ff3; outline-offset: 6px; }
+pre { background: #111; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def _pct(v: float, total: int) -> str:
+    return f"{100 * v / total:.4f}%"
+
+
+def index_html(report: PreviewReport, input_path: Path, cfg: Config) -> str:
+    """The preview as one static page: the far view (its input under the pointer) with the
+    crops' places marked, each mark a link to its crop; each crop beside its input; the
+    full run's estimated time; the config. No script: it opens from disk anywhere."""
+    h, w = report.shape
+    fh, fw = report.far_shape
+    esc = html.escape
+    marks = []
+    for i, c in enumerate(report.crops, start=1):
+        b = c.box
+        marks.append(f'<a class="mark" href="#crop-{i}" title="crop {i}: {b.x0},{b.y0} to '
+                     f'{b.x1},{b.y1} ({c.picked})" style="left:{_pct(b.x0, w)};'
+                     f'top:{_pct(b.y0, h)};width:{_pct(b.x1 - b.x0, w)};'
+                     f'height:{_pct(b.y1 - b.y0, h)}">{i}</a>')
+    sections = []
+    for i, c in enumerate(report.crops, start=1):
+        b = c.box
+        sections.append(f"""<section id="crop-{i}">
+<h2>Crop {i} <small>x {b.x0}–{b.x1}, y {b.y0}–{b.y1} of the full image,
+{b.x1 - b.x0}×{b.y1 - b.y0} px at full size ({'your --at point' if c.picked == '--at'
+                                              else 'picked: busy and unlike the others'})</small></h2>
+<div class="pair">
+<figure><a href="crop-{i}-input.jpg"><img src="crop-{i}-input.jpg" alt="crop {i}, input"></a>
+<figcaption>input</figcaption></figure>
+<figure><a href="crop-{i}.jpg"><img src="crop-{i}.jpg" alt="crop {i}, result"></a>
+<figcaption>result, as the full run paints it there</figcaption></figure>
+</div>
+<p><a href="#far">back to the far view</a></p>
+</section>""")
+    estimate = (f"<h2>The full run</h2>\n<pre>{esc(report.estimate)}</pre>"
+                if report.estimate else "")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>gigadream preview: {esc(input_path.name)}</title>
+<style>{PAGE_STYLE}</style>
+</head>
+<body>
+<h1>Preview of {esc(input_path.name)} <small>({w}×{h} px, mode {esc(cfg.mode)})</small></h1>
+<p>From afar: the whole image at {fw}×{fh} px, run with the same config (point at it for the
+input). Up close: {len(report.crops)} crops at full size, each run as the full run would
+paint it there. Click a frame to open its crop.</p>
+<div class="far" id="far">
+<img class="result" src="far.jpg" alt="far view, result" width="{fw}" height="{fh}">
+<img class="input" src="far-input.jpg" alt="far view, input" width="{fw}" height="{fh}">
+{chr(10).join(marks)}
+</div>
+{chr(10).join(sections)}
+{estimate}
+<h2>Config</h2>
+<p><a href="config.yaml">config.yaml</a>: <code>gigadream run {esc(input_path.name)} --config
+config.yaml</code> runs the night's job with it.</p>
+</body>
+</html>
+"""
