@@ -213,20 +213,23 @@ def test_the_page_marks_each_crop_where_it_is_and_every_link_resolves(previewed)
 
 def test_a_crop_is_what_the_full_run_paints_there(previewed):
     """The far view of a 900×600 image is the image itself: the full run. Over each crop,
-    its change (result − input) follows the full run's: correlated (0.89-0.96 measured; two
-    full runs with other seeds: 0.93-0.98; crops without context: 0.63-0.80), and as strong
-    within a third (1.15-1.21 measured; with the whole image's gradient scales measured on
-    its source alone: 1.37-1.41)."""
+    its change (result − input) follows the full run's. impressionist keeps the far view
+    (keep_far 16), whose change is high-passed and so more the seed's: two full runs of this
+    image with other seeds correlate at 0.84 (0.92 without keep_far). Measured: crops
+    0.85-0.90, as strong ×1.12-1.35 (128 px crops; 256 px: ×1.02-1.09); crops without
+    context: 0.67-0.83, mean 0.74."""
     _, out, _, summary = previewed
     full = read(out / "far.jpg").astype(np.float32) - read(out / "far-input.jpg")
+    corrs = []
     for i, c in enumerate(summary["crops"], start=1):
         y0, y1, x0, x1 = c["box"]
         mine = read(out / f"crop-{i}.jpg").astype(np.float32) - read(out / f"crop-{i}-input.jpg")
         theirs = full[y0:y1, x0:x1]
-        corr = np.corrcoef(mine.ravel(), theirs.ravel())[0, 1]
+        corrs.append(np.corrcoef(mine.ravel(), theirs.ravel())[0, 1])
         ratio = np.abs(mine).mean() / np.abs(theirs).mean()
-        print(f"crop {i}: correlation {corr:.3f}, mean change {ratio:.3f} of the full run's")
-        assert corr > 0.85 and 0.75 < ratio < 1.3, (i, corr, ratio)
+        print(f"crop {i}: correlation {corrs[-1]:.3f}, mean change {ratio:.3f} of the full run's")
+        assert corrs[-1] > 0.8 and 0.8 < ratio < 1.45, (i, corrs[-1], ratio)
+    assert np.mean(corrs) > 0.82, corrs
 
 
 def test_overwrite_replaces_an_earlier_preview_and_keeps_other_files(tmp_path):
