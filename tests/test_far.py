@@ -57,6 +57,26 @@ def test_a_tiled_pass_equals_the_whole_image_pass_and_keeps_no_far_change(photos
     assert np.abs(whole - img).mean() > 0.35 * np.abs(inner - img).mean()
 
 
+def test_a_wrapped_grid_high_passes_round_the_edge(photos):
+    """On a 360° panorama (``tiling.wrap: x``) the high-pass reaches across the left and
+    right edges: tiles of a grid that straddles the edge, their windows read round it, give
+    the pass of the circle (the image thrice side by side, the middle kept), to float
+    rounding; the mirror at the border would miss it by several levels there."""
+    img = read(photos["astronaut_png"])[:192, :160].transpose(2, 0, 1).astype(np.float32)
+    h, w = img.shape[1:]
+    proc = KeepFar(Wiggle(), 4.0)
+    circle = proc.process([np.tile(img, 3)], [whole_tile(h, 3 * w)], [None])[0][0][:, :, w:2 * w]
+    tiled = np.zeros_like(img)
+    for t in grid((h, w), 64, (23, 41), proc.margin, wrap=True):
+        cols = np.arange(t.window.x0, t.window.x1) % w
+        window = img[:, t.window.y0:t.window.y1, cols]
+        core = proc.process([window], [t], [None])[0][0]
+        tiled[:, t.core.y0:t.core.y1, np.arange(t.core.x0, t.core.x1) % w] = core
+    assert np.abs(tiled - circle).max() < 1e-3
+    mirrored = proc.process([img], [whole_tile(h, w)], [None])[0][0]
+    assert np.abs(mirrored - circle)[:, :, :4].mean() > 1.0, "the test image shows no edge"
+
+
 def test_the_margin_grows_by_the_low_pass_reach_per_octave():
     cfg = load_config("impressionist", ["dream.keep_far=16"])
     plain = load_config("impressionist", ["dream.keep_far=0"])
