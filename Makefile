@@ -16,7 +16,7 @@ install:
 	$(BIN)/gigadream --version
 
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 demo:
 	$(BIN)/python -m gigadream.sample demo/panorama.jpg --width 2400 --height 800
