@@ -408,8 +408,13 @@ def _classes(args) -> int:
 
 def _serve(args) -> int:
     from .studio.server import serve
-    return serve(args.studio, args.host, args.port, args.images, args.slots, args.scheduler,
-                 args.max_upload, args.token)
+    try:
+        return serve(args.studio, args.host, args.port, args.images, args.slots,
+                     args.scheduler, args.max_upload, args.token)
+    except Interrupted:     # uvicorn has shut down cleanly, then passes the signal on
+        print("gigadream: studio stopped; its running jobs wait in the queue and resume at the "
+              "next 'gigadream serve'", file=sys.stderr)
+        return 0
 
 
 def _batch(args) -> int:

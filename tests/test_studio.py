@@ -168,6 +168,9 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     assert stored.read_bytes() == data
     thumb = s.get(f"/thumbs/image/{up['id']}.jpg")
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    view = s.get(f"/images/{up['id']}/view/index.html")      # its deep zoom, made on demand
+    assert view.status_code == 200 and "input_files/" in view.text
+    assert s.get(f"/images/{up['id']}/view/input_files/0/0_0.jpeg").status_code == 200
     # pick: a file under --images, by a path relative to it
     picked = s.ok("/api/images/pick", {"path": "sub/inner.jpg"})
     assert (picked["path"], picked["width"]) == (str((images / "sub/inner.jpg").resolve()), 80)
@@ -209,6 +212,17 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
         assert s.get(f"/thumbs/job/{j}.jpg").status_code == 200
     got = s.get(f"/jobs/{a}/files/result.jpg")
     assert got.status_code == 200 and got.content == results[a]
+    # the TIFF and the viewer's deep zoom, made from the job's kept store when first asked for
+    import pyvips
+    tif = s.get(f"/jobs/{c}/files/result.tif")
+    assert tif.status_code == 200
+    t = pyvips.Image.new_from_buffer(tif.content, "").numpy()
+    assert t.shape == (96, 96, 3) and np.abs(t.astype(int) - read(studio / "jobs" / str(
+        sweep["group"]) / str(c) / "result.jpg")).mean() < 3
+    page = s.get(f"/jobs/{c}/view/result.html")
+    assert page.status_code == 200 and "result_files/" in page.text
+    assert s.get(f"/jobs/{c}/view/result_files/0/0_0.jpeg").status_code == 200
+    assert s.get(f"/jobs/{c}/view/%2E%2E/job.yaml").status_code == 404
 
     # re-run a finished job with a change: a new job, the same as the sweep's 95
     rerun = s.ok(f"/api/jobs/{a}/rerun", {"set": {"export.quality": 95}})["jobs"][0]
@@ -223,23 +237,6 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     assert all(f'href="/jobs/{j}"' in queue for j in (a, b, c, d, e, f, rerun))
     assert s.get(f"/jobs/{a}").status_code == 200
     assert 'id="set-dream.step_size"' in s.get("/new?preset=dreamscape").text
-
-
-def test_tiff_download_and_the_viewer_are_made_from_the_kept_store(server, images):
-    s = server()
-    job = s.ok("/api/jobs", {"input": "small.jpg", "overrides": IDENTITY})["jobs"][0]
-    s.wait([job])
-    tif = s.get(f"/jobs/{job}/files/result.tif")
-    assert tif.status_code == 200
-    jpg = s.get(f"/jobs/{job}/files/result.jpg").content
-    import pyvips
-    t = pyvips.Image.new_from_buffer(tif.content, "").numpy()
-    j = pyvips.Image.new_from_buffer(jpg, "").numpy()
-    assert t.shape == j.shape == (96, 96, 3) and np.abs(t.astype(int) - j).mean() < 3
-    page = s.get(f"/jobs/{job}/view/result.html")
-    assert page.status_code == 200 and "result_files/" in page.text
-    assert s.get(f"/jobs/{job}/view/result_files/0/0_0.jpeg").status_code == 200
-    assert s.get(f"/jobs/{job}/view/%2E%2E/job.yaml").status_code == 404
 
 
 # --- kill -9 --------------------------------------------------------------------------------------
@@ -367,15 +364,15 @@ def test_batch_runs_a_jobs_file_and_jobs_shows_the_queue(tmp_path, images):
     jobs = tmp_path / "jobs.yaml"
     (tmp_path / "in.jpg").write_bytes((images / "small.jpg").read_bytes())
     jobs.write_text("- input: in.jpg\n  set: {mode: identity, tiling.tile: 64, engine.workers: 1}\n"
-                    "  sweep: {export.quality: [50, 90]}\n")
+                    "  sweep: {export.quality: [50]}\n")
     studio = tmp_path / "studio"
     r = gd("batch", jobs, "--studio", studio)
     assert r.returncode == 0, r.stderr
-    assert "2 of 2 jobs done" in r.stderr
-    assert sorted(p.name for p in (studio / "jobs" / "1").iterdir()) == ["1", "2"]
+    assert "1 of 1 jobs done" in r.stderr
+    assert (studio / "jobs" / "1" / "1" / "result.jpg").exists()
     table = gd("jobs", "--studio", studio).stdout
     assert table.splitlines()[0].split()[:3] == ["job", "group", "status"]
-    assert "export.quality=50" in table and table.count(" done ") == 2
+    assert "export.quality=50" in table and table.count(" done ") == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("- input: in.jpg\n- input: in.jpg\n  set: {dream.bogus: 1}\n")
     r = gd("batch", bad, "--studio", studio)
@@ -389,6 +386,7 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
     """Headless Chromium: upload an image, queue a job from a preset with one setting changed,
     watch its bar move, open the result in the viewer, download it: the file equals what
     `gigadream run` makes with the same settings."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     s = server()
@@ -409,9 +407,12 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
 
     seen, end = [], time.time() + 180
     while time.time() < end:
-        state = browser.execute_script("""
-            const bar = document.querySelector('#state progress'), st = document.getElementById('status');
-            return bar && st ? [bar.value, st.textContent] : null;""")
+        try:        # the page reloads itself when the job's status changes
+            state = browser.execute_script("""
+                const bar = document.querySelector('#state progress'), st = document.getElementById('status');
+                return bar && st ? [bar.value, st.textContent] : null;""")
+        except WebDriverException:
+            state = None
         if state:
             seen.append(state)
             if state[1] == "done" and browser.find_elements(By.ID, "viewer"):

@@ -6,17 +6,8 @@ Every job's settings are checked here with ``config.load_config``, the CLI's own
 that a bad value gets the CLI's one-line error before anything is queued, and a sweep is
 queued whole or not at all.
 
-``jobs.yaml``::
-
-    - input: pano.jpg                 # relative to this file's folder
-      config: impressionist           # a preset's name or a YAML file (default: the defaults)
-      set: {dream.iterations: 2}      # settings, as --set takes them
-      sweep: {dream.step_size: [0.5, 1, 2]}   # one job per value (one key)
-      priority: 0                     # higher runs first
-    - input: pano.jpg
-      config: impressionist-style
-      set: {style.images: [monet.jpg, hokusai.jpg]}
-      blend: 5                        # style.blend_weights from [1, 0] to [0, 1] in 5 steps
+``jobs.yaml``'s format is in ``gigadream batch --help`` (``cli.JOBS_YAML``) and the README:
+a list of {input, config, set, sweep | blend, priority}.
 """
 from __future__ import annotations
 
@@ -89,8 +80,8 @@ def expand(spec: dict, resolve_path: Callable[[str], Path],
     if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
         raise ConfigError(f"overrides: expected a list of KEY=VALUE strings, got {raw!r}")
     kind = spec.get("kind", "run")
-    if kind not in ("run", "preview"):
-        raise ConfigError(f"kind: expected run or preview, got {kind!r}")
+    if kind not in ("run", "preview", "profile"):
+        raise ConfigError(f"kind: expected run, preview or profile, got {kind!r}")
     priority = spec.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigError(f"priority: expected an integer, got {priority!r}")

@@ -30,6 +30,9 @@ from .db import Queue
 from .jobs import check_config, job_yaml
 
 POLL_S = 0.25
+# How a child that SIGTERM or SIGINT stopped exits (cli.main: 128 + the signal; -N: before
+# its handlers were installed)
+STOPPED_BY_SIGNAL = {-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT}
 RATE_WINDOW_S = 30.0         # tiles per second and ETA from the last 30 s of work
 STOP_WAIT_S = 120.0          # a stopping child's Dask cluster closes in seconds; then SIGKILL
 
@@ -54,14 +57,17 @@ def job_files(job: dict) -> dict[str, Path]:
     d = Path(job["dir"])
     return {"dir": d, "config": d / "job.yaml", "result": d / "result.jpg",
             "yaml": d / "result.jpg.yaml", "store": d / "store", "events": d / "events.jsonl",
-            "log": d / "log.txt", "preview": d / "preview"}
+            "log": d / "log.txt", "preview": d / "preview", "profile": d / "profile"}
 
 
 def command(job: dict, scheduler: str | None = None) -> list[str]:
-    """The child's command line: ``gigadream run`` (or ``preview``) as a user would type it,
-    no shell; user text reaches it only as separate arguments."""
+    """The child's command line: ``gigadream run`` (or ``preview``, ``profile``) as a user
+    would type it, no shell; user text reaches it only as separate arguments."""
     f = job_files(job)
-    if job["kind"] == "preview":
+    if job["kind"] == "profile":      # the run measured, without the naive baseline
+        args = ["profile", job["input"], "--config", str(f["config"]), "-o", str(f["profile"]),
+                "--no-baseline", "--overwrite"]
+    elif job["kind"] == "preview":
         args = ["preview", job["input"], "--config", str(f["config"]), "-o", str(f["preview"]),
                 "--overwrite", "--quiet"]
     else:
@@ -83,7 +89,8 @@ def make_slots(n: int | None, gpus: int | None = None) -> list[tuple[str, dict]]
     """(name, environment changes) of each slot: gpu0.. with CUDA_VISIBLE_DEVICES, or cpu0.."""
     gpus = gpu_count() if gpus is None else gpus
     if gpus:
-        return [(f"gpu{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(n or gpus)]
+        # more slots than GPUs share them round the clock face: slot i on GPU i mod gpus
+        return [(f"gpu{i}", {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n or gpus)]
     return [(f"cpu{i}", {"CUDA_VISIBLE_DEVICES": ""}) for i in range(n or 1)]
 
 
@@ -309,8 +316,9 @@ class Runner:
             self.queue.end_run(job["id"], "stopped", stage="stopped (resumable)")
         elif job["stop"] == "cancel":
             self.queue.end_run(job["id"], "cancelled", stage="cancelled")
-        elif shutting_down or rc in (-signal.SIGTERM, 128 + signal.SIGTERM):
-            # stopped by the studio's own shutdown, or its death: resumed at its next start
+        elif shutting_down or rc in STOPPED_BY_SIGNAL:
+            # stopped by the studio's shutdown (or Ctrl-C in its terminal, which the children
+            # get too): resumed at its next start
             self.queue.end_run(job["id"], "queued", stage="")
         else:
             self.queue.end_run(job["id"], "failed", error=_error_line(f["log"], rc),
@@ -337,8 +345,9 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _wait_gone(job: dict) -> None:
-    """Wait for the child a killed studio left (it was sent SIGTERM when the studio died)
-    to finish stopping: the resumed run must not share its store with it."""
+    """Wait for the child a killed studio left to finish stopping (PR_SET_PDEATHSIG sent it
+    SIGTERM when the studio died; a second one could cut its clean-up short): the resumed
+    run must not share its store with it. One that takes too long is killed."""
     import psutil
     if not job["pid"]:
         return
@@ -346,7 +355,6 @@ def _wait_gone(job: dict) -> None:
         p = psutil.Process(job["pid"])
         if str(Path(job["dir"]) / "job.yaml") not in p.cmdline():     # its pid, reused by another process
             return
-        p.terminate()
         p.wait(STOP_WAIT_S)
     except psutil.TimeoutExpired:
         p.kill()

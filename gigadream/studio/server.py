@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-
 from ..config import _read_yaml, field_choices, field_help, presets_dir, resolve_preset
 from ..errors import ConfigError, GigadreamError, InputError
 from .jobs import expand, rerun_overrides
@@ -218,20 +217,35 @@ class App:
                                  "it is done")
         out = f["dir"] / ("view/result.dzi" if name == "view" else "result.tif")
         want = f["dir"] / "view/result.html" if name == "view" else out
-        lock = self.locks.setdefault(f"{job['id']}/{name}", asyncio.Lock())
-        async with lock:
-            if not want.exists():
-                out.parent.mkdir(exist_ok=True)
-                # `gigadream export`, a child process as the jobs are: libvips' memory stays there
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gigadream", "export", str(f["store"]), str(out),
-                    "--config", str(f["config"]), "--overwrite",
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-                _, err = await proc.communicate()
-                if proc.returncode != 0:
-                    line = err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-                    raise HTTPError(500, f"export of job {job['id']} failed: {line[0]}")
+        out.parent.mkdir(exist_ok=True)
+        # `gigadream export`, a child process as the jobs are: libvips' memory stays there
+        await self.made_once(f"job {job['id']}'s {name}", want, "-m", "gigadream", "export",
+                             str(f["store"]), str(out), "--config", str(f["config"]),
+                             "--overwrite")
         return want
+
+    async def input_view(self, image: dict) -> Path:
+        """An input's deep zoom and viewer page (``inputview``), made once when first asked
+        for, in ``STUDIO/thumbs/image-ID/``."""
+        folder = self.studio.thumbs / f"image-{image['id']}"
+        await self.made_once(f"image {image['id']}'s deep zoom", folder / "index.html", "-m",
+                             "gigadream.studio.inputview", image["path"], str(folder),
+                             image["name"])
+        return folder
+
+    async def made_once(self, what: str, want: Path, *args: str) -> None:
+        """Run ``python ARGS`` (argument list, no shell) unless ``want`` exists; one at a time
+        for each ``want``; its last line of stderr as the error."""
+        async with self.locks.setdefault(str(want), asyncio.Lock()):
+            if want.exists():
+                return
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, *args, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                line = err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+                raise HTTPError(500, f"{what} could not be made: {line[0]}")
 
 
 def _public(job: dict) -> dict:
@@ -511,11 +525,7 @@ def create_app(app: App):
     async def viewer(job_id: int, path: str):
         job = job_or_404(job_id)
         await app.derived(job, "view")
-        folder = (job_files(job)["dir"] / "view").resolve()
-        target = (folder / path).resolve()
-        if not target.is_relative_to(folder) or not target.is_file():
-            raise HTTPError(404, f"no file {path} in job {job_id}'s viewer")
-        return FileResponse(target)
+        return serve_inside(job_files(job)["dir"] / "view", path, f"job {job_id}'s viewer")
 
     @api.get("/jobs/{job_id}/files/{name}")
     async def job_file(job_id: int, name: str):
@@ -533,13 +543,28 @@ def create_app(app: App):
         return FileResponse(path, media_type=media, filename=f"job{job_id}-{name}"
                             if path.suffix in (".jpg", ".tif") else None)
 
-    @api.get("/jobs/{job_id}/preview/{path:path}")
-    def preview_file(job_id: int, path: str):
-        folder = (job_files(job_or_404(job_id))["preview"]).resolve()
-        target = (folder / (path or "index.html")).resolve()
+    @api.get("/jobs/{job_id}/{kind}/{path:path}")
+    def report_file(job_id: int, kind: str, path: str):
+        """A preview job's page and images, a profile job's report."""
+        if kind not in ("preview", "profile"):
+            raise HTTPError(404, f"no {kind} of job {job_id}")
+        return serve_inside(job_files(job_or_404(job_id))[kind], path or "index.html",
+                            f"job {job_id}'s {kind}")
+
+    @api.get("/images/{image_id}/view/{path:path}")
+    async def input_viewer(image_id: int, path: str):
+        image = app.queue.image(image_id)
+        if image is None:
+            raise HTTPError(404, f"no image {image_id}")
+        return serve_inside(await app.input_view(image), path, f"image {image_id}'s deep zoom")
+
+    def serve_inside(folder: Path, path: str, what: str):
+        folder = folder.resolve()
+        target = (folder / path).resolve()
         if not target.is_relative_to(folder) or not target.is_file():
-            raise HTTPError(404, f"no file {path} in job {job_id}'s preview")
-        return FileResponse(target)
+            raise HTTPError(404, f"no file {path} in {what}")
+        media = "text/plain; charset=utf-8" if target.suffix in (".md", ".txt", ".csv") else None
+        return FileResponse(target, media_type=media)
 
     @api.get("/thumbs/{kind}/{item}.jpg")
     def thumb(kind: str, item: int):
