@@ -423,6 +423,7 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
     assert any(0 < v < 1 for v in values), seen                   # the bar moved, live
     assert values == sorted(values)
 
+    console_errors(browser)             # what the pages before logged
     browser.find_element(By.ID, "viewer").click()
     wait_loaded(browser, 60)
     assert console_errors(browser) == []

@@ -25,7 +25,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from contextlib import asynccontextmanager
 from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sse_starlette.sse import EventSourceResponse
 
 from ..config import _read_yaml, field_choices, field_help, presets_dir, resolve_preset
 from ..errors import ConfigError, GigadreamError, InputError
@@ -400,12 +406,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 # --- the ASGI app --------------------------------------------------------------------------
 
-def create_app(app: App):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-    from sse_starlette.sse import EventSourceResponse
-    from contextlib import asynccontextmanager
+def create_app(app: App) -> FastAPI:
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                       autoescape=select_autoescape(["html"]))
