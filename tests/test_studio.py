@@ -377,7 +377,9 @@ def test_batch_runs_a_jobs_file_and_jobs_shows_the_queue(tmp_path, images):
     assert (studio / "jobs" / "1" / "1" / "result.jpg").exists()
     table = gd("jobs", "--studio", studio).stdout
     assert table.splitlines()[0].split()[:3] == ["job", "group", "status"]
-    assert "export.quality=50" in table and table.count(" done ") == 1
+    rows = table.splitlines()[1:]
+    assert len(rows) == 1 and rows[0].split()[:3] == ["1", "1", "done"]
+    assert rows[0].endswith("in.jpg  export.quality=50")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- input: in.jpg\n- input: in.jpg\n  set: {dream.bogus: 1}\n")
     r = gd("batch", bad, "--studio", studio)
