@@ -27,7 +27,8 @@ from test_viewer import browser, console_errors, wait_loaded  # noqa: F401 (a fi
 
 # The smallest real runs: identity jobs (ingest, a pass of copies, export) for the queue's
 # actions; a dream small but complete (2 octaves × 3 passes of 64 px tiles) for kill -9.
-IDENTITY = ["mode=identity", "tiling.tile=64", "engine.workers=1", "engine.threads=1"]
+IDENTITY = ["mode=identity", "dream.octaves=1", "dream.passes=1", "tiling.tile=64",
+            "engine.workers=1", "engine.threads=1"]
 DREAM = ["mode=dream", "dream.layers=[relu2_2]", "dream.octaves=2", "dream.passes=3",
          "dream.calibration_tiles=4", "dream.keep_far=0", "tiling.tile=64",
          "engine.workers=1", "engine.threads=1"]
@@ -183,7 +184,7 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
                                "sweep": {"export.quality": [40, 70, 95]}})
     a, b, c = sweep["jobs"]
     # one more, queued behind the sweep's third, then moved ahead of it; stopped while it
-    # waits, and resumed
+    # waits, resumed; stopped while it runs, resumed
     d = s.ok("/api/jobs", {"input": "sub/inner.jpg", "overrides": IDENTITY})["jobs"][0]
     assert s.ok(f"/api/jobs/{d}/stop")["status"] == "stopped"
     assert s.ok(f"/api/jobs/{d}/priority", {"priority": 5})["priority"] == 5
@@ -193,9 +194,14 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     assert s.ok(f"/api/jobs/{f}/cancel")["status"] == "cancelled"
     assert s.post(f"/api/jobs/{f}/resume", {}).status_code == 409
 
+    s.wait([d], until=lambda j: j["status"] == "running")
+    assert s.ok(f"/api/jobs/{d}/stop")["status"] == "running"        # asked; stopping
+    s.wait([d], ("stopped",))
+    assert s.ok(f"/api/jobs/{d}/resume")["status"] == "queued"
     jobs = s.wait([a, b, c, d])
     runs = {j["id"]: j["runs"][0] for j in jobs}
-    assert all(len(j["runs"]) == 1 for j in jobs)
+    assert [len(j["runs"]) for j in jobs] == [1, 1, 1, 2]
+    assert [r["outcome"] for r in jobs[3]["runs"]] == ["stopped", "done"]
     assert overlap(runs[a], runs[b]) > 0.5, (runs[a], runs[b])      # two slots, two at once
     assert {runs[a]["slot"], runs[b]["slot"]} == {"cpu0", "cpu1"}
     assert runs[d]["started"] < runs[c]["started"]                 # priority 5 went first
@@ -245,22 +251,14 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
 
 # --- kill -9 --------------------------------------------------------------------------------------
 
-def test_a_running_job_stops_and_resumes_and_kill_9_of_the_server_loses_nothing(
-        server, images, tmp_path):
+def test_kill_9_of_the_server_loses_nothing(server, images, tmp_path):
     studio = tmp_path / "studio"
     s = server()
     running = s.ok("/api/jobs", {"input": "pano.jpg", "overrides": DREAM})["jobs"][0]
     folder = studio / "jobs" / "1" / str(running)
-    # stop it once a pass is done: resumable, it keeps its store
+    # kill -9 of the server mid-job, a pass or more done
     s.wait([running], until=lambda j: j["status"] == "running"
            and re.search(r"pass [2-9]|octave 0", j["stage"]))
-    assert s.ok(f"/api/jobs/{running}/stop")["status"] == "running"      # asked; stopping
-    s.wait([running], ("stopped",))
-    assert json.loads((folder / "store" / "run.json").read_text())["done"] >= 0
-    assert s.ok(f"/api/jobs/{running}/resume")["status"] == "queued"
-    # kill -9 of the server in the job's second attempt, mid-pass
-    s.wait([running], until=lambda j: j["status"] == "running" and j["attempts"] == 2
-           and j["stage"].startswith("pass"))
     child = psutil.Process(sqlite3.connect(studio / "studio.db").execute(
         "SELECT pid FROM jobs WHERE id=?", (running,)).fetchone()[0])
     queued = s.ok("/api/jobs", {"input": "small.jpg", "overrides": IDENTITY, "priority": -1})["jobs"][0]
@@ -271,13 +269,13 @@ def test_a_running_job_stops_and_resumes_and_kill_9_of_the_server_loses_nothing(
     assert db.execute("SELECT status FROM jobs WHERE id=?", (running,)).fetchone()[0] == "running"
     db.close()
     assert_no_orphans(s.mark)
-    assert "SIGTERM: stopped" in (folder / "log.txt").read_text().split("--- attempt 2")[1]
+    assert "SIGTERM: stopped" in (folder / "log.txt").read_text()
 
     s.start()                                    # `gigadream serve` again, same studio
     assert s.job(queued)["status"] == "queued"   # the queue is intact
     assert s.ok(f"/api/jobs/{queued}/cancel")["status"] == "cancelled"
     (done,) = s.wait([running])
-    assert done["attempts"] == 3
+    assert done["attempts"] == 2
     assert '"name": "resume"' in (folder / "events.jsonl").read_text()    # from its store
 
     # the same pixels as an uninterrupted `gigadream run` with the job's own config
