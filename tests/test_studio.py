@@ -256,6 +256,13 @@ def test_kill_9_of_the_server_loses_nothing(server, images, tmp_path):
     s = server()
     running = s.ok("/api/jobs", {"input": "pano.jpg", "overrides": DREAM})["jobs"][0]
     folder = studio / "jobs" / "1" / str(running)
+    # the uninterrupted `gigadream run` with the job's own config, beside it
+    s.wait([running], until=lambda j: (folder / "job.yaml").exists())
+    env, mark = marked_env()
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "gigadream", "run", images / "pano.jpg", "--config",
+         folder / "job.yaml", "-o", tmp_path / "reference.jpg", "--quiet"],
+        stderr=subprocess.PIPE, text=True, env=env)
     # kill -9 of the server mid-job, a pass or more done
     s.wait([running], until=lambda j: j["status"] == "running"
            and re.search(r"pass [2-9]|octave 0", j["stage"]))
@@ -278,10 +285,9 @@ def test_kill_9_of_the_server_loses_nothing(server, images, tmp_path):
     assert done["attempts"] == 2
     assert '"name": "resume"' in (folder / "events.jsonl").read_text()    # from its store
 
-    # the same pixels as an uninterrupted `gigadream run` with the job's own config
-    r = gd("run", images / "pano.jpg", "--config", folder / "job.yaml", "-o",
-           tmp_path / "reference.jpg", "--quiet")
-    assert r.returncode == 0, r.stderr
+    # the same pixels as the uninterrupted run's
+    assert reference.wait(300) == 0, reference.stderr.read()
+    assert_no_orphans(mark)
     assert np.array_equal(read(folder / "result.jpg"), read(tmp_path / "reference.jpg"))
     assert sha256(folder / "result.jpg") == sha256(tmp_path / "reference.jpg")
 
