@@ -150,8 +150,9 @@ class App:
         return {"group": gid, "jobs": sorted(ids)}
 
     def snapshot(self) -> dict:
-        """The queue for the page's live view: active and recent jobs, counts, total ETA."""
-        jobs = self.queue.jobs("status IN ('running','queued') OR finished > ?",
+        """The queue for the page's live view: jobs waiting, running or stopped, those that
+        ended in the last 24 h, the counts of all, the total ETA."""
+        jobs = self.queue.jobs("status IN ('running','queued','stopped') OR finished > ?",
                                (time.time() - 24 * 3600,))
         return {"jobs": [_public(j) for j in jobs], "counts": self.queue.counts(),
                 "eta_s": self.total_eta(jobs)}
