@@ -190,6 +190,13 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     assert s.ok(f"/api/jobs/{d}/priority", {"priority": 5})["priority"] == 5
     assert s.ok(f"/api/jobs/{d}/resume")["status"] == "queued"
     assert s.job(c)["status"] == "queued"
+    with s.client.stream("GET", "/api/events") as events:      # live progress (SSE)
+        assert events.headers["content-type"].startswith("text/event-stream")
+        lines = events.iter_lines()
+        assert next(lines) == "event: queue"
+        live = json.loads(next(lines).removeprefix("data: "))
+    assert {j["id"]: j["status"] for j in live["jobs"]}.keys() == {a, b, c, d}
+    assert {j["slot"] for j in live["jobs"] if j["status"] == "running"} <= {"cpu0", "cpu1"}
     f = s.ok("/api/jobs", {"image": picked["id"], "overrides": IDENTITY, "priority": -1})["jobs"][0]
     assert s.ok(f"/api/jobs/{f}/cancel")["status"] == "cancelled"
     assert s.post(f"/api/jobs/{f}/resume", {}).status_code == 409
@@ -452,3 +459,18 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
            tmp_path / "reference.jpg", "--quiet")
     assert r.returncode == 0, r.stderr
     assert got.read_bytes() == (tmp_path / "reference.jpg").read_bytes()
+
+
+def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler():
+    """What a GPU box and a --scheduler change, without either: the slots' environments and
+    the child's command line (argument lists: no shell)."""
+    from gigadream.studio.runner import command, make_slots
+    assert make_slots(None, gpus=2) == [("gpu0", {"CUDA_VISIBLE_DEVICES": "0"}),
+                                        ("gpu1", {"CUDA_VISIBLE_DEVICES": "1"})]
+    assert [s for s, _ in make_slots(3, gpus=0)] == ["cpu0", "cpu1", "cpu2"]
+    job = {"kind": "run", "input": "/imgs/a b;rm -rf ~.jpg", "dir": "/s/jobs/1/2"}
+    argv = command(job, "tcp://10.0.0.5:8786")
+    assert argv[1:5] == ["-m", "gigadream.studio.child", str(os.getpid()), "run"]
+    assert argv[5] == "/imgs/a b;rm -rf ~.jpg"
+    assert argv[-2:] == ["--scheduler", "tcp://10.0.0.5:8786"]
+    assert "--scheduler" not in command(job)
