@@ -200,6 +200,10 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     f = s.ok("/api/jobs", {"image": picked["id"], "overrides": IDENTITY, "priority": -1})["jobs"][0]
     assert s.ok(f"/api/jobs/{f}/cancel")["status"] == "cancelled"
     assert s.post(f"/api/jobs/{f}/resume", {}).status_code == 409
+    # a job whose input is gone by the time it runs fails with the CLI's one-line reason
+    (images / "gone.jpg").write_bytes((images / "small.jpg").read_bytes())
+    g = s.ok("/api/jobs", {"input": "gone.jpg", "overrides": IDENTITY, "priority": -2})["jobs"][0]
+    (images / "gone.jpg").unlink()
 
     s.wait([d], until=lambda j: j["status"] == "running")
     assert s.ok(f"/api/jobs/{d}/stop")["status"] == "running"        # asked; stopping
@@ -213,6 +217,8 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     assert {runs[a]["slot"], runs[b]["slot"]} == {"cpu0", "cpu1"}
     assert runs[d]["started"] < runs[c]["started"]                 # priority 5 went first
     assert s.job(f)["status"] == "cancelled" and s.job(f)["runs"] == []
+    (failed,) = s.wait([g], ("failed",))
+    assert failed["error"] == f"input {images / 'gone.jpg'} not found; check the path"
 
     # each result filed with its settings: STUDIO/jobs/<group>/<job>/
     results = {}
@@ -251,7 +257,8 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     assert r.status_code == 409 and r.json()["error"] == f"job {a} is done: cannot stop it"
     # the pages
     queue = s.get("/").text
-    assert all(f'href="/jobs/{j}"' in queue for j in (a, b, c, d, f, rerun))
+    assert all(f'href="/jobs/{j}"' in queue for j in (a, b, c, d, f, g, rerun))
+    assert "input " in queue and "gone.jpg not found" in queue
     assert s.get(f"/jobs/{a}").status_code == 200
     assert 'id="set-dream.step_size"' in s.get("/new?preset=dreamscape").text
 
