@@ -573,6 +573,12 @@ def presets_dir() -> Path:
     return Path(__file__).resolve().parent / "configs"
 
 
+def preset_values(name: str) -> dict:
+    """A preset's (or config file's) own YAML mapping, unchecked: what a form shows before a
+    style preset has its style image."""
+    return _read_yaml(resolve_preset(name))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     data = _read_yaml(resolve_preset(str(path))) if path is not None else {}
     for o in overrides:

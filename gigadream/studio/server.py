@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sse_starlette.sse import EventSourceResponse
 
-from ..config import _read_yaml, field_choices, field_help, presets_dir, resolve_preset
+from ..config import field_choices, field_help, preset_values, presets_dir
 from ..errors import ConfigError, GigadreamError, InputError
 from .jobs import expand, rerun_overrides
 from .runner import Runner, Studio, job_files
@@ -381,7 +381,7 @@ def settings_form(preset: str | None) -> list[dict]:
     """Every setting (``config.field_help``: the table of ``run --help``) with its help, its
     choices, its default and the preset's value: the form's rows."""
     # the preset's own values, unchecked: a style preset names no style image yet
-    values = _flat(_read_yaml(resolve_preset(preset))) if preset else {}
+    values = _flat(preset_values(preset)) if preset else {}
     rows = []
     for key, default, help_ in field_help():
         v = values.get(key, default)
