@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test demo bench bench-preview profile clean
+.PHONY: install test demo bench bench-preview bench-studio profile clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench:
 # of the whole process tree against 5 minutes and 1.5 GB, and where the time goes.
 bench-preview:
 	$(BIN)/python profiling/bench_preview.py
+
+# The studio: a job's wall time against the same `gigadream run`, the queue page's latency while
+# two jobs run, the server's memory while a 250 MB JPEG is uploaded.
+bench-studio:
+	$(BIN)/python profiling/bench_studio.py
 
 # A 300 MP panorama through the whole engine (mode identity: on this CPU a 300 MP dream takes
 # hours; the engine's own memory and time are what the report is for), beside the naive way.

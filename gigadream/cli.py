@@ -15,6 +15,22 @@ OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=
            "(deep zoom: NAME.dzi and tiles in NAME_files/) or .szi (the same in one zip); or a "
            "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3")
 
+STUDIO_DIR = "gigadream-studio"
+MAX_UPLOAD_MB = 8192
+JOBS_YAML = """jobs.yaml: a list of jobs; paths are relative to its folder.
+
+  - input: pano.jpg                       # the image
+    config: impressionist                 # a preset's name or a YAML file
+    set: {dream.iterations: 2}            # settings, as --set takes them
+    sweep: {dream.step_size: [0.5, 1, 2]} # one job per value: a group, a contact sheet
+    priority: 0                           # higher runs first
+  - input: pano.jpg
+    config: impressionist-style
+    set: {style.images: [monet.jpg, hokusai.jpg]}
+    blend: 5                              # style.blend_weights [1, 0] ... [0, 1] in 5 steps
+
+Results: STUDIO/jobs/GROUP/JOB/result.jpg, its result.jpg.yaml, job.yaml and log.txt."""
+
 # Shortcut flags and the config keys they set; their defaults live in the config alone.
 SHORTCUTS = {"seed": "seed", "workers": "engine.workers", "scheduler": "engine.scheduler"}
 
@@ -163,6 +179,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the naive baseline (it holds the whole image in memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+
+    studio_help = ("the studio's folder: its queue (studio.db), uploads, and each job's "
+                   f"result, config and log under jobs/GROUP/JOB/ (default: {STUDIO_DIR}, "
+                   "in the current folder)")
+    p = sub.add_parser("serve", help="the studio: a web page and job queue on this box "
+                                     "(upload or pick images, queue runs and sweeps, watch "
+                                     "them, view and download the results)",
+                       description="Serve the studio at http://HOST:PORT/. Jobs run as "
+                                   "'gigadream run' child processes: one per GPU (each sees "
+                                   "its own), else --slots on the CPU. Loopback only unless "
+                                   "--host says otherwise; then every request needs the token "
+                                   "printed at start. Ctrl-C stops the running jobs "
+                                   "resumably; the next 'serve' resumes them.")
+    p.add_argument("--studio", type=Path, default=Path(STUDIO_DIR), metavar="DIR", help=studio_help)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; any "
+                        "other address requires the printed token on every request)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--images", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder whose images the page may pick (repeatable); nothing "
+                        "outside these folders can be picked")
+    p.add_argument("--slots", type=int, metavar="N",
+                   help="jobs at once (default: one per GPU, else 1)")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="run every job on the Dask cluster at ADDR (tcp://host:8786)")
+    p.add_argument("--max-upload", type=float, default=MAX_UPLOAD_MB, metavar="MB",
+                   help=f"largest upload accepted, in MB (default {MAX_UPLOAD_MB:g})")
+    p.add_argument("--token", action="store_true",
+                   help="require the printed token on loopback too")
+
+    p = sub.add_parser("batch", help="queue the jobs of a jobs.yaml and run them until the "
+                                     "queue is empty, without a browser",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Queue the jobs of JOBS (a YAML list) in the studio's queue "
+                                   "and run them until the queue is empty; with a 'gigadream "
+                                   "serve' running on the same studio, queue them there and "
+                                   "return. Every job is checked before any is queued.",
+                       epilog=JOBS_YAML)
+    p.add_argument("jobs", type=Path, metavar="JOBS", help="jobs.yaml")
+    p.add_argument("--studio", type=Path, default=Path(STUDIO_DIR), metavar="DIR", help=studio_help)
+    p.add_argument("--slots", type=int, metavar="N", help="jobs at once (default: one per GPU, else 1)")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="run every job on the Dask cluster at ADDR (tcp://host:8786)")
+
+    p = sub.add_parser("jobs", help="the studio's queue in the terminal")
+    p.add_argument("--studio", type=Path, default=Path(STUDIO_DIR), metavar="DIR", help=studio_help)
+    p.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
 
     p = sub.add_parser("classes", help="list the ImageNet classes and groups (for dream.classes)")
     p.add_argument("filter", nargs="?", default="", metavar="TEXT",
@@ -343,9 +406,30 @@ def _classes(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .studio.server import serve
+    try:
+        return serve(args.studio, args.host, args.port, args.images, args.slots,
+                     args.scheduler, args.max_upload, args.token)
+    except Interrupted:     # uvicorn has shut down cleanly, then passes the signal on
+        print("gigadream: studio stopped; its running jobs wait in the queue and resume at the "
+              "next 'gigadream serve'", file=sys.stderr)
+        return 0
+
+
+def _batch(args) -> int:
+    from .studio.batch import batch
+    return batch(args.jobs, args.studio, args.slots, args.scheduler)
+
+
+def _jobs(args) -> int:
+    from .studio.batch import show_jobs
+    return show_jobs(args.studio, args.watch)
+
+
 VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
          "layers": _layers, "classes": _classes, "plan": _plan, "profile": _profile,
-         "preview": _preview}
+         "preview": _preview, "serve": _serve, "batch": _batch, "jobs": _jobs}
 
 
 def main(argv: list[str] | None = None) -> int:

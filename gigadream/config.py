@@ -57,6 +57,7 @@ def parse_choice(*choices: str | int) -> Parser:
         if not any(type(v) is type(c) and v == c for c in choices):   # 16.0, True: refused
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}; got {v!r}")
         return v
+    parse.choices = choices         # for forms built from the schema (the studio's page)
     return parse
 
 
@@ -572,6 +573,12 @@ def presets_dir() -> Path:
     return Path(__file__).resolve().parent / "configs"
 
 
+def preset_values(name: str) -> dict:
+    """A preset's (or config file's) own YAML mapping, unchecked: what a form shows before a
+    style preset has its style image."""
+    return _read_yaml(resolve_preset(name))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     data = _read_yaml(resolve_preset(str(path))) if path is not None else {}
     for o in overrides:
@@ -596,6 +603,16 @@ def to_dict(cfg: Config) -> dict:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_choices(key: str) -> tuple | None:
+    """The values a setting may take, where it is a choice (``parse_choice``), else None."""
+    cls: Any = Config
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = {f.name: f for f in dataclasses.fields(cls)}[name].default_factory
+    f = {f.name: f for f in dataclasses.fields(cls)}[leaf]
+    return getattr(f.metadata["parse"], "choices", None)
 
 
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:

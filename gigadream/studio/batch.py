@@ -1,0 +1,102 @@
+"""The studio without a browser: ``gigadream batch jobs.yaml`` (queue, then run until the
+queue is empty) and ``gigadream jobs [--watch]`` (the queue as a table)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from .jobs import expand, read_jobs_file
+from .runner import Runner, SchedulerBusy, Studio
+
+
+def _local_path(base: Path):
+    def resolve(text) -> Path:
+        if not isinstance(text, str) or not text:
+            raise InputError(f"expected a file path, got {text!r}")
+        return (base / text).absolute()
+    return resolve
+
+
+def queue_file(studio: Studio, jobs_file: Path) -> list[int]:
+    """Every job of ``jobs_file`` checked (settings with the CLI's parser, inputs by their
+    headers), then queued; nothing is queued if any is refused. Returns their ids."""
+    from ..ingest import image_shape
+    resolve = _local_path(Path(jobs_file).absolute().parent)
+    groups = []
+    for i, spec in enumerate(read_jobs_file(jobs_file)):
+        name, sweep, jobs = expand(spec, resolve)
+        image_shape(jobs[0]["input"])
+        groups.append((name, sweep, jobs))
+    ids = []
+    for name, sweep, jobs in groups:
+        gid = studio.queue.add_group(name, sweep, jobs, studio.jobs_dir)
+        ids += [j["id"] for j in studio.queue.jobs("group_id=?", (gid,))]
+    return sorted(ids)
+
+
+def batch(jobs_file: Path, studio_dir: Path, slots: int | None, scheduler: str | None) -> int:
+    """Queue, then run the studio's queue here until it is empty (or, where a ``serve``
+    runs this studio, leave the jobs to it). Exit 0 when every job of this batch is done."""
+    studio = Studio(studio_dir)
+    ids = queue_file(studio, jobs_file)
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)
+    say(f"queued {len(ids)} jobs ({', '.join(map(str, ids))}) in {studio.root}")
+    runner = Runner(studio, slots, scheduler)
+    seen: dict[int, str] = {}
+
+    def report() -> None:
+        for job in studio.queue.jobs(f"id IN ({','.join('?' * len(ids))})", ids):
+            if seen.get(job["id"]) != job["status"]:
+                seen[job["id"]] = job["status"]
+                extra = f": {job['error']}" if job["error"] else (
+                    f" on {job['slot']}" if job["status"] == "running" else "")
+                say(f"job {job['id']} {job['status']}{extra}")
+    from ..cli import Interrupted
+    try:
+        runner.run_until_empty(report)
+    except SchedulerBusy as e:
+        say(f"{e}: the jobs wait in its queue ('gigadream jobs --studio {studio_dir} --watch')")
+        return 0
+    except Interrupted as e:
+        raise Interrupted(f"{e}: stopped; the running jobs keep their finished passes and "
+                          "wait in the queue: 'gigadream batch' or 'serve' on this studio "
+                          "resumes them", e.signum) from None
+    report()
+    jobs = studio.queue.jobs(f"id IN ({','.join('?' * len(ids))})", ids)
+    done = [j for j in jobs if j["status"] == "done"]
+    say(f"{len(done)} of {len(jobs)} jobs done; results in {studio.jobs_dir}")
+    return 0 if len(done) == len(jobs) else 1
+
+
+def table(studio: Studio) -> str:
+    """The queue as ``gigadream jobs`` prints it."""
+    from .server import _duration
+    rows = [("job", "group", "status", "progress", "stage", "ETA", "slot", "image", "settings")]
+    for j in studio.queue.jobs():
+        label = " ".join(f"{k}={v}" for k, v in j["label"].items()) or (j["preset"] or "")
+        rows.append((str(j["id"]), str(j["group_id"]), j["status"],
+                     f"{100 * j['progress']:.0f} %", (j["error"] or j["stage"])[:40],
+                     _duration(j["eta_s"]) if j["status"] == "running" else "",
+                     j["slot"] or "", Path(j["input"]).name, label))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def show_jobs(studio_dir: Path, watch: bool) -> int:
+    if not (Path(studio_dir) / "studio.db").exists():
+        raise InputError(f"no studio at {studio_dir}; start one with 'gigadream serve' or "
+                         "'gigadream batch', or give --studio DIR")
+    studio = Studio(studio_dir)
+    if not watch:
+        print(table(studio))
+        return 0
+    from ..cli import Interrupted
+    try:
+        while True:
+            text = table(studio)
+            print(("\033[H\033[J" if sys.stdout.isatty() else "\n") + text, flush=True)
+            time.sleep(2)
+    except Interrupted:
+        return 0
