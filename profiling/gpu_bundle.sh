@@ -24,6 +24,8 @@ PY
 $PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpu dask==2026.8.0 distributed==2026.8.0 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 \
-    google-crc32c==1.9.0 pyvips==3.2.0 pyvips-binary==8.18.7 cffi==2.1.1 pycparser==3.12 tornado==6.6.1 \
+    google-crc32c==1.9.0 pyvips-binary==8.18.7 cffi==2.1.1 pycparser==3.12 tornado==6.6.1 \
     zict==3.0.0 tblib==3.2.2 partd==1.4.2 locket==1.0.0
+# pyvips itself comes as source only: a wheel of it, built here (pure Python)
+$PYTHON -m pip wheel -q --no-deps --no-build-isolation -w .gpu pyvips==3.2.0
 du -sh .gpu

@@ -27,6 +27,13 @@ It prints, and writes to DIR/gpu_check.md:
 On a machine without a GPU it says so, and runs the same on the CPU (``--device cpu``,
 what ``cuda`` falls back to); ``--quick`` makes it small (a minute). Exit status 1 if a
 check of 2, 3 or 4 fails.
+
+For the end-to-end runs on a box that has torch alone, ``profiling/gpu_bundle.sh`` packs
+the wheels and the weights (in float16, so that all of it travels within 64 MiB) into
+``.gpu/``; there, from the repository root:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/*.whl \
+      && PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 profiling/gpu_check.py --weights .gpu/vgg16-fp16.h5 --out DIR
 """
 from __future__ import annotations
 
@@ -299,7 +306,7 @@ def end_to_end(weights: str, quick: bool, folder: Path, lines: list[str]) -> Non
     from gigadream.pipeline import run
     from gigadream.sample import make_panorama
     folder.mkdir(parents=True, exist_ok=True)
-    w, h = (384, 256) if quick else (4096, 2048)
+    w, h = (384, 256) if quick else (2048, 1024)     # the engine on the GPU, in minutes
     image = make_panorama(folder / "e2e.jpg", w, h, quality=92)
     small = ["dream.octaves=1", "dream.passes=1", "tiling.tile=128", "style.passes=1",
              "style.iterations=2", "style.whole_iterations=4", "style.whole_size=128"] if quick else []
