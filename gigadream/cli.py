@@ -32,7 +32,10 @@ JOBS_YAML = """jobs.yaml: a list of jobs; paths are relative to its folder.
 Results: STUDIO/jobs/GROUP/JOB/result.jpg, its result.jpg.yaml, job.yaml and log.txt."""
 
 # Shortcut flags and the config keys they set; their defaults live in the config alone.
-SHORTCUTS = {"seed": "seed", "workers": "engine.workers", "scheduler": "engine.scheduler"}
+SHORTCUTS = {"seed": "seed", "workers": "engine.workers", "scheduler": "engine.scheduler",
+             "gpus": "engine.gpus"}
+GPUS_HELP = ("run on these GPUs of this machine, one worker each (torch's numbers, e.g. 0,2; "
+             "default: every GPU, else the CPU)")
 
 
 def _settings_epilog() -> str:
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join the Dask scheduler at ADDR (tcp://host:8786) instead of starting one")
     p.add_argument("--workers", type=int, metavar="N",
                    help="worker processes of the embedded cluster (default: one per GPU, else one)")
+    p.add_argument("--gpus", metavar="LIST", help=GPUS_HELP)
     p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same result)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -126,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .estimate import GPUS
     p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
                    help=f"also estimate the time on this GPU: {', '.join(sorted(GPUS))}")
+    p.add_argument("--gpus", metavar="LIST", help="time the model on this GPU of this machine "
+                                                  "(the first of LIST; default: its first GPU, "
+                                                  "else the CPU)")
 
     p = sub.add_parser("preview", help="see the night's result in minutes: the whole image "
                                        "shrunk and dreamed, and full-size crops as the full "
@@ -160,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"estimate the full run's time on this GPU too: "
                         f"{', '.join(sorted(GPUS))} (default {DEFAULT_GPU})")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (engine.workers)")
+    p.add_argument("--gpus", metavar="LIST", help=GPUS_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the preview in a folder that is not empty (other files stay)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

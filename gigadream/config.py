@@ -61,6 +61,22 @@ def parse_choice(*choices: str | int) -> Parser:
     return parse
 
 
+def parse_gpus(key: str, v: Any) -> str | tuple[int, ...]:
+    """``engine.gpus``: auto, or the GPUs' numbers (0,2 or [0, 2]), each once."""
+    if v == "auto":
+        return v
+    items = v.split(",") if isinstance(v, str) else v if isinstance(v, (list, tuple)) else [v]
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if isinstance(item, bool) or not (text.isascii() and text.isdigit()):
+            raise ConfigError(f"{key}: expected auto or GPU numbers such as 0,2; got {v!r}")
+        out.append(int(text))
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"{key}: expected auto or distinct GPU numbers such as 0,2; got {v!r}")
+    return tuple(out)
+
+
 def parse_text(key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(f"{key}: expected a non-empty string, got {v!r} ({_type_name(v)})")
@@ -259,10 +275,16 @@ class EngineConfig:
                                 "a --scheduler cluster each worker's own Dask threads")
     scheduler: str | None = _field(None, parse_optional_str,
                                    "address of an existing Dask scheduler; null = start one here")
+    gpus: str | tuple[int, ...] = _field("auto", parse_gpus,
+                                         "GPUs the workers started here run on, one each "
+                                         "(--gpus 0,2; torch's numbers); auto = every GPU "
+                                         "this machine has. A --scheduler cluster's workers "
+                                         "each run on the one GPU they see")
     batch: int | str = _field("auto", parse_int(1, 64, auto=True),
-                              "DeepDream tiles of one shape that a worker runs through its model "
-                              "at once; auto = 4 on GPU workers (fewer for windows above 602 px), 1 "
-                              "on CPUs (no faster there)")
+                              "tiles of one shape that a worker runs through its model at once "
+                              "(DeepDream; style with adam); auto = 4 on GPU workers (fewer for "
+                              "windows above 602 px), 1 on CPUs (no faster there). A batch that "
+                              "runs out of GPU memory is retried in halves")
 
 
 @dataclass(frozen=True)

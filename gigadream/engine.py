@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -25,7 +26,7 @@ import dask.system
 import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from .errors import ClusterError
+from .errors import ClusterError, ConfigError, GpuMemoryError
 from .steps import recorded_steps
 from .tiling import Tile, tile_rng
 
@@ -40,6 +41,7 @@ class TileTask:
     tile: Tile
     seed: tuple[int, int, int]   # (run seed, octave, pass)
     kind: str = "process"        # or "stat": only measure (gradient scale, Gram sums)
+    align: int = 1               # the grid's (``tiling.grid``): where parts' windows start
 
 
 def run_tile(task: TileTask, data: Any = None) -> dict:
@@ -54,7 +56,10 @@ def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None =
     shape go through a processor that has ``batch`` together, ``batch`` at a time
     (``engine.batch``: one model step for them all; None: no limit); others one after the
     other. The heap is trimmed once a task: trimming after every identity tile doubles its
-    time (6.2 against 3.1 ms, measured): the next tile faults its buffers' pages in again."""
+    time (6.2 against 3.1 ms, measured): the next tile faults its buffers' pages in again.
+
+    A group that runs out of GPU memory is retried smaller (``_fitting``): the task, and the
+    pass, go on."""
     stats = []
     for group in _model_groups(tasks, batch):
         stats += _process(group, data)
@@ -83,17 +88,8 @@ def _process(tasks: list[TileTask], data: Any) -> list[dict]:
     group began, and the model steps (``model_at``: a list of (start, end), on the group's
     first tile), to show the overlap."""
     t0, began = time.perf_counter(), time.time()
-    first, proc = tasks[0], tasks[0].processor
-    # float32 unless the processor takes the canvas's own float16 (Identity)
-    dtype = getattr(proc, "window_dtype", np.float32)
-    windows = [t.source.read(t.tile.window, dtype) for t in tasks]
-    cores = [t.tile.core.relative_to(t.tile.window) for t in tasks]
     with recorded_steps() as steps:
-        if first.kind == "stat":
-            results = [(None, s) for s in proc.stat_batch(windows, cores)]
-        else:
-            results = proc.process(windows, [t.tile for t in tasks],
-                                   [tile_rng(*t.seed, t.tile) for t in tasks], data)
+        results = _fitting(tasks, data)
     for task, (out, _) in zip(tasks, results):
         if out is not None:
             task.target.write(task.tile, out)
@@ -102,6 +98,107 @@ def _process(tasks: list[TileTask], data: Any) -> list[dict]:
         stats.update(tile_s=seconds, began=began, model_at=steps if i == 0 else [],
                      pid=os.getpid())
     return [stats for _, stats in results]
+
+
+def _model(tasks: list[TileTask], data: Any) -> list[tuple[Any, dict]]:
+    """(core pixels or None, statistics) of each of ``tasks``, one model call for them all."""
+    first, proc = tasks[0], tasks[0].processor
+    # float32 unless the processor takes the canvas's own float16 (Identity)
+    dtype = getattr(proc, "window_dtype", np.float32)
+    windows = [t.source.read(t.tile.window, dtype) for t in tasks]
+    if first.kind == "stat":
+        cores = [t.tile.core.relative_to(t.tile.window) for t in tasks]
+        return [(None, s) for s in proc.stat_batch(windows, cores)]
+    return proc.process(windows, [t.tile for t in tasks],
+                        [tile_rng(*t.seed, t.tile) for t in tasks], data)
+
+
+# Out of GPU memory. A group of tiles that does not fit is halved, down to one tile; a tile
+# that does not fit alone is processed in parts (``tiling.split_tile``: its core cut in 2 × 2,
+# each with the tile's margin of context), and each part likewise, down to parts whose core
+# is SMALLEST_PART px; what does not fit then is one line naming the settings to lower. What
+# fitted is remembered per window shape (``_fits``): the worker's next tiles start there.
+SMALLEST_PART = 64
+_fits: dict[tuple, int] = {}        # (processor type, kind, window shape) -> tiles at once
+_parted: dict[tuple, int] = {}      # (processor type, window shape) -> parts a side
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """``e`` is torch's CUDA out-of-memory error (torch is imported only where it runs)."""
+    import sys
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)
+
+
+def _free_gpu_memory() -> None:
+    """Hand the failed step's cached blocks back before the smaller retry."""
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _fitting(tasks: list[TileTask], data: Any) -> list[tuple[Any, dict]]:
+    """``_model`` of ``tasks``, retried smaller where the device runs out of memory: halves
+    of the group, then (one tile) its parts (``_in_parts``). The halves' tiles get the
+    pixels they get in any group (to float rounding: ``engine.batch``); parts do not (see
+    ``_in_parts``)."""
+    first = tasks[0]
+    key = (type(first.processor).__name__, first.kind, first.tile.window.shape)
+    fits = _fits.get(key, len(tasks))
+    if len(tasks) > fits:
+        return [r for i in range(0, len(tasks), fits) for r in _fitting(tasks[i:i + fits], data)]
+    parts = _parted.get(key[::2], 1)
+    if len(tasks) == 1 and parts > 1 and first.kind == "process":
+        return [_in_parts(first, data, parts)]
+    try:
+        return _model(tasks, data)
+    except Exception as e:       # handled below, once its frames (and tensors) are gone
+        if not out_of_memory(e):
+            raise
+    _free_gpu_memory()
+    if len(tasks) > 1:
+        half = (len(tasks) + 1) // 2
+        _fits[key] = half
+        return _fitting(tasks[:half], data) + _fitting(tasks[half:], data)
+    if first.kind != "process":
+        raise _too_large(first)
+    _parted[key[::2]] = 2
+    return [_in_parts(first, data, 2)]
+
+
+def _in_parts(task: TileTask, data: Any, parts: int) -> tuple[Any, dict]:
+    """One tile processed as ``parts`` × ``parts`` tiles (``tiling.split_tile``), its core's
+    pixels put together from theirs, and each part cut again where it does not fit. Not the
+    pixels of the whole tile: each part holds its neighbours' pixels fixed as context, as any
+    tile of a pass does (a finer grid for this tile alone, its boundaries as seamless as the
+    grid's); a dream part's jitter is its tile's."""
+    from .tiling import split_tile
+    sub = split_tile(task.tile, parts, task.processor.margin, task.align)
+    if min(min(t.core.shape) for t in sub) < SMALLEST_PART:
+        raise _too_large(task)
+    out, stats = None, {}
+    for t in sub:
+        [(pixels, s)] = _fitting([dataclasses.replace(task, tile=t)], data)
+        if out is None:
+            out = np.empty((pixels.shape[0], *task.tile.core.shape), pixels.dtype)
+        out[(slice(None), *t.core.relative_to(task.tile.core).slices())] = pixels
+        for k, v in s.items():
+            if isinstance(v, (int, float)):
+                stats[k] = stats.get(k, 0) + v
+    stats["parts"] = len(sub)
+    return out, stats
+
+
+def _too_large(task: TileTask) -> GpuMemoryError:
+    """The one line for a tile that fits neither alone nor in the smallest parts."""
+    from .devices import device
+    (h, w), side = task.tile.window.shape, max(task.tile.core.shape)
+    how = f"alone or in parts of {SMALLEST_PART} px" if task.kind == "process" else "alone"
+    return GpuMemoryError(
+        f"a {w}×{h} px window (a {side} px tile core and its context) does not fit in the "
+        f"memory of {device()} {how}; lower tiling.tile (tiles of {side} px or more here) "
+        "and engine.batch, or tiling.margin, or run fewer workers on each GPU")
 
 
 def tiles_per_task(model: bool, batch: int = 1) -> int:
@@ -287,7 +384,9 @@ class WorkerSetup(WorkerPlugin):
     the worker: ``worker_threads``), gives it its device, and runs ``warm`` (a mode's:
     loading the model) before the first task, so a pass never waits on weights and each
     worker loads them once. ``devices``: the embedded cluster's, one a worker (by its
-    number); None: the worker's own default."""
+    number: ``devices.worker_devices``); None: a worker of the embedded cluster runs on the
+    CPU, one of an existing cluster (no ``parent``) on the one GPU it sees, and is refused
+    in one line where it sees several (``devices.own_device``)."""
 
     name = "gigadream-setup"
 
@@ -311,9 +410,11 @@ class WorkerSetup(WorkerPlugin):
         # (store.convert), 3-7x faster than numpy's: an identity pass runs 1.8x faster.
         import torch
         torch.set_num_threads(threads)
+        from .devices import own_device, use_device
         if self.devices and isinstance(worker.name, int):
-            from .devices import use_device
             use_device(self.devices[worker.name % len(self.devices)])
+        elif self.parent is None:
+            use_device(own_device(worker.address))
         if self.warm is not None:
             self.warm()
 
@@ -350,12 +451,29 @@ GPU_PREFETCH = 4
 ONEDNN_CACHE = 128
 
 
+def check_gpus(gpus: str | tuple[int, ...], scheduler: str | None = None) -> list[int]:
+    """The GPUs the embedded cluster runs on (``engine.gpus``: ``devices.choose_gpus``), or
+    one line on what is wrong with them; checked before anything is written."""
+    from .devices import choose_gpus
+    if scheduler:
+        if gpus != "auto":
+            raise ConfigError(f"engine.gpus {','.join(map(str, gpus))} picks GPUs for the "
+                              "workers started here; each worker of --scheduler "
+                              f"{scheduler} runs on the one GPU it sees (CUDA_VISIBLE_DEVICES): "
+                              "leave out --gpus")
+        return []
+    return choose_gpus(gpus, cuda_devices())
+
+
 @contextlib.contextmanager
 def cluster(workers: int | str = "auto", threads: int | str = "auto",
-            scheduler: str | None = None,
-            warm: Callable[[], Any] | None = None) -> Iterator[DaskExecutor]:
+            scheduler: str | None = None, warm: Callable[[], Any] | None = None,
+            gpus: str | tuple[int, ...] = "auto") -> Iterator[DaskExecutor]:
     """An executor backed by Dask: an embedded LocalCluster on loopback, whose workers own a
-    GPU each where there are GPUs, or ``scheduler``. ``warm`` runs once in each worker."""
+    GPU each where there are GPUs (``gpus``: all, or those numbered), or ``scheduler``.
+    ``warm`` runs once in each worker."""
+    from .devices import worker_devices
+    chosen = check_gpus(gpus, scheduler)
     if scheduler:
         try:
             client = Client(scheduler, timeout="10s")
@@ -364,9 +482,8 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                                "check the address, or leave out --scheduler to start one here") from e
         local, devices = None, None
     else:
-        gpus = cuda_devices()
-        n = workers if workers != "auto" else max(1, gpus)
-        devices = [f"cuda:{i}" for i in range(gpus)] or None
+        n = workers if workers != "auto" else max(1, len(chosen))
+        devices = worker_devices(n, chosen)
         # the workers share this machine's cores
         threads = threads if threads != "auto" else max(1, dask.system.cpu_count() // n)
         # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB. The
@@ -379,7 +496,7 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         spawn_env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
-            prefetch = (GPU_PREFETCH if gpus else PREFETCH) if warm else 1
+            prefetch = (GPU_PREFETCH if devices else PREFETCH) if warm else 1
             # The scheduler serves HTTP (health, JSON) even without the dashboard, on 8787
             # unless told otherwise, and warns when another run holds that port; a free
             # loopback port serves as well.
@@ -442,12 +559,13 @@ class BackgroundCluster:
     """
 
     def __init__(self, workers: int | str = "auto", threads: int | str = "auto",
-                 scheduler: str | None = None, warm: Callable[[], Any] | None = None):
+                 scheduler: str | None = None, warm: Callable[[], Any] | None = None,
+                 gpus: str | tuple[int, ...] = "auto"):
         self._stack = contextlib.ExitStack()
         # one thread: the context is entered and left on the same one
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "gigadream-cluster")
         self._started = self._thread.submit(self._stack.enter_context,
-                                            cluster(workers, threads, scheduler, warm))
+                                            cluster(workers, threads, scheduler, warm, gpus))
         self._closed = False
         if scheduler:
             self.executor()

@@ -38,3 +38,7 @@ class DiskFullError(GigadreamError):
     """A disk filled up while writing; what was finished is kept, the run can resume."""
 
     exit_code = 1
+
+
+class GpuMemoryError(GigadreamError):
+    """A tile does not fit in the GPU's memory even alone and in the smallest parts."""

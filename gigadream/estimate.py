@@ -70,10 +70,10 @@ class Estimate:
         return self.flops / (GPUS[gpu][bf16] * 1e12 * GPU_EFFICIENCY)
 
 
-def step_precision(cfg: Config) -> str:
-    """The precision of the run's model steps on this machine (style always runs in fp32)."""
+def step_precision(cfg: Config, device: str = "cpu") -> str:
+    """The precision of the run's model steps on ``device`` (style always runs in fp32)."""
     from .models import dream_precision
-    return (dream_precision(cfg.model.precision, cfg.model.name, "cpu")
+    return (dream_precision(cfg.model.precision, cfg.model.name, device)
             if cfg.mode == "dream" else "fp32")
 
 
@@ -120,7 +120,7 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     if executor is not None:
         return executor.submit(_time_steps, cfg, shapes).result()
     threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (engine.cluster)
-    with cluster(1, threads, warm=mode.warm_up()) as ex:
+    with cluster(1, threads, warm=mode.warm_up(), gpus=cfg.engine.gpus) as ex:
         return ex.submit(_time_steps, cfg, shapes).result()
 
 
@@ -131,19 +131,24 @@ def _time_steps(cfg: Config,
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .devices import device
     from .engine import release_freed_memory
-    from .models import as_input, autocast, get_model
+    from .models import as_input, autocast
+    from .modes import mode_for
 
-    net = get_model(cfg.model.name, cfg.model.weights)
+    net = mode_for(cfg).warm_up()()     # the model the worker's setup loaded, on its device
+    dev = device()
     layers = frozenset(n.partition(":")[0] for n in cfg.layers)
-    precision = step_precision(cfg)
+    precision = step_precision(cfg, dev)
 
     def step(h, w) -> float:
-        x = as_input(torch.rand(1, 3, h, w) * 255).requires_grad_(True)
+        x = as_input(torch.rand(1, 3, h, w) * 255).to(dev).requires_grad_(True)
         t = time.perf_counter()
-        with autocast("cpu", precision):
+        with autocast(dev, precision):
             acts = net(x, layers)
         sum(a.float().pow(2).mean() for a in acts.values()).backward()
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     saved = [0]

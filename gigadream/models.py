@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import archs
-from .devices import device
+from .devices import device, native_bf16
 from .errors import ModelError
 
 # Caffe preprocessing that the Keras VGG16 was trained with: BGR, minus the ImageNet mean.
@@ -315,23 +315,13 @@ BUILDERS = {
 
 
 def load_on_device(name: str, weights: str | None) -> functools.partial:
-    """What a worker runs once at its start: the model loaded onto its device."""
+    """What a worker runs once at its start: the model loaded onto its device (and returned:
+    the one its processors then use)."""
     return functools.partial(_load_on_device, name, weights)
 
 
-def _load_on_device(name: str, weights: str | None) -> None:
-    get_model(name, weights, device())
-
-
-@functools.cache
-def native_bf16(device: str) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU since Ampere, a CPU with AMX
-    or AVX512-BF16 (elsewhere torch emulates it, slower than fp32)."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported",
-                                                          "_is_avx512_bf16_supported"))
+def _load_on_device(name: str, weights: str | None) -> Backbone:
+    return get_model(name, weights, device())
 
 
 def dream_precision(requested: str, model: str, device: str) -> str:
@@ -356,13 +346,25 @@ def as_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-@functools.lru_cache(maxsize=4)
 def get_model(name: str, weights: str | None = None, device: str = "cpu",
               padding: str = "zeros") -> Backbone:
-    """The model, built and loaded once per process; parameters frozen, in eval mode.
-    ``padding``: how its plain convolutions pad the image's borders (``zeros`` as trained;
-    ``replicate`` for style, whose optimiser otherwise darkens or lights the border to feed
-    the zeros' edge features, as crowsonkb/style-transfer-pytorch's VGG does)."""
+    """The model, built and loaded once per process for each device and padding; parameters
+    frozen, in eval mode. ``padding``: how its plain convolutions pad the image's borders
+    (``zeros`` as trained; ``replicate`` for style, whose optimiser otherwise darkens or
+    lights the border to feed the zeros' edge features, as crowsonkb/style-transfer-pytorch's
+    VGG does). However it is asked for (``cuda`` or ``cuda:0``, defaults named or not), one
+    model: a cache keyed on the call's own arguments held a second copy of VGG16 in a worker
+    whose setup had loaded it with other spellings."""
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return _load_model(name, weights, device, padding)
+
+
+get_model.cache_clear = lambda: _load_model.cache_clear()     # as an lru_cache has it
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(name: str, weights: str | None, device: str, padding: str) -> Backbone:
     if name not in BUILDERS:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(BUILDERS)}")
     path = Path(weights) if weights else default_weights(name)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from . import __version__
 from .config import Config, to_dict, to_yaml
-from .engine import BackgroundCluster, TileTask, map_tiles, release_freed_memory
+from .engine import BackgroundCluster, TileTask, check_gpus, map_tiles, release_freed_memory
 from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest, wrap_setting
@@ -108,6 +108,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
     check_config_output(out, overwrite)
     mode.check()
+    if cluster is None:
+        check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
     keep_store = store_path is not None
     store = open_run_store(Path(store_path or default_store(out)), input_path, cfg, restart)
     passes = mode.plan(shape)
@@ -116,7 +118,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     finished = "result" in store.record()        # only the export is left: no workers
     own = cluster is None and not finished       # a cluster this run starts and stops
     workers = cluster if not own else BackgroundCluster(
-        cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, mode.warm_up())
+        cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, mode.warm_up(),
+        cfg.engine.gpus)
     try:
         octaves, scale = mode.octaves(shape)
         with _timed(report, "ingest"):      # level 0 and the octave pyramid, in one decode
@@ -193,7 +196,7 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
         tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align, mode.wrap)
         data = mode.pass_data(run, pp, view, proc, tiles)
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)
-        run.process(pp, view, target, proc, tiles, data)
+        run.process(pp, view, target, proc, tiles, data, mode.align)
         # with what the result needs to be read back (``modes.result_view``), so that the
         # latest canvas of an unfinished run is readable too (``stored_image``)
         store.update_record(done=i, canvas={**target.record(), **mode.result_record()})
@@ -240,8 +243,10 @@ class _Run:
         tasks = [TileTask(view, None, proc, t, seed, "stat") for t in tiles]
         return map_tiles(self.executor, tasks, True, self.batch, count, keep=on_done is None)
 
-    def process(self, pp: PassPlan, view, target: ArrayView, proc, tiles: list, data) -> None:
-        """One pass's tiles: from ``view`` through ``proc`` into ``target``."""
+    def process(self, pp: PassPlan, view, target: ArrayView, proc, tiles: list, data,
+                align: int = 1) -> None:
+        """One pass's tiles: from ``view`` through ``proc`` into ``target`` (``align``: the
+        grid's)."""
         self.on_event(Stage("pass", f"octave {pp.octave} pass {pp.pass_ + 1}: "
                                     f"{pp.shape[1]}×{pp.shape[0]} px, {len(tiles)} tiles"
                                     + (f", {self.batch} a step" if self.batch > 1 else ""),
@@ -253,7 +258,7 @@ class _Run:
                 self.report.model_steps += len(stats["model_at"])
                 self.on_event(Work(pp.iterations))
         seed = (self.seed, pp.octave, pp.pass_)
-        tasks = [TileTask(view, target, proc, t, seed) for t in tiles]
+        tasks = [TileTask(view, target, proc, t, seed, align=align) for t in tiles]
         map_tiles(self.executor, tasks, self.model, self.batch, done, data, keep=False)
         self.report.tiles += len(tasks)
 

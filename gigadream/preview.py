@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .config import Config, to_yaml
-from .engine import BackgroundCluster, release_freed_memory
+from .engine import BackgroundCluster, check_gpus, release_freed_memory
 from .errors import ConfigError, OutputError
 from .ingest import image_shape, ingest
 from .modes import mode_for
@@ -331,6 +331,7 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     check_folder(folder, overwrite)
     mode = mode_for(cfg)
     mode.check()
+    check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
     far = far_shape(shape, far_pixels)
     octaves, scale = mode.octaves(shape)
     margin = context(cfg, shape, side)
@@ -342,7 +343,7 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     work = Path(tempfile.mkdtemp(prefix=".gigadream-preview-", dir=folder))
     report = PreviewReport(folder, folder / "index.html", shape, far, [])
     workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
-                                mode.warm_up())
+                                mode.warm_up(), cfg.engine.gpus)
     ok = False
     try:
         on_event(Total(units))

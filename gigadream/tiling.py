@@ -108,6 +108,31 @@ def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
     return tiles
 
 
+def split_tile(tile: Tile, parts: int, margin: int, align: int = 1) -> list[Tile]:
+    """``tile``'s core cut into ``parts`` × ``parts`` cores (cut on multiples of ``align``
+    where the core allows), row-major, each with ``margin`` px of context within the tile's
+    window and its window starting on a multiple of ``align``, as ``grid``'s do: the tiles
+    of a tile that does not fit in a GPU's memory (``engine``). Their cores partition the
+    tile's; they keep its row, column and chunk (their jitter is the tile's)."""
+    def cuts(a: int, b: int) -> list[int]:
+        inner = [a + (b - a) * k // parts for k in range(1, parts)]
+        inner = [c - c % align if a < c - c % align else c for c in inner]
+        return [a, *sorted(set(inner)), b]
+
+    w = tile.window
+    ys, xs = cuts(tile.core.y0, tile.core.y1), cuts(tile.core.x0, tile.core.x1)
+    out = []
+    for y0, y1 in zip(ys, ys[1:]):
+        for x0, x1 in zip(xs, xs[1:]):
+            core = Box(y0, y1, x0, x1)
+            win = Box(max(w.y0, y0 - margin), min(w.y1, y1 + margin),
+                      max(w.x0, x0 - margin), min(w.x1, x1 + margin))
+            # the tile's window starts on a multiple of align: these stay inside it
+            win = Box(win.y0 - win.y0 % align, win.y1, win.x0 - win.x0 % align, win.x1)
+            out.append(Tile(tile.row, tile.col, core, win, tile.chunk))
+    return out
+
+
 def circular_runs(x0: int, x1: int, w: int) -> list[tuple[int, int]]:
     """Columns [x0, x1) of a circle w wide, unrolled, as runs [a, b) of columns in [0, w):
     one run where the range stays on one turn, more where it crosses the edge."""

@@ -9,8 +9,9 @@ from gigadream.models import get_model
 from gigadream.pipeline import plan, run
 
 # 512×512 photo, 64 px tiles: 7 or 8 tile boundaries per axis in every pass.
+# One tile a model step, on a GPU box too (engine.batch: auto is 4 there).
 DREAM = ["dream.layers=[relu3_3]", "tiling.tile=64", "dream.octaves=2", "dream.passes=3",
-         "dream.iterations=1", "export.tiff_compression=none"]
+         "dream.iterations=1", "export.tiff_compression=none", "engine.batch=1"]
 
 
 @pytest.fixture(scope="module")

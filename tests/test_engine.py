@@ -70,12 +70,18 @@ def test_map_tasks_raises_the_first_failure():
 def test_cluster_runs_tasks_in_worker_processes():
     import os
 
+    from gigadream.engine import cuda_devices
     from gigadream.modes import mode_for
+    from gigadream.modes.dream import gpu_batch
     with cluster(workers=2) as ex:
         pids = set(map_tasks(ex, _pid, list(range(16))))
-        # engine.batch: auto asks the workers where they run their models (CPUs here)
-        resolved = mode_for(load_config(None, [])).resolve(ex)
-        assert resolved["device"] == "cpu" and resolved["batch"] == 1
+        # engine.batch: auto asks the workers where they run their models: 1 on CPUs, a
+        # GPU's batch on GPUs
+        cfg = load_config(None, [])
+        resolved = mode_for(cfg).resolve(ex)
+        want = (("cuda", gpu_batch(cfg.tiling.tile + 2 * cfg.margin)) if cuda_devices()
+                else ("cpu", 1))
+        assert (resolved["device"], resolved["batch"]) == want
         assert mode_for(load_config(None, ["engine.batch=3"])).resolve(ex)["batch"] == 3
         # every worker bounds oneDNN's cache of compiled kernels (engine.ONEDNN_CACHE)
         caps = ex.each_worker(_env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY")

@@ -185,7 +185,7 @@ def test_the_model_device_is_the_cpu_here_and_a_missing_gpu_is_one_line(monkeypa
     from gigadream import devices
     from gigadream.errors import ModelError
     monkeypatch.setattr(devices, "_device", None)
-    assert devices.device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert devices.device().split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
     devices.use_device("cpu")
     assert devices.device() == "cpu"
     if not torch.cuda.is_available():

@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 CONFIG = """mode: dream
 dream: {layers: [relu2_2], octaves: 2, passes: 2, iterations: 1, calibration_tiles: 4}
 tiling: {tile: 128}
-engine: {workers: 1, threads: 1}
+engine: {workers: 1, threads: 1, batch: 1}
 export: {tiff_compression: none}
 """
 
@@ -260,7 +260,7 @@ def test_a_resume_that_would_change_pixels_is_refused(setup, pano):
     d = killed(setup, pano, "resolved")
     store, out = d / "store", d / "out.tif"
     rec = json.loads((store / "run.json").read_text())
-    assert rec["resolved"]["device"] == "cpu" and rec["resolved"]["batch"] == 1
+    assert rec["resolved"]["device"] in ("cpu", "cuda") and rec["resolved"]["batch"] == 1
     assert rec["resolved"]["threads"] == 1                       # engine.threads: 1
     assert rec["resolved"]["precision"] in ("fp32", "bf16")
     resume = ["run", pano, "-o", out, "--config", setup["config"], "--store", store, "--quiet"]

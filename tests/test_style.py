@@ -40,7 +40,7 @@ def images(tmp_path_factory):
 def features(img: np.ndarray, layers, pooling: str = "max") -> dict:
     x = torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32).copy())[None]
     with torch.no_grad():
-        return style_model("vgg16", None)(x, frozenset(layers), pooling)   # as style sees it
+        return style_model("vgg16", None, "cpu")(x, frozenset(layers), pooling)   # as style sees it
 
 
 def grams(img: np.ndarray, layers=LAYERS, pooling: str = "max") -> dict:

@@ -54,19 +54,34 @@ import numpy as np
 
 from . import Mode, PassPlan, Run
 from .. import archs
-from ..store import ComputedView
 from ..tiling import Box
 
 # Style images are used at most this long (the Gram target of a larger one costs gigabytes).
 STYLE_MAX_SIDE = 1024
 
 
-def style_model(name: str, weights: str | None):
-    """The backbone style runs (on the CPU), its convolutions padding the image's borders by
+def style_model(name: str, weights: str | None, device: str | None = None):
+    """The backbone style runs on ``device`` (None: the process's, ``devices.device``: a
+    worker's, the one its setup loaded), its convolutions padding the image's borders by
     replication: with zeros there, the optimiser darkened the outer pixels by 6-7 levels to
     match the style's Grams of the padded edge (measured on a 256 px photo, 64 px tiles)."""
+    from ..devices import device as own_device
     from ..models import get_model
-    return get_model(name, weights, "cpu", "replicate")
+    return get_model(name, weights, device or own_device(), "replicate")
+
+
+def _stack(arrays: list[np.ndarray]):
+    """Arrays (C, h, w) of one shape as one (N, C, h, w) tensor on the CPU (one: no copy)."""
+    import torch
+    return torch.from_numpy(arrays[0][None] if len(arrays) == 1 else np.stack(arrays))
+
+
+def _synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): times are then the
+    work's, not its launch's."""
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize(device)
 
 
 def _cells(a, box: Box, stride: int):
@@ -119,11 +134,24 @@ class StyleTransfer:
     random_init: bool = False
     content: object = None     # ArrayView of the content at the pass's size (``process``)
     circular: bool = False     # the core is a whole octave whose x wraps (a 360° panorama)
+    device: str | None = None  # None: the worker's (``devices.device``)
     window_dtype = np.float32
-    batchable = False
+
+    @property
+    def batchable(self) -> bool:
+        """Tiles of one shape optimise together (one forward and backward for them all,
+        ``engine.batch``) with Adam: its update is elementwise, so each tile's pixels move as
+        they would alone. L-BFGS's line search and history span all its parameters: there
+        tiles go one at a time."""
+        return self.optimizer == "adam" and not self.circular
+
+    @property
+    def _device(self) -> str:
+        from ..devices import device
+        return self.device or device()
 
     def _net(self):
-        return style_model(self.model, self.weights)
+        return style_model(self.model, self.weights, self._device)
 
     @property
     def _layers(self) -> frozenset[str]:
@@ -132,119 +160,169 @@ class StyleTransfer:
     def stat(self, window: np.ndarray, core: Box) -> dict:
         """The tile's Gram sums and cell counts per style layer, over its core: summed over
         the tiles of a pass into the canvas's global Gram (``add_stats``)."""
+        return self.stat_batch([window], [core])[0]
+
+    def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
+        """``stat`` of windows of one shape, in one forward. The Gram sums are float64, on
+        the device, from the fp32 features: a pass's global Gram is the sum of hundreds of
+        tiles' sums of up to 10⁵ cells each, and in float64 it is the whole image's Gram
+        whatever the grid (the tiled-equals-whole premise, to ~1e-12); the per-step Gram of
+        ``optimise`` is fp32 (no autocast, no TF32 in matrix products: torch's default)."""
         import torch
 
         from ..steps import model_step
+        dev = self._device
         with model_step(), torch.no_grad():
             t = time.perf_counter()
-            acts = self._net()(torch.from_numpy(window)[None], self._layers, self.pooling)
+            acts = self._net()(_stack(windows).to(dev), self._layers, self.pooling)
+            _synchronize(dev)
             forward_s = time.perf_counter() - t
-        grams = {}
-        for layer, _ in self.style_layers:
-            f = _cells(acts[layer], core, archs.stride(self.model, layer))
-            grams[layer] = (_gram_sum(f.double()).numpy(), f.shape[-1] * f.shape[-2])
-        return {"grams": grams, "model_s": forward_s}
-
-    def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
-        return [self.stat(w, c) for w, c in zip(windows, cores)]
+        out = []
+        for i, core in enumerate(cores):
+            grams = {}
+            for layer, _ in self.style_layers:
+                f = _cells(acts[layer][i:i + 1], core, archs.stride(self.model, layer))
+                grams[layer] = (_gram_sum(f.double()).cpu().numpy(), f.shape[-1] * f.shape[-2])
+            out.append({"grams": grams, "model_s": forward_s / len(windows)})
+        return out
 
     def process(self, windows, tiles, rngs, data) -> list[tuple[np.ndarray, dict]]:
-        """One tile at a time (``batchable`` is False); ``data`` is the pass's (style Grams,
+        """Tiles of one window shape (several where ``batchable``): those whose cores sit
+        alike in their windows optimise together; ``data`` is the pass's (style Grams,
         canvas Grams or None)."""
         target, canvas = data
-        return [self(w, t.core.relative_to(t.window), rng, self.content.read(t.window),
-                     target, canvas) for w, t, rng in zip(windows, tiles, rngs)]
+        cores = [t.core.relative_to(t.window) for t in tiles]
+        contents = [self.content.read(t.window) for t in tiles]
+        alike: dict = {}
+        for i, core in enumerate(cores):
+            alike.setdefault(core if self.batchable else i, []).append(i)
+        out: list = [None] * len(windows)
+        for idx in alike.values():
+            results = self.optimise([windows[i] for i in idx], cores[idx[0]],
+                                    [rngs[i] for i in idx], [contents[i] for i in idx],
+                                    target, canvas)
+            for i, r in zip(idx, results):
+                out[i] = r
+        return out
 
     def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator,
                  content: np.ndarray | None = None, target: dict | None = None,
                  canvas: dict | None = None):
         """Optimise the core's pixels; ``content`` is the content image's window, ``target``
         the style Grams per layer, ``canvas`` the pass's ``add_stats`` (None: whole image)."""
+        return self.optimise([window], core, [rng], [content], target, canvas)[0]
+
+    def optimise(self, windows: list[np.ndarray], core: Box, rngs: list[np.random.Generator],
+                 contents: list[np.ndarray], target: dict | None,
+                 canvas: dict | None) -> list[tuple[np.ndarray, dict]]:
+        """Windows of one shape whose cores sit at ``core``, optimised together on the
+        device: one forward and backward of the batch a step; each tile's loss is its own
+        (its Gram swapped into the canvas's, its content, its total variation), and the
+        batch's loss is their sum, so each tile's gradient is its own."""
         import torch
 
         from ..steps import model_step
+        dev = self._device
         net = self._net()
-        fixed = torch.from_numpy(window)[None]                    # (1, C, h, w), 0-255
+        n = len(windows)
+        fixed = _stack(windows).to(dev)                          # (N, C, h, w), 0-255
         cs = core.slices()
         if self.random_init:   # neural-style's -init random: near-flat noise around mid-grey
-            start = torch.from_numpy(rng.normal(127.5, 8.0, size=window.shape).astype(np.float32))[None]
-            start = start[(slice(None), slice(None), *cs)]
+            noise = [rng.normal(127.5, 8.0, size=windows[0].shape).astype(np.float32)
+                     for rng in rngs]
+            start = _stack(noise).to(dev)[(slice(None), slice(None), *cs)]
         else:
             start = fixed[(slice(None), slice(None), *cs)]
-        x = start.clone().requires_grad_(True)
+        x = start.clone().requires_grad_(True)                   # (N, C, core h, core w)
         if self.circular:   # window column j is core column (j - core.x0) mod w, every row
-            assert (core.y0, core.y1) == (0, window.shape[1]), "a whole octave's core"
-            around = torch.from_numpy((np.arange(window.shape[2]) - core.x0) % (core.x1 - core.x0))
+            assert (core.y0, core.y1) == (0, windows[0].shape[1]), "a whole octave's core"
+            around = torch.from_numpy((np.arange(windows[0].shape[2]) - core.x0)
+                                      % (core.x1 - core.x0)).to(dev)
         norm = _normalize_grad() if self.normalize_gradients else (lambda t: t)
-        strides = {n: archs.stride(self.model, n) for n in self._layers}
+        strides = {name: archs.stride(self.model, name) for name in self._layers}
 
         with model_step(), torch.no_grad():
-            c_acts = net(torch.from_numpy(content)[None], frozenset(n for n, _ in self.content_layers),
-                         self.pooling)
-            p = {n: _cells(c_acts[n], core, strides[n]) for n, _ in self.content_layers}
+            c_acts = net(_stack(contents).to(dev),
+                         frozenset(name for name, _ in self.content_layers), self.pooling)
+            p = {name: _cells(c_acts[name], core, strides[name]) for name, _ in self.content_layers}
             del c_acts
-        grams = {n: torch.from_numpy(target["grams"][n]) for n, _ in self.style_layers}
-        energy = {n: float(a.pow(2).sum()) for n, a in grams.items()}        # ‖A‖²
-        scales = {n: target["scales"][n] for n, _ in self.content_layers}
-        offsets: dict = {}                   # G_global − Ĝ_tile(x₀), set at the first step
+        grams = {name: torch.from_numpy(target["grams"][name]).to(dev)
+                 for name, _ in self.style_layers}
+        energy = {name: float(a.pow(2).sum()) for name, a in grams.items()}       # ‖A‖²
+        scales = {name: target["scales"][name] for name, _ in self.content_layers}
+        offsets: list[dict] = [{} for _ in range(n)]   # G_global − Ĝ_tile(x₀), at the first step
         model_s = [0.0]
+        losses: list = [None] * n                      # each tile's, at the last step
 
-        def loss_fn():
-            t = time.perf_counter()
-            if self.circular:
-                win = x[..., around]
-            else:
-                win = fixed.clone()
-                win[(slice(None), slice(None), *cs)] = x
-            acts = net(win, self._layers, self.pooling)
-            loss = win.new_zeros(())
-            for n, w in self.content_layers:
-                f = _cells(norm(acts[n]), core, strides[n])
-                loss = loss + self.content_weight * w * (f - p[n]).pow(2).mean() / scales[n]
-            for n, w in self.style_layers:
-                f = _cells(norm(acts[n]), core, strides[n])
+        def tile_loss(i: int, acts: dict):
+            """Tile i's loss; ``acts`` are the batch's. A lone tile's terms take the tensors
+            themselves, not views of them: the same autograd graph, the same bits."""
+            def own(t):
+                return t if n == 1 else t[i:i + 1]
+            loss = x.new_zeros(())
+            for name, w in self.content_layers:
+                f = _cells(norm(own(acts[name])), core, strides[name])
+                loss = loss + self.content_weight * w * (f - own(p[name])).pow(2).mean() / scales[name]
+            for name, w in self.style_layers:
+                f = _cells(norm(own(acts[name])), core, strides[name])
                 cells = f.shape[-1] * f.shape[-2]
                 if cells == 0:       # a sliver of a tile thinner than the layer's stride
                     continue
                 g = _gram_sum(f) / (f.shape[1] * cells)
-                if n not in offsets:
-                    offsets[n] = (0.0 if canvas is None else
-                                  torch.from_numpy(canvas["grams"][n][0] / (f.shape[1] * canvas["grams"][n][1])).float()
-                                  - g.detach())
-                loss = loss + self.style_weight * w * (g + offsets[n] - grams[n]).pow(2).sum() / energy[n]
+                if name not in offsets[i]:
+                    offsets[i][name] = (0.0 if canvas is None else
+                                        torch.from_numpy(canvas["grams"][name][0] / (f.shape[1] * canvas["grams"][name][1])).float().to(dev)
+                                        - g.detach())
+                loss = loss + self.style_weight * w * (g + offsets[i][name] - grams[name]).pow(2).sum() / energy[name]
             if self.tv_weight:
-                dy, dx = x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+                xi = own(x)
+                dy, dx = xi[..., 1:, :] - xi[..., :-1, :], xi[..., :, 1:] - xi[..., :, :-1]
                 if self.circular:       # and the step from the last column to the first
-                    dx = torch.cat([dx, x[..., :, :1] - x[..., :, -1:]], dim=-1)
+                    dx = torch.cat([dx, xi[..., :, :1] - xi[..., :, -1:]], dim=-1)
                 tv = (dy.pow(2).mean() + dx.pow(2).mean()) / 255.0 ** 2
                 loss = loss + self.tv_weight * tv
-            return loss, t
+            return loss
 
         def closure():
             opt.zero_grad()
             with model_step():
-                loss, t = loss_fn()
+                t = time.perf_counter()
+                if self.circular:
+                    win = x[..., around]
+                else:
+                    win = fixed.clone()
+                    win[(slice(None), slice(None), *cs)] = x
+                acts = net(win, self._layers, self.pooling)
+                losses[:] = [tile_loss(i, acts) for i in range(n)]
+                loss = losses[0]
+                for other in losses[1:]:
+                    loss = loss + other
                 loss.backward()
+                _synchronize(dev)
                 model_s[0] += time.perf_counter() - t      # forward and backward
             return loss
 
         if self.optimizer == "adam":
-            # crowsonkb's betas: the second moment adapts within a pass's few steps
+            # crowsonkb's betas: the second moment adapts within a pass's few steps. Its
+            # update is elementwise: a batch's tiles move as each would alone.
             opt = torch.optim.Adam([x], lr=self.learning_rate, betas=(0.9, 0.99))
             for _ in range(self.iterations):
-                loss = closure()
+                closure()
                 opt.step()
                 with torch.no_grad():
                     x.clamp_(0.0, 255.0)
+            final = [float(v.detach()) for v in losses]
         else:
-            # neural-style's L-BFGS: no tolerance stops, a bounded history (per tile, each
-            # pair of history vectors costs two windows of memory)
+            # neural-style's L-BFGS (one tile: not ``batchable``): no tolerance stops, a
+            # bounded history (per tile, each pair of history vectors costs two windows of
+            # memory)
+            assert n == 1, "L-BFGS optimises one tile at a time"
             opt = torch.optim.LBFGS([x], lr=1.0, max_iter=self.iterations,
                                     history_size=min(self.iterations, 20),
                                     tolerance_grad=-1, tolerance_change=-1)
-            loss = opt.step(closure)
-        out = x.detach()[0].clamp(0.0, 255.0).numpy()
-        return out, {"model_s": model_s[0], "loss": float(loss.detach())}
+            final = [float(opt.step(closure).detach())]
+        out = x.detach().clamp(0.0, 255.0).cpu().numpy()
+        return [(out[i], {"model_s": model_s[0] / n, "loss": final[i]}) for i in range(n)]
 
 
 def add_stats(*stats: dict) -> dict:
@@ -271,30 +349,41 @@ def load_style_image(path: str, long_side: int) -> np.ndarray:
 
 def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, model: str,
                   weights: str | None, pooling: str, layers: tuple[tuple[str, float], ...],
-                  long_side: int) -> dict:
+                  long_side: int, device: str | None = None) -> dict:
+    """What a tile optimises towards (``targets_of``), from the style image files at
+    ``long_side``."""
+    return targets_of([load_style_image(p, long_side) for p in images], blend, model, weights,
+                      pooling, layers, device)
+
+
+def targets_of(pixels: list[np.ndarray], blend: tuple[float, ...] | None, model: str,
+               weights: str | None, pooling: str, layers: tuple[tuple[str, float], ...],
+               device: str | None = None) -> dict:
     """What a tile optimises towards: ``grams``, the style Gram per layer of ``layers``, each
-    image's Gram normalised by C·H·W, blended by weight (neural-style's -style_blend_weights,
-    normalised to sum 1); and ``scales``, the mean square activation of every layer of the
-    model over the style images (blended alike), the content loss's normaliser."""
+    image's (``pixels``: (3, h, w) float32 0-255) Gram normalised by C·H·W, blended by weight
+    (neural-style's -style_blend_weights, normalised to sum 1); and ``scales``, the mean
+    square activation of every layer of the model over the style images (blended alike), the
+    content loss's normaliser. On ``device`` (None: the worker's)."""
     import torch
 
+    from ..devices import device as own_device
     from ..steps import model_step
-    net = style_model(model, weights)
-    blend = blend or (1.0,) * len(images)
+    dev = device or own_device()
+    net = style_model(model, weights, dev)
+    blend = blend or (1.0,) * len(pixels)
     total = sum(blend)
     every = frozenset(o.name for o in archs.ops(model) if o.kernel is not None)   # spatial maps
     grams: dict = {}
     scales: dict = {}
-    pixels = [torch.from_numpy(load_style_image(p, long_side))[None] for p in images]
-    with model_step():   # beside the tile tasks of the worker's other thread; decoding above
-        for x, w in zip(pixels, blend):
+    with model_step():   # beside the tile tasks of the worker's other thread; decoding before
+        for p, w in zip(pixels, blend):
             with torch.no_grad():
-                acts = net(x, every, pooling)
+                acts = net(torch.from_numpy(p)[None].to(dev), every, pooling)
             for n, f in acts.items():
                 scales[n] = scales.get(n, 0.0) + float(f.double().pow(2).mean()) * (w / total)
             for n, _ in layers:
                 f = acts[n]
-                g = (_gram_sum(f) / f[0].numel()).numpy() * (w / total)
+                g = (_gram_sum(f) / f[0].numel()).cpu().numpy() * (w / total)
                 grams[n] = grams[n] + g if n in grams else g
     return {"grams": grams, "scales": scales}
 
@@ -316,8 +405,10 @@ def luminance_transfer(styled: np.ndarray, content: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class OriginalColors(ComputedView):
-    """A result view in the content's colours (``original_colors``), computed as it is read."""
+class OriginalColors:
+    """A result view in the content's colours (``original_colors``), computed as it is read
+    (a ``store.ComputedView``, whose uint8 and uint16 reads it borrows: this module imports
+    no store, so that its processor runs where torch is all there is, ``gpu_check``)."""
 
     styled: object          # ArrayView: the styled canvas
     content: object         # ArrayView: the source at the same size
@@ -329,6 +420,14 @@ class OriginalColors(ComputedView):
     def read(self, box: Box, dtype=np.float32) -> np.ndarray:
         """float32 pixels, whichever ``dtype`` (computed in float32)."""
         return luminance_transfer(self.styled.read(box), self.content.read(box))
+
+    def read_uint8(self, box: Box) -> np.ndarray:
+        from ..store import ComputedView
+        return ComputedView.read_uint8(self, box)
+
+    def read_uint16(self, box: Box) -> np.ndarray:
+        from ..store import ComputedView
+        return ComputedView.read_uint16(self, box)
 
 
 class StyleMode(Mode):
@@ -362,10 +461,18 @@ class StyleMode(Mode):
         return functools.partial(style_model, self.cfg.model.name, self.cfg.model.weights)
 
     def resolve(self, executor) -> dict:
-        """The workers' device kind (a GPU's arithmetic differs from a CPU's) and threads."""
-        from .dream import agreed, worker_resolution
+        """The workers' device kind (a GPU's arithmetic differs from a CPU's), threads, and
+        batch: ``engine.batch`` auto is dream's on GPUs (``gpu_batch``; style keeps more
+        activations, to relu5_1 in fp32, and a batch that does not fit is halved), 1 on
+        CPUs and with L-BFGS (not ``batchable``)."""
+        from .dream import agreed, gpu_batch, worker_resolution
         found = executor.each_worker(worker_resolution, "fp32", self.cfg.model.name)
-        return {"device": agreed({f[0] for f in found}), "threads": agreed({f[2] for f in found})}
+        device = agreed({f[0] for f in found})
+        batch = self.cfg.engine.batch
+        if batch == "auto":
+            batch = (gpu_batch(self.cfg.tiling.tile + 2 * self.cfg.margin)
+                     if device == "cuda" and self.cfg.style.optimizer == "adam" else 1)
+        return {"device": device, "threads": agreed({f[2] for f in found}), "batch": batch}
 
     def octave_plan(self, k: int, shape: tuple[int, int], octaves: int) -> list[PassPlan]:
         if k == octaves - 1:
