@@ -468,10 +468,16 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
     assert got.read_bytes() == (tmp_path / "reference.jpg").read_bytes()
 
 
-def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler():
+def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler(monkeypatch):
     """What a GPU box and a --scheduler change, without either: the slots' environments and
     the child's command line (argument lists: no shell)."""
+    from gigadream.studio import runner
     from gigadream.studio.runner import command, make_slots
+    # a box whose studio was given GPUs 2 and 5: each slot's child sees one of those
+    monkeypatch.setattr(runner, "cuda_devices", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert make_slots(None) == [("gpu0", {"CUDA_VISIBLE_DEVICES": "2"}),
+                                ("gpu1", {"CUDA_VISIBLE_DEVICES": "5"})]
     assert make_slots(None, gpus=2) == [("gpu0", {"CUDA_VISIBLE_DEVICES": "0"}),
                                         ("gpu1", {"CUDA_VISIBLE_DEVICES": "1"})]
     assert [s for s, _ in make_slots(3, gpus=0)] == ["cpu0", "cpu1", "cpu2"]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import json
 
+from ..engine import cuda_devices
 from ..errors import GigadreamError
 from .db import Queue
 from .jobs import check_config, job_yaml
@@ -79,18 +80,23 @@ def command(job: dict, scheduler: str | None = None) -> list[str]:
     return [sys.executable, "-m", "gigadream.studio.child", str(os.getpid()), *args]
 
 
-def gpu_count() -> int:
-    """NVIDIA GPUs the driver lists (no torch import in the studio's process)."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+def gpu_names() -> list[str]:
+    """The GPUs jobs may use, as a child's CUDA_VISIBLE_DEVICES names them: the driver's,
+    narrowed by the studio's own CUDA_VISIBLE_DEVICES (``engine.cuda_devices`` counts them
+    without importing torch into the studio's process)."""
+    n = cuda_devices()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [v.strip() for v in visible.split(",")] if visible is not None else []
+    return (names or [str(i) for i in range(n)])[:n]
 
 
 def make_slots(n: int | None, gpus: int | None = None) -> list[tuple[str, dict]]:
     """(name, environment changes) of each slot: gpu0.. with CUDA_VISIBLE_DEVICES, or cpu0.."""
-    gpus = gpu_count() if gpus is None else gpus
-    if gpus:
+    names = gpu_names() if gpus is None else [str(i) for i in range(gpus)]
+    if names:
         # more slots than GPUs share them round the clock face: slot i on GPU i mod gpus
-        return [(f"gpu{i}", {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(n or gpus)]
+        return [(f"gpu{i}", {"CUDA_VISIBLE_DEVICES": names[i % len(names)]})
+                for i in range(n or len(names))]
     return [(f"cpu{i}", {"CUDA_VISIBLE_DEVICES": ""}) for i in range(n or 1)]
 
 
