@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from conftest import read, sha256
+from gigadream.studio.runner import POLL_S
 from test_resume import assert_no_orphans, marked_env
 from test_viewer import browser, console_errors, wait_loaded  # noqa: F401 (a fixture)
 
@@ -304,6 +305,16 @@ def test_kill_9_of_the_server_loses_nothing(server, images, tmp_path):
     assert_no_orphans(mark)
     assert np.array_equal(read(folder / "result.jpg"), read(tmp_path / "reference.jpg"))
     assert sha256(folder / "result.jpg") == sha256(tmp_path / "reference.jpg")
+
+    # finished stays finished: another kill -9 and start leave the done job and its result
+    written = (folder / "result.jpg").stat().st_mtime_ns
+    s.proc.kill()
+    s.proc.wait()
+    s.start()
+    time.sleep(20 * POLL_S)                      # 20 turns of the scheduler's loop
+    again = s.job(running)
+    assert (again["status"], again["attempts"]) == ("done", 2), again
+    assert (folder / "result.jpg").stat().st_mtime_ns == written
 
 
 # --- bad input ------------------------------------------------------------------------------------
