@@ -351,6 +351,15 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
              "'..' is not allowed"),
             (s.post("/api/jobs", {"input": "small.jpg", "overrides": ["style.images=/etc/hostname"]}),
              400, "is outside the --images folders"),
+            # a whole section as a mapping names files too
+            (s.post("/api/jobs", {"input": "small.jpg",
+                                  "set": {"model": {"weights": str(tmp_path / "secret.jpg")}}}),
+             400, "is outside the --images folders"),
+            (s.post("/api/jobs", {"input": "small.jpg", "overrides": ["style={images: [/etc/hostname]}"]}),
+             400, "is outside the --images folders"),
+            # a Dask client unpickles what its scheduler sends: only the studio's own
+            (s.post("/api/jobs", {"input": "small.jpg", "overrides": ["engine.scheduler=tcp://10.9.9.9:8786"]}),
+             400, "cannot name its own Dask scheduler"),
             (s.post("/api/jobs", {"image": 999}), 400, "image 999 is not in the studio"),
             (s.post("/api/jobs/999/stop", {}), 404, "no job 999"),
         ]

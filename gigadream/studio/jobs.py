@@ -91,11 +91,23 @@ def expand(spec: dict, resolve_path: Callable[[str], Path],
     jobs = []
     for v in values if key else [None]:
         overrides = base + ([override(key, v)] if key else [])
-        check_config(preset, overrides)
+        _confined(check_config(preset, overrides), resolve_path)
         jobs.append({"input": src, "preset": preset, "overrides": overrides,
                      "label": {key: v} if key else {}, "priority": priority, "kind": kind})
     name = spec.get("name") or f"{Path(src).name}" + (f" · {key}" if key else "")
     return str(name), key, jobs
+
+
+def _confined(cfg: Config, resolve_path: Callable[[str], Path]) -> None:
+    """The files the built config reads, however they were set (a key, a whole section as a
+    mapping, a config file), each one ``resolve_path`` allows; and no Dask scheduler of the
+    job's own: a Dask client unpickles what its scheduler sends, so only the studio's
+    ``--scheduler`` names one."""
+    for path in (*cfg.style.images, *([cfg.model.weights] if cfg.model.weights else [])):
+        resolve_path(path)
+    if cfg.engine.scheduler is not None:
+        raise ConfigError("engine.scheduler: a job cannot name its own Dask scheduler; start "
+                          "the studio (serve or batch) with --scheduler ADDR")
 
 
 def _checked_path_override(assignment: str, resolve_path: Callable[[str], Path]) -> str:

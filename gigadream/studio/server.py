@@ -365,7 +365,7 @@ def thumbnail(src: Path, out: Path, side: int = 256) -> Path:
     panorama's thumbnail reads a fraction of it), cached at ``out``."""
     import pyvips
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.jpg")
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.jpg")   # requests run in threads
         pyvips.Image.thumbnail(str(src), side).jpegsave(str(tmp), Q=85)
         os.replace(tmp, out)
     return out
