@@ -93,6 +93,8 @@ def _errors(url: str, e: BaseException) -> StoreError:
     """What a failed request means to the user, as one line that names ``url`` (never the
     credentials: obstore's messages name the request, not its signature)."""
     from obstore import exceptions as ox
+    if isinstance(e, StoreError):         # already said (a URL obstore cannot parse)
+        return e
     text = str(e)
     base, _ = _split(url)
     if "NoSuchBucket" in text:
@@ -120,14 +122,11 @@ def _code(text: str) -> str:
 
 def get(url: str) -> bytes | None:
     """The object at ``url``; None where there is none."""
-    from obstore import exceptions as ox
     import obstore as obs
     base, key = _split(url)
     try:
         return bytes(obs.get(_bucket(base), key).bytes())
-    except FileNotFoundError:
-        return None
-    except ox.NotFoundError as e:
+    except FileNotFoundError as e:      # obstore's "not found", of the object or the bucket
         if "NoSuchBucket" in str(e):
             raise _errors(url, e) from e
         return None
@@ -180,8 +179,6 @@ def check(url: str) -> None:
     try:
         next(iter(obs.list(_bucket(base), prefix=f"{key}/" if key else None, chunk_size=1)),
              None)
-    except StoreError:
-        raise
     except Exception as e:  # noqa: BLE001
         raise _errors(url, e) from e
 
