@@ -107,10 +107,12 @@ def _errors(url: str, e: BaseException) -> StoreError:
                           f"({_code(text)}); set the cloud's usual variables "
                           "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3) in the "
                           "environment of the client and of every worker")
-    if "error sending request" in text or "Connect" in text or "connection" in text.lower():
-        return StoreError(f"store {url}: the object store cannot be reached "
-                          f"({_code(text)}); check AWS_ENDPOINT_URL (or the cloud's own "
-                          "endpoint) and the network")
+    if "error sending request" in text or "connection" in text.lower():
+        host = re.search(r"\b(https?://[^/\s,]+)", text)
+        at = f" at {host.group(1)}" if host else ""
+        return StoreError(f"store {url}: the object store{at} cannot be reached (no answer "
+                          f"after {RETRIES} retries); check AWS_ENDPOINT_URL (or the cloud's "
+                          "own endpoint) and the network")
     return StoreError(f"store {url}: {_first_line(e)}")
 
 

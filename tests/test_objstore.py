@@ -160,8 +160,31 @@ def test_cli_missing_bucket_is_one_line(s3_env, tmp_path, photos):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "gigadream", "ingest", str(photos["chelsea_jpg"]),
                         "s3://no-such-bucket/x.gdstore"], env=env, capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, cwd=tmp_path)
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0], p.stderr
     assert s3_env.secret not in p.stderr and s3_env.key_id not in p.stderr
+    assert list(tmp_path.iterdir()) == []           # no folder named after the URL
+
+
+def test_identity_run_through_s3_reproduces_the_input(s3_env, tmp_path):
+    """``run --store s3://…`` end to end (ingest, pyramid, two octaves of two passes on a
+    worker process that reads the server's variables from its environment, export): the
+    input back bit for bit, the store kept on the server with its record, no folder made."""
+    from conftest import read, save
+    from gigadream.config import load_config
+    from gigadream.pipeline import run
+    rng = np.random.default_rng(5)
+    image = save(rng.integers(0, 256, (151, 237, 3), dtype=np.uint8), tmp_path / "odd.png")
+    url = s3_env.url("runs/identity.gdstore")
+    cfg = load_config(None, ["mode=identity", "tiling.tile=64", "dream.octaves=2",
+                             "dream.passes=2", "export.tiff_compression=none"])
+    run(image, cfg, tmp_path / "out.tif", store_path=url)
+    np.testing.assert_array_equal(read(tmp_path / "out.tif"), read(image))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.png", "out.tif", "out.tif.yaml"]
+    _forget()
+    rec = Store.open(url).record()
+    assert rec["done"] == 3 and "result" in rec
+    assert s3_env.secret not in json.dumps(rec) + (tmp_path / "out.tif.yaml").read_text()
+    Store.open(url).remove()
