@@ -188,3 +188,16 @@ def test_identity_run_through_s3_reproduces_the_input(s3_env, tmp_path):
     assert rec["done"] == 3 and "result" in rec
     assert s3_env.secret not in json.dumps(rec) + (tmp_path / "out.tif.yaml").read_text()
     Store.open(url).remove()
+
+
+def test_an_image_streams_from_s3(s3_env, photos):
+    """libvips decodes an object through ``open_source`` as it decodes the file."""
+    import pyvips
+    from conftest import read
+    url = s3_env.url("inputs/chelsea.jpg")
+    objects.put(url, photos["chelsea_jpg"].read_bytes())
+    im = pyvips.Image.new_from_source(objects.open_source(url), "", access="sequential")
+    assert np.array_equal(im.numpy(), read(photos["chelsea_jpg"]))
+    from gigadream.errors import InputError
+    with pytest.raises(InputError, match="not found"):
+        objects.open_source(s3_env.url("inputs/missing.jpg"))
