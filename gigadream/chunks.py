@@ -206,7 +206,7 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
     data = lay.codec.encode(a) if lay.codec is not None else a
     path = lay.file(iy, ix)
     if lay.remote:                          # one PUT: readers see the old chunk or the new
-        objects.put(path, data)
+        objects.put(path, memoryview(data).cast("B"))
         return
     # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
     # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new

@@ -37,12 +37,11 @@ from .errors import StoreError
 # A URL with a scheme other than file:// names an object store; anything else is a path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # A request is retried where the service says it may be (throttling, a 5xx, a dropped
-# connection), for at most RETRY_SECONDS; a connection that no endpoint answers fails within
-# CONNECT_SECONDS a try. obstore's own defaults (10 tries over 3 minutes) would leave a user
-# with a mistyped endpoint waiting minutes for the one line that says so.
+# connection), RETRIES times within RETRY_SECONDS. obstore's own defaults (10 tries over 3
+# minutes) would leave a user with a mistyped endpoint waiting minutes for the one line that
+# says so.
 RETRIES = 3
 RETRY_SECONDS = 15
-CONNECT_SECONDS = 3
 
 
 def is_url(location: str | object) -> bool:
@@ -76,9 +75,10 @@ def _bucket(base: str):
     (obstore reads each cloud's variables itself)."""
     from obstore.store import from_url
     try:
+        # No client_options: given, they replace those the environment sets (AWS_ALLOW_HTTP
+        # for an http:// endpoint); obstore's connect timeout is 5 s.
         return from_url(base, retry_config={"max_retries": RETRIES,
-                                            "retry_timeout": timedelta(seconds=RETRY_SECONDS)},
-                        client_options={"connect_timeout": timedelta(seconds=CONNECT_SECONDS)})
+                                            "retry_timeout": timedelta(seconds=RETRY_SECONDS)})
     except Exception as e:  # noqa: BLE001 -- obstore raises several kinds for a bad URL
         raise StoreError(f"store {base}: {_first_line(e)}; give --store as "
                          "s3://bucket/prefix, gs://bucket/prefix or a folder") from e

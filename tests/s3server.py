@@ -90,5 +90,7 @@ def start(folder: Path, bucket: str = "gigadream-test") -> S3Server:
     boto3.client("s3", **admin).create_bucket(Bucket=bucket)
     # From here on every request must be signed by a key the server knows.
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth",
-                                                  data=b"0", method="POST"), timeout=5).close()
+                                                  data=b"0", method="POST",
+                                                  headers={"Content-Type": "text/plain"}),
+                           timeout=5).close()
     return S3Server(endpoint, bucket, key["AccessKeyId"], key["SecretAccessKey"], proc)
