@@ -10,6 +10,9 @@ The arrays stay plain zarr v3: chunk files at ``c/0/<y>/<x>``, full-sized at the
 encoded with the array's own codecs exactly as zarr-python does (numcodecs' blosc), so zarr,
 napari and any other zarr reader see the same pixels, and a chunk zarr wrote reads back here
 (tested both ways). An array with any other layout goes through zarr.
+
+An array of a store on object storage (``objects``: its path is a URL) has the same layout;
+each chunk is then one object, read whole with a GET and written whole with a PUT.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import objects
 
 # Threads that decode compressed chunks. Raw chunks are read on the calling thread: handing
 # 200 KB copies to a pool cost more than it saved (a 512 px window of 256 px uint8 chunks:
@@ -38,12 +43,15 @@ class Layout:
     dtype: np.dtype
     codec: object | None             # numcodecs.Blosc, or None for raw little-endian bytes
     fill: float
+    remote: bool = False             # path is an object store's URL (objects), not a folder
 
     @property
     def chunk_bytes(self) -> int:
         return self.shape[0] * self.chunk[0] * self.chunk[1] * self.dtype.itemsize
 
     def file(self, iy: int, ix: int) -> str:
+        if self.remote:
+            return objects.join(self.path, "c", "0", str(iy), str(ix))
         return os.path.join(self.path, "c", "0", str(iy), str(ix))
 
     def chunk_range(self, y0: int, y1: int, x0: int, x1: int):
@@ -74,10 +82,16 @@ def _codec(codecs: list[dict], dtype: np.dtype):
 def layout(path: str) -> Layout | None:
     """The chunk layout of the zarr v3 array at ``path``, or None where zarr must do the work.
     (Cached: arrays are created once and only their chunks change; ``Store`` clears it.)"""
+    remote = objects.is_url(path)
     try:
-        with open(os.path.join(path, "zarr.json")) as f:
-            meta = json.load(f)
+        if remote:
+            meta = json.loads(objects.get(objects.join(path, "zarr.json")) or b"null")
+        else:
+            with open(os.path.join(path, "zarr.json")) as f:
+                meta = json.load(f)
     except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
         return None
     grid, keys = meta.get("chunk_grid", {}), meta.get("chunk_key_encoding", {})
     shape, chunk = meta.get("shape", []), grid.get("configuration", {}).get("chunk_shape", [])
@@ -90,7 +104,8 @@ def layout(path: str) -> Layout | None:
     ok, codec = _codec(meta.get("codecs", []), dtype)
     if not ok:
         return None
-    return Layout(path, tuple(shape), tuple(chunk[1:]), dtype, codec, meta.get("fill_value", 0))
+    return Layout(path, tuple(shape), tuple(chunk[1:]), dtype, codec, meta.get("fill_value", 0),
+                  remote)
 
 
 @functools.cache
@@ -119,6 +134,8 @@ def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None) -> 
     until the thread loads the next."""
     ch, cw = lay.chunk
     r1 = ch if r1 is None else r1
+    if lay.remote:
+        return _get(lay, iy, ix, r0, r1)
     try:
         f = open(lay.file(iy, ix), "rb", buffering=0)
     except FileNotFoundError:
@@ -135,6 +152,20 @@ def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None) -> 
             if os.preadv(f.fileno(), [data[k * band:(k + 1) * band]], at) != band:
                 raise OSError(f"chunk file {lay.file(iy, ix)} is shorter than a chunk")
     return np.frombuffer(data, dtype=lay.dtype).reshape(c, r1 - r0, cw)
+
+
+def _get(lay: Layout, iy: int, ix: int, r0: int, r1: int) -> np.ndarray | None:
+    """``_load`` from object storage: the whole object in one GET (a request costs
+    milliseconds, so rows are not fetched a channel at a time as from a file)."""
+    data = objects.get(lay.file(iy, ix))
+    if data is None:
+        return None
+    if lay.codec is not None:
+        data = lay.codec.decode(data)
+    a = np.frombuffer(data, dtype=lay.dtype)
+    if a.size != lay.shape[0] * lay.chunk[0] * lay.chunk[1]:
+        raise OSError(f"chunk {lay.file(iy, ix)} is not a chunk's size")
+    return a.reshape(lay.shape[0], *lay.chunk)[:, r0:r1]
 
 
 def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -174,6 +205,9 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
     a = np.ascontiguousarray(a, dtype=lay.dtype)
     data = lay.codec.encode(a) if lay.codec is not None else a
     path = lay.file(iy, ix)
+    if lay.remote:                          # one PUT: readers see the old chunk or the new
+        objects.put(path, memoryview(data).cast("B"))
+        return
     # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
     # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new
     # and existing files alike: Python's open(), "r+b" and then "wb" with a makedirs, takes

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__, archs
 from .config import Config, field_help, load_config, presets_dir
 from .errors import DiskFullError, GigadreamError
+from .objects import store_location
 
 # What -o / OUT may name; the formats are export.output_format's.
 OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
@@ -82,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
                    help=f"the result: {OUTPUTS} (default: INPUT-dream.jpg, or "
                         "INPUT-style.jpg, beside the input)")
-    p.add_argument("--store", type=Path, metavar="DIR",
-                   help="working store folder, kept afterwards (default: OUT.gdstore, "
-                        "removed after success). Running the same command again resumes "
-                        "from it after an interruption")
+    p.add_argument("--store", type=store_location, metavar="DIR",
+                   help="working store folder, or an object store's s3://bucket/prefix "
+                        "(credentials from the environment), kept afterwards (default: "
+                        "OUT.gdstore, removed after success). Running the same command again "
+                        "resumes from it after an interruption")
     p.add_argument("--restart", action="store_true",
                    help="start over: discard what the store holds from an earlier attempt")
     p.add_argument("--scheduler", metavar="ADDR",
@@ -102,14 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="stream an image into a store (level 0 and octave pyramid)")
     p.add_argument("input", type=Path, metavar="INPUT")
-    p.add_argument("store", type=Path, metavar="STORE", help="new store folder")
+    p.add_argument("store", type=store_location, metavar="STORE",
+                   help="new store folder (or s3://bucket/prefix)")
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", "-q", action="store_true")
 
     p = sub.add_parser("export", help="write a store's result (or, before any run, its source) "
                                       "as JPEG, BigTIFF or deep zoom")
-    p.add_argument("store", type=Path, metavar="STORE")
+    p.add_argument("store", type=store_location, metavar="STORE")
     p.add_argument("output", type=Path, metavar="OUT", help=OUTPUTS)
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

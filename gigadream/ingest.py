@@ -19,7 +19,6 @@ import hashlib
 import math
 import mmap
 import os
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -530,7 +529,7 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
             for tile in grid(level.shape, SOURCE_CHUNK):
                 orient_tile(r, level, tile, orient)
             levels.append(level)
-        shutil.rmtree(store.path / "source" / "raw")
+        store.remove("source/raw")
     if wrap:
         levels = wrapped_levels(store, levels[0], octaves, scale)
     _drop_levels_from(store, octaves)
@@ -562,8 +561,8 @@ def wrapped_levels(store: Store, base: ArrayView, octaves: int,
 def _drop_levels_from(store: Store, first: int) -> None:
     """Remove source levels ``first`` and coarser, left by an earlier pyramid."""
     k = first
-    while (store.path / "source" / str(k)).is_dir():
-        shutil.rmtree(store.path / "source" / str(k))
+    while store.exists(f"source/{k}"):
+        store.remove(f"source/{k}")
         k += 1
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest, wrap_setting
 from .modes import Mode, PassPlan, mode_for, result_view
+from .objects import store_location
 from .store import ArrayView, OctaveStart, Store, atomic_write_text, forget_arrays, is_store
 from .tiling import grid
 
@@ -111,7 +111,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     if cluster is None:
         check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
     keep_store = store_path is not None
-    store = open_run_store(Path(store_path or default_store(out)), input_path, cfg, restart)
+    store = open_run_store(store_location(str(store_path or default_store(out))), input_path,
+                           cfg, restart)
     passes = mode.plan(shape)
     on_event(Total(work_units(passes)))
     report = RunReport(shape=shape)
@@ -155,7 +156,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             workers.close()
     report.output = out
     if not keep_store:
-        shutil.rmtree(store.path, ignore_errors=True)
+        store.remove()
     return report
 
 
@@ -282,7 +283,7 @@ def _source(input_path: Path, store: Store, shape: tuple[int, int], octaves: int
                    octaves=octaves, scale=scale, wrap=wrap)
         except InputError:      # a damaged input: nothing worth resuming, leave no litter
             if not keep_store:
-                shutil.rmtree(store.path, ignore_errors=True)
+                store.remove()
             raise
         release_freed_memory()
 
@@ -347,10 +348,11 @@ def config_difference(recorded: dict, cfg: Config) -> list[str]:
             for k in sorted(keys) if now.get(k) != had.get(k)]
 
 
-def open_run_store(path: Path, input_path: Path, cfg: Config, restart: bool) -> Store:
-    """The run's store: a new one, or the one a previous attempt left, checked to belong to
-    this input and config; ``restart`` replaces it (only if it is a gigadream store)."""
-    if path.exists() and is_store(path) and not restart:
+def open_run_store(path: Path | str, input_path: Path, cfg: Config, restart: bool) -> Store:
+    """The run's store (a folder or a URL): a new one, or the one a previous attempt left,
+    checked to belong to this input and config; ``restart`` replaces it (only if it is a
+    gigadream store)."""
+    if is_store(path) and not restart:
         store = Store.open(path)
         rec = store.record()
         had = rec.get("input")

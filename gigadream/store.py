@@ -12,6 +12,14 @@ Layout of STORE/:
                         image (``metadata.from_image``), for every export
     run.json            the run record, replaced atomically (write, then rename)
 
+A store is a folder on this machine or a URL (``s3://bucket/prefix``, ``gs://…``) with the
+same layout, key for key (``objects``). Every byte goes through the few methods below that
+name a key (``Store._at``, ``record``, ``update_record``, ``exists``, ``remove``) or through
+``chunks``, each with a branch for either; a folder keeps its fast path: chunk files
+overwritten in place, spare files renamed into new canvases, the record renamed into place.
+On object storage each of those is a plain PUT, atomic by itself, and a dropped canvas is
+deleted.
+
 Workers receive ``ArrayView``s (a path, an array name, an offset), not open arrays, and open
 them on first use; so tasks pickle small and each process opens each array once.
 """
@@ -29,7 +37,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from . import chunks
+from . import chunks, objects
 from .errors import StoreError
 from .resample import resample_window
 from .tiling import Box, Tile, circular_runs, grid, padded_shape
@@ -103,9 +111,21 @@ def convert(a: np.ndarray, dtype) -> np.ndarray:
     return a.astype(dtype)
 
 
+def location(root: str, name: str) -> str:
+    """Where array or key ``name`` of the store at ``root`` lives: a path, or a URL."""
+    return objects.join(root, name) if objects.is_url(root) else os.path.join(root, name)
+
+
+def zarr_location(root: str, name: str):
+    """What zarr opens ``name`` of the store at ``root`` through: the path of a folder, or
+    zarr's own store over the objects under a URL."""
+    at = location(root, name)
+    return objects.zarr_store(at) if objects.is_url(root) else at
+
+
 @functools.lru_cache(maxsize=64)
 def _open_array(root: str, name: str) -> zarr.Array:
-    return zarr.open_array(store=os.path.join(root, name), mode="r+")
+    return zarr.open_array(store=zarr_location(root, name), mode="r+")
 
 
 def forget_arrays() -> None:
@@ -143,7 +163,7 @@ class ArrayView:
     @property
     def layout(self) -> chunks.Layout | None:
         """The array's chunk layout for ``chunks``; None where zarr reads and writes."""
-        return chunks.layout(os.path.join(self.root, self.name))
+        return chunks.layout(location(self.root, self.name))
 
     def _pixels(self, box: Box) -> np.ndarray:
         """The box's pixels in the array's dtype, (C, h, w)."""
@@ -246,13 +266,22 @@ def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
     return {}
 
 
-def is_store(path: Path) -> bool:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
+def is_store(path: Path | str) -> bool:
+    if objects.is_url(path):
+        text = objects.get(objects.join(path, "zarr.json"))
+        if text is None:
+            return False
+    else:
+        meta = Path(path) / "zarr.json"
+        if not meta.is_file():
+            return False
+        try:
+            text = meta.read_text()
+        except OSError:
+            return False
     try:
-        return "gigadream" in json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
+        return "gigadream" in json.loads(text).get("attributes", {})
+    except (ValueError, AttributeError):
         return False
 
 
@@ -267,15 +296,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class Store:
-    """A gigadream store on disk. ``Store.create`` makes one, ``Store.open`` checks one."""
+    """A gigadream store, in a folder or at a URL. ``Store.create`` makes one, ``Store.open``
+    checks one."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        # absolute: workers of a --scheduler cluster, in working folders of their own, open it
-        self.root = os.path.abspath(self.path)
+    def __init__(self, path: Path | str):
+        self.remote = objects.is_url(path)
+        if self.remote:     # the URL as given (a Path would fold its '//')
+            self.path = self.root = str(path).rstrip("/")
+        else:
+            self.path = Path(path)
+            # absolute: workers of a --scheduler cluster, in working folders of their own,
+            # open it
+            self.root = os.path.abspath(self.path)
 
     @classmethod
-    def create(cls, path: Path, overwrite: bool = False) -> Store:
+    def create(cls, path: Path | str, overwrite: bool = False) -> Store:
+        if objects.is_url(path):
+            return cls._create_remote(str(path).rstrip("/"), overwrite)
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             if not is_store(path):
@@ -289,7 +326,31 @@ class Store:
         return cls(path)
 
     @classmethod
-    def open(cls, path: Path) -> Store:
+    def _create_remote(cls, url: str, overwrite: bool) -> Store:
+        objects.check(url)              # no bucket, credentials refused: one line, nothing written
+        if objects.keys_under(url):
+            if not is_store(url):
+                raise StoreError(f"store {url} exists and holds other data; "
+                                 "choose an empty or new prefix with --store")
+            if not overwrite:
+                raise StoreError(f"store {url} already exists; pass --overwrite to replace it")
+            objects.delete_under(url)
+        zarr.open_group(store=objects.zarr_store(url), mode="w",
+                        attributes={"gigadream": {"format": FORMAT_VERSION}})
+        return cls(url)
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        if objects.is_url(path):
+            url = str(path).rstrip("/")
+            objects.check(url)
+            if not is_store(url):
+                if not objects.keys_under(url):
+                    raise StoreError(f"store {url} does not exist; make one with "
+                                     "'gigadream ingest'")
+                raise StoreError(f"{url} is not a gigadream store (no gigadream zarr.json); "
+                                 "point --store at a prefix made by gigadream")
+            return cls(url)
         path = Path(path)
         if not path.is_dir():
             raise StoreError(f"store {path} does not exist; make one with 'gigadream ingest'")
@@ -298,10 +359,49 @@ class Store:
                              "point --store at a folder made by gigadream")
         return cls(path)
 
+    # -- keys ------------------------------------------------------------------------------
+
+    def _at(self, name: str) -> str:
+        return location(self.root, name)
+
+    def _zarr(self, name: str):
+        return zarr_location(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        """Whether the store holds ``name``: a key, or a folder of keys."""
+        if self.remote:
+            return objects.get(self._at(name)) is not None or bool(
+                objects.keys_under(self._at(name)))
+        return os.path.exists(self._at(name))
+
+    def remove(self, name: str = "") -> None:
+        """``name`` and everything under it; ``""``: the whole store."""
+        if self.remote:
+            objects.delete_under(self._at(name) if name else self.root)
+        else:
+            shutil.rmtree(self._at(name) if name else self.path, ignore_errors=True)
+
+    def _read_text(self, name: str) -> str | None:
+        if self.remote:
+            data = objects.get(self._at(name))
+            return None if data is None else data.decode()
+        try:
+            return Path(self._at(name)).read_text()
+        except FileNotFoundError:
+            return None
+
+    def _replace_text(self, name: str, text: str) -> None:
+        """``name`` := ``text``; a reader sees the old text or the new, never a part (on
+        object storage a PUT is atomic by itself)."""
+        if self.remote:
+            objects.put(self._at(name), text.encode())
+        else:
+            atomic_write_text(Path(self._at(name)), text)
+
     # -- source pyramid ------------------------------------------------------------------
 
     def create_source(self, shape: tuple[int, int], name: str = "source/0") -> ArrayView:
-        zarr.create_array(store=os.path.join(self.root, name), shape=(3, *shape),
+        zarr.create_array(store=self._zarr(name), shape=(3, *shape),
                           chunks=(3, SOURCE_CHUNK, SOURCE_CHUNK), dtype="uint8",
                           compressors=[SOURCE_CODEC] if SOURCE_CODEC else None, fill_value=0,
                           overwrite=True, dimension_names=("c", "y", "x"))
@@ -312,15 +412,14 @@ class Store:
         """Source level ``level`` (``wrap``: read with x circular)."""
         name = f"source/{level}"
         try:
-            arr = zarr.open_array(store=os.path.join(self.root, name), mode="r")
+            arr = zarr.open_array(store=self._zarr(name), mode="r")
         except (FileNotFoundError, zarr.errors.ArrayNotFoundError) as e:
             raise StoreError(f"store {self.path} has no source level {level}; "
                              "ingest the image first") from e
         return ArrayView(self.root, name, tuple(arr.shape[1:]), wrap=wrap)
 
     def has_source(self) -> bool:
-        return (self.path / "source" / "0" / "zarr.json").is_file() and \
-            self.record().get("ingested", False)
+        return self.exists("source/0/zarr.json") and self.record().get("ingested", False)
 
     def write_ome(self, scale: float, levels: int) -> None:
         """OME-Zarr 0.5 multiscales metadata on the source group, finest level first."""
@@ -332,7 +431,7 @@ class Store:
             "axes": [{"name": "c", "type": "channel"},
                      {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
             "datasets": datasets}]}
-        zarr.open_group(store=os.path.join(self.root, "source"), mode="a").attrs["ome"] = ome
+        zarr.open_group(store=self._zarr("source"), mode="a").attrs["ome"] = ome
 
     # -- canvases --------------------------------------------------------------------------
 
@@ -349,18 +448,17 @@ class Store:
         Every chunk holding a pixel of the image is written by the pass; the others are
         never read."""
         name = f"canvas/o{octave}p{parity}"
-        path = os.path.join(self.root, name)
+        path = self._at(name)
         attributes = {"offset": list(offset), "shape": list(shape), "wrap": wrap}
         padded = (3, *padded_shape(shape, tile))
         lay = chunks.layout.__wrapped__(path)      # as on disk now, not as cached
         if (lay is not None and lay.shape == padded and lay.chunk == (tile, tile)
                 and lay.dtype == np.float16 and lay.codec is None):
-            meta_path = Path(path) / "zarr.json"
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(self._read_text(f"{name}/zarr.json"))
             meta["attributes"] = {**meta.get("attributes", {}), **attributes}
-            atomic_write_text(meta_path, json.dumps(meta, indent=2))
+            self._replace_text(f"{name}/zarr.json", json.dumps(meta, indent=2))
         else:
-            zarr.create_array(store=path, shape=padded,
+            zarr.create_array(store=self._zarr(name), shape=padded,
                               chunks=(3, tile, tile), dtype="float16", compressors=None,
                               fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
                               attributes=attributes)
@@ -373,6 +471,8 @@ class Store:
         """A new canvas's chunk files, as far as there are spares of their size: renamed
         into place where the pass's tiles will write (``drop_canvases``). Each is then
         overwritten whole, into pages the page cache already holds."""
+        if self.remote:                 # no pages to keep: a PUT makes each chunk afresh
+            return
         spare = self.path / SPARES
         if lay is None or lay.codec is not None or not spare.is_dir():
             return
@@ -393,7 +493,13 @@ class Store:
         canvases take (``canvas``): writing into new files filled fresh page-cache pages,
         1.5-2.6 ms a 1.5 MB chunk on this VM, against 0.3 ms into existing ones. The spares
         of octave k + 1, dropped after octave k's first pass, are about as many as octave
-        k's second canvas needs (each octave has 1/scale² the chunks, and two canvases)."""
+        k's second canvas needs (each octave has 1/scale² the chunks, and two canvases).
+        On object storage the canvases are deleted."""
+        if self.remote:
+            for parity in (0, 1):
+                self.remove(f"canvas/o{octave}p{parity}")
+            forget_arrays()
+            return
         spare = self.path / SPARES
         for parity in (0, 1):
             path = self.path / "canvas" / f"o{octave}p{parity}"
@@ -409,6 +515,8 @@ class Store:
 
     def drop_spares(self) -> None:
         """The spare chunk files no canvas took (at the end of a run)."""
+        if self.remote:
+            return
         shutil.rmtree(self.path / SPARES, ignore_errors=True)
 
     # -- the input's metadata -------------------------------------------------------------
@@ -417,6 +525,11 @@ class Store:
         """The input's metadata (``metadata.from_image``: a file per field), for every
         export of this store, also one in another process (``gigadream export``). Replaces
         what an earlier ingest kept."""
+        if self.remote:
+            self.remove(METADATA)
+            for name, data in fields.items():
+                objects.put(self._at(f"{METADATA}/{name}"), data)
+            return
         folder = self.path / METADATA
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
@@ -425,6 +538,9 @@ class Store:
 
     def input_metadata(self) -> dict[str, bytes]:
         """What ``keep_metadata`` kept; nothing for a store ingested before it existed."""
+        if self.remote:
+            return {k: objects.get(self._at(f"{METADATA}/{k}"))
+                    for k in objects.keys_under(self._at(METADATA)) if "/" not in k}
         folder = self.path / METADATA
         if not folder.is_dir():
             return {}
@@ -433,12 +549,10 @@ class Store:
     # -- run record ------------------------------------------------------------------------
 
     def record(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / "run.json").read_text())
-        except FileNotFoundError:
-            return {}
+        text = self._read_text("run.json")
+        return {} if text is None else json.loads(text)
 
     def update_record(self, **fields: Any) -> None:
         rec = self.record()
         rec.update(fields)
-        atomic_write_text(self.path / "run.json", json.dumps(rec, indent=1, sort_keys=True))
+        self._replace_text("run.json", json.dumps(rec, indent=1, sort_keys=True))

@@ -1,0 +1,203 @@
+"""Stores on object storage (``--store s3://bucket/prefix``) against a real S3-compatible
+server on loopback (``s3server``: moto's server mode, signatures checked).
+
+A store written to a URL holds the same keys with the same bytes as one written to a folder
+by the same calls, reads back the same pixels through gigadream and through zarr, and its run
+record is one object. A missing bucket, refused credentials and an unreachable endpoint are
+each one line within seconds, with nothing written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import s3server
+from gigadream import chunks, objects
+from gigadream.errors import StoreError
+from gigadream.store import Store, forget_arrays
+from gigadream.tiling import Box, grid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = s3server.start(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+def _forget() -> None:
+    """Drop this process's clients and cached arrays: the next call reads the environment."""
+    objects._bucket.cache_clear()
+    forget_arrays()
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """The server's variables in this process's environment, as a user's shell has them."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    _forget()
+    yield s3
+    _forget()
+
+
+def _fill(store: Store, rng_seed: int = 0) -> dict:
+    """The same writes into ``store``, whatever it is: a record, a source level, a canvas
+    on a shifted grid (float16, edge tiles), the input's metadata. Returns what was written."""
+    rng = np.random.default_rng(rng_seed)
+    shape, tile, offset = (300, 500), 128, (17, 41)
+    store.update_record(config={"mode": "identity"}, done=-1)
+    source = store.create_source(shape)
+    pixels = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
+    for t in grid(shape, 256):
+        source.write(t, pixels[(slice(None), *t.core.slices())])
+    canvas = store.canvas(0, 1, shape, tile, offset)
+    image = rng.uniform(0, 255, (3, *shape)).astype(np.float16)
+    for t in grid(shape, tile, offset):
+        canvas.write(t, image[(slice(None), *t.core.slices())])
+    store.update_record(done=0, canvas=canvas.record())
+    store.keep_metadata({"exif": b"Exif\0\0 bytes", "xmp": b"<x:xmpmeta/>"})
+    return {"pixels": pixels, "image": image, "shape": shape}
+
+
+def _folder_keys(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)).replace(os.sep, "/"): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_store_on_s3_is_the_folder_key_for_key(s3_env, tmp_path):
+    """Same calls, same keys, same bytes; the same pixels back through gigadream and zarr;
+    the record is one object that a reopened store reads."""
+    folder = Store.create(tmp_path / "local.gdstore")
+    wrote = _fill(folder)
+    url = s3_env.url("runs/one.gdstore")
+    store = Store.create(url)
+    assert store.remote and store.root == url
+    _fill(store)
+
+    local = _folder_keys(folder.path)
+    remote = {k: objects.get(objects.join(url, k)) for k in objects.keys_under(url)}
+    assert sorted(remote) == sorted(local)
+    assert [k for k in local if local[k] != remote[k]] == []
+    assert any(k.startswith("canvas/o0p1/c/0/") for k in remote)
+
+    _forget()
+    again = Store.open(url)
+    rec = again.record()
+    assert rec["done"] == 0 and rec["config"] == {"mode": "identity"}
+    assert json.loads(objects.get(objects.join(url, "run.json"))) == rec
+    box = Box(100, 290, 200, 480)      # straddles chunks of both grids
+    assert np.array_equal(again.source(0).read_uint8(box),
+                          np.moveaxis(wrote["pixels"][(slice(None), *box.slices())], 0, -1))
+    canvas = again.view(rec["canvas"])
+    assert canvas.layout.remote
+    assert np.array_equal(canvas.read(box, None), wrote["image"][(slice(None), *box.slices())])
+    # any zarr reader, through zarr's own object store, sees the same pixels
+    z = zarr.open_array(store=objects.zarr_store(objects.join(url, "source/0")), mode="r")
+    assert np.array_equal(z[:], wrote["pixels"])
+    assert again.input_metadata() == {"exif": b"Exif\0\0 bytes", "xmp": b"<x:xmpmeta/>"}
+
+    again.drop_canvases(0)                # object storage has no spares: the canvas is gone
+    assert not again.exists("canvas/o0p1") and not again.exists("spare")
+    again.remove()
+    assert objects.keys_under(url) == []
+
+
+def test_chunk_write_is_one_put(s3_env):
+    """A chunk written twice reads back as the second, whole (a PUT replaces the object)."""
+    url = s3_env.url("runs/chunk.gdstore")
+    store = Store.create(url)
+    view = store.create_source((256, 256))
+    lay = view.layout
+    for value in (7, 9):
+        chunks.write(lay, 0, 0, np.full((3, 256, 256), value, dtype=np.uint8))
+    assert np.all(chunks.read(lay, 0, 256, 0, 256) == 9)
+    store.remove()
+
+
+def _refused(url: str, message: str) -> float:
+    """``Store.create(url)`` fails with one line matching ``message``; returns the seconds."""
+    _forget()
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match=message) as e:
+        Store.create(url)
+    took = time.monotonic() - t0
+    assert "\n" not in str(e.value) and took < 10
+    return took
+
+
+def test_missing_bucket(s3_env):
+    _refused("s3://no-such-bucket/run.gdstore", "bucket s3://no-such-bucket does not exist")
+
+
+def test_wrong_credentials(s3_env, monkeypatch):
+    url = s3_env.url("runs/refused.gdstore")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    _refused(url, "refused the credentials")
+    assert s3_env.secret not in url and "not-the-secret" not in url
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.secret)
+    _forget()
+    assert objects.keys_under(url) == []            # nothing written
+
+
+def test_unreachable_endpoint(s3_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3server.free_port()}")
+    _refused(s3_env.url("runs/nowhere.gdstore"), "cannot be reached")
+
+
+def test_cli_missing_bucket_is_one_line(s3_env, tmp_path, photos):
+    """The CLI's STORE takes a URL; a bad one is one line and a non-zero exit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "gigadream", "ingest", str(photos["chelsea_jpg"]),
+                        "s3://no-such-bucket/x.gdstore"], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0], p.stderr
+    assert s3_env.secret not in p.stderr and s3_env.key_id not in p.stderr
+    assert list(tmp_path.iterdir()) == []           # no folder named after the URL
+
+
+def test_identity_run_through_s3_reproduces_the_input(s3_env, tmp_path):
+    """``run --store s3://…`` end to end (ingest, pyramid, two octaves of two passes on a
+    worker process that reads the server's variables from its environment, export): the
+    input back bit for bit, the store kept on the server with its record, no folder made."""
+    from conftest import read, save
+    from gigadream.config import load_config
+    from gigadream.pipeline import run
+    rng = np.random.default_rng(5)
+    image = save(rng.integers(0, 256, (151, 237, 3), dtype=np.uint8), tmp_path / "odd.png")
+    url = s3_env.url("runs/identity.gdstore")
+    cfg = load_config(None, ["mode=identity", "tiling.tile=64", "dream.octaves=2",
+                             "dream.passes=2", "export.tiff_compression=none"])
+    run(image, cfg, tmp_path / "out.tif", store_path=url)
+    np.testing.assert_array_equal(read(tmp_path / "out.tif"), read(image))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.png", "out.tif", "out.tif.yaml"]
+    _forget()
+    rec = Store.open(url).record()
+    assert rec["done"] == 3 and "result" in rec
+    assert s3_env.secret not in json.dumps(rec) + (tmp_path / "out.tif.yaml").read_text()
+    Store.open(url).remove()
+
+
+def test_an_image_streams_from_s3(s3_env, photos):
+    """libvips decodes an object through ``open_source`` as it decodes the file."""
+    import pyvips
+    from conftest import read
+    url = s3_env.url("inputs/chelsea.jpg")
+    objects.put(url, photos["chelsea_jpg"].read_bytes())
+    im = pyvips.Image.new_from_source(objects.open_source(url), "", access="sequential")
+    assert np.array_equal(im.numpy(), read(photos["chelsea_jpg"]))
+    from gigadream.errors import InputError
+    with pytest.raises(InputError, match="not found"):
+        objects.open_source(s3_env.url("inputs/missing.jpg"))
