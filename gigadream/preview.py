@@ -171,11 +171,27 @@ def context(cfg: Config, shape: tuple[int, int], side: int) -> int:
     return min(math.ceil(reach / 2) + cfg.far_margin, side // 2)
 
 
-def far_shape(shape: tuple[int, int], pixels: int = FAR_PIXELS) -> tuple[int, int]:
-    """The far view's shape: about ``pixels``, the image's own where it is smaller."""
+def far_shape(shape: tuple[int, int], pixels: int = FAR_PIXELS, cfg: Config | None = None
+              ) -> tuple[int, int]:
+    """The far view's shape: about ``pixels``, the image's own where it is smaller. Each side
+    is the one within 1 % of the exact scale whose octaves under ``cfg`` most often end on
+    the network's stride: then its edge tiles' windows end there too (``tiling.aligned``),
+    where the CPU's convolutions are fast."""
     h, w = shape
     f = min(1.0, math.sqrt(pixels / (h * w)))
-    return max(1, round(h * f)), max(1, round(w * f))
+    if f == 1.0 or cfg is None:
+        return max(1, round(h * f)), max(1, round(w * f))
+    exact = (max(1, round(h * f)), max(1, round(w * f)))
+    octaves, scale = cfg.octaves(exact)
+
+    def aligned_octaves(side: int) -> int:
+        return sum(octave_shape((side, side), scale, k)[0] % cfg.align == 0
+                   for k in range(octaves))
+
+    def best(side: int) -> int:
+        near = range(max(1, side - side // 100), side + side // 100 + 1)
+        return max(near, key=lambda s: (aligned_octaves(s), -abs(s - side)))
+    return best(exact[0]), best(exact[1])
 
 
 def pyramid_levels(shape: tuple[int, int], scale: float, octaves: int, far: tuple[int, int]) -> int:
@@ -332,7 +348,7 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     mode = mode_for(cfg)
     mode.check()
     check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
-    far = far_shape(shape, far_pixels)
+    far = far_shape(shape, far_pixels, cfg)
     octaves, scale = mode.octaves(shape)
     margin = context(cfg, shape, side)
     window = context_window(Box(0, side, 0, side), margin, shape).shape

@@ -10,7 +10,9 @@ import pytest
 
 from conftest import read, save, sha256
 from gigadream.cli import main
-from gigadream.preview import crop_box, detail_map, pick_crops
+from gigadream.config import load_config
+from gigadream.preview import crop_box, detail_map, far_shape, pick_crops
+from gigadream.resample import octave_shape
 
 
 # ---- where the crops go (pure functions, no model) ----
@@ -60,6 +62,19 @@ def test_auto_crops_are_busy_and_spread(photos):
              for y in range(0, img.shape[0] - side + 1, 64) for x in range(0, img.shape[1] - side + 1, 64)]
     for b in boxes:
         assert detail[b.slices()].mean() > np.median(every), b
+
+
+def test_the_far_views_octaves_end_on_the_stride_more_often_than_the_exact_scales():
+    cfg = load_config("impressionist")          # stride 4 (relu3_3), 4 octaves × 1.4
+    for shape in [(15000, 20000), (12000, 25000), (7001, 9999)]:
+        exact, far = far_shape(shape), far_shape(shape, cfg=cfg)
+
+        def ends(side: int) -> int:
+            return sum(octave_shape((side, side), 1.4, k)[0] % 4 == 0 for k in range(4))
+        for e, f in zip(exact, far):
+            assert abs(f - e) <= e // 100 and ends(f) >= max(2, ends(e))
+        assert abs(far[0] * far[1] / 2e6 - 1) < 0.03
+    assert far_shape((600, 800), cfg=cfg) == (600, 800)       # small: the image itself
 
 
 def test_a_crop_at_the_edge_moves_inside_the_image():
