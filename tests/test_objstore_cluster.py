@@ -42,7 +42,7 @@ ROOT = Path(gigadream.__file__).resolve().parent.parent
 # everywhere: a CPU's reductions round by their thread count.
 CONFIGS = {
     "dream": """mode: dream
-dream: {layers: [relu2_2], octaves: 2, passes: 2, iterations: 1, calibration_tiles: 2}
+dream: {layers: [relu2_2], octaves: 2, passes: 1, iterations: 1, calibration_tiles: 2}
 tiling: {tile: 64}
 engine: {threads: 1, batch: 1}
 export: {tiff_compression: none}
@@ -226,26 +226,28 @@ def test_a_cluster_sharing_only_s3_equals_the_local_run(s3_env, cluster, client_
     assert rec["done"] >= 1 and "result" in rec
 
 
-def test_a_client_killed_mid_pass_resumes_from_s3(s3_env, client_dir, tmp_path):
-    """kill -9 of ``gigadream run`` in octave 0's first pass; the same command then resumes
+def test_a_client_killed_mid_pass_resumes_from_s3(s3_env, cluster, client_dir, tmp_path):
+    """kill -9 of ``gigadream run`` in octave 0's pass, its workers on the cluster
+    (a laptop's client lost, the rented machines still up); the same command then resumes
     after the passes the record on the server holds, to the uninterrupted result."""
-    s3 = s3_env
-    url = s3.url("resume/dream.gdstore")
+    url = s3_env.url("resume/dream.gdstore")
+    config = tmp_path / "dream.yaml"
+    config.write_text(CONFIGS["dream"].replace("engine: {", "engine: {scheduler: "
+                                               f"'{cluster['address']}', "))
     env, mark = marked_env()
-    env = {**env, **_env(s3)}
-    out, config = tmp_path / "out.tif", client_dir / "dream.yaml"
-    r = harness(client_dir / "cat.png", out, url, config, "pass:2:3", env=env)
+    out = tmp_path / "out.tif"
+    r = harness(client_dir / "cat.png", out, url, config, "pass:1:3", env={**env, **_env(s3_env)})
     assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr[-2000:]
     assert not out.exists()
     assert_no_orphans(mark)
     record = json.loads(_keys(url)["run.json"])
-    assert record["done"] == 1 and "result" not in record
-    resumed = harness(client_dir / "cat.png", out, url, config, env=_env(s3))
+    assert record["done"] == 0 and "result" not in record
+    resumed = harness(client_dir / "cat.png", out, url, config, env=_env(s3_env))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     stages = [ln.split()[1] for ln in resumed.stdout.splitlines() if ln.startswith("stage")]
     assert "ingest" not in stages and "resume" in stages, resumed.stdout
     np.testing.assert_array_equal(read(out), reference(client_dir, "dream"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "out.tif.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dream.yaml", "out.tif", "out.tif.yaml"]
 
 
 @pytest.mark.parametrize("case, overrides, bucket, message", [
@@ -282,30 +284,42 @@ def _worker_process(nanny: subprocess.Popen) -> psutil.Process:
     return worker
 
 
-def test_a_worker_killed_mid_pass_is_replaced_and_the_result_is_the_same(s3, cluster,
+def _pass_tiles(events: Path) -> tuple[int, int]:
+    """(passes begun, tiles done in the latest) of a run's ``--events`` file."""
+    lines = [json.loads(ln) for ln in events.read_text().splitlines()] if events.exists() else []
+    began = [i for i, e in enumerate(lines) if e.get("name") == "pass"]
+    if not began:
+        return 0, 0
+    return len(began), sum(e["event"] == "Work" for e in lines[began[-1]:])
+
+
+def test_a_worker_killed_mid_pass_is_replaced_and_the_result_is_the_same(s3_env, cluster,
                                                                           client_dir):
-    """kill -9 of one worker process while octave 0's first pass runs: Dask runs its tiles
-    on the other worker (and on the one its nanny starts again); the result is the same."""
-    url = s3.url("killed-worker/dream.gdstore")
+    """kill -9 of one worker process while it runs tiles of octave 0's pass: Dask runs
+    them again on the other worker (and on the one its nanny starts anew); the result is the
+    same."""
+    from distributed import Client
+    url = s3_env.url("killed-worker/dream.gdstore")
     events = client_dir / "killed-worker.jsonl"
-    with open(client_dir / "killed-worker.err", "w+") as err:
+    victim = _worker_process(cluster["procs"][1])
+    with open(client_dir / "killed-worker.err", "w+") as err, \
+            Client(cluster["address"], timeout="30s") as watch:
+        address = next(a for a, w in watch.scheduler_info()["workers"].items()
+                       if w["name"] == "worker1")
         p = subprocess.Popen([sys.executable, "-m", "gigadream", "run", "cat.png", "-o",
                               "killed-worker.tif", "--config", "dream.yaml", "--store", url,
                               "--scheduler", cluster["address"], "-q", "--events", events],
-                             cwd=client_dir, env=_env(s3), stderr=err)
-        victim = _worker_process(cluster["procs"][1])
-        passes = tiles = 0
+                             cwd=client_dir, env=_env(s3_env), stderr=err)
         deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None:
-            lines = events.read_text().splitlines() if events.exists() else []
-            passes = sum('"name": "pass"' in ln for ln in lines)
-            tiles = sum('"event": "Work"' in ln for ln in lines[max(i for i, ln in enumerate(
-                lines) if '"name": "pass"' in ln):]) if passes else 0
-            if passes == 3 and tiles >= 2:
+        while p.poll() is None and time.time() < deadline:
+            passes, tiles = _pass_tiles(events)
+            if passes == 2 and tiles >= 2 and watch.processing([address])[address]:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert p.poll() is None, "the run ended before the kill"
+        busy = watch.processing([address])[address]
         victim.kill()
+        assert busy, "the killed worker had no tile to run"
         assert p.wait(300) == 0, err.seek(0) or err.read()[-3000:]
     np.testing.assert_array_equal(read(client_dir / "killed-worker.tif"),
                                   reference(client_dir, "dream"))
