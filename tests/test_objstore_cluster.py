@@ -104,39 +104,63 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
+# A worker sees an empty, unreadable folder where the test's folders are (the client's among
+# them), as a worker on another machine sees nothing of the client's: a mount namespace of its
+# own with a tmpfs over them. Where this test may not (no CAP_SYS_ADMIN), workers see them.
+HIDE = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+        'mount -t tmpfs -o size=4k,mode=000 elsewhere "$0" && exec "$@"']
+
+
+def _hidden(folder: Path) -> list[str]:
+    """The command prefix that hides ``folder`` from what it starts, or [] where it cannot."""
+    probe = subprocess.run([*HIDE, str(folder), "true"], capture_output=True)
+    return [*HIDE, str(folder)] if probe.returncode == 0 else []
+
+
 @pytest.fixture(scope="module")
 def cluster(s3, tmp_path_factory):
     """A scheduler and two workers, each in an empty folder of its own; the workers have the
-    S3 server's variables, the scheduler none. Yields the address and the folders."""
+    S3 server's variables (the scheduler none) and cannot see the test's folders
+    (``_hidden``). Yields the address, the workers' folders and processes."""
+    import shutil
+    import tempfile
     d = tmp_path_factory.mktemp("cluster")
     address_file = d / "scheduler" / "address.json"
     procs: list[subprocess.Popen] = []
+    hide = _hidden(tmp_path_factory.getbasetemp())
+    folders: list[Path] = []
 
-    def start(name: str, env: dict, *args: str) -> Path:
-        cwd = d / name
-        cwd.mkdir()
+    def start(name: str, env: dict, *args: str, prefix: tuple = ()) -> None:
         with open(d / f"{name}.log", "w") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
-        return cwd
+            procs.append(subprocess.Popen([*prefix, sys.executable, "-m", *args],
+                                          cwd=env["HOME"], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
-        start("scheduler", _env(), "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-              "--port", "0", "--no-dashboard", "--scheduler-file", str(address_file))
+        (d / "scheduler").mkdir()
+        start("scheduler", {**_env(), "HOME": str(d / "scheduler")},
+              "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+              "--no-dashboard", "--scheduler-file", str(address_file))
         end = time.time() + 60
         while not address_file.exists() and time.time() < end:
             time.sleep(0.1)
         address = json.loads(address_file.read_text())["address"]
-        folders = [start(f"worker{i}", _env(s3), "distributed.cli.dask_worker", address,
-                         "--host", "127.0.0.1", "--nthreads", "2", "--memory-limit", "0",
-                         "--no-dashboard", "--name", f"worker{i}") for i in range(2)]
+        for i in range(2):
+            # outside the test's folders, which it will not see
+            folders.append(Path(tempfile.mkdtemp(prefix=f"gigadream-worker{i}-")))
+            start(f"worker{i}", {**_env(s3), "HOME": str(folders[-1])},
+                  "distributed.cli.dask_worker", address, "--host", "127.0.0.1",
+                  "--nthreads", "2", "--memory-limit", "0", "--no-dashboard",
+                  "--name", f"worker{i}", prefix=hide)
         from distributed import Client
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
-        yield {"address": address, "folders": folders, "procs": procs[1:]}
+        yield {"address": address, "folders": folders, "procs": procs[1:],
+               "hidden": bool(hide)}
     finally:
         _stop(procs)
+        for f in folders:
+            shutil.rmtree(f, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +245,11 @@ def test_a_cluster_sharing_only_s3_equals_the_local_run(s3_env, cluster, client_
                                   reference(client_dir, mode))
     for folder in cluster["folders"]:
         assert [p.name for p in folder.iterdir()] == [], "a worker wrote into its folder"
+    if cluster["hidden"]:           # the workers could not have read the client's files
+        from distributed import Client
+        with Client(cluster["address"], timeout="30s") as client:
+            seen = client.run(os.access, str(client_dir / "styles" / "coffee.jpg"), os.R_OK)
+        assert list(seen.values()) == [False, False]
     assert not list(client_dir.glob("*:*")) and not (client_dir / "s3:").exists()
     rec = json.loads(_keys(url)["run.json"])
     assert rec["done"] >= 1 and "result" in rec
