@@ -306,6 +306,51 @@ def test_a_bad_store_url_is_one_line_and_writes_nothing(s3_env, client_dir, tmp_
     assert objects.keys_under(s3.url("bad")) == []
 
 
+def _signed_put(s3, key: str, body: bytes, sent: int) -> int | None:
+    """A PUT of ``body`` at ``key``, signed as any S3 client signs it, whose sender stops
+    after ``sent`` bytes of the body and drops the connection (as a killed process's
+    kernel does); the response's status where it sent all."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    path = f"/{s3.bucket}/{key}"
+    request = AWSRequest("PUT", s3.endpoint + path, headers={
+        "x-amz-content-sha256": "UNSIGNED-PAYLOAD", "Content-Length": str(len(body))})
+    S3SigV4Auth(Credentials(s3.key_id, s3.secret), "s3", s3server.REGION).add_auth(request)
+    at = urlsplit(s3.endpoint)
+    conn = http.client.HTTPConnection(at.hostname, at.port, timeout=10)
+    conn.putrequest("PUT", path)
+    for k, v in request.headers.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    conn.send(body[:sent])
+    if sent < len(body):
+        conn.close()
+        return None
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_put_cut_short_leaves_the_old_object(s3_env):
+    """What a worker or client killed while writing leaves: a chunk's (or the record's) PUT
+    whose body stops halfway stores nothing, and readers see the old object. The engine's
+    retries rest on this: a killed tile's chunk is the old one or the whole new one, and a
+    retry writes the same bytes over either; the record is the last one written."""
+    from gigadream import objects
+    url = s3_env.url("cut/chunk")
+    old, new = bytes(1 << 20), b"\x01" * (8 << 20)
+    objects.put(url, old)
+    assert _signed_put(s3_env, "cut/chunk", new, len(new) // 2) is None
+    time.sleep(0.3)                        # the server has seen the connection drop
+    assert objects.get(url) == old
+    assert _signed_put(s3_env, "cut/chunk", new, len(new)) == 200     # whole, it is stored
+    assert objects.get(url) == new
+
+
 def _worker_process(nanny: subprocess.Popen) -> psutil.Process:
     """The worker process a ``dask worker`` nanny started (it runs the tasks)."""
     [worker] = [p for p in psutil.Process(nanny.pid).children()
