@@ -347,7 +347,7 @@ def style_pixels(path: str, long_side: int) -> np.ndarray:
     computes the targets (at most 3 MB an image), so workers on other machines need no copy
     of the file."""
     from ..ingest import open_image
-    im = open_image(path)
+    im = open_image(path, role="style image")
     scale = min(1.0, long_side / max(im.width, im.height))
     if scale < 1.0:
         im = im.resize(scale, kernel="lanczos3")
