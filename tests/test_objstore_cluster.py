@@ -1,7 +1,8 @@
 """Runs whose machines share only object storage (issue 20): a real S3 server on loopback
 (``s3server``), a real ``dask scheduler`` and two ``dask worker`` processes, each started in an
-empty folder of its own with nothing but the server's variables, and ``gigadream`` in a third
-folder holding the input and style image. Nothing reaches a worker through a folder: the
+empty folder of its own, the workers with the server's variables and, where the test may, a
+view of the files without the test's folders (``_hidden``); ``gigadream`` runs in a third
+folder holding the input and the style image. Nothing reaches a worker through a folder: the
 store is at ``s3://``, the style image travels as pixels, the weights are the installed
 package's. Each result equals the same config's run on the local disk, pixel for pixel:
 
@@ -11,8 +12,8 @@ package's. Each result equals the same config's run on the local disk, pixel for
 - the client killed (SIGKILL) mid-pass, then the same command: resumed from the record on the
   server, identical;
 - a worker killed mid-pass: Dask runs its tiles again elsewhere, identical (a tile writes whole
-  chunks of a canvas no tile reads until the pass is done, each one PUT, which a kill leaves
-  undone or done, never half done);
+  chunks of a canvas no tile reads until the pass is done, each one PUT, and a PUT cut short
+  stores nothing: the old object stays);
 - a missing bucket, refused credentials, an unreachable endpoint: ``run`` says so in one line
   within seconds, writing nothing.
 """
@@ -33,7 +34,7 @@ import pyvips
 
 import gigadream
 import s3server
-from conftest import read, save
+from conftest import read
 from test_resume import assert_no_orphans, harness, marked_env
 
 ROOT = Path(gigadream.__file__).resolve().parent.parent
@@ -211,7 +212,7 @@ def test_ingest_and_export_through_s3_equal_the_folders(s3_env, tmp_path):
     from gigadream.store import forget_arrays
     im = pyvips.Image.new_from_array(np.ascontiguousarray(skimage.data.astronaut()[:192, ::2])) \
         .copy(interpretation="srgb")
-    im.set_type(pyvips.GValue.gint_type, "orientation", 6)    # 256 × 192 stored, 192 × 256 upright
+    im.set_type(pyvips.GValue.gint_type, "orientation", 6)  # 256 × 192 stored, 192 × 256 upright
     im.write_to_file(str(tmp_path / "rot.jpg"), Q=90)
     url = s3_env.url("ingest/rot.gdstore")
     settings = ["--set", "dream.octaves=2", "--set", "tiling.wrap=x", "-q"]
