@@ -493,7 +493,9 @@ class StyleMode(Mode):
         """The style Grams at this octave's size, computed once, on a worker (they stay
         there: each tile task reads them). The style images are decoded here, on the
         client, and travel as pixels: the workers of a cluster on other machines share no
-        folder with it (the store may be on object storage)."""
+        folder with it (the store may be on object storage). The pixels are the task's
+        argument, not scattered data: where the worker holding the Grams dies, Dask computes
+        them again elsewhere."""
         s, m = self.cfg.style, self.cfg.model
         self.content = source
         side = style_side(s.style_scale, self.extent(octave, view.shape))
