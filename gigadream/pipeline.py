@@ -97,9 +97,10 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     (``Mode.begin_octave``: ``Run.shared``). ``cluster``: a
     started cluster to run on, which the run leaves running (one cluster for many runs:
     its workers start and load the model once)."""
-    # Workers on other machines open the style images and weights too. run.json and OUT.yaml
-    # then name them absolutely: OUT.yaml reproduces the run from any folder, and a resume
-    # from another folder whose relative paths name other files is refused.
+    # Style images and weights named absolutely in run.json and OUT.yaml: OUT.yaml reproduces
+    # the run from any folder, and a resume from another folder whose relative paths name
+    # other files is refused. (Workers open the weights file by this path; the style images
+    # reach them as pixels.)
     cfg = cfg.resolved(Path.cwd())
     input_path, out = Path(input_path), Path(out)
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing

@@ -268,7 +268,11 @@ def downsample_tile(source: ArrayView, target: ArrayView, tile: Tile) -> dict:
 
 def is_store(path: Path | str) -> bool:
     if objects.is_url(path):
-        text = objects.get(objects.join(path, "zarr.json"))
+        try:
+            text = objects.get(objects.join(path, "zarr.json"))
+        except StoreError:
+            objects.check(path)     # the same line, naming the store rather than its zarr.json
+            raise
         if text is None:
             return False
     else:

@@ -4,6 +4,7 @@ with the number of worker processes it has at each.
 
     python run_and_kill.py INPUT OUT STORE CONFIG WHEN
 
+STORE may be a folder or a URL (s3://bucket/prefix, credentials from the environment).
 WHEN: never | ingest (after the first rows) | pass:I:N (after N tiles of pass I, 0-based) |
 export (after the first rows of the export) | worker:I:N (kill a worker process there instead).
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from gigadream.config import load_config
+from gigadream.objects import store_location
 from gigadream.pipeline import Rows, Stage, Work, run
 
 
@@ -63,7 +65,8 @@ def main() -> None:
                       flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    run(Path(src), load_config(config), Path(out), store_path=Path(store), on_event=on_event)
+    run(Path(src), load_config(config), Path(out), store_path=store_location(store),
+        on_event=on_event)
     print("finished", flush=True)
 
 

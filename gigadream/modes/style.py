@@ -339,12 +339,19 @@ def add_stats(*stats: dict) -> dict:
 
 def load_style_image(path: str, long_side: int) -> np.ndarray:
     """(3, h, w) float32 0-255 sRGB, resized (down only) so its long side is ``long_side``."""
+    return style_pixels(path, long_side).astype(np.float32)
+
+
+def style_pixels(path: str, long_side: int) -> np.ndarray:
+    """(3, h, w) uint8 sRGB of ``load_style_image``: what the client sends the worker that
+    computes the targets (at most 3 MB an image), so workers on other machines need no copy
+    of the file."""
     from ..ingest import open_image
-    im = open_image(path)
+    im = open_image(path, role="style image")
     scale = min(1.0, long_side / max(im.width, im.height))
     if scale < 1.0:
         im = im.resize(scale, kernel="lanczos3")
-    return im.numpy().transpose(2, 0, 1).astype(np.float32)
+    return np.ascontiguousarray(im.numpy().transpose(2, 0, 1))
 
 
 def style_targets(images: tuple[str, ...], blend: tuple[float, ...] | None, model: str,
@@ -363,7 +370,8 @@ def targets_of(pixels: list[np.ndarray], blend: tuple[float, ...] | None, model:
     image's (``pixels``: (3, h, w) float32 0-255) Gram normalised by C·H·W, blended by weight
     (neural-style's -style_blend_weights, normalised to sum 1); and ``scales``, the mean
     square activation of every layer of the model over the style images (blended alike), the
-    content loss's normaliser. On ``device`` (None: the worker's)."""
+    content loss's normaliser. On ``device`` (None: the worker's). ``pixels`` may be uint8
+    (``style_pixels``): they are taken as float32."""
     import torch
 
     from ..devices import device as own_device
@@ -378,7 +386,8 @@ def targets_of(pixels: list[np.ndarray], blend: tuple[float, ...] | None, model:
     with model_step():   # beside the tile tasks of the worker's other thread; decoding before
         for p, w in zip(pixels, blend):
             with torch.no_grad():
-                acts = net(torch.from_numpy(p)[None].to(dev), every, pooling)
+                acts = net(torch.from_numpy(p.astype(np.float32))[None].to(dev), every,
+                           pooling)
             for n, f in acts.items():
                 scales[n] = scales.get(n, 0.0) + float(f.double().pow(2).mean()) * (w / total)
             for n, _ in layers:
@@ -482,14 +491,18 @@ class StyleMode(Mode):
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
         """The style Grams at this octave's size, computed once, on a worker (they stay
-        there: each tile task reads them)."""
+        there: each tile task reads them). The style images are decoded here, on the
+        client, and travel as pixels: the workers of a cluster on other machines share no
+        folder with it (the store may be on object storage). The pixels are the task's
+        argument, not scattered data: where the worker holding the Grams dies, Dask computes
+        them again elsewhere."""
         s, m = self.cfg.style, self.cfg.model
         self.content = source
-        self.target = run.executor.remote(style_targets, s.images, s.blend_weights, m.name,
+        side = style_side(s.style_scale, self.extent(octave, view.shape))
+        pixels = [style_pixels(p, side) for p in s.images]
+        self.target = run.executor.remote(targets_of, pixels, s.blend_weights, m.name,
                                           m.weights, s.pooling,
-                                          self.cfg.style_layer_list("style_layers"),
-                                          style_side(s.style_scale,
-                                                     self.extent(octave, view.shape)))
+                                          self.cfg.style_layer_list("style_layers"))
 
     def processor(self, pp: PassPlan, first: bool) -> StyleTransfer:
         """``first`` marks the run's first pass, where ``init: random`` applies; a whole pass
