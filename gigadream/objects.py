@@ -124,10 +124,18 @@ def _code(text: str) -> str:
 
 def get(url: str) -> bytes | None:
     """The object at ``url``; None where there is none."""
+    data = get_buffer(url)
+    return None if data is None else bytes(data)
+
+
+def get_buffer(url: str) -> memoryview | None:
+    """The object at ``url`` as a read-only view of the bytes obstore received (no copy: a
+    chunk's 1.5 MB copied costs ~0.3 ms, a tenth of its GET on loopback); None where there is
+    none."""
     import obstore as obs
     base, key = _split(url)
     try:
-        return bytes(obs.get(_bucket(base), key).bytes())
+        return memoryview(obs.get(_bucket(base), key).bytes())
     except FileNotFoundError as e:      # obstore's "not found", of the object or the bucket
         if "NoSuchBucket" in str(e):
             raise _errors(url, e) from e
