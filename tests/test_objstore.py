@@ -295,6 +295,8 @@ def test_an_upload_that_fails_leaves_nothing(s3_env, monkeypatch):
     (["run", "{src}"], r"is an object store's URL: name the result with -o"),
     (["run", "{src}", "-o", "{out_tif}"], r"only a JPEG is uploaded to a URL"),
     (["ingest", "{missing}", "{tmp}/x.gdstore"], r"input s3://\S+ not found"),
+    (["run", "{src}", "-o", "{out}", "--set", "mode=style", "--set", "style={missing}"],
+     r"style image s3://\S+/in/missing.jpg not found; check the URL"),
 ])
 def test_url_input_and_output_refused_in_one_line(s3_env, tmp_path, photos, capsys, args,
                                                   message):
@@ -303,7 +305,8 @@ def test_url_input_and_output_refused_in_one_line(s3_env, tmp_path, photos, caps
     objects.put(src, photos["chelsea_jpg"].read_bytes())
     fill = {"missing": s3_env.url("in/missing.jpg"), "src": src, "tmp": str(tmp_path),
             "out": s3_env.url("refused/x.jpg"), "out_tif": s3_env.url("refused/x.tif")}
-    code = main([a.format(**fill) for a in args] + ["--set", "mode=identity"])
+    mode = [] if "mode=style" in args else ["--set", "mode=identity"]
+    code = main([a.format(**fill) for a in args] + mode)
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1, err
     assert re.search(message, err), err
