@@ -62,7 +62,7 @@ def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None =
     A group that runs out of GPU memory is retried smaller (``_fitting``): the task, and the
     pass, go on."""
     stats = []
-    with chunks.background_puts():  # a store on object storage: PUTs overlap the next tiles
+    with chunks.task_io():      # a store on object storage: PUTs overlap the next tiles
         for group in _model_groups(tasks, batch):
             stats += _process(group, data)
     release_freed_memory()

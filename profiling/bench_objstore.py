@@ -15,6 +15,7 @@ own machines: the ratio here is a floor for a rented GPU box against S3.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -66,32 +67,33 @@ class Traffic:
                          f" ({self.bytes[k] / tiles / 1e6:.2f} MB)" for k in sorted(self.n))
 
 
-def _tile_io(store, n: int = 8) -> tuple[float, float, str]:
-    """Mean seconds of one identity tile's window read (a 512 px tile on a grid shifted by
-    half a tile against the canvas's chunks: it straddles four) and of its chunk's write,
-    and the requests per tile, through ``ArrayView`` as a pass's tiles do."""
+def _tile_io(store) -> tuple[float, float, str]:
+    """Mean seconds of one identity tile's window read and of its chunk's write, and the
+    requests per tile, through ``ArrayView`` in one task's I/O block as a pass's tiles do
+    (``engine.run_tiles``). The tiles: a row-major grid shifted by half a tile against the
+    canvas's chunks, so that each window straddles four, two rows of four full tiles."""
     from gigadream import chunks
     from gigadream.tiling import grid
     rng = np.random.default_rng(0)
-    shape = (TILE * 3, TILE * 3)
+    shape = (TILE * 3, TILE * 5)
     src = store.canvas(9, 0, shape, TILE, (0, 0))
     dst = store.canvas(9, 1, shape, TILE, (TILE // 2, TILE // 2))
     full = rng.uniform(0, 255, (3, TILE, TILE)).astype(np.float16)
     lay = src.layout
-    for iy in range(4):
-        for ix in range(4):
+    for iy in range(lay.shape[1] // TILE):
+        for ix in range(lay.shape[2] // TILE):
             chunks.write(lay, iy, ix, full)
     tiles = [t for t in grid(shape, TILE, (TILE // 2, TILE // 2)) if t.core.shape == (TILE, TILE)]
-    tiles = (tiles * n)[:n]
     with Traffic() as traffic:
-        t0 = time.perf_counter()
-        windows = [src.read(t.window, None) for t in tiles]
-        t1 = time.perf_counter()
-        with chunks.background_puts():      # as a task's tiles write (engine.run_tiles)
+        with chunks.task_io():
+            t0 = time.perf_counter()
+            windows = [src.read(t.window, None) for t in tiles]
+            t1 = time.perf_counter()
             for t, w in zip(tiles, windows):
                 dst.write(t, w)
-        t2 = time.perf_counter()
+        t2 = time.perf_counter()            # the block's end waits for the PUTs
     store.drop_canvases(9)
+    n = len(tiles)
     return (t1 - t0) / n, (t2 - t1) / n, traffic.line(n)
 
 

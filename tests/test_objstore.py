@@ -8,6 +8,7 @@ each one line within seconds, with nothing written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import os
@@ -311,3 +312,32 @@ def test_url_input_and_output_refused_in_one_line(s3_env, tmp_path, photos, caps
     assert code != 0 and len(err.splitlines()) == 1, err
     assert re.search(message, err), err
     assert objects.keys_under(s3_env.url("refused")) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_task_s_puts_finish_with_it(s3_env):
+    """Within ``chunks.task_io`` a chunk's PUT goes on in the background: the block ends
+    with every PUT done, or with the first failure; a chunk read twice is fetched once."""
+    url = s3_env.url("runs/task.gdstore")
+    store = Store.create(url)
+    lay = store.create_source((512, 512)).layout
+    with chunks.task_io():
+        for i in range(4):
+            chunks.write(lay, i // 2, i % 2, np.full((3, 256, 256), i, dtype=np.uint8))
+    assert [np.unique(chunks.read(lay, 256 * (i // 2), 256 * (i // 2 + 1),
+                                  256 * (i % 2), 256 * (i % 2 + 1))).tolist()
+            for i in range(4)] == [[0], [1], [2], [3]]
+    got = []
+    get = objects.get_buffer
+    with chunks.task_io():
+        objects.get_buffer = lambda u: got.append(u) or get(u)
+        try:
+            chunks.read(lay, 0, 300, 0, 300)
+            chunks.read(lay, 100, 400, 100, 400)
+        finally:
+            objects.get_buffer = get
+    assert len(got) == 4
+    missing = dataclasses.replace(lay, path="s3://no-such-bucket/x/source/0")
+    with pytest.raises(StoreError, match="does not exist"):
+        with chunks.task_io():
+            chunks.write(missing, 0, 0, np.zeros((3, 256, 256), dtype=np.uint8))
+    store.remove()
