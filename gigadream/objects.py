@@ -243,6 +243,7 @@ def upload(url: str, role: str = "output"):
     ends without an exception; on one the upload is aborted, so nothing half-written lands
     under the final name (nor does an unfinished upload stay: tested)."""
     import obstore as obs
+    from obstore import exceptions as ox
     base, key = _split(url)
     try:
         writer = obs.open_writer(_bucket(base), key, buffer_size=PART_BYTES, max_concurrency=4)
@@ -251,13 +252,8 @@ def upload(url: str, role: str = "output"):
     try:
         with writer:            # leaving it by an exception aborts the upload
             yield writer
-    except (StoreError, KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:  # noqa: BLE001 -- a failed part or completion: which, in one line
-        from obstore import exceptions as ox
-        if isinstance(e, ox.BaseError):
-            raise _errors(url, e, role) from e
-        raise
+    except ox.BaseError as e:   # a part or the completion refused: which, in one line
+        raise _errors(url, e, role) from e
 
 
 def zarr_store(url: str):
