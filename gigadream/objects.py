@@ -238,15 +238,16 @@ def get_ranges(url: str, ranges: list[tuple[int, int]], role: str = "input") -> 
 @contextlib.contextmanager
 def upload(url: str, role: str = "output"):
     """A writable file whose bytes become the object at ``url`` (obstore's ``open_writer``:
-    a multipart upload in parts of ``PART_BYTES``, a few in flight; an object smaller than
-    one part is one PUT at the end). The object appears under its name only when the block
+    a multipart upload in parts of ``PART_BYTES``, ``PARTS_IN_FLIGHT`` sent at once; an
+    object smaller than one part is one PUT at the end). The object appears under its name only when the block
     ends without an exception; on one the upload is aborted, so nothing half-written lands
     under the final name (nor does an unfinished upload stay: tested)."""
     import obstore as obs
     from obstore import exceptions as ox
     base, key = _split(url)
     try:
-        writer = obs.open_writer(_bucket(base), key, buffer_size=PART_BYTES, max_concurrency=4)
+        writer = obs.open_writer(_bucket(base), key, buffer_size=PART_BYTES,
+                                 max_concurrency=PARTS_IN_FLIGHT)
     except Exception as e:  # noqa: BLE001
         raise _errors(url, e, role) from e
     try:
@@ -271,8 +272,10 @@ def zarr_store(url: str):
 # link busy; libvips asks for 4-64 KB at a time.
 READ_BUFFER = 8 << 20
 # Part size of an uploaded output (S3 takes 5 MB to 5 GB a part, at most 10,000 parts: 16 MB
-# parts carry an image of up to 160 GB). Held in memory a part at a time, a few in flight.
+# parts carry an image of up to 160 GB). The part being filled and those in flight are held
+# in memory: 48 MB. Two in flight keep a link busy: a libvips JPEG encode makes tens of MB/s.
 PART_BYTES = 16 << 20
+PARTS_IN_FLIGHT = 2
 
 
 def open_source(url: str):
