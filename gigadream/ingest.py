@@ -82,7 +82,7 @@ def open_image(path: Path | str, role: str = "input"):
 def _open_object(url: str, role: str):
     """The image object at ``url``, decoded as it streams in."""
     pyvips = _vips()
-    found = objects.head(url)
+    found = objects.head(url, role if role in objects.ROLES else "input")
     if found is None:
         raise InputError(f"{role} {url} not found; check the URL")
     if found["size"] == 0:

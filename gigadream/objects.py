@@ -97,7 +97,8 @@ def _first_line(e: BaseException) -> str:
 
 
 # What each role's URL is called in a message, and the option that names it.
-ROLES = {"store": ("store", "--store"), "input": ("input", "INPUT"), "output": ("output", "-o")}
+ROLES = {"store": ("store", "--store"), "input": ("input", "INPUT"), "output": ("output", "-o"),
+         "style image": ("style image", "style.images")}
 
 
 def _errors(url: str, e: BaseException, role: str = "store") -> StoreError:
