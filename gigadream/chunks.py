@@ -16,7 +16,9 @@ each chunk is then one object, read whole with a GET and written whole with a PU
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
@@ -31,6 +33,13 @@ from . import objects
 # 200 KB copies to a pool cost more than it saved (a 512 px window of 256 px uint8 chunks:
 # 0.45 ms on the caller, 1.0 ms through 4 threads, measured).
 THREADS = 4
+# Threads that wait on an object store's requests, a process's: a tile's window is four
+# chunks, so a worker's two task threads each with a window in flight and a task's tiles'
+# PUTs behind them keep 16 busy. They wait, not compute (obstore releases the GIL).
+IO_THREADS = 16
+# Chunks of object storage a task keeps while it runs (``task_io``): a tile's window straddles
+# four, two of them its row neighbour's, so 8 (12 MB of float16 canvas) halve a pass's GETs.
+TASK_CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,11 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="gigadream-chunks")
 
 
+@functools.cache
+def _io_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="gigadream-io")
+
+
 _local = threading.local()
 
 
@@ -126,16 +140,18 @@ def _buffer(nbytes: int) -> np.ndarray:
     return buf[:nbytes]
 
 
-def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None) -> np.ndarray | None:
+def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None,
+          cache: _Chunks | None = None) -> np.ndarray | None:
     """Rows [r0:r1] of one chunk, (c, r1 - r0, cw); None where no file was written (it holds
     the fill value). A raw chunk's rows are read alone, channel by channel: a tile's window
     straddles its chunks, and reading them whole reads 4× the bytes it uses (float16 canvas,
     512 px tiles on another pass's grid). They lie in this thread's scratch buffer, valid
-    until the thread loads the next."""
+    until the thread loads the next. ``cache``: a task's chunks of object storage
+    (``task_io``)."""
     ch, cw = lay.chunk
     r1 = ch if r1 is None else r1
     if lay.remote:
-        return _get(lay, iy, ix, r0, r1)
+        return _get(lay, iy, ix, r0, r1, cache)
     try:
         f = open(lay.file(iy, ix), "rb", buffering=0)
     except FileNotFoundError:
@@ -154,31 +170,70 @@ def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None) -> 
     return np.frombuffer(data, dtype=lay.dtype).reshape(c, r1 - r0, cw)
 
 
-def _get(lay: Layout, iy: int, ix: int, r0: int, r1: int) -> np.ndarray | None:
+class _Chunks:
+    """The last ``size`` chunks a task read from object storage, by URL (None: no object);
+    shared by the I/O threads that fetch a window's chunks together."""
+
+    def __init__(self, size: int):
+        self.size, self.lock = size, threading.Lock()
+        self.held: collections.OrderedDict[str, np.ndarray | None] = collections.OrderedDict()
+
+    def get(self, url: str):
+        with self.lock:
+            if url not in self.held:
+                return _ABSENT
+            self.held.move_to_end(url)
+            return self.held[url]
+
+    def put(self, url: str, a: np.ndarray | None) -> None:
+        with self.lock:
+            self.held[url] = a
+            self.held.move_to_end(url)
+            while len(self.held) > self.size:
+                self.held.popitem(last=False)
+
+
+_ABSENT = object()
+
+
+def _get(lay: Layout, iy: int, ix: int, r0: int, r1: int,
+         cache: _Chunks | None = None) -> np.ndarray | None:
     """``_load`` from object storage: the whole object in one GET (a request costs
-    milliseconds, so rows are not fetched a channel at a time as from a file)."""
-    data = objects.get(lay.file(iy, ix))
-    if data is None:
-        return None
+    milliseconds, so rows are not fetched a channel at a time as from a file; on loopback
+    three ranged GETs of a chunk's rows cost the server 2.3× one whole GET, measured), or
+    from the task's ``cache``."""
+    url = lay.file(iy, ix)
+    a = _ABSENT if cache is None else cache.get(url)
+    if a is _ABSENT:
+        data = objects.get_buffer(url)
+        a = None if data is None else _chunk_array(lay, url, data)
+        if cache is not None:
+            cache.put(url, a)
+    return None if a is None else a[:, r0:r1]
+
+
+def _chunk_array(lay: Layout, url: str, data) -> np.ndarray:
+    """A chunk object's bytes as its (c, h, w) array (read-only: obstore's buffer)."""
     if lay.codec is not None:
         data = lay.codec.decode(data)
     a = np.frombuffer(data, dtype=lay.dtype)
     if a.size != lay.shape[0] * lay.chunk[0] * lay.chunk[1]:
-        raise OSError(f"chunk {lay.file(iy, ix)} is not a chunk's size")
-    return a.reshape(lay.shape[0], *lay.chunk)[:, r0:r1]
+        raise OSError(f"chunk {url} is not a chunk's size")
+    return a.reshape(lay.shape[0], *lay.chunk)
 
 
 def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """Pixels [y0:y1, x0:x1] of every channel, (c, h, w), decoding each chunk once."""
     out = np.empty((lay.shape[0], y1 - y0, x1 - x0), dtype=lay.dtype)
     ch, cw = lay.chunk
+    cache = getattr(_local, "cache", None) if lay.remote else None    # this thread's task's
 
     def fill(key: tuple[int, int]) -> None:
         iy, ix = key
         ya, yb = max(y0, iy * ch), min(y1, (iy + 1) * ch)
         xa, xb = max(x0, ix * cw), min(x1, (ix + 1) * cw)
         dst = out[:, ya - y0:yb - y0, xa - x0:xb - x0]
-        a = _load(lay, iy, ix, ya - iy * ch, yb - iy * ch)
+        a = _load(lay, iy, ix, ya - iy * ch, yb - iy * ch, cache)
         if a is None:
             dst[...] = lay.fill
         else:
@@ -186,7 +241,9 @@ def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
     rows, cols = lay.chunk_range(y0, y1, x0, x1)
     keys = [(iy, ix) for iy in rows for ix in cols]
-    if len(keys) > 1 and lay.codec is not None:    # decoding is work: spread it
+    if len(keys) > 1 and lay.remote:        # GETs wait milliseconds each: wait on them together
+        list(_io_pool().map(fill, keys))
+    elif len(keys) > 1 and lay.codec is not None:    # decoding is work: spread it
         list(_pool().map(fill, keys))
     else:
         for k in keys:
@@ -206,7 +263,14 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
     data = lay.codec.encode(a) if lay.codec is not None else a
     path = lay.file(iy, ix)
     if lay.remote:                          # one PUT: readers see the old chunk or the new
-        objects.put(path, memoryview(data).cast("B"))
+        cache = getattr(_local, "cache", None)
+        if cache is not None:           # read back, the chunk is what was written
+            cache.put(path, a)
+        pending = getattr(_local, "pending", None)
+        if pending is None:
+            objects.put(path, memoryview(data).cast("B"))
+        else:
+            pending.append(_io_pool().submit(objects.put, path, memoryview(data).cast("B")))
         return
     # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
     # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new
@@ -225,3 +289,29 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
                 done += os.write(fd, m[done:])
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def task_io():
+    """One task's I/O with object storage (a pass's tiles: ``engine.run_tiles``), on this
+    thread, for the block's length:
+
+    - ``write`` returns at once, its PUT on the I/O threads; the block ends when all are done
+      (the first failure raised). A tile's PUT (12-35 ms on loopback, more to a cloud) then
+      overlaps the next tile's read and processing instead of following it. What a task
+      writes is still all written when it returns. The arrays given to ``write`` must not
+      change within the block (a pass's tiles are fresh arrays).
+    - ``read`` fetches each chunk once while it is among the last ``TASK_CHUNKS`` read: a
+      tile's window shares two chunks with the one before it in its row. The arrays a pass
+      reads (the previous canvas, the sources) do not change while it runs, and a chunk
+      this task writes reads back as written."""
+    outer = getattr(_local, "pending", None), getattr(_local, "cache", None)
+    _local.pending, _local.cache = [], _Chunks(TASK_CHUNKS)
+    try:
+        yield
+        for f in _local.pending:
+            f.result()
+    finally:
+        for f in _local.pending:        # on failure: no PUT outlives the block
+            f.cancel() or f.exception()
+        _local.pending, _local.cache = outer

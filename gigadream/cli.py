@@ -8,13 +8,15 @@ from pathlib import Path
 
 from . import __version__, archs
 from .config import Config, field_help, load_config, presets_dir
-from .errors import DiskFullError, GigadreamError
-from .objects import store_location
+from .errors import ConfigError, DiskFullError, GigadreamError
+from . import objects
+from .objects import is_url, store_location
 
 # What -o / OUT may name; the formats are export.output_format's.
 OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
            "(deep zoom: NAME.dzi and tiles in NAME_files/) or .szi (the same in one zip); or a "
-           "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3")
+           "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3; or a JPEG at an object "
+           "store's URL, s3://bucket/key.jpg, uploaded as it is written")
 
 STUDIO_DIR = "gigadream-studio"
 MAX_UPLOAD_MB = 8192
@@ -78,9 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "deep zoom) and, beside it, OUT.yaml: the resolved config that "
                                    "reproduces it.",
                        epilog=_settings_epilog())
-    p.add_argument("input", type=Path, metavar="INPUT", help="image file (JPEG, PNG, TIFF, WebP, ...)")
+    p.add_argument("input", type=store_location, metavar="INPUT",
+                   help="image file (JPEG, PNG, TIFF, WebP, ...), or an image object's URL "
+                        "(s3://bucket/key, read in ranged requests, never downloaded whole; "
+                        "then -o is needed)")
     _add_config_args(p)
-    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+    p.add_argument("-o", "--output", type=store_location, metavar="OUT",
                    help=f"the result: {OUTPUTS} (default: INPUT-dream.jpg, or "
                         "INPUT-style.jpg, beside the input)")
     p.add_argument("--store", type=store_location, metavar="DIR",
@@ -103,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "times): for batch monitors and 'gigadream profile'")
 
     p = sub.add_parser("ingest", help="stream an image into a store (level 0 and octave pyramid)")
-    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("input", type=store_location, metavar="INPUT",
+                   help="image file, or an image object's URL (s3://bucket/key)")
     p.add_argument("store", type=store_location, metavar="STORE",
                    help="new store folder (or s3://bucket/prefix)")
     _add_config_args(p)
@@ -113,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a store's result (or, before any run, its source) "
                                       "as JPEG, BigTIFF or deep zoom")
     p.add_argument("store", type=store_location, metavar="STORE")
-    p.add_argument("output", type=Path, metavar="OUT", help=OUTPUTS)
+    p.add_argument("output", type=store_location, metavar="OUT", help=OUTPUTS)
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--partial", action="store_true",
@@ -285,6 +291,9 @@ class _Progress:
 def _run(args) -> int:
     from .pipeline import EventLog, default_store, run
     cfg = _config(args)
+    if args.output is None and is_url(args.input):
+        raise ConfigError(f"input {args.input} is an object store's URL: name the result "
+                          "with -o (a file, or s3://bucket/key.jpg)")
     out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
     progress = _Progress(args.quiet)
     on_event = EventLog(args.events, progress) if args.events else progress
@@ -300,7 +309,8 @@ def _run(args) -> int:
         if e.errno != errno.ENOSPC:
             raise
         store = args.store or default_store(out)
-        raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free some "
+        where = f" or {out.parent}" if isinstance(out, Path) else ""
+        raise DiskFullError(f"no space left on the disk of {store}{where}; free some "
                             "space and run the same command again to resume (finished passes "
                             "are kept)") from None
     finally:
@@ -311,7 +321,7 @@ def _run(args) -> int:
         h, w = report.shape
         total = sum(report.stage_s.values())
         print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
-              f"config in {report.output.name}.yaml", file=sys.stderr)
+              f"config in {objects.name(report.output)}.yaml", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from . import archs
 from .errors import ConfigError
+from .objects import is_url
 
 Parser = Callable[[str, Any], Any]
 
@@ -379,7 +380,7 @@ class Config:
             raise ConfigError("style.images: mode style needs a style image; add "
                               "--set style=PAINTING.jpg")
         for p in s.images:
-            if not Path(p).is_file():
+            if not is_url(p) and not Path(p).is_file():   # an object's: checked by its mode
                 raise ConfigError(f"style image {p} not found; give an existing image file "
                                   "with --set style=PATH")
         if s.blend_weights is not None and len(s.blend_weights) != len(s.images):
@@ -400,9 +401,9 @@ class Config:
     def resolved(self, base: Path) -> Config:
         """This config with its file paths (style images, model weights) absolute, relative
         ones taken from ``base``: the workers of a ``--scheduler`` cluster open them too, on
-        other machines and from working folders of their own."""
+        other machines and from working folders of their own. URLs (``s3://…``) stay."""
         def absolute(p: str) -> str:
-            return str(Path(base).absolute() / p)
+            return p if is_url(p) else str(Path(base).absolute() / p)
         s, m = self.style, self.model
         return dataclasses.replace(
             self, style=dataclasses.replace(s, images=tuple(map(absolute, s.images))),

@@ -26,6 +26,7 @@ import dask.system
 import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 
+from . import chunks
 from .errors import ClusterError, ConfigError, GpuMemoryError
 from .steps import recorded_steps
 from .tiling import Tile, tile_rng
@@ -61,8 +62,9 @@ def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None =
     A group that runs out of GPU memory is retried smaller (``_fitting``): the task, and the
     pass, go on."""
     stats = []
-    for group in _model_groups(tasks, batch):
-        stats += _process(group, data)
+    with chunks.task_io():      # a store on object storage: PUTs overlap the next tiles
+        for group in _model_groups(tasks, batch):
+            stats += _process(group, data)
     release_freed_memory()
     return stats
 

