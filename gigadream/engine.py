@@ -244,9 +244,9 @@ def release_workers(executor) -> None:
     what a model step frees for the next (``tune_worker_malloc``), so while a run lasts
     their memory stays at one step's peak; trimmed after it, they give it back to what the
     cluster does next (the preview's next part, another run on a cluster started by hand).
-    Not after each task or pass: a worker then faults its pages in again, ~0.3-0.6 s of
-    system time for a 600 px VGG16 step (an impressionist run of 1.9 MP, without mmap:
-    trimmed after each pass, 17 against 4 s of system time; 72 against 67 s)."""
+    Not after each pass: a worker then faults its pages in again, ~0.65 s of system time for
+    a 600 px VGG16 step, which a preview's small passes felt (an impressionist run of 1.9 MP:
+    17 against 4 s of system time, 72 against 67 s)."""
     if hasattr(executor, "each_worker"):
         executor.each_worker(release_freed_memory)
     else:                       # threads of this process (tests, a plain Executor)
@@ -274,6 +274,7 @@ def release_freed_memory() -> None:
 
 M_ARENA_MAX = -8        # glibc mallopt parameters
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 M_TRIM_THRESHOLD = -1
 
 
@@ -297,17 +298,18 @@ def tune_client_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> None:
 def tune_worker_malloc() -> None:
     """glibc settings for a worker (``WorkerSetup``, so a worker started by hand gets them
     too). Dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, which also freezes glibc's
-    mmap threshold at 128 KiB, so every activation was mmapped and faulted in afresh (a
-    VGG16 forward ran 1.7x slower than in a plain process). Here: blocks up to 32 MB (glibc's
-    most) come from the heap and stay there for the next step; larger ones (a 600 px
-    window's 64-channel bf16 activations, 46 MB) are mmapped. The heaps are trimmed once a
-    run (``release_workers``), not after each task: an impressionist run of 1.9 MP took
-    72-75 s with 12 s of system time against 82-91 s and 37-41 s trimmed after each task
-    (alternated on this machine). Without mmap at all it took 67 s and 4 s, but the heaps
-    fragment: a 300 MP preview's process tree peaked at 4.9 GB."""
+    mmap threshold, so every activation was mmapped and faulted in afresh (a VGG16 forward
+    ran 1.7x slower than in a plain process), and glibc's own default is no better for
+    tiles: blocks over 32 MB are always mmapped (a 600 px window's 64-channel bf16
+    activation is 46 MB). So no mmap (every block from the arenas' heaps) and no trimming
+    when a block is freed: a step reuses the pages the last one faulted in. The heaps are
+    trimmed once a run (``release_workers``). An impressionist run of 1.9 MP took 61-66 s
+    with 4 s of system time against 82-91 s and 37-41 s with a trim after each task and
+    glibc's default (alternated on this machine; without mmap but trimmed after each task,
+    80-88 s and 33-36 s: the faults are the cost)."""
     if _glibc() is not None:
-        _glibc().mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        _glibc().mallopt(M_TRIM_THRESHOLD, 128 << 20)
+        _glibc().mallopt(M_MMAP_MAX, 0)
+        _glibc().mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 # Tasks in flight at once: enough to keep every worker busy and its next tile prefetched,
