@@ -56,8 +56,8 @@ def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None =
     tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
     shape go through a processor that has ``batch`` together, ``batch`` at a time
     (``engine.batch``: one model step for them all; None: no limit); others one after the
-    other. The heap is not trimmed here but once a run (``release_workers``): a task's
-    steps reuse the pages the last one faulted in.
+    other. The heap is trimmed once a task: trimming after every identity tile doubles its
+    time (6.2 against 3.1 ms, measured): the next tile faults its buffers' pages in again.
 
     A group that runs out of GPU memory is retried smaller (``_fitting``): the task, and the
     pass, go on."""
@@ -65,6 +65,7 @@ def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None =
     with chunks.task_io():      # a store on object storage: PUTs overlap the next tiles
         for group in _model_groups(tasks, batch):
             stats += _process(group, data)
+    release_freed_memory()
     return stats
 
 
@@ -239,20 +240,6 @@ def map_tiles(executor: concurrent.futures.Executor, tasks: Sequence[TileTask], 
     return [stats for task in done for stats in task] if keep else []
 
 
-def release_workers(executor) -> None:
-    """``release_freed_memory`` in every worker, once a run's passes are done. Workers keep
-    what a model step frees for the next (``tune_worker_malloc``), so while a run lasts
-    their memory stays at one step's peak; trimmed after it, they give it back to what the
-    cluster does next (the preview's next part, another run on a cluster started by hand).
-    Not after each pass: a worker then faults its pages in again, ~0.65 s of system time for
-    a 600 px VGG16 step, which a preview's small passes felt (an impressionist run of 1.9 MP:
-    17 against 4 s of system time, 72 against 67 s)."""
-    if hasattr(executor, "each_worker"):
-        executor.each_worker(release_freed_memory)
-    else:                       # threads of this process (tests, a plain Executor)
-        release_freed_memory()
-
-
 @functools.cache
 def _glibc():
     """The C library when it is glibc (malloc_trim, mallopt), else None: nothing to tune."""
@@ -266,16 +253,14 @@ def _glibc():
 def release_freed_memory() -> None:
     """Hand freed memory back to the OS. glibc keeps it in per-thread arenas otherwise: the
     client would carry ingest's peak (it grows with the image width) through every pass, a
-    worker its largest tile's. Called after ingest, and in every worker after a run's passes
-    (``release_workers``; 17 ms after a 640 px VGG16 step that took seconds, measured)."""
+    worker its largest tile's. Called after ingest and after each Dask task (17 ms after a
+    640 px VGG16 step that took seconds, measured)."""
     if _glibc() is not None:
         _glibc().malloc_trim(0)
 
 
 M_ARENA_MAX = -8        # glibc mallopt parameters
 M_MMAP_THRESHOLD = -3
-M_MMAP_MAX = -4
-M_TRIM_THRESHOLD = -1
 
 
 def tune_client_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> None:
@@ -287,29 +272,12 @@ def tune_client_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> None:
     - A fixed mmap threshold: glibc raises it to the size of every large block freed, after
       which the 1.5 MB canvas chunks come from the heap and fragment it; exporting a 200 MP
       canvas peaked 258 MB against 229 MB for 25 MP, and 193 against 189 MB with the threshold
-      held at 1 MB (measured). Workers do the opposite (``tune_worker_malloc``): there a
-      fixed threshold made every activation of a model step a fresh mmap.
+      held at 1 MB (measured). Workers keep glibc's default: a fixed threshold made every
+      activation of a model step a fresh mmap (see ``cluster``).
     """
     if _glibc() is not None:
         _glibc().mallopt(M_ARENA_MAX, arenas)
         _glibc().mallopt(M_MMAP_THRESHOLD, mmap_threshold)
-
-
-def tune_worker_malloc() -> None:
-    """glibc settings for a worker (``WorkerSetup``, so a worker started by hand gets them
-    too). Dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, which also freezes glibc's
-    mmap threshold, so every activation was mmapped and faulted in afresh (a VGG16 forward
-    ran 1.7x slower than in a plain process), and glibc's own default is no better for
-    tiles: blocks over 32 MB are always mmapped (a 600 px window's 64-channel bf16
-    activation is 46 MB). So no mmap (every block from the arenas' heaps) and no trimming
-    when a block is freed: a step reuses the pages the last one faulted in. The heaps are
-    trimmed once a run (``release_workers``). An impressionist run of 1.9 MP took 61-66 s
-    with 4 s of system time against 82-91 s and 37-41 s with a trim after each task and
-    glibc's default (alternated on this machine; without mmap but trimmed after each task,
-    80-88 s and 33-36 s: the faults are the cost)."""
-    if _glibc() is not None:
-        _glibc().mallopt(M_MMAP_MAX, 0)
-        _glibc().mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 # Tasks in flight at once: enough to keep every worker busy and its next tile prefetched,
@@ -434,7 +402,6 @@ class WorkerSetup(WorkerPlugin):
     def setup(self, worker) -> None:
         threads = worker_threads(self.threads, worker.state.nthreads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        tune_worker_malloc()
         if self.parent is not None:
             _exit_with_parent(self.parent)
             # as the client's LocalCluster(silence_logs=...): its task errors reach the
@@ -521,8 +488,11 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
         devices = worker_devices(n, chosen)
         # the workers share this machine's cores
         threads = threads if threads != "auto" else max(1, dask.system.cpu_count() // n)
-        # Dask starts workers with OMP_NUM_THREADS=1: every executor thread single-threaded
-        # (OpenMP counts are per thread); glibc's settings: tune_worker_malloc
+        # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB. The
+        # first makes every executor thread single-threaded (OpenMP counts are per thread);
+        # the second also freezes glibc's mmap threshold, so every activation is mmapped and
+        # faulted in afresh: a VGG16 forward runs 1.7x slower than in a plain process
+        # (measured here). run_tiles trims the heap after each task instead.
         spawn_env = {k: str(threads) for k in
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc

@@ -52,8 +52,8 @@ class Estimate:
     precision: str = "fp32"          # of the model steps on this machine (model.precision)
     shapes: int = 0                  # first steps of a window shape in a worker process
     cpu_s_per_shape: float = 0.0     # the first step of each shape in a process costs this more
-    task_mp: float = 0.0             # window megapixels of the workers' first steps of a run
-    cpu_s_per_task_mp: float = 0.0   # such a step (after a trim) costs this more per megapixel
+    task_mp: float = 0.0             # Σ window megapixels of each Dask task's first step
+    cpu_s_per_task_mp: float = 0.0   # a task's first step costs this more per megapixel
     wrap: str = "none"               # tiling.wrap as the run resolves it, and why
 
     @property
@@ -105,8 +105,8 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     bring thin windows that cost more per pixel than a square's. A step costs a + b ×
     pixels, fitted by least squares on repeated steps of each probed shape. oneDNN prepares
     its kernels once per shape in a process, and in a small image most windows are the
-    first of their shape: each probe's first step is timed against the fit. Workers trim
-    their heaps after each run (engine.release_workers), so a worker's first step of a run
+    first of their shape: each probe's first step is timed against the fit. A worker trims
+    its heap after each Dask task (engine.release_freed_memory), so a task's first step
     faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
     measured in a worker); that cost is timed after a trim, per megapixel. ``executor``: a
     started cluster's (``preview``), whose worker has the model loaded, instead of one
@@ -167,7 +167,7 @@ def _time_steps(cfg: Config,
     end = time.perf_counter() + CALIBRATION_S
     while min(map(len, again.values())) < REPEATS or time.perf_counter() < end:
         for s in probes:             # round after round: each sees the machine's changes
-            release_freed_memory()   # as after a run: a worker's first step after a trim
+            release_freed_memory()   # as after each Dask task: a task's first step
             after_trim = step(*s)
             again[s].append(step(*s))
             pixels.append(s[0] * s[1] / 1e6)
@@ -192,7 +192,6 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
     passes = plan(shape, cfg)
     octaves, scale = cfg.octaves(shape)
     mp_its, task_mp, tiles, window_px, steps, shapes = 0.0, 0.0, 0, 0, 0, Counter()
-    workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
     for pp in passes:
         # a whole octave needs no margin, but on a circle it reads round the edge
         margin = 0 if pp.whole and not cfg.wraps else cfg.margin
@@ -202,6 +201,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
             window_px = max(window_px, px)
             mp_its += px / 1e6 * (pp.iterations + pp.stats)
             steps += pp.iterations + pp.stats
+            task_mp += px / 1e6 * (1 + pp.stats)     # a CPU's model task: one tile
         tiles += pp.tiles
     if cfg.mode == "dream":       # calibration: one gradient per sampled tile per octave
         for k in range(octaves):
@@ -211,9 +211,8 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
             shapes.update(x.window.shape for x in t)     # an upper bound: n of them are used
             mean_mp = sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
             mp_its += n * mean_mp
+            task_mp += n * mean_mp
             steps += n
-    # A worker's heap grows to its largest window's step once a run (engine.tune_worker_malloc)
-    task_mp = workers * window_px / 1e6
     # Store: the source pyramid (raw uint8) and, at the peak, the two float16
     # canvases of octave 0 with octave 1's two still on disk during octave 0's first pass.
     src = sum(3 * h * w for h, w in (octave_shape(shape, scale, k) for k in range(octaves)))
@@ -222,6 +221,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
         tile = next(p.tile for p in passes if p.octave == k)
         h, w = padded_shape(octave_shape(shape, scale, k), tile)
         canvases += 2 * 3 * 2 * h * w
+    workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
     flops_px, per_step, per_mp, bytes_px, per_shape, per_task_mp = (
         _model_costs(cfg, workers, list(shapes), executor) if calibrate else (0.0,) * 6)
     # each worker process meets a shape for the first time once, if its tiles reach it
@@ -262,7 +262,7 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         f"this machine   {_duration(e.cpu_seconds)} of model time "
         f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step + {e.cpu_s_per_step * 1e3:.0f} ms "
         f"per call + {e.cpu_s_per_shape * 1e3:.0f} ms for each of {e.shapes} first steps of a "
-        f"window shape + {e.cpu_s_per_task_mp:.2f} s per megapixel of a worker's first step, "
+        f"window shape + {e.cpu_s_per_task_mp:.2f} s per megapixel of a task's first step, "
         f"measured now in a worker, in {e.precision})",
     ]
     if gpu:

@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterator
 
 from . import __version__, objects
 from .config import Config, to_dict, to_yaml
-from .engine import (BackgroundCluster, TileTask, check_gpus, map_tiles, release_freed_memory,
-                     release_workers)
+from .engine import BackgroundCluster, TileTask, check_gpus, map_tiles, release_freed_memory
 from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest, input_name, wrap_setting
@@ -148,7 +147,6 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
                 _passes(_Run(ex, store, report, on_event, resolved, resolved.get("batch", 1),
                              cfg.seed, mode.uses_model, prepared or {}),
                         mode, passes, sources)
-                release_workers(ex)
             if own:
                 workers.close()         # before the export: its memory is not needed there
         with _timed(report, "export"):
