@@ -36,6 +36,7 @@ import gigadream
 import s3server
 from conftest import read
 from test_resume import assert_no_orphans, harness, marked_env
+from test_scheduler import _stop
 
 ROOT = Path(gigadream.__file__).resolve().parent.parent
 
@@ -85,24 +86,6 @@ def _env(s3=None, **overrides) -> dict:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""),
             **(s3.env(**overrides) if s3 else {})}
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each process group (a worker's nanny and its worker), SIGKILL after 10 s."""
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    end = time.time() + 10
-    for p in procs:
-        try:
-            p.wait(max(0.1, end - time.time()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
 
 
 # A worker sees an empty, unreadable folder where the test's folders are (the client's among
