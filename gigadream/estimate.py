@@ -195,7 +195,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
     for pp in passes:
         # a whole octave needs no margin, but on a circle it reads round the edge
         margin = 0 if pp.whole and not cfg.wraps else cfg.margin
-        for t in grid(pp.shape, pp.tile, pp.offset, margin, cfg.align, cfg.wraps):
+        for t in grid(pp.shape, pp.tile, pp.offset, margin, cfg.align, cfg.wraps, cfg.align_end):
             shapes[t.window.shape] += 1
             px = t.window.shape[0] * t.window.shape[1]
             window_px = max(window_px, px)
@@ -206,7 +206,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
     if cfg.mode == "dream":       # calibration: one gradient per sampled tile per octave
         for k in range(octaves):
             t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), cfg.margin,
-                     cfg.align, cfg.wraps)
+                     cfg.align, cfg.wraps, cfg.align_end)
             n = min(len(t), cfg.dream.calibration_tiles)
             shapes.update(x.window.shape for x in t)     # an upper bound: n of them are used
             mean_mp = sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6

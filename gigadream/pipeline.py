@@ -199,7 +199,8 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
             octave = k
             mode.begin_octave(run, k, view, sources[k])
         proc = mode.pass_processor(pp, first=i == 0)
-        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align, mode.wrap)
+        tiles = grid(pp.shape, pp.tile, pp.offset, proc.margin, mode.align, mode.wrap,
+                     mode.align_end)
         data = mode.pass_data(run, pp, view, proc, tiles)
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)
         run.process(pp, view, target, proc, tiles, data, mode.align)

@@ -77,7 +77,8 @@ def grid_size(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0
 
 
 def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
-         margin: int = 0, align: int = 1, wrap: bool = False) -> list[Tile]:
+         margin: int = 0, align: int = 1, wrap: bool = False,
+         align_end: bool = False) -> list[Tile]:
     """The tiles of one pass, row-major. Their cores partition the image exactly (with
     ``wrap``: the circle, x taken mod the width).
 
@@ -85,8 +86,9 @@ def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
     pooling grid lines up with the whole image's, and with enough margin a window's features
     equal the whole image's features there (the margin grows by up to align - 1 on the top
     and left sides). With ``wrap`` that holds across the edge too where the width is a
-    multiple of ``align``, and ox may be anything in [0, w). Windows also end on multiples of
-    ``align`` where the image allows (``aligned``): the CPU's fast convolutions need it."""
+    multiple of ``align``, and ox may be anything in [0, w). With ``align_end``, windows also
+    end on multiples of ``align`` where the image allows (``aligned``): the CPU's fast
+    convolutions need it."""
     h, w = shape
     oy, ox = offset
     if not (0 <= oy < tile and 0 <= ox < (w if wrap else tile)):
@@ -102,7 +104,10 @@ def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
             else:
                 x0, x1 = max(0, chunk.x0 - ox), min(w, chunk.x1 - ox)
             core = Box(max(0, chunk.y0 - oy), min(h, chunk.y1 - oy), x0, x1)
-            window = aligned(core.grow(margin, shape, wrap), align, shape, wrap)
+            window = core.grow(margin, shape, wrap)
+            window = (aligned(window, align, shape, wrap) if align_end else
+                      Box(window.y0 - window.y0 % align, window.y1,
+                          window.x0 - window.x0 % align, window.x1))
             tiles.append(Tile(i, j, core, window, chunk))
     return tiles
 
@@ -125,8 +130,7 @@ def aligned(window: Box, align: int, shape: tuple[int, int], wrap: bool = False)
 def split_tile(tile: Tile, parts: int, margin: int, align: int = 1) -> list[Tile]:
     """``tile``'s core cut into ``parts`` × ``parts`` cores (cut on multiples of ``align``
     where the core allows), row-major, each with ``margin`` px of context within the tile's
-    window and its window starting and ending on multiples of ``align`` as ``grid``'s do
-    (where the tile's window allows): the tiles
+    window and its window starting on a multiple of ``align``, as ``grid``'s do: the tiles
     of a tile that does not fit in a GPU's memory (``engine``). Their cores partition the
     tile's; they keep its row, column and chunk (their jitter is the tile's)."""
     def cuts(a: int, b: int) -> list[int]:
@@ -142,8 +146,8 @@ def split_tile(tile: Tile, parts: int, margin: int, align: int = 1) -> list[Tile
             core = Box(y0, y1, x0, x1)
             win = Box(max(w.y0, y0 - margin), min(w.y1, y1 + margin),
                       max(w.x0, x0 - margin), min(w.x1, x1 + margin))
-            # the tile's window starts and ends on multiples of align: these stay inside it
-            win = aligned(win, align, (w.y1, w.x1))
+            # the tile's window starts on a multiple of align: these stay inside it
+            win = Box(win.y0 - win.y0 % align, win.y1, win.x0 - win.x0 % align, win.x1)
             out.append(Tile(tile.row, tile.col, core, win, tile.chunk))
     return out
 

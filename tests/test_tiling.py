@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from gigadream.tiling import (Box, Tile, circular_runs, grid, grid_size, padded_shape, pass_offset,
-                              split_tile, tile_rng)
+                              tile_rng)
 
 
 def test_grid_on_a_tiny_image_matches_hand_written_tiles():
@@ -62,11 +62,10 @@ def test_window_is_core_plus_margin_clipped_to_the_image():
 
 @pytest.mark.parametrize("wrap", [False, True])
 def test_windows_start_and_end_on_the_stride_where_the_image_allows(wrap):
-    # A 512 px tile with 43 px margins is 598 px: the CPU's fast convolutions want 600.
+    # A 512 px tile with 43 px margins is 598 px: the CPU's fast convolutions want 600 (dream).
     shape, align = (1203, 1530), 4
-    tiles = grid(shape, 512, (101, 77), margin=43, align=align, wrap=wrap)
-    parts = [p for t in tiles for p in split_tile(t, 2, 43, align)]
-    for t in tiles + parts:
+    tiles = grid(shape, 512, (101, 77), margin=43, align=align, wrap=wrap, align_end=True)
+    for t in tiles:
         w, c = t.window, t.core
         assert w.y0 % align == 0 and w.x0 % align == 0
         assert w.y1 % align == 0 or w.y1 == shape[0]
@@ -76,6 +75,8 @@ def test_windows_start_and_end_on_the_stride_where_the_image_allows(wrap):
              and t.window.y1 < shape[0] and 0 < t.window.x0 and t.window.x1 < shape[1]]
     assert inner and {t.window.shape for t in inner} <= {(600, 600), (600, 604), (604, 600),
                                                           (604, 604)}
+    plain = grid(shape, 512, (101, 77), margin=43, align=align, wrap=wrap)   # style's
+    assert [t.window.y1 for t in plain] == [min(shape[0], t.core.y1 + 43) for t in plain]
 
 
 def test_offset_outside_the_tile_is_refused():

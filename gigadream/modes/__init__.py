@@ -116,6 +116,10 @@ class Mode:
         return self.cfg.align
 
     @property
+    def align_end(self) -> bool:
+        return self.cfg.align_end
+
+    @property
     def wrap(self) -> bool:
         """x is circular (a 360° panorama): grids, windows and resampling reach across it."""
         return self.cfg.wraps

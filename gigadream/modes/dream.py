@@ -299,7 +299,7 @@ class DreamMode(Mode):
         run.stage("calibrate", f"octave {octave}")
         sigma = self.far_sigma(octave)
         tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin + far_radius(sigma),
-                     self.align, self.wrap)
+                     self.align, self.wrap, self.align_end)
         rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
         pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles),
                                  replace=False))
