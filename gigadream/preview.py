@@ -179,9 +179,9 @@ def far_shape(shape: tuple[int, int], pixels: int = FAR_PIXELS, cfg: Config | No
     where the CPU's convolutions are fast."""
     h, w = shape
     f = min(1.0, math.sqrt(pixels / (h * w)))
-    if f == 1.0 or cfg is None:
-        return max(1, round(h * f)), max(1, round(w * f))
     exact = (max(1, round(h * f)), max(1, round(w * f)))
+    if f == 1.0 or cfg is None or not cfg.align_end:
+        return exact
     octaves, scale = cfg.octaves(exact)
 
     def aligned_octaves(side: int) -> int:

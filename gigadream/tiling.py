@@ -104,24 +104,23 @@ def grid(shape: tuple[int, int], tile: int, offset: tuple[int, int] = (0, 0),
             else:
                 x0, x1 = max(0, chunk.x0 - ox), min(w, chunk.x1 - ox)
             core = Box(max(0, chunk.y0 - oy), min(h, chunk.y1 - oy), x0, x1)
-            window = core.grow(margin, shape, wrap)
-            window = (aligned(window, align, shape, wrap) if align_end else
-                      Box(window.y0 - window.y0 % align, window.y1,
-                          window.x0 - window.x0 % align, window.x1))
+            window = aligned(core.grow(margin, shape, wrap), align, shape, wrap, align_end)
             tiles.append(Tile(i, j, core, window, chunk))
     return tiles
 
 
-def aligned(window: Box, align: int, shape: tuple[int, int], wrap: bool = False) -> Box:
-    """``window`` widened to start and end on multiples of ``align``, its ends clipped to an
-    image of ``shape`` (not in x where x ``wrap``s). The end matters for speed: oneDNN's
+def aligned(window: Box, align: int, shape: tuple[int, int], wrap: bool = False,
+            end: bool = True) -> Box:
+    """``window`` widened to start (and with ``end``, to end) on multiples of ``align``, its
+    ends clipped to an image of ``shape`` (not in x where x ``wrap``s). The end matters for
+    speed: oneDNN's
     fast (brgemm) convolutions on this CPU fall back to a slower kernel where a feature map
     between two poolings has an odd side, and a 512 px tile with 43 px margins is 598 px,
     299 after the first pooling: a VGG16 step to relu3_3 then costs 1.5× as much CPU time a
     pixel as at 600 px (bf16, 2 threads, medians of 6 alternated steps: 6.4 against 4.2
     CPU-s a megapixel; 604-640 px: 4.3-5.1)."""
     def up(v: int) -> int:
-        return v + (-v) % align
+        return v + (-v) % align if end else v
     h, w = shape
     return Box(window.y0 - window.y0 % align, min(h, up(window.y1)),
                window.x0 - window.x0 % align, up(window.x1) if wrap else min(w, up(window.x1)))
@@ -147,7 +146,7 @@ def split_tile(tile: Tile, parts: int, margin: int, align: int = 1) -> list[Tile
             win = Box(max(w.y0, y0 - margin), min(w.y1, y1 + margin),
                       max(w.x0, x0 - margin), min(w.x1, x1 + margin))
             # the tile's window starts on a multiple of align: these stay inside it
-            win = Box(win.y0 - win.y0 % align, win.y1, win.x0 - win.x0 % align, win.x1)
+            win = aligned(win, align, (w.y1, w.x1), end=False)
             out.append(Tile(tile.row, tile.col, core, win, tile.chunk))
     return out
 
