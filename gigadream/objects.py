@@ -96,9 +96,8 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-# What each role's URL is called in a message, and the option that names it.
-ROLES = {"store": ("store", "--store"), "input": ("input", "INPUT"), "output": ("output", "-o"),
-         "style image": ("style image", "style.images")}
+# The option that names each role's URL (the role itself is what a message calls it).
+ROLES = {"store": "--store", "input": "INPUT", "output": "-o", "style image": "style.images"}
 
 
 def _errors(url: str, e: BaseException, role: str = "store") -> StoreError:
@@ -110,7 +109,7 @@ def _errors(url: str, e: BaseException, role: str = "store") -> StoreError:
         return e
     text = str(e)
     base, _ = _split(url)
-    what, option = ROLES[role]
+    what, option = role, ROLES[role]
     if "NoSuchBucket" in text:
         return StoreError(f"{what} {url}: bucket {base} does not exist; create it first or "
                           f"fix the bucket's name in {option}")
