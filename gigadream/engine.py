@@ -87,8 +87,9 @@ def _model_groups(tasks: Sequence[TileTask], size: int | None = None) -> list[li
 def _process(tasks: list[TileTask], data: Any) -> list[dict]:
     """Tiles of one ``_model_groups`` group: read, process (steps.model_step: one at a time),
     write. Each tile's statistics gain its share of the group's time, when (unix time) the
-    group began, and the model steps (``model_at``: a list of (start, end), on the group's
-    first tile), to show the overlap."""
+    group began, the model steps (``model_at``: a list of (start, end), on the group's
+    first tile), to show the overlap, and the megapixels its window went through the model
+    (``model_mp``: its pixels × the group's steps; with ``model_s``, a run's model rate)."""
     t0, began = time.perf_counter(), time.time()
     with recorded_steps() as steps:
         results = _fitting(tasks, data)
@@ -96,9 +97,10 @@ def _process(tasks: list[TileTask], data: Any) -> list[dict]:
         if out is not None:
             task.target.write(task.tile, out)
     seconds = (time.perf_counter() - t0) / len(tasks)
-    for i, (_, stats) in enumerate(results):
+    for i, (task, (_, stats)) in enumerate(zip(tasks, results)):
+        h, w = task.tile.window.shape
         stats.update(tile_s=seconds, began=began, model_at=steps if i == 0 else [],
-                     pid=os.getpid())
+                     model_mp=h * w / 1e6 * len(steps), pid=os.getpid())
     return [stats for _, stats in results]
 
 

@@ -55,6 +55,8 @@ class Estimate:
     task_mp: float = 0.0             # Σ window megapixels of each Dask task's first step
     cpu_s_per_task_mp: float = 0.0   # a task's first step costs this more per megapixel
     wrap: str = "none"               # tiling.wrap as the run resolves it, and why
+    rate_of: str = ""                # "": timed now (probes in a worker); else whose steps'
+                                     # rate cpu_s_per_mp_iteration is, all costs included
 
     @property
     def flops(self) -> float:
@@ -90,7 +92,7 @@ def _probe_shapes(shapes: list[tuple[int, int]], n: int = PROBES) -> list[tuple[
 
 
 def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
-                 executor=None) -> tuple[float, float, float, int, float, float]:
+                 executor=None, timed: bool = True) -> tuple[float, float, float, int, float, float]:
     """(FLOPs per pixel, seconds per step call, seconds per megapixel-step, bytes a step keeps
     for the backward per pixel, seconds more for the first step of a new window shape,
     seconds more per megapixel for the first step of a Dask task) on
@@ -110,7 +112,8 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
     measured in a worker); that cost is timed after a trim, per megapixel. ``executor``: a
     started cluster's (``preview``), whose worker has the model loaded, instead of one
-    started here."""
+    started here. Without ``timed``, only the FLOPs and the bytes kept (one small step), the
+    times zero: the caller has its own rate."""
     from .engine import cluster
     from .modes import mode_for
 
@@ -118,14 +121,14 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     if not mode.uses_model:
         return 0.0, 0.0, 0.0, 0, 0.0, 0.0
     if executor is not None:
-        return executor.submit(_time_steps, cfg, shapes).result()
+        return executor.submit(_time_steps, cfg, shapes, timed).result()
     threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (engine.cluster)
     with cluster(1, threads, warm=mode.warm_up(), gpus=cfg.engine.gpus) as ex:
-        return ex.submit(_time_steps, cfg, shapes).result()
+        return ex.submit(_time_steps, cfg, shapes, timed).result()
 
 
-def _time_steps(cfg: Config,
-                shapes: list[tuple[int, int]]) -> tuple[float, float, float, int, float, float]:
+def _time_steps(cfg: Config, shapes: list[tuple[int, int]],
+                timed: bool = True) -> tuple[float, float, float, int, float, float]:
     """``_model_costs``, measured in the calling process (a worker's task)."""
     import numpy as np
     import torch
@@ -161,6 +164,9 @@ def _time_steps(cfg: Config,
     with FlopCounterMode(display=False) as counter, \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step(side, side + 1)         # a shape no probe has: it stays new to them
+    flops_px, bytes_px = counter.get_total_flops() / (side * (side + 1)), saved[0] / (side * (side + 1))
+    if not timed:
+        return flops_px, 0.0, 0.0, bytes_px, 0.0, 0.0
     probes = _probe_shapes(shapes)
     first = {s: step(*s) for s in probes}
     pixels, seconds, again, trimmed = [], [], {s: [] for s in probes}, []
@@ -178,14 +184,17 @@ def _time_steps(cfg: Config,
         per_mp, per_call = np.polyfit(pixels, seconds, 1)
     else:                            # one shape: the whole step per its pixels
         per_mp, per_call = float(np.median(seconds)) / pixels[0], 0.0
-    return (counter.get_total_flops() / (side * (side + 1)), max(float(per_call), 0.0),
-            max(float(per_mp), 0.0), saved[0] / (side * (side + 1)),
+    return (flops_px, max(float(per_call), 0.0), max(float(per_mp), 0.0), bytes_px,
             max(0.0, float(np.mean(firsts))), max(0.0, sum(trimmed) / sum(pixels)))
 
 
-def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=None) -> Estimate:
+def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=None,
+             rate: float | None = None) -> Estimate:
     """What a run of ``cfg`` on ``input_path`` will cost; ``calibrate`` times the model on
-    this machine, in a worker of ``executor`` where one is given."""
+    this machine, in a worker of ``executor`` where one is given. ``rate``: seconds per
+    window megapixel-step that steps of this config just took on this machine (the
+    preview's), all costs included, used instead of timing probes (the FLOPs and bytes are
+    still counted in one small step)."""
     shape = image_shape(Path(input_path))
     wrap, why = wrap_setting(cfg.tiling.wrap, Path(input_path), shape)
     cfg = with_wrap(cfg, input_path, shape)
@@ -223,7 +232,10 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
         canvases += 2 * 3 * 2 * h * w
     workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
     flops_px, per_step, per_mp, bytes_px, per_shape, per_task_mp = (
-        _model_costs(cfg, workers, list(shapes), executor) if calibrate else (0.0,) * 6)
+        _model_costs(cfg, workers, list(shapes), executor, timed=rate is None)
+        if calibrate else (0.0,) * 6)
+    if rate is not None:
+        per_mp = rate
     # each worker process meets a shape for the first time once, if its tiles reach it
     firsts = sum(min(workers, n) for n in shapes.values())
     # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its
@@ -234,7 +246,7 @@ def estimate(input_path: Path, cfg: Config, calibrate: bool = True, executor=Non
                     src + canvases, worker_ram, per_step, per_mp,
                     step_precision(cfg) if cfg.mode != "identity" else "fp32",
                     firsts if cfg.mode != "identity" else 0, per_shape, task_mp, per_task_mp,
-                    f"{wrap} ({why})")
+                    f"{wrap} ({why})", "the preview's own steps" if rate is not None else "")
 
 
 def _duration(s: float) -> str:
@@ -260,10 +272,12 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         f"store disk     {e.store_bytes / 1e9:.2f} GB at the peak",
         f"RAM per worker {e.worker_ram_bytes / 1e9:.2f} GB (model, one window's step, the next window)",
         f"this machine   {_duration(e.cpu_seconds)} of model time "
-        f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step + {e.cpu_s_per_step * 1e3:.0f} ms "
-        f"per call + {e.cpu_s_per_shape * 1e3:.0f} ms for each of {e.shapes} first steps of a "
-        f"window shape + {e.cpu_s_per_task_mp:.2f} s per megapixel of a task's first step, "
-        f"measured now in a worker, in {e.precision})",
+        + (f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step + {e.cpu_s_per_step * 1e3:.0f} ms "
+           f"per call + {e.cpu_s_per_shape * 1e3:.0f} ms for each of {e.shapes} first steps of a "
+           f"window shape + {e.cpu_s_per_task_mp:.2f} s per megapixel of a task's first step, "
+           f"measured now in a worker, in {e.precision})" if not e.rate_of else
+           f"({e.cpu_s_per_mp_iteration:.2f} s per megapixel-step, all costs included, the rate "
+           f"of {e.rate_of}, in {e.precision})"),
     ]
     if gpu:
         lines.append(f"{gpu:<14} {_duration(e.gpu_seconds(gpu))} fp32, "

@@ -57,6 +57,7 @@ class RunReport:
     tiles: int = 0
     model_s: float = 0.0
     model_steps: int = 0          # model calls (forward + backward) of the passes' tiles
+    model_mp: float = 0.0         # Σ window megapixels of each model step in model_s
 
 
 def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
@@ -245,6 +246,7 @@ class _Run:
                 on_done: Callable[[list[dict]], None] | None = None) -> list[dict] | None:
         def count(stats: list[dict]) -> None:
             self.report.model_s += sum(s.get("model_s", 0.0) for s in stats)
+            self.report.model_mp += sum(s.get("model_mp", 0.0) for s in stats)
             if on_done is not None:
                 on_done(stats)
         tasks = [TileTask(view, None, proc, t, seed, "stat") for t in tiles]
@@ -262,6 +264,7 @@ class _Run:
         def done(results: list[dict]) -> None:
             for stats in results:
                 self.report.model_s += stats.get("model_s", 0.0)
+                self.report.model_mp += stats.get("model_mp", 0.0)
                 self.report.model_steps += len(stats["model_at"])
                 self.on_event(Work(pp.iterations))
         seed = (self.seed, pp.octave, pp.pass_)

@@ -70,6 +70,7 @@ class PreviewReport:
     crops: list[Crop]
     stage_s: dict[str, float] = field(default_factory=dict)
     model_s: float = 0.0
+    model_mp: float = 0.0        # Σ window megapixels of the model steps in model_s
     estimate: str = ""
 
 
@@ -386,6 +387,7 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
             r = run(work / "far-input.tif", out_cfg, work / "far.tif", cluster=workers,
                     on_event=_part(on_event, "far view"))
             report.model_s += r.model_s
+            report.model_mp += r.model_mp
             _save_jpeg(_read(work / "far.tif"), work / "far.jpg", cfg.export.quality)
         for i, c in enumerate(report.crops, start=1):
             with _timed(report, f"crop {i}"):
@@ -395,7 +397,11 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
             with _timed(report, "estimate"):
                 on_event(Stage("estimate", "the full run's time"))
                 from .estimate import estimate, report as estimate_report
-                report.estimate = estimate_report(estimate(input_path, cfg, executor=ex), cfg, gpu)
+                # at the rate the preview's own steps just ran (its windows are the run's
+                # tiles' windows) rather than `plan`'s separate timing (seconds more)
+                rate = report.model_s / report.model_mp if report.model_mp else None
+                report.estimate = estimate_report(
+                    estimate(input_path, cfg, executor=ex, rate=rate), cfg, gpu)
         workers.close()
         (work / "config.yaml").write_text(
             f"# gigadream preview of {input_path.name}: the resolved config. Run the night's "
@@ -442,6 +448,7 @@ def _crop(store: Store, cfg: Config, out_cfg: Config, c: Crop, i: int, work: Pat
     r = run(work / f"crop-{i}-window.tif", crop_cfg, work / f"crop-{i}-window-out.tif",
             cluster=workers, prepared=prepared, frame=shape, on_event=on_event)
     report.model_s += r.model_s
+    report.model_mp += r.model_mp
     _save_jpeg(_read(work / f"crop-{i}-window-out.tif")[inner.slices()], work / f"crop-{i}.jpg",
                cfg.export.quality)
 
@@ -466,7 +473,8 @@ def _summary(report: PreviewReport, input_path: Path) -> dict:
                        "box": dataclasses.astuple(c.box), "window": dataclasses.astuple(c.window),
                        "picked": c.picked} for i, c in enumerate(report.crops, start=1)],
             "stage_s": {k: round(v, 2) for k, v in report.stage_s.items()},
-            "model_s": round(report.model_s, 2), "estimate": report.estimate}
+            "model_s": round(report.model_s, 2), "model_mp": round(report.model_mp, 3),
+            "estimate": report.estimate}
 
 
 # -- the page ----------------------------------------------------------------------------

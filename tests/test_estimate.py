@@ -21,6 +21,10 @@ def test_estimate_counts_match_the_plan_and_the_time_is_near_a_real_run(pano, tm
     assert e.window_mp_iterations > sum(p.shape[0] * p.shape[1] for p in passes) / 1e6
     assert e.flops_per_pixel > 1e5 and e.store_bytes > 3 * 768 * 512
     report = run(pano, cfg, tmp_path / "out.tif")
+    # the run's steps went through the window megapixels plan counts (its calibration's
+    # windows: their mean, × the sampled tiles)
+    assert abs(report.model_mp / e.window_mp_iterations - 1) < 0.05, (report.model_mp,
+                                                                      e.window_mp_iterations)
     ratio = e.cpu_seconds / report.model_s
     print(f"estimated model time {e.cpu_seconds:.1f} s ({e.cpu_s_per_step * 1e3:.0f} ms a step, "
           f"{e.cpu_s_per_mp_iteration:.2f} s/MP, {e.cpu_s_per_shape * 1e3:.0f} ms a new shape, "

@@ -226,6 +226,19 @@ def test_the_page_marks_each_crop_where_it_is_and_every_link_resolves(previewed)
     assert "this machine" in text and "a100" in text, "the full run's estimate is missing"
 
 
+def test_the_estimate_runs_at_the_previews_own_rate(previewed):
+    """The full run's time comes from the rate the preview's steps just ran at (no timing of
+    its own): its seconds per megapixel-step are the preview's model seconds over the window
+    megapixels its steps went through."""
+    _, _, _, summary = previewed
+    line = next(ln for ln in summary["estimate"].splitlines() if ln.startswith("this machine"))
+    assert "the preview's own steps" in line, line
+    rate = float(line.split("(")[1].split(" s per megapixel-step")[0])
+    assert summary["model_mp"] > 0
+    assert abs(rate - summary["model_s"] / summary["model_mp"]) < 0.01, (line, summary["model_s"],
+                                                                       summary["model_mp"])
+
+
 def test_a_crop_is_what_the_full_run_paints_there(previewed):
     """The far view of a 900×600 image is the image itself: the full run. Over each crop,
     its change (result − input) follows the full run's. impressionist keeps the far view
