@@ -445,7 +445,9 @@ def test_a_killed_style_run_resumes_to_the_same_bytes(images, tmp_path):
     import signal
 
     from test_resume import harness
-    src = save(images["array"][:128, :192], tmp_path / "small.png")
+    # 96×160: the whole coarsest octave, then 2 × 2 tiled passes (4, 3, 9, 12 tiles); the kill
+    # comes after 2 tiles of octave 0's first pass, which starts from octave 1's canvas
+    src = save(images["array"][:96, :160], tmp_path / "small.png")
     config = tmp_path / "style.yaml"
     config.write_text(f"""mode: style
 style: {{images: [{images['style']}], whole_size: 64, whole_iterations: 5, passes: 2, iterations: 2}}
