@@ -499,6 +499,12 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                      ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         spawn_env["MALLOC_ARENA_MAX"] = "2"       # see tune_client_malloc
         spawn_env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE)
+        # libgomp's threads spin between parallel regions, and a model worker's other
+        # executor thread (jitter, updates, I/O: torch ops on their own OpenMP threads), the
+        # client or another process then wait for a core: an impressionist run of a 1 MP
+        # panorama took 196 s spinning against 137 s with PASSIVE (sleeping) threads, quiet
+        # 2-core machine, the same pixels. OMP_WAIT_POLICY in the environment wins.
+        spawn_env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
             prefetch = (GPU_PREFETCH if devices else PREFETCH) if warm else 1
             # The scheduler serves HTTP (health, JSON) even without the dashboard, on 8787
