@@ -175,6 +175,6 @@ def test_the_gpu_check_runs_with_torch_alone(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| precision check | | | pass |" in md and "alone (max" in md
-    times = [ln for ln in md.splitlines() if ln.startswith("| 160 px |")]
+    times = [ln for ln in md.splitlines() if ln.startswith("| 96 px |")]
     assert len(times) == 4 and all(float(ln.split("|")[4]) > 0 for ln in times)
     assert "octave-start upsampling" in md
