@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import dask
 import dask.system
 import numpy as np
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
 
 from . import chunks
 from .errors import ClusterError, ConfigError, GpuMemoryError
@@ -295,7 +295,8 @@ def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequen
     (``keep``), or none kept: ``on_done`` then is what sees them.
 
     At most ``in_flight`` tasks are submitted and not yet finished. ``on_done`` sees each
-    result as it completes (progress). The first failure cancels the rest and is raised.
+    result as it completes (progress). The first failure cancels the rest and is raised; a
+    task whose worker died every time Dask tried it (``KilledWorker``) as a ``ClusterError``.
     """
     results: list = [None] * len(items) if keep else []
     pending: dict = {}
@@ -314,7 +315,15 @@ def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequen
                 pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for fut in finished:
                 i = pending.pop(fut)
-                result = fut.result()
+                try:
+                    result = fut.result()
+                except KilledWorker as e:       # Dask's own words are a traceback's worth
+                    raise ClusterError(
+                        f"a worker died each of the {e.allowed_failures + 1} times it ran the "
+                        "same tiles, most often killed by the system for memory "
+                        "(see dmesg): fewer engine.workers or a smaller tiling.tile need "
+                        "less; what is recorded stays in the store and the same command "
+                        "resumes") from None
                 if keep:
                     results[i] = result
                 if on_done is not None:

@@ -31,7 +31,7 @@ class ModelError(GigadreamError):
 
 
 class ClusterError(GigadreamError):
-    """The Dask scheduler could not be reached or started."""
+    """The Dask scheduler could not be reached or started, or its workers keep dying."""
 
 
 class DiskFullError(GigadreamError):

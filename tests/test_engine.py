@@ -89,6 +89,20 @@ def test_cluster_runs_tasks_in_worker_processes():
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
+def _die(_):
+    os._exit(1)         # as the kernel's out-of-memory killer ends a worker: no exception
+
+
+def test_a_task_that_kills_its_worker_every_time_is_one_clear_error():
+    """Dask retries a task whose worker died on another (the nanny restarts it), three
+    times by default, then gives up with KilledWorker: that reaches the user as one line."""
+    with cluster(workers=1, threads=1) as ex, pytest.raises(ClusterError) as e:
+        map_tasks(ex, _die, [0])
+    message = str(e.value)
+    assert "\n" not in message and "a worker died each of the 4 times" in message, message
+    assert "engine.workers" in message and "resumes" in message
+
+
 def test_workers_openmp_threads_sleep_unless_told_otherwise(monkeypatch):
     """A worker's OpenMP threads wait PASSIVE (spinning ones took a 1 MP run from 137 to
     196 s); a user's OMP_WAIT_POLICY wins. (conftest sets PASSIVE for the tests' own
@@ -179,6 +193,7 @@ def test_unreachable_scheduler_fails_within_seconds():
     assert time.monotonic() - t < 20
 
 
+@pytest.mark.serial          # reads overlapping model steps: when a core is free for them
 def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photos):
     """Prefetch: one worker, two task threads; model steps never overlap (MODEL_LOCK, held
     by the processor around each forward and backward), and a tile's window is read while
