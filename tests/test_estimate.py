@@ -3,6 +3,8 @@ real run's model time."""
 import subprocess
 import sys
 
+import pytest
+
 from gigadream.config import load_config
 from gigadream.estimate import estimate
 from gigadream.pipeline import plan, run
@@ -11,6 +13,7 @@ SMALL = ["dream.layers=[relu3_3]", "tiling.tile=128", "dream.octaves=2", "dream.
          "engine.workers=1", "export.tiff_compression=none"]
 
 
+@pytest.mark.serial          # a time measured against another: alone on the machine
 def test_estimate_counts_match_the_plan_and_the_time_is_near_a_real_run(pano, tmp_path):
     cfg = load_config(None, SMALL)
     e = estimate(pano, cfg)

@@ -10,6 +10,9 @@ from gigadream.memory import peak_mb
 from gigadream.profile import peak, stage_rows, trace
 from gigadream.sample import make_panorama
 
+# peaks of process trees: run alone, with no other test's processes beside them (make test)
+pytestmark = pytest.mark.serial
+
 IDENTITY = ["--set", "mode=identity", "--set", "dream.octaves=2", "--set", "dream.passes=1",
             "--quiet", "--overwrite"]
 

@@ -91,7 +91,7 @@ class Server:
     def job(self, job_id: int) -> dict:
         return self.get(f"/api/jobs/{job_id}").json()
 
-    def wait(self, job_ids, status=("done",), timeout: float = 120, until=None) -> list[dict]:
+    def wait(self, job_ids, status=("done",), timeout: float = 300, until=None) -> list[dict]:
         """Until every job is in ``status`` (or ``until(job)`` holds); fails on a job that
         ends otherwise."""
         end = time.time() + timeout
