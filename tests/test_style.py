@@ -195,29 +195,38 @@ def _echo(value, shared):
     return value, shared
 
 
-def test_grams_summed_as_they_arrive_reach_every_worker():
-    """The canvas's Gram as StyleMode.pass_data makes it: tasks' Gram sums added up as they
-    come back (none kept), then shared with the workers for the pass's tiles."""
+def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path):
+    """StyleMode.pass_data in a real pass (the photo in a store, a cluster of two workers):
+    the tiles' Gram sums, added up as they come back (none kept), are the whole image's
+    Gram, and that canvas reaches every worker for the pass's tiles; the next pass's share
+    is its own. Without it each tile matches the style on its own Gram, which the tests on
+    whole runs cannot tell from the global Gram (profiling/README)."""
     from gigadream.engine import map_tasks
-    rng = np.random.default_rng(0)
-    stats = [{"grams": {"a": (rng.random((4, 4)), int(rng.integers(1, 9)))}} for _ in range(19)]
-    total = {"grams": {}}
-
-    def add(s):
-        nonlocal total
-        total = add_stats(total, s)
+    from gigadream.ingest import ingest
+    from gigadream.pipeline import RunReport, _Run
+    from gigadream.store import Store
+    cfg = load_config(None, ["mode=style", f"style={images['style']}", "style.whole_size=128", "tiling.tile=96",
+                             "tiling.margin=48"])
+    mode, pp = StyleMode(cfg), plan((256, 256), cfg)[1]
+    proc = mode.processor(pp, first=False)
+    store = Store.create(tmp_path / "store")
+    source = ingest(images["content"], store)
+    tiles = grid((256, 256), 96, (40, 17), proc.margin, cfg.align)   # as the test above
+    img = images["array"].transpose(2, 0, 1).astype(np.float32)
+    whole = proc.stat(img, Box(0, 256, 0, 256))["grams"]
     with cluster(workers=2) as ex:
-        assert map_tasks(ex, dict, stats, add, keep=False) == []
-        shared = ex.share(total)
-        seen = [r[1] for r in map_tasks(ex, _echo, list(range(4)), args=(shared,))]
-        # the next pass's Grams are its own, not the last pass's under the same name
-        other = ex.share({"grams": {"a": (np.zeros((4, 4)), 0)}})
-        assert map_tasks(ex, _echo, [0], args=(other,))[0][1]["grams"]["a"][1] == 0
+        resolved = mode.resolve(ex)
+        run_ = _Run(ex, store, RunReport(), lambda e: None, resolved, resolved["batch"], cfg.seed, True)
+        _, canvas = mode.pass_data(run_, pp, source, proc, tiles)
+        seen = [r[1] for r in map_tasks(ex, _echo, list(range(4)), args=(canvas,))]
+        other = ex.share({"grams": {"relu1_1": (np.zeros((4, 4)), 0)}})
+        assert map_tasks(ex, _echo, [0], args=(other,))[0][1]["grams"]["relu1_1"][1] == 0
     assert len(seen) == 4
     for reduced in seen:
-        g, n = reduced["grams"]["a"]
-        assert np.allclose(g, sum(s["grams"]["a"][0] for s in stats))
-        assert n == sum(s["grams"]["a"][1] for s in stats)
+        for layer in ("relu1_1", "relu2_1", "relu3_1"):       # within the margin's reach
+            (gt, nt), (gw, nw) = reduced["grams"][layer], whole[layer]
+            assert nt == nw
+            assert np.abs(gt - gw).max() <= 1e-3 * np.abs(gw).max(), layer
 
 
 def ycbcr_chroma(img: np.ndarray) -> np.ndarray:
