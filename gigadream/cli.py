@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__, archs
 from .config import Config, field_help, load_config, presets_dir
-from .errors import ConfigError, DiskFullError, GigadreamError
+from .errors import ConfigError, DiskFullError, GigadreamError, InputError
 from . import objects
 from .objects import is_url, store_location
 
@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="what a run will cost, before it runs: tiles, passes, "
                                     "model work, FLOPs, disk, RAM, estimated time")
-    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("input", type=store_location, metavar="INPUT",
+                   help="the image: a file, or an object's URL (s3://bucket/key.jpg; its "
+                        "header is read, nothing else)")
     _add_config_args(p)
     from .estimate import GPUS
     p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "time here and on a GPU.",
                        epilog="Example: gigadream preview pano.jpg --config impressionist "
                               "--at 5200,3100 --crops 4 -o pano-preview")
-    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("input", type=store_location, metavar="INPUT", help="the image, a file")
     _add_config_args(p)
     from .preview import CROP_SIDE, DEFAULT_CROPS, DEFAULT_GPU
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in a float32 array) on the same input; then memory_profiler "
                                    "line by line on a slice. Writes REPORT/report.md, memory.png, "
                                    "memory.csv, lines.txt, events.jsonl and the result.")
-    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("input", type=store_location, metavar="INPUT", help="the image, a file")
     _add_config_args(p)
     p.add_argument("-o", "--output", type=Path, metavar="REPORT",
                    help="report folder (default: INPUT-profile beside the input)")
@@ -384,8 +386,17 @@ def _plan(args) -> int:
     return 0
 
 
+def _local_input(args) -> None:
+    """preview and profile read the input many times over (the far view, each crop; the
+    run, the naive baseline): from a file on this machine, not an object store."""
+    if is_url(args.input):
+        raise InputError(f"input {args.input}: {args.verb} reads a file on this machine, not "
+                         "an object's URL; copy it here first (gigadream run and plan take URLs)")
+
+
 def _preview(args) -> int:
     from .preview import parse_point, preview
+    _local_input(args)
     cfg = _config(args)
     at = [parse_point(a) for a in args.at]
     folder = args.output or args.input.with_name(f"{args.input.stem}-preview")
@@ -407,6 +418,7 @@ def _preview(args) -> int:
 
 def _profile(args) -> int:
     from .profile import profile
+    _local_input(args)
     cfg = _config(args)
     folder = args.output or args.input.with_name(f"{args.input.stem}-profile")
     path = profile(args.input, cfg, folder, baseline=args.baseline, overwrite=args.overwrite,

@@ -298,6 +298,8 @@ def test_an_upload_that_fails_leaves_nothing(s3_env, monkeypatch):
     (["ingest", "{missing}", "{tmp}/x.gdstore"], r"input s3://\S+ not found"),
     (["run", "{src}", "-o", "{out}", "--set", "mode=style", "--set", "style={missing}"],
      r"style image s3://\S+/in/missing.jpg not found; check the URL"),
+    (["preview", "{src}"], r"preview reads a file on this machine, not an object's URL; copy"),
+    (["profile", "{src}", "-o", "{tmp}/report"], r"profile reads a file on this machine"),
 ])
 def test_url_input_and_output_refused_in_one_line(s3_env, tmp_path, photos, capsys, args,
                                                   message):
@@ -312,6 +314,21 @@ def test_url_input_and_output_refused_in_one_line(s3_env, tmp_path, photos, caps
     assert code != 0 and len(err.splitlines()) == 1, err
     assert re.search(message, err), err
     assert objects.keys_under(s3_env.url("refused")) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_plan_of_an_input_url_is_the_plan_of_the_file(s3_env, photos, capsys):
+    """``plan s3://…``: the object's header (ranged reads) gives the plan the file gives."""
+    from gigadream.cli import main
+    src = s3_env.url("in/plan.jpg")
+    objects.put(src, photos["chelsea_jpg"].read_bytes())
+    args = ["--set", "mode=identity", "--set", "tiling.tile=128"]
+    assert main(["plan", str(photos["chelsea_jpg"]), *args]) == 0
+    here = capsys.readouterr().out
+    assert main(["plan", src, *args]) == 0
+    there = capsys.readouterr().out
+    assert "451×300 px" in here and "tiles" in here
+    # the model time is measured afresh each time; the rest is the same
+    assert there.split("this machine")[0] == here.split("this machine")[0]
 
 
 def test_a_task_s_puts_finish_with_it(s3_env):
