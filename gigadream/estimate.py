@@ -190,11 +190,11 @@ def _time_steps(cfg: Config, shapes: list[tuple[int, int]],
 
 def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, executor=None,
              rate: float | None = None) -> Estimate:
-    """What a run of ``cfg`` on ``input_path`` (a file or a URL) will cost; ``calibrate`` times the model on
-    this machine, in a worker of ``executor`` where one is given. ``rate``: seconds per
-    window megapixel-step that steps of this config just took on this machine (the
-    preview's), all costs included, used instead of timing probes (the FLOPs and bytes are
-    still counted in one small step)."""
+    """What a run of ``cfg`` on ``input_path`` (a file or a URL) will cost; ``calibrate``
+    times the model on this machine, in a worker of ``executor`` where one is given.
+    ``rate``: seconds per window megapixel-step that steps of this config just took on this
+    machine (the preview's), all costs included, used instead of timing probes (the FLOPs
+    and bytes are still counted in one small step)."""
     shape = image_shape(input_path)                 # a file, or an object's URL
     wrap, why = wrap_setting(cfg.tiling.wrap, input_path, shape)
     cfg = with_wrap(cfg, input_path, shape)

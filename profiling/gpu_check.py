@@ -9,8 +9,8 @@ It prints, and writes to DIR/gpu_check.md:
 
 1. the device(s), and what ``model.precision: auto`` picks there (bf16 only where the GPU has
    it natively: since Ampere);
-2. dream, bf16 against fp32 on a real photo, with tests/test_dream.py's bounds for the CPU:
-   one step's cosine, four steps' against another jitter seed's, the steps' length;
+2. dream, bf16 against fp32 on a real photo (the check tests/test_dream.py runs on the
+   CPU): one step's cosine, four steps' against another jitter seed's, the steps' length;
 3. dream's ``engine.batch``: windows dreamed as one batch against each alone (one step);
 4. style, in fp32 (its precision): its TF32 convolutions (cuDNN's default since Ampere)
    against strict fp32; the Gram sums of a window's four tiles against the window's own, in
