@@ -173,22 +173,34 @@ def test_no_seams_along_the_tile_boundaries(tiled_and_whole, images):
         assert abs(ratios[0] - 1) <= 0.15 and abs(ratios[1] - 1) <= 0.15
 
 
-def test_grams_of_tiles_add_up_to_the_whole_image(images):
-    """The reduction's premise: per-tile Gram sums over the cores add up to the image's Gram."""
+def _gram_pass(images):
+    """A tiled pass over the 256 px photo: 96 px tiles, 48 px of context, an offset grid
+    aligned on 16 px. (cfg, its PassPlan, the processor, the tiles, the photo as (3, h, w)
+    float32, the photo's own Grams)."""
     cfg = load_config(None, ["mode=style", f"style={images['style']}", "style.whole_size=128", "tiling.tile=96",
                              "tiling.margin=48"])
-    proc = StyleMode(cfg).processor(plan((256, 256), cfg)[1], first=False)
+    pp = plan((256, 256), cfg)[1]
+    proc = StyleMode(cfg).processor(pp, first=False)
     img = images["array"].transpose(2, 0, 1).astype(np.float32)
-    tiles = grid((256, 256), 96, (40, 17), proc.margin, cfg.align)   # aligned on 16 px
-    total = add_stats(*[proc.stat(img[(slice(None), *t.window.slices())],
-                                  t.core.relative_to(t.window)) for t in tiles])["grams"]
-    whole = proc.stat(img, Box(0, 256, 0, 256))["grams"]
+    tiles = grid((256, 256), 96, (40, 17), proc.margin, cfg.align)
+    return cfg, pp, proc, tiles, img, proc.stat(img, Box(0, 256, 0, 256))["grams"]
+
+
+def _assert_the_whole_images_grams(total: dict, whole: dict) -> None:
     # margin 48 covers these layers' receptive fields, and aligned windows pool on the image's
     # grid: features equal the whole image's, and core cells partition its cells
     for layer in ("relu1_1", "relu2_1", "relu3_1"):
         (gt, nt), (gw, nw) = total[layer], whole[layer]
         assert nt == nw
         assert np.abs(gt - gw).max() <= 1e-3 * np.abs(gw).max(), layer
+
+
+def test_grams_of_tiles_add_up_to_the_whole_image(images):
+    """The reduction's premise: per-tile Gram sums over the cores add up to the image's Gram."""
+    _, _, proc, tiles, img, whole = _gram_pass(images)
+    total = add_stats(*[proc.stat(img[(slice(None), *t.window.slices())],
+                                  t.core.relative_to(t.window)) for t in tiles])["grams"]
+    _assert_the_whole_images_grams(total, whole)
 
 
 def _echo(value, shared):
@@ -205,15 +217,10 @@ def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path)
     from gigadream.ingest import ingest
     from gigadream.pipeline import RunReport, _Run
     from gigadream.store import Store
-    cfg = load_config(None, ["mode=style", f"style={images['style']}", "style.whole_size=128", "tiling.tile=96",
-                             "tiling.margin=48"])
-    mode, pp = StyleMode(cfg), plan((256, 256), cfg)[1]
-    proc = mode.processor(pp, first=False)
+    cfg, pp, proc, tiles, _, whole = _gram_pass(images)
+    mode = StyleMode(cfg)
     store = Store.create(tmp_path / "store")
     source = ingest(images["content"], store)
-    tiles = grid((256, 256), 96, (40, 17), proc.margin, cfg.align)   # as the test above
-    img = images["array"].transpose(2, 0, 1).astype(np.float32)
-    whole = proc.stat(img, Box(0, 256, 0, 256))["grams"]
     with cluster(workers=2) as ex:
         resolved = mode.resolve(ex)
         run_ = _Run(ex, store, RunReport(), lambda e: None, resolved, resolved["batch"], cfg.seed, True)
@@ -223,10 +230,7 @@ def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path)
         assert map_tasks(ex, _echo, [0], args=(other,))[0][1]["grams"]["relu1_1"][1] == 0
     assert len(seen) == 4
     for reduced in seen:
-        for layer in ("relu1_1", "relu2_1", "relu3_1"):       # within the margin's reach
-            (gt, nt), (gw, nw) = reduced["grams"][layer], whole[layer]
-            assert nt == nw
-            assert np.abs(gt - gw).max() <= 1e-3 * np.abs(gw).max(), layer
+        _assert_the_whole_images_grams(reduced["grams"], whole)
 
 
 def ycbcr_chroma(img: np.ndarray) -> np.ndarray:
