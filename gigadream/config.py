@@ -481,8 +481,13 @@ def presets_dir() -> Path:
 
 def preset_values(name: str) -> dict:
     """A preset's (or config file's) own YAML mapping, unchecked: what a form shows before a
-    style preset has its style image."""
-    return _read_yaml(resolve_preset(name))
+    style preset has its style image. A section given by its shorthand's value is spelled out
+    (``keep_far: 16`` as ``{factor: 16}``), so each value sits under its own key."""
+    data = _read_yaml(resolve_preset(name))
+    for key in list(data):
+        if isinstance(key, str) and _section_class([key]) is not None:
+            _section_values(data, [key])
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

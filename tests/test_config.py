@@ -40,7 +40,7 @@ def test_config_parses_alone_and_the_mode_checks_what_it_decides():
 
 def test_keep_far_is_a_section_with_a_shorthand(tmp_path):
     """``keep_far: 16`` and ``--set keep_far=16`` set ``keep_far.factor``; an override of a
-    preset's shorthand replaces its value."""
+    preset's shorthand replaces its value; a preset's values read unchecked spell it out."""
     assert load_config(None, ["keep_far=16"]).keep_far.factor == 16
     assert load_config(None, ["keep_far.factor=8"]).keep_far.factor == 8
     f = tmp_path / "far.yaml"
@@ -50,6 +50,8 @@ def test_keep_far_is_a_section_with_a_shorthand(tmp_path):
     assert load_config("impressionist", ["keep_far=0"]).keep_far.factor == 0
     assert load_config("impressionist", ["keep_far.factor=4"]).keep_far.factor == 4
     assert Config().keep_far.factor == 0
+    # a form's rows (the studio's) find it under its own key
+    assert config.preset_values("impressionist")["keep_far"] == {"factor": 16}
 
 
 def test_the_old_keep_far_key_says_where_it_moved(tmp_path):

@@ -397,8 +397,8 @@ def _text(v: Any) -> str:
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and prefix + k in {"model", "dream", "style", "tiling", "engine",
-                                                  "export"}:
+        if isinstance(v, dict) and prefix + k in {"model", "dream", "style", "keep_far", "tiling",
+                                                  "engine", "export"}:
             out |= _flat(v, f"{k}.")
         else:
             out[prefix + k] = v
