@@ -25,12 +25,12 @@ from .tiling import grid, padded_shape
 GPUS = {"t4": (8.1, 65.0), "l4": (30.3, 121.0), "a10": (31.2, 125.0), "a100": (19.5, 312.0),
         "h100": (67.0, 989.0), "h200": (67.0, 989.0), "rtx4090": (82.6, 165.0)}
 # Convolutions on tile windows reach about this share of peak (cuDNN, engine.batch's 4 windows
-# a step): an assumption, not yet measured.
+# a step): an assumed figure, not a fitted one.
 GPU_EFFICIENCY = 0.35
 # plan times the model on PROBES of the run's window shapes (at most this side): a first step
 # of each, then rounds of one step of each for CALIBRATION_S, at least REPEATS rounds. The
 # time a run's steps take follows the machine's load; a few seconds of rounds sample more of
-# it than a few steps did (their estimate varied 6× within minutes on this shared machine).
+# it than a few steps would.
 CALIBRATION_SIDE = 192
 PROBES = 5
 REPEATS = 2
@@ -92,10 +92,8 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     seconds more per megapixel for the first step of a Dask task) on
     this CPU, timed where a run takes its steps: in a task of a worker of an embedded
     cluster (its environment, threads and allocator settings), which costs ``plan`` the
-    worker's start, 3-5 s. Steps timed in the calling process ran at another speed: on
-    this shared, busy machine a VGG16 step of a 168×169 window took 550-1900 ms on a
-    process's main thread, 70-260 ms in a worker's task (measured), and an estimate timed there
-    stands at 2.3-5.9× a real run's model time.
+    worker's start, 3-5 s. Steps timed in the calling process run at another speed, several
+    times a worker's (profiling/README.md).
 
     The steps are those of the run's own window ``shapes`` (``_probe_shapes``): edge tiles
     bring thin windows that cost more per pixel than a square's. A step costs a + b ×
@@ -103,11 +101,10 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     its kernels once per shape in a process, and in a small image most windows are the
     first of their shape: each probe's first step is timed against the fit. A worker trims
     its heap after each Dask task (engine.release_freed_memory), so a task's first step
-    faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
-    measured in a worker); that cost is timed after a trim, per megapixel. ``executor``: a
-    started cluster's (``preview``), whose worker has the model loaded, instead of one
-    started here. Without ``timed``, only the FLOPs and the bytes kept (one small step), the
-    times zero: the caller has its own rate."""
+    faults its activations in afresh; that cost is timed after a trim, per megapixel.
+    ``executor``: a started cluster's (``preview``), whose worker has the model loaded,
+    instead of one started here. Without ``timed``, only the FLOPs and the bytes kept (one
+    small step), the times zero: the caller has its own rate."""
     from .engine import cluster
 
     mode = mode_for(cfg)
@@ -233,7 +230,7 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
         per_mp = rate
     # each worker process meets a shape for the first time once, if its tiles reach it
     firsts = sum(min(workers, n) for n in shapes.values())
-    # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its
+    # A worker holds the Python/torch runtime and model (~400 MB for VGG16), its
     # window (float32 in and out), the next tile's window and content read ahead (prefetch),
     # and one step's saved activations for the largest window.
     worker_ram = int(400e6 + bytes_px * window_px + 6 * 3 * window_px * 4)

@@ -187,7 +187,8 @@ class Mode:
 
     @property
     def align_end(self) -> bool:
-        """Windows also end on the stride (``tiling.aligned``)."""
+        """Windows also end on the stride (``tiling.aligned``). Not by default: style's tiles
+        keep their extent, its optimiser works on the whole window."""
         return False
 
     @property

@@ -66,8 +66,8 @@ STYLE_MAX_SIDE = 1024
 def style_model(name: str, weights: str | None, device: str | None = None):
     """The backbone style runs on ``device`` (None: the process's, ``devices.device``: a
     worker's, the one its setup loaded), its convolutions padding the image's borders by
-    replication: with zeros there, the optimiser darkened the outer pixels by 6-7 levels to
-    match the style's Grams of the padded edge (measured on a 256 px photo, 64 px tiles)."""
+    replication: with zeros there, the optimiser darkens the outer pixels to match the
+    style's Grams of the padded edge."""
     from ..devices import device as own_device
     from ..models import get_model
     return get_model(name, weights, device or own_device(), "replicate")
