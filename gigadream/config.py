@@ -381,7 +381,8 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if f"{prefix}{key}" in MOVED:
-            raise ConfigError(f"unknown key '{prefix}{key}': it moved to {MOVED[prefix + key]}")
+            raise ConfigError(f"unknown key '{prefix}{key}': it moved to "
+                              f"{MOVED[prefix + key]}")
         if key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""

@@ -79,8 +79,8 @@ def test_cluster_runs_tasks_in_worker_processes():
         # GPU's batch on GPUs
         cfg = load_config(None, [])
         resolved = mode_for(cfg).resolve(ex)
-        want = (("cuda", gpu_batch(cfg.tiling.tile + 2 * mode_for(cfg).window_margin)) if cuda_devices()
-                else ("cpu", 1))
+        window = cfg.tiling.tile + 2 * mode_for(cfg).window_margin
+        want = ("cuda", gpu_batch(window)) if cuda_devices() else ("cpu", 1)
         assert (resolved["device"], resolved["batch"]) == want
         assert mode_for(load_config(None, ["engine.batch=3"])).resolve(ex)["batch"] == 3
         # every worker bounds oneDNN's cache of compiled kernels (engine.ONEDNN_CACHE)

@@ -278,7 +278,8 @@ class DreamMode(Mode):
         device, precision, threads = (agreed({f[i] for f in found}) for i in range(3))
         batch = self.cfg.engine.batch
         if batch == "auto":
-            batch = gpu_batch(self.cfg.tiling.tile + 2 * self.window_margin) if device == "cuda" else 1
+            window = self.cfg.tiling.tile + 2 * self.window_margin
+            batch = gpu_batch(window) if device == "cuda" else 1
         return {"device": device, "precision": precision, "batch": batch, "threads": threads}
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
