@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError, Interrupted
 from ..text import duration
-from .jobs import expand, read_jobs_file
+from .jobs import checked, read_jobs_file
 from .runner import Runner, SchedulerBusy, Studio
 
 
@@ -23,18 +23,9 @@ def _local_path(base: Path):
 def queue_file(studio: Studio, jobs_file: Path) -> list[int]:
     """Every job of ``jobs_file`` checked (settings with the CLI's parser, inputs by their
     headers), then queued; nothing is queued if any is refused. Returns their ids."""
-    from ..ingest import image_shape
     resolve = _local_path(Path(jobs_file).absolute().parent)
-    groups = []
-    for i, spec in enumerate(read_jobs_file(jobs_file)):
-        name, sweep, jobs = expand(spec, resolve)
-        image_shape(jobs[0]["input"])
-        groups.append((name, sweep, jobs))
-    ids = []
-    for name, sweep, jobs in groups:
-        gid = studio.queue.add_group(name, sweep, jobs, studio.jobs_dir)
-        ids += [j["id"] for j in studio.queue.jobs("group_id=?", (gid,))]
-    return sorted(ids)
+    groups = [checked(spec, resolve) for spec in read_jobs_file(jobs_file)]
+    return sorted(i for group in groups for i in studio.add(*group)[1])
 
 
 def batch(jobs_file: Path, studio_dir: Path, slots: int | None, scheduler: str | None) -> int:
