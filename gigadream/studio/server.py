@@ -217,9 +217,9 @@ def create_app(app: App) -> FastAPI:
 
     @web.middleware("http")
     async def guard(request: Request, call_next):
-        refused = refusal(request, app.token, app.host, app.port)
-        if refused is not None:
-            return error(refused.status, str(refused), request)
+        why = refusal(request, app.token, app.host, app.port)
+        if why is not None:
+            return error(why.status, str(why), request)
         response = await call_next(request)
         remember_token(request, response, app.token)
         return response
