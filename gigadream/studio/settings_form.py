@@ -12,7 +12,8 @@ SECTIONS = {"model", "dream", "style", "tiling", "engine", "export"}
 
 
 def preset_names() -> list[str]:
-    return list(presets())
+    """The bundled presets by name, alphabetically, as the form lists them."""
+    return sorted(presets())
 
 
 def settings_form(preset: str | None) -> list[dict]:
