@@ -31,7 +31,7 @@ from test_viewer import browser, console_errors, wait_loaded  # noqa: F401 (a fi
 IDENTITY = ["mode=identity", "dream.octaves=1", "dream.passes=1", "tiling.tile=64",
             "engine.workers=1", "engine.threads=1"]
 DREAM = ["mode=dream", "dream.layers=[relu2_2]", "dream.octaves=2", "dream.passes=3",
-         "dream.calibration_tiles=4", "dream.keep_far=0", "tiling.tile=64",
+         "dream.calibration_tiles=4", "keep_far=0", "tiling.tile=64",
          "engine.workers=1", "engine.threads=1"]
 
 
@@ -399,7 +399,7 @@ def test_the_token_is_asked_on_every_request_when_required(server):
     r = bare.get("/", params={"token": token})          # the printed address: then a cookie
     assert r.status_code == 200 and bare.get("/images").status_code == 200
     bare.close()
-    from gigadream.studio.server import is_loopback
+    from gigadream.studio.security import is_loopback
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
 
