@@ -84,8 +84,8 @@ def test_values_stay_in_range_and_model_time_is_reported(dreamed):
                for t in grid(p.shape, p.tile, p.offset, margin, mode.align, mode.wrap,
                              mode.align_end))
     octaves = {p.octave: p.shape for p in passes}
-    n = sum(min(cfg.dream.calibration_tiles,
-                len(grid(shape, cfg.tiling.tile, (0, 0), margin, mode.align, mode.wrap)))
+    n = sum(min(mode.calibration_tiles, len(grid(shape, cfg.tiling.tile, (0, 0), margin,
+                                                 mode.align, mode.wrap, mode.align_end)))
             for shape in octaves.values())
     print(f"model: {report.model_mp:.3f} MP-steps ({work:.3f} in the passes, {n} calibration "
           f"steps), {report.model_s:.2f} s of {report.stage_s['passes']:.2f} s of passes")
