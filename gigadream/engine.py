@@ -26,9 +26,9 @@ import dask.system
 import numpy as np
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
 
-from . import chunks
 from .errors import ClusterError, ConfigError, GpuMemoryError
 from .steps import recorded_steps
+from .storage import chunks
 from .tiling import Tile, tile_rng
 
 

@@ -15,15 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__, objects
+from . import __version__
 from .config import Config, to_dict, to_yaml
 from .engine import BackgroundCluster, TileTask, check_gpus, map_tiles, release_freed_memory
 from .errors import InputError, OutputError, StoreError
 from .export import check_output, export
 from .ingest import build_pyramid, fingerprint, image_shape, ingest, input_name, wrap_setting
 from .modes import Mode, PassPlan, mode_for, result_view
-from .objects import store_location
-from .store import ArrayView, OctaveStart, Store, atomic_write_text, forget_arrays, is_store
+from .storage import location
+from .storage.location import store_location
+from .storage.store import Store, is_store
+from .storage.views import ArrayView, OctaveStart, forget_arrays
 from .tiling import grid
 
 
@@ -79,9 +81,7 @@ def work_units(passes: list[PassPlan]) -> int:
 
 def default_store(out: Path | str) -> Path | str:
     """OUT.gdstore beside the output: on object storage beside an output at a URL."""
-    if objects.is_url(out):
-        return str(out) + ".gdstore"
-    return out.with_name(out.name + ".gdstore")
+    return location.beside(out, ".gdstore")
 
 
 def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
@@ -106,7 +106,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     # other files is refused. (Workers open the weights file by this path; the style images
     # reach them as pixels.)
     cfg = cfg.resolved(Path.cwd())
-    # a file or an object's URL each (objects.store_location)
+    # a file or an object's URL each (location.store_location)
     input_path, out = store_location(str(input_path)), store_location(str(out))
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     cfg = with_wrap(cfg, input_path, shape)      # from its header too
@@ -151,12 +151,12 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             if own:
                 workers.close()         # before the export: its memory is not needed there
         with _timed(report, "export"):
-            on_event(Stage("export", objects.name(out)))
+            on_event(Stage("export", location.name(out)))
             result = store.record()["result"]
             export(result_view(result, store.view(result), sources[0]), out, cfg.export,
                    overwrite=overwrite, on_rows=_rows(on_event, "export", shape[0]),
                    kept=store.input_metadata(), before=sources[0])
-            _write_text(config_output(out), _reproducible_yaml(cfg, input_path))
+            location.write_text(config_output(out), _reproducible_yaml(cfg, input_path))
     finally:
         if own:
             workers.close()
@@ -458,25 +458,14 @@ def stored_image(store: Store, partial: bool = False) -> tuple[ArrayView, str | 
 
 def config_output(out: Path | str) -> Path | str:
     """OUT.yaml: the resolved config written beside the result."""
-    if objects.is_url(out):
-        return str(out) + ".yaml"
-    return out.with_name(out.name + ".yaml")
-
-
-def _write_text(path: Path | str, text: str) -> None:
-    """A whole file (renamed into place) or object (one PUT), never seen half-written."""
-    if objects.is_url(path):
-        objects.put(path, text.encode())
-    else:
-        atomic_write_text(path, text)
+    return location.beside(out, ".yaml")
 
 
 def check_config_output(out: Path | str, overwrite: bool) -> None:
     """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
     path = config_output(out)
-    there = objects.head(path, "output") is not None if objects.is_url(path) else path.exists()
-    if there and not overwrite:
-        raise OutputError(f"output {path} (the config of {objects.name(out)}) already exists; "
+    if location.exists(path, "output") and not overwrite:
+        raise OutputError(f"output {path} (the config of {location.name(out)}) already exists; "
                           "pass --overwrite to replace it or choose another name with -o")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from gigadream.config import load_config
-from gigadream.objects import store_location
+from gigadream.storage.location import store_location
 from gigadream.pipeline import Rows, Stage, Work, run
 
 

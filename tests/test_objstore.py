@@ -22,9 +22,10 @@ import pytest
 import zarr
 
 import s3server
-from gigadream import chunks, objects
+from gigadream.storage import chunks, objects
 from gigadream.errors import StoreError
-from gigadream.store import Store, forget_arrays
+from gigadream.storage.store import Store
+from gigadream.storage.views import forget_arrays
 from gigadream.tiling import Box, grid
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -431,11 +431,11 @@ class OriginalColors:
         return luminance_transfer(self.styled.read(box), self.content.read(box))
 
     def read_uint8(self, box: Box) -> np.ndarray:
-        from ..store import ComputedView
+        from ..storage.views import ComputedView
         return ComputedView.read_uint8(self, box)
 
     def read_uint16(self, box: Box) -> np.ndarray:
-        from ..store import ComputedView
+        from ..storage.views import ComputedView
         return ComputedView.read_uint16(self, box)
 
 
