@@ -141,6 +141,18 @@ def test_bad_input_is_one_clear_line_and_untouched(tmp_path, make, message):
         assert sha256(f) == before
 
 
+@pytest.mark.parametrize("message,line", [
+    ("unable to load from file x.jpg\n  VipsForeignLoad: \"x.jpg\" is not a known file format\n",
+     'VipsForeignLoad: "x.jpg" is not a known file format'),    # pyvips indents its detail
+    ("VipsJpeg: premature end of JPEG file\nVipsForeignLoad: load failed\n",
+     "VipsJpeg: premature end of JPEG file"),             # the loader's summary comes last
+    ("VipsForeignLoad: only this\n", "VipsForeignLoad: only this"),
+    ("", "Exception"),
+])
+def test_a_libvips_error_is_quoted_by_its_cause(message, line):
+    assert ingest_mod._vips_error(Exception(message)) == line
+
+
 def test_store_refuses_a_folder_holding_other_data(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("precious")
