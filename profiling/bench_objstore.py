@@ -123,7 +123,7 @@ def main() -> None:
     from gigadream.pipeline import run
     from gigadream.sample import make_panorama
     from gigadream.storage.store import Store
-from gigadream.storage.views import forget_arrays
+    from gigadream.storage.views import forget_arrays
 
     w, h = (int(v) for v in os.environ.get("BENCH_SIZE", "2048x1536").split("x"))
     wanted = os.environ.get("BENCH_SERVERS", "seaweed,moto").split(",")

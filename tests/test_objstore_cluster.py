@@ -192,7 +192,6 @@ def test_ingest_and_export_through_s3_equal_the_folders(s3_env, tmp_path):
     import skimage.data
 
     from gigadream import cli
-
     from gigadream.storage import objects
     from gigadream.storage.views import forget_arrays
     im = pyvips.Image.new_from_array(np.ascontiguousarray(skimage.data.astronaut()[:192, ::2])) \
