@@ -144,7 +144,7 @@ def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None,
     (``task_io``)."""
     ch, cw = lay.chunk
     r1 = ch if r1 is None else r1
-    if lay.remote:
+    if lay.remote:                  # a whole object a GET, where a file's rows are read alone
         return _get(lay, iy, ix, r0, r1, cache)
     try:
         f = open(lay.file(iy, ix), "rb", buffering=0)
