@@ -114,7 +114,7 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     started cluster's (``preview``), whose worker has the model loaded, instead of one
     started here. Without ``timed``, only the FLOPs and the bytes kept (one small step), the
     times zero: the caller has its own rate."""
-    from .engine import cluster
+    from .cluster import cluster
     from .modes import mode_for
 
     mode = mode_for(cfg)
@@ -135,7 +135,7 @@ def _time_steps(cfg: Config, shapes: list[tuple[int, int]],
     from torch.utils.flop_counter import FlopCounterMode
 
     from .devices import device
-    from .engine import release_freed_memory
+    from .memory import release_freed_memory
     from .models import as_input, autocast
     from .modes import mode_for
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import json
 
-from ..engine import cuda_devices
+from ..devices import cuda_devices
 from ..errors import GigadreamError
 from .db import Queue
 from .jobs import check_config, job_yaml
