@@ -46,11 +46,11 @@ def run_tile(task: TileTask, data: Any = None) -> dict:
 
 def run_tiles(tasks: tuple[TileTask, ...], data: Any = None, batch: int | None = None) -> list[dict]:
     """Several tiles in one Dask task. A Dask task costs ~15-20 ms of scheduling, more than
-    an identity tile's own work (3 ms), so cheap tiles travel in batches (``tiles_per_task``). Consecutive tiles whose windows share a
-    shape go through a processor that has ``batch`` together, ``batch`` at a time
-    (``engine.batch``: one model step for them all; None: no limit); others one after the
-    other. The heap is trimmed once a task, not once a tile: the next tile would fault its
-    buffers' pages in again, which doubles an identity tile's time.
+    an identity tile's own work (3 ms), so cheap tiles travel in batches (``tiles_per_task``).
+    Consecutive tiles whose windows share a shape go through a processor that has ``batch``
+    together, ``batch`` at a time (``engine.batch``: one model step for them all; None: no
+    limit); others one after the other. The heap is trimmed once a task, not once a tile:
+    the next tile would fault its buffers' pages in again (an identity tile's time doubles).
 
     A group that runs out of GPU memory is retried smaller (``_fitting``): the task, and the
     pass, go on."""

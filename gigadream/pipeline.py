@@ -182,7 +182,7 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)
         run.process(pp, view, target, proc, tiles, data, mode.align)
         # with what the result needs to be read back (``modes.result_view``), so that the
-        # latest canvas of an unfinished run is readable too (``stored_image``)
+        # latest canvas of an unfinished run is readable too (``record.stored_image``)
         store.update_record(done=i, canvas={**target.record(), **mode.result_record()})
         if pp.pass_ == 0 and k + 1 < len(sources):
             store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
