@@ -3,7 +3,7 @@
 One GPU a worker, as Dask's GPU deployments run (dask-cuda: each worker sees one device
 through ``CUDA_VISIBLE_DEVICES``):
 
-- the embedded cluster's engine picks the GPUs (``choose_gpus``: all this machine has, or
+- the embedded cluster (``cluster``) picks the GPUs (``choose_gpus``: all this machine has, or
   ``--gpus 0,2``), gives worker i its device (``worker_devices``), and hands it over when the
   worker starts (``use_device``): nothing reads it back from the environment;
 - a worker of an existing cluster runs on the one GPU it sees, else on its CPU
