@@ -28,8 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import Config, to_yaml
 from .cluster import BackgroundCluster, check_gpus
+from .config import Config, to_yaml
 from .errors import ConfigError, OutputError
 from .events import Stage, Timings, Total, Work
 from .ingest import image_shape
