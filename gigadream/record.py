@@ -20,7 +20,7 @@ from .store import ArrayView, Store, atomic_write_text, is_store
 
 # Settings that change the result; a store made under others cannot be resumed. The engine
 # (workers, threads, scheduler) and the export settings may change between attempts.
-RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "tiling")
+RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
