@@ -2,9 +2,9 @@
 model computes in (float32) and what an exporter writes (interleaved uint8 or uint16)."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
+
+from ..devices import loaded_torch
 
 # Every float16 value's byte (rounded to nearest, clipped, NaN → 0): numpy's float16 ufuncs
 # convert element by element, so a table lookup is ~10× faster than rint and clip.
@@ -51,7 +51,7 @@ def convert(a: np.ndarray, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if a.dtype == dtype:
         return a
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is not None and {a.dtype, dtype} <= {np.dtype(np.float16), np.dtype(np.float32)}:
         to = torch.float16 if dtype == np.float16 else torch.float32
         return torch.from_numpy(np.ascontiguousarray(a)).to(to).numpy()
