@@ -17,7 +17,7 @@ import yaml
 
 from . import archs
 from .errors import ConfigError
-from .objects import is_url
+from .storage.location import is_url
 
 Parser = Callable[[str, Any], Any]
 
