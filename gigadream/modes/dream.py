@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import Mode, PassPlan, Run
+from .base import Mode, PassPlan, Run
 from .common import agreed, check_layer, gpu_batch, worker_resolution
 from .far import far_radius
 from .. import archs

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Mode, PassPlan, Run
+from .base import Mode, PassPlan, Run
 from .common import agreed, check_layer, gpu_batch, worker_resolution
 from .. import archs
 from ..errors import ConfigError
