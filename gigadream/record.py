@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import __version__
-from .config import Config, to_dict, to_yaml
+from .config import Config, setting_keys, to_dict, to_yaml
 from .errors import OutputError, StoreError
 from .ingest import fingerprint, input_name
 from .modes import result_view
@@ -25,22 +25,12 @@ from .storage.views import ArrayView
 RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("layers", "content_layers", "style_layers"):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def config_difference(recorded: dict, cfg: Config) -> list[str]:
     """Result-changing settings that differ: 'key: STORE → NOW'. Settings that the workers
     resolve (``RESOLVED_SETTINGS``) are compared as resolved instead (``check_resolved``):
     ``auto`` then and ``bf16`` now agree where auto meant bf16."""
-    now = _flat({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
-    had = _flat({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
+    now = setting_keys({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
+    had = setting_keys({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
     keys = (set(now) | set(had)) - set(RESOLVED_SETTINGS.values())
     return [f"{k}: {had.get(k)!r} in the store, {now.get(k)!r} now"
             for k in sorted(keys) if now.get(k) != had.get(k)]
