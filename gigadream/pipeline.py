@@ -145,7 +145,7 @@ def shared_record(store: Store, cfg: Config, executor, sources: list[ArrayView],
                   on_event: Callable[[object], None] = lambda e: None,
                   report: RunReport | None = None) -> dict:
     """What a run over a part of the image in ``store`` takes from the whole image
-    (``Mode.shared``), measured on ``executor``'s workers over the store's source pyramid
+    (``Mode.shared``), computed on ``executor``'s workers over the store's source pyramid
     ``sources``: the ``prepared`` argument of ``run`` for each part."""
     cfg = cfg.resolved(Path.cwd())
     mode = mode_for(cfg)

@@ -225,7 +225,7 @@ class Mode:
 
     def shared(self, run: Run, sources: list) -> dict:
         """What a run over a part of the image needs from the whole image to process the
-        part as the whole run would, measured on the whole image's source pyramid
+        part as the whole run would, computed on the whole image's source pyramid
         ``sources`` (finest first). The part's run receives it as ``Run.shared``
         (``pipeline.run(prepared=...)``). Nothing by default."""
         return {}
