@@ -10,8 +10,8 @@ from . import __version__, archs
 from .config import Config, field_help, presets
 from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Interrupted
 from .modes import load_config, mode_for
-from . import objects
-from .objects import is_url, store_location
+from .storage import location
+from .storage.location import is_url, store_location
 
 # What -o / OUT may name; the formats are export.output_format's.
 OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
@@ -265,7 +265,7 @@ class _Progress:
         self.quiet, self.bar = quiet, None
 
     def __call__(self, event) -> None:
-        from .pipeline import Rows, Stage, Total, Work
+        from .events import Rows, Stage, Total, Work
         if self.quiet:
             return
         from tqdm import tqdm
@@ -284,7 +284,8 @@ class _Progress:
 
 
 def _run(args) -> int:
-    from .pipeline import EventLog, default_store, run
+    from .events import EventLog
+    from .pipeline import default_store, run
     cfg = _config(args)
     if args.output is None and is_url(args.input):
         raise ConfigError(f"input {args.input} is an object store's URL: name the result "
@@ -316,14 +317,14 @@ def _run(args) -> int:
         h, w = report.shape
         total = sum(report.stage_s.values())
         print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
-              f"config in {objects.name(report.output)}.yaml", file=sys.stderr)
+              f"config in {location.name(report.output)}.yaml", file=sys.stderr)
     return 0
 
 
 def _ingest(args) -> int:
     from .ingest import image_shape, ingest
     from .pipeline import with_wrap
-    from .store import Store
+    from .storage.store import Store
     cfg = _config(args)
     shape = image_shape(args.input)
     cfg = with_wrap(cfg, args.input, shape)
@@ -338,8 +339,8 @@ def _ingest(args) -> int:
 
 def _export(args) -> int:
     from .export import check_output, export
-    from .pipeline import stored_image
-    from .store import Store
+    from .record import stored_image
+    from .storage.store import Store
     cfg = _config(args)
     store = Store.open(args.store)
     view, what = stored_image(store, args.partial)
@@ -461,7 +462,7 @@ VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from .engine import tune_client_malloc
+    from .memory import tune_client_malloc
     tune_client_malloc()
     args = build_parser().parse_args(argv)
     # Ctrl-C and a cloud's preemption notice (SIGTERM) stop the run where it is; every pass
