@@ -29,7 +29,6 @@ def _under_ci() -> bool:
 
 def allowed_skip(nodeid: str) -> str | None:
     """The reason ``nodeid`` may skip under CI, or None."""
-    nodeid = nodeid.partition("@")[0]           # --dist loadgroup appends @group
     return next((why for pattern, why in ALLOWED_SKIPS.items()
                  if fnmatch.fnmatchcase(nodeid, pattern)), None)
 
@@ -55,33 +54,22 @@ def pytest_make_collect_report(collector):
     _fail_a_skip((yield).get_result())          # a whole module skipped (importorskip)
 
 
-# make test's two processes take whole groups (--dist loadgroup): a module is a group, so its
-# tests share its module fixtures, but the tests named here form a group of their own (a
-# module's heavy half whose fixture no other test there uses). Groups are handed out
-# heaviest first, by the seconds in profiling/test-suite.md, so that the processes end
-# together instead of one waiting on a long group picked up last.
-OWN_GROUP = {
-    "tests/test_style.py::test_the_tiled_run_is_tiled_and_the_whole_run_is_not": "style-tiled",
-    "tests/test_style.py::test_the_style_is_painted_and_the_photo_kept": "style-tiled",
-    "tests/test_style.py::test_tiled_equals_whole": "style-tiled",
-    "tests/test_style.py::test_no_seams_along_the_tile_boundaries": "style-tiled",
-}
-HEAVIEST_FIRST = ["test_resume", "style-tiled", "test_style", "test_cli", "test_preview",
-                  "test_studio", "test_gpu", "test_dream", "test_objstore_cluster", "test_wrap",
-                  "test_engine", "test_far", "test_objstore", "test_scheduler", "test_profile",
-                  "test_install", "test_guided"]
+# make test's two processes take whole modules (--dist loadfile: a module's tests share its
+# module fixtures), handed out in the order collected (--no-loadscope-reorder; xdist's own
+# order is by number of tests, not time). Modules are collected heaviest first, by the
+# seconds in profiling/test-suite.md, so that the processes end together instead of one
+# waiting on a long module picked up last; the rest follow in file order. (--dist loadgroup
+# with xdist_group marks would split a module's heavy half off, but xdist 3.8 cannot tag node
+# ids under pytest 9, so every test would become its own unit and re-run module fixtures.)
+HEAVIEST_FIRST = ["test_style", "test_resume", "test_cli", "test_preview", "test_studio",
+                  "test_gpu", "test_dream", "test_objstore_cluster", "test_wrap", "test_engine",
+                  "test_far", "test_objstore", "test_scheduler", "test_profile", "test_install",
+                  "test_guided"]
 
 
-def _group(item) -> str:
-    return OWN_GROUP.get(item.nodeid, Path(item.nodeid.split("::")[0]).stem)
-
-
-@pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(config, items):
-    rank = {g: i for i, g in enumerate(HEAVIEST_FIRST)}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))    # stable: file order after
+    rank = {m: i for i, m in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.nodeid.split("::")[0]).stem, len(rank)))
 
 
 def save(array: np.ndarray, path: Path, **kw) -> Path:
