@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from . import __version__, archs
-from .config import Config, field_help, load_config, presets_dir
-from .errors import ConfigError, DiskFullError, GigadreamError, InputError
+from .config import Config, field_help, load_config, presets
+from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Interrupted
 from . import objects
 from .objects import is_url, store_location
 
@@ -252,14 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM (a preemption notice): the run stops at once, resumable."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
 def _on_signal(signum, frame) -> None:
     import signal
     raise Interrupted(signal.Signals(signum).name, signum)
@@ -361,10 +353,10 @@ def _export(args) -> int:
 
 
 def _presets(args) -> int:
-    for path in sorted(presets_dir().glob("*.yaml")):
+    for name, path in presets().items():
         first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
                       if ln.startswith("#")), "")
-        print(f"{path.stem:<20} {first}")
+        print(f"{name:<20} {first}")
     return 0
 
 

@@ -605,6 +605,12 @@ def presets_dir() -> Path:
     return Path(__file__).resolve().parent / "configs"
 
 
+def presets() -> dict[str, Path]:
+    """The bundled presets by name, in their files' order: ``gigadream presets`` and the
+    studio's list."""
+    return {p.stem: p for p in sorted(presets_dir().glob("*.yaml"))}
+
+
 def preset_values(name: str) -> dict:
     """A preset's (or config file's) own YAML mapping, unchecked: what a form shows before a
     style preset has its style image."""

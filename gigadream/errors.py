@@ -42,3 +42,12 @@ class DiskFullError(GigadreamError):
 
 class GpuMemoryError(GigadreamError):
     """A tile does not fit in the GPU's memory even alone and in the smallest parts."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (a preemption notice): the run stops at once, resumable. The CLI
+    raises it from its signal handler; the studio's batch catches it to say what waits."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import json
 import math
 import os
@@ -479,83 +478,21 @@ def _summary(report: PreviewReport, input_path: Path) -> dict:
 
 # -- the page ----------------------------------------------------------------------------
 
-PAGE_STYLE = """
-body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5em; background: #1b1b1b; color: #ddd; }
-a { color: #9cf; }
-.far { position: relative; display: inline-block; max-width: 100%; }
-.far img { display: block; max-width: 100%; height: auto; }
-.far .input { position: absolute; inset: 0; width: 100%; opacity: 0; }
-.far:hover .input { opacity: 1; }
-.mark { position: absolute; box-sizing: border-box; border: 2px solid #ff3; color: #ff3;
-        font-weight: bold; text-decoration: none; padding: 0 3px;
-        text-shadow: 0 0 3px #000; min-width: 6px; min-height: 6px; }
-.mark:hover { background: rgba(255, 255, 51, 0.2); }
-.pair { display: flex; gap: 8px; flex-wrap: wrap; }
-.pair figure { margin: 0; flex: 1 1 45%; }
-.pair img { width: 100%; height: auto; image-rendering: pixelated; }
-section { margin: 2em 0; padding-top: 0.5em; border-top: 1px solid #444; }
-section:target { outline: 2px solid #ff3; outline-offset: 6px; }
-pre { background: #111; padding: 0.8em; overflow-x: auto; }
-"""
-
-
 def _pct(v: float, total: int) -> str:
     return f"{100 * v / total:.4f}%"
 
 
 def index_html(report: PreviewReport, input_path: Path, cfg: Config) -> str:
-    """The preview as one static page: the far view (its input under the pointer) with the
-    crops' places marked, each mark a link to its crop; each crop beside its input; the
-    full run's estimated time; the config. No script: it opens from disk anywhere."""
+    """The preview as one static page (``templates/preview.html``): the far view (its input
+    under the pointer) with the crops' places marked, each mark a link to its crop; each crop
+    beside its input; the full run's estimated time; the config. No script: it opens from
+    disk anywhere."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                      autoescape=select_autoescape(["html"]), trim_blocks=True,
+                      lstrip_blocks=True, keep_trailing_newline=True)
     h, w = report.shape
     fh, fw = report.far_shape
-    esc = html.escape
-    marks = []
-    for i, c in enumerate(report.crops, start=1):
-        b = c.box
-        marks.append(f'<a class="mark" href="#crop-{i}" title="crop {i}: {b.x0},{b.y0} to '
-                     f'{b.x1},{b.y1} ({c.picked})" style="left:{_pct(b.x0, w)};'
-                     f'top:{_pct(b.y0, h)};width:{_pct(b.x1 - b.x0, w)};'
-                     f'height:{_pct(b.y1 - b.y0, h)}">{i}</a>')
-    sections = []
-    for i, c in enumerate(report.crops, start=1):
-        b = c.box
-        sections.append(f"""<section id="crop-{i}">
-<h2>Crop {i} <small>x {b.x0}–{b.x1}, y {b.y0}–{b.y1} of the full image,
-{b.x1 - b.x0}×{b.y1 - b.y0} px at full size ({'your --at point' if c.picked == '--at'
-                                              else 'picked: busy and unlike the others'})</small></h2>
-<div class="pair">
-<figure><a href="crop-{i}-input.jpg"><img src="crop-{i}-input.jpg" alt="crop {i}, input"></a>
-<figcaption>input</figcaption></figure>
-<figure><a href="crop-{i}.jpg"><img src="crop-{i}.jpg" alt="crop {i}, result"></a>
-<figcaption>result, as the full run paints it there</figcaption></figure>
-</div>
-<p><a href="#far">back to the far view</a></p>
-</section>""")
-    estimate = (f"<h2>The full run</h2>\n<pre>{esc(report.estimate)}</pre>"
-                if report.estimate else "")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>gigadream preview: {esc(input_path.name)}</title>
-<style>{PAGE_STYLE}</style>
-</head>
-<body>
-<h1>Preview of {esc(input_path.name)} <small>({w}×{h} px, mode {esc(cfg.mode)})</small></h1>
-<p>From afar: the whole image at {fw}×{fh} px, run with the same config (point at it for the
-input). Up close: {len(report.crops)} crops at full size, each run as the full run would
-paint it there. Click a frame to open its crop.</p>
-<div class="far" id="far">
-<img class="result" src="far.jpg" alt="far view, result" width="{fw}" height="{fh}">
-<img class="input" src="far-input.jpg" alt="far view, input" width="{fw}" height="{fh}">
-{chr(10).join(marks)}
-</div>
-{chr(10).join(sections)}
-{estimate}
-<h2>Config</h2>
-<p><a href="config.yaml">config.yaml</a>: <code>gigadream run {esc(input_path.name)} --config
-config.yaml</code> runs the night's job with it.</p>
-</body>
-</html>
-"""
+    return env.get_template("preview.html").render(
+        name=input_path.name, mode=cfg.mode, w=w, h=h, fw=fw, fh=fh, crops=report.crops,
+        estimate=report.estimate, pct=_pct)

@@ -399,7 +399,7 @@ def test_the_token_is_asked_on_every_request_when_required(server):
     r = bare.get("/", params={"token": token})          # the printed address: then a cookie
     assert r.status_code == 200 and bare.get("/images").status_code == 200
     bare.close()
-    from gigadream.studio.server import is_loopback
+    from gigadream.studio.security import is_loopback
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
 

@@ -6,8 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InputError
-from .jobs import expand, read_jobs_file
+from ..errors import InputError, Interrupted
+from ..text import duration
+from .jobs import checked, read_jobs_file
 from .runner import Runner, SchedulerBusy, Studio
 
 
@@ -22,18 +23,9 @@ def _local_path(base: Path):
 def queue_file(studio: Studio, jobs_file: Path) -> list[int]:
     """Every job of ``jobs_file`` checked (settings with the CLI's parser, inputs by their
     headers), then queued; nothing is queued if any is refused. Returns their ids."""
-    from ..ingest import image_shape
     resolve = _local_path(Path(jobs_file).absolute().parent)
-    groups = []
-    for i, spec in enumerate(read_jobs_file(jobs_file)):
-        name, sweep, jobs = expand(spec, resolve)
-        image_shape(jobs[0]["input"])
-        groups.append((name, sweep, jobs))
-    ids = []
-    for name, sweep, jobs in groups:
-        gid = studio.queue.add_group(name, sweep, jobs, studio.jobs_dir)
-        ids += [j["id"] for j in studio.queue.jobs("group_id=?", (gid,))]
-    return sorted(ids)
+    groups = [checked(spec, resolve) for spec in read_jobs_file(jobs_file)]
+    return sorted(i for group in groups for i in studio.add(*group)[1])
 
 
 def batch(jobs_file: Path, studio_dir: Path, slots: int | None, scheduler: str | None) -> int:
@@ -53,7 +45,6 @@ def batch(jobs_file: Path, studio_dir: Path, slots: int | None, scheduler: str |
                 extra = f": {job['error']}" if job["error"] else (
                     f" on {job['slot']}" if job["status"] == "running" else "")
                 say(f"job {job['id']} {job['status']}{extra}")
-    from ..cli import Interrupted
     try:
         runner.run_until_empty(report)
     except SchedulerBusy as e:
@@ -72,13 +63,12 @@ def batch(jobs_file: Path, studio_dir: Path, slots: int | None, scheduler: str |
 
 def table(studio: Studio) -> str:
     """The queue as ``gigadream jobs`` prints it."""
-    from .server import _duration
     rows = [("job", "group", "status", "progress", "stage", "ETA", "slot", "image", "settings")]
     for j in studio.queue.jobs():
         label = " ".join(f"{k}={v}" for k, v in j["label"].items()) or (j["preset"] or "")
         rows.append((str(j["id"]), str(j["group_id"]), j["status"],
                      f"{100 * j['progress']:.0f} %", (j["error"] or j["stage"])[:40],
-                     _duration(j["eta_s"]) if j["status"] == "running" else "",
+                     duration(j["eta_s"]) if j["status"] == "running" else "",
                      j["slot"] or "", Path(j["input"]).name, label))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -92,7 +82,6 @@ def show_jobs(studio_dir: Path, watch: bool) -> int:
     if not watch:
         print(table(studio))
         return 0
-    from ..cli import Interrupted
     try:
         while True:
             text = table(studio)

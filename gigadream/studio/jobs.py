@@ -98,6 +98,15 @@ def expand(spec: dict, resolve_path: Callable[[str], Path],
     return str(name), key, jobs
 
 
+def checked(spec: dict, resolve_path: Callable[[str], Path],
+            resolve_input: Callable[[Any], Path] | None = None) -> tuple[str, str | None, list[dict]]:
+    """``expand``, and the input's header read: a damaged input fails before it is queued."""
+    from ..ingest import image_shape
+    name, sweep, jobs = expand(spec, resolve_path, resolve_input)
+    image_shape(jobs[0]["input"])
+    return name, sweep, jobs
+
+
 def _confined(cfg: Config, resolve_path: Callable[[str], Path]) -> None:
     """The files the built config reads, however they were set (a key, a whole section as a
     mapping, a config file), each one ``resolve_path`` allows; and no Dask scheduler of the

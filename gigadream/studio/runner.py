@@ -53,6 +53,11 @@ class Studio:
     thumbs = property(lambda self: self.root / "thumbs")
     lock_path = property(lambda self: self.root / "scheduler.lock")
 
+    def add(self, name: str, sweep: str | None, jobs: list[dict]) -> tuple[int, list[int]]:
+        """Queue one group of checked jobs (``jobs.expand``): the group's id, its jobs' ids."""
+        gid = self.queue.add_group(name, sweep, jobs, self.jobs_dir)
+        return gid, sorted(j["id"] for j in self.queue.jobs("group_id=?", (gid,)))
+
 
 def job_files(job: dict) -> dict[str, Path]:
     d = Path(job["dir"])
