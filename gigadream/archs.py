@@ -78,11 +78,10 @@ MODELS: dict[str, list[Op]] = {
 
 # Weights that ship with gigadream; the others need ``model.weights`` (a torchvision .pth).
 BUNDLED = ("vgg16", "efficientnet_lite0")
-# Models whose DeepDream gradient stays right in bfloat16 (``model.precision: auto``): VGG16's
-# input gradient to relu4_3 on a 602 px window, bf16 autocast against fp32, cosine 0.997,
-# 2.3-4.7x faster on a CPU with AMX (to relu2_2 1.9x, relu3_3 3.1x; measured). EfficientNet-
-# Lite0's logit gradient fell to cosine 0.92 for 1.15x, so it stays fp32, as does GoogLeNet,
-# which could not be measured here.
+# Models whose DeepDream gradient stays right in bfloat16 (``model.precision: auto``): VGG's
+# bf16 input gradient points where fp32's does, at 2-5x the speed on a CPU with AMX;
+# EfficientNet-Lite0's strays for little gain, so it stays fp32, as does GoogLeNet, unchecked
+# (profiling/README.md, "2026-12-01, morning").
 BF16_DREAM = ("vgg16", "vgg19")
 
 # Layers used when a config says ``auto``: the classic choices for each network.

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, load_config
+from .config import Config
+from .modes import load_config, mode_for
 
 BYTES_PER_PIXEL = 40     # uint8 photo + float32 image, rolled copy and gradient (3 × 12)
 
@@ -57,17 +58,15 @@ def naive_run(input_path: Path, cfg: Config, out: Path, on_stage=lambda name, de
 
     from .resample import octave_shape
 
-    if cfg.mode not in ("dream", "identity"):
+    mode = mode_for(cfg)
+    if not mode.naive:
         raise ValueError(f"the naive baseline does dream and identity, not {cfg.mode}")
     Image.MAX_IMAGE_PIXELS = None       # PIL refuses big panoramas by default
     on_stage("decode", Path(input_path).name)
     photo = Image.open(input_path).convert("RGB")
-    gradient = None
-    if cfg.mode == "dream":
-        from .modes.dream import DreamMode
-        gradient = DreamMode(cfg).make().gradient
+    gradient = mode.naive_gradient()
     rng = np.random.default_rng(cfg.seed)
-    n, scale = cfg.octaves((photo.height, photo.width))
+    n, scale = mode.octaves((photo.height, photo.width))
     img = base = None
     for k in reversed(range(n)):
         h, w = octave_shape((photo.height, photo.width), scale, k)
@@ -75,9 +74,9 @@ def naive_run(input_path: Path, cfg: Config, out: Path, on_stage=lambda name, de
         new_base = np.asarray(photo.resize((w, h), Image.BILINEAR) if k else photo, np.float32)
         img = new_base if img is None else new_base + _resize(img - base, (h, w))
         base = new_base
-        for p in range(cfg.dream.passes):
+        for p in range(mode.passes_per_octave):
             on_stage("pass", f"octave {k} pass {p + 1}")
-            for _ in range(cfg.dream.iterations if gradient else 1):
+            for _ in range(mode.iterations):
                 g = _gradient_tiled(img, cfg.tiling.tile, gradient, rng)
                 if gradient is not None:
                     img += g * (cfg.dream.dose * cfg.dream.step_size / (np.abs(g).mean() + 1e-7))

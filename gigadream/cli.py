@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from . import __version__, archs
-from .config import Config, field_help, load_config, presets
+from .config import Config, field_help, presets
 from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Interrupted
+from .modes import load_config, mode_for
 from . import objects
 from .objects import is_url, store_location
 
@@ -326,7 +327,7 @@ def _ingest(args) -> int:
     cfg = _config(args)
     shape = image_shape(args.input)
     cfg = with_wrap(cfg, args.input, shape)
-    octaves, scale = cfg.octaves(shape)
+    octaves, scale = mode_for(cfg).octaves(shape)
     store = Store.create(args.store, overwrite=args.overwrite)
     level0 = ingest(args.input, store, octaves=octaves, scale=scale, wrap=cfg.wraps)
     if not args.quiet:

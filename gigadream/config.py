@@ -2,7 +2,8 @@
 
 Every field carries its parser in its metadata; a parser says what it expected and what it
 got. ``load_config`` merges a YAML file and ``--set key=value`` overrides over the defaults;
-an unknown key is refused with the nearest valid one.
+an unknown key is refused with the nearest valid one. This module knows no mode: what a mode
+decides from the settings, and checks, lives in ``modes`` (``modes.load_config``).
 """
 from __future__ import annotations
 
@@ -205,10 +206,6 @@ class DreamConfig:
     jitter: int = _field(32, parse_int(0), "max random shift (px) of the tile before each step")
     calibration_tiles: int = _field(16, parse_int(1),
                                     "tiles sampled per octave for the shared gradient scale")
-    keep_far: int = _field(0, parse_far,
-                           "keep the far view: the result shrunk this many times stays the "
-                           "input shrunk as much, the detail up close stays wild (every pass's "
-                           "change loses its low frequencies; dream and style); 0 = off")
 
 
 @dataclass(frozen=True)
@@ -253,6 +250,18 @@ class StyleConfig:
     iterations: int = _field(5, parse_int(1), "optimiser steps per tile per pass: a few keep "
                              "tile edges invisible (each tile moves against its neighbours' "
                              "pixels as the pass began)")
+
+
+@dataclass(frozen=True)
+class KeepFarConfig:
+    """Keep the far view (``modes.far``), in dream and style."""
+
+    SHORTHAND = "factor"     # ``keep_far: 16`` means ``keep_far.factor: 16``
+
+    factor: int = _field(0, parse_far,
+                         "the result shrunk this many times stays the input shrunk as much, "
+                         "the detail up close stays wild (every pass's change loses its low "
+                         "frequencies); 0 = off; --set keep_far=16")
 
 
 @dataclass(frozen=True)
@@ -322,6 +331,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
     style: StyleConfig = field(default_factory=StyleConfig)
+    keep_far: KeepFarConfig = field(default_factory=KeepFarConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -334,69 +344,6 @@ class Config:
                               f"(bundled: {', '.join(archs.BUNDLED)})")
         if m.weights is not None and not Path(m.weights).is_file():
             raise ConfigError(f"model.weights: file {m.weights} not found")
-        if self.mode == "dream":
-            for layer, _ in self.dream_layers:
-                self._check_layer("dream.layers", layer)
-            if self.dream.classes and "logits" not in archs.layer_names(m.name):
-                raise ConfigError(f"dream.classes: {m.name} has no ImageNet classifier; use "
-                                  "model.name=efficientnet_lite0 (bundled) or googlenet")
-            if not self.dream_layers and not self.dream.classes:
-                raise ConfigError("dream: nothing to dream of; set dream.layers or dream.classes")
-            # Jitter rolls the window round; the roll's seam (and the network's border)
-            # stays in the network's margin, so the jitter is capped below it: a margin of 0
-            # leaves it nowhere but the tile itself.
-            if self.margin - self.far_margin == 0 and self.dream.jitter > 0:
-                held = " (all of it dream.keep_far's)" if self.far_margin else ""
-                raise ConfigError(f"tiling.margin: {self.margin}{held} leaves dream.jitter "
-                                  f"({self.dream.jitter} px) no room: its wrap-around seam "
-                                  "would fall inside every tile; set tiling.margin=auto (or a "
-                                  "few px: the jitter stays below it), or dream.jitter=0")
-        if self.mode == "style":
-            self._check_style()
-        if self.far_margin and self.tiling.margin != "auto" and self.tiling.margin < self.far_margin:
-            raise ConfigError(f"tiling.margin: {self.tiling.margin} px cannot hold the low-pass "
-                              f"of dream.keep_far={self.keep_far}, which reaches "
-                              f"{self.far_margin} px around each tile; set tiling.margin=auto "
-                              f"(it adds them to the layers' context), or at least "
-                              f"{self.far_margin} plus the context the layers need")
-
-    def _check_layer(self, key: str, layer: str) -> None:
-        name, _, channel = layer.partition(":")
-        names = archs.layer_names(self.model.name)
-        if name not in names:
-            near = difflib.get_close_matches(name, names, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ConfigError(f"{key}: {name!r} is not a layer of {self.model.name}; "
-                              f"{hint}'gigadream layers {self.model.name}' lists them")
-        if channel:
-            n = archs.op(self.model.name, name).channels
-            if not channel.isdigit() or int(channel) >= n:
-                raise ConfigError(f"{key}: {layer!r}: {name} has channels 0 to {n - 1}, "
-                                  f"got {channel!r}")
-
-    def _check_style(self) -> None:
-        s = self.style
-        if not s.images:
-            raise ConfigError("style.images: mode style needs a style image; add "
-                              "--set style=PAINTING.jpg")
-        for p in s.images:
-            if not is_url(p) and not Path(p).is_file():   # an object's: checked by its mode
-                raise ConfigError(f"style image {p} not found; give an existing image file "
-                                  "with --set style=PATH")
-        if s.blend_weights is not None and len(s.blend_weights) != len(s.images):
-            raise ConfigError(f"style.blend_weights: {len(s.blend_weights)} weights for "
-                              f"{len(s.images)} style images; give one per image")
-        for key in ("content_layers", "style_layers"):
-            for layer, _ in self.style_layer_list(key):
-                if ":" in layer:
-                    raise ConfigError(f"style.{key}: {layer!r}: style uses whole layers, "
-                                      "not channels")
-                self._check_layer(f"style.{key}", layer)
-                if archs.receptive_radius(self.model.name, layer) is None:
-                    raise ConfigError(f"style.{key}: {layer!r} has no spatial map; pick a "
-                                      "convolutional layer")
-        if s.pooling == "avg" and not self.model.name.startswith("vgg"):
-            raise ConfigError(f"style.pooling: avg applies to VGG models only, not {self.model.name}")
 
     def resolved(self, base: Path) -> Config:
         """This config with its file paths (style images, model weights) absolute, relative
@@ -410,98 +357,14 @@ class Config:
             model=dataclasses.replace(m, weights=m.weights and absolute(m.weights)))
 
     @property
-    def dream_layers(self) -> tuple[tuple[str, float], ...]:
-        """The dream's layers, ``auto`` resolved: the model's classic layer, or none when the
-        dream is guided by classes."""
-        if self.dream.layers != "auto":
-            return self.dream.layers
-        if self.dream.classes:
-            return ()
-        return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[self.model.name]["dream"])
-
-    def style_layer_list(self, key: str) -> tuple[tuple[str, float], ...]:
-        """``style.content_layers`` or ``style.style_layers`` with ``auto`` resolved."""
-        v = getattr(self.style, key)
-        if v != "auto":
-            return v
-        return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[self.model.name][key.split("_")[0]])
-
-    @property
-    def layers(self) -> list[str]:
-        """Every layer the processor reads (for the margin)."""
-        if self.mode == "dream":
-            out = [n.partition(":")[0] for n, _ in self.dream_layers]
-            return out + (["logits"] if self.dream.classes else [])
-        if self.mode == "style":
-            return [n for key in ("content_layers", "style_layers")
-                    for n, _ in self.style_layer_list(key)]
-        return []
-
-    @property
     def wraps(self) -> bool:
         """x is circular (``tiling.wrap``; ``auto`` counts as none until a run resolves it
         from its input: ``pipeline.with_wrap``)."""
         return self.tiling.wrap == "x"
 
-    @property
-    def margin(self) -> int:
-        """Context around each tile: the explicit margin, or the receptive-field radius of the
-        deepest layer (of the last spatial layer for logits), so a core pixel's gradient sees
-        all the pixels it depends on; at most half a tile, the receptive field's far rim
-        weighs little (its effective field is much smaller). ``keep_far``'s low-pass adds
-        its reach (``far_margin``) to that."""
-        if self.tiling.margin != "auto":
-            return int(self.tiling.margin)
-        if not self.layers:
-            return 0
-        radii = [archs.receptive_radius(self.model.name, n) for n in self.layers]
-        radius = max(archs.spatial_radius(self.model.name) if r is None else r for r in radii)
-        return min(radius, self.tiling.tile // 2) + self.far_margin
 
-    @property
-    def keep_far(self) -> int:
-        """``dream.keep_far`` where the mode paints (dream, style); identity copies: 0."""
-        return self.dream.keep_far if self.mode != "identity" else 0
-
-    @property
-    def far_margin(self) -> int:
-        """The part of ``margin`` that ``keep_far``'s low-pass reaches at full size (px);
-        coarser octaves need less (``modes.far``)."""
-        from .modes.far import far_radius, far_sigma
-        return far_radius(far_sigma(self.keep_far)) if self.keep_far else 0
-
-    @property
-    def align_end(self) -> bool:
-        """Windows end on the stride too (``tiling.aligned``): a dream step runs faster there.
-        Style's tiles keep their extent: its optimiser works on the whole window, and with
-        windows up to a stride - 1 px longer ``test_style``'s per-tile spread of the style
-        distance went 0.25 → 0.33 on one machine; on another, extents unchanged, it is
-        0.33-0.41 by seed, so that one measure proves little either way."""
-        return self.mode == "dream"
-
-    @property
-    def align(self) -> int:
-        """Windows start on multiples of the largest stride among the layers read."""
-        if not self.layers:
-            return 1
-        spatial = [n for n in self.layers if archs.receptive_radius(self.model.name, n) is not None]
-        deepest = [o.name for o in archs.ops(self.model.name) if o.kernel is not None][-1]
-        return max(archs.stride(self.model.name, n) for n in spatial or [deepest])
-
-    def octaves(self, shape: tuple[int, int]) -> tuple[int, float]:
-        """(number of octaves, scale between them) for an image of ``shape``. Style makes the
-        coarsest octave at most ``style.whole_size`` long, so it can be stylised whole."""
-        if self.mode == "style":
-            s, n = self.style, 1
-            while max(shape) / s.octave_scale ** (n - 1) > s.whole_size:
-                n += 1
-            return n, self.octave_scale
-        return self.dream.octaves, self.octave_scale
-
-    @property
-    def octave_scale(self) -> float:
-        """Size ratio between neighbouring octaves: the mode's own."""
-        return self.style.octave_scale if self.mode == "style" else self.dream.octave_scale
+# Keys that moved, with where to: an old config is refused with the new spelling.
+MOVED = {"dream.keep_far": "the top-level section 'keep_far' (keep_far: 16)"}
 
 
 def _is_section(f: dataclasses.Field) -> bool:
@@ -517,6 +380,9 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
                           f"got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
+        if f"{prefix}{key}" in MOVED:
+            raise ConfigError(f"unknown key '{prefix}{key}': it moved to "
+                              f"{MOVED[prefix + key]}")
         if key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
@@ -565,19 +431,28 @@ def _apply_override(data: dict, assignment: str) -> None:
         value = raw
     node = data
     *parents, leaf = key.strip().split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
+    for i, p in enumerate(parents):
+        node = _section_values(node, parents[:i + 1])
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: '{p}' is not a section")
-    section = _section_class(parents + [leaf])
-    shorthand = getattr(section, "SHORTHAND", None)
+    shorthand = getattr(_section_class(parents + [leaf]), "SHORTHAND", None)
     if shorthand and not isinstance(value, dict):
         # ``--set style=a.jpg`` sets style.images and keeps the preset's other style keys
-        node = node.setdefault(leaf, {})
-        if not isinstance(node, dict):
-            node = {}
-        leaf = shorthand
+        node, leaf = _section_values(node, parents + [leaf]), shorthand
     node[leaf] = value
+
+
+def _section_values(parent: dict, path: list[str]) -> Any:
+    """The values of the section at ``path`` in ``parent`` (the enclosing section's): a new
+    mapping where there are none, a mapping where they are a shorthand's value
+    (``keep_far: 16`` becomes ``{factor: 16}``), so that an override keeps the others."""
+    name = path[-1]
+    shorthand = getattr(_section_class(path), "SHORTHAND", None)
+    if name not in parent:
+        parent[name] = {}
+    elif shorthand and not isinstance(parent[name], dict):
+        parent[name] = {shorthand: parent[name]}
+    return parent[name]
 
 
 def _section_class(path: list[str]) -> type | None:
@@ -613,8 +488,13 @@ def presets() -> dict[str, Path]:
 
 def preset_values(name: str) -> dict:
     """A preset's (or config file's) own YAML mapping, unchecked: what a form shows before a
-    style preset has its style image."""
-    return _read_yaml(resolve_preset(name))
+    style preset has its style image. A section given by its shorthand's value is spelled out
+    (``keep_far: 16`` as ``{factor: 16}``), so each value sits under its own key."""
+    data = _read_yaml(resolve_preset(name))
+    for key in list(data):
+        if isinstance(key, str) and _section_class([key]) is not None:
+            _section_values(data, [key])
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

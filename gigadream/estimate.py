@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .config import Config
 from .ingest import image_shape, wrap_setting
-from .pipeline import plan, with_wrap
+from .modes import mode_for
+from .pipeline import with_wrap
 from .resample import octave_shape
 from .tiling import grid, padded_shape
 
@@ -24,12 +25,12 @@ from .tiling import grid, padded_shape
 GPUS = {"t4": (8.1, 65.0), "l4": (30.3, 121.0), "a10": (31.2, 125.0), "a100": (19.5, 312.0),
         "h100": (67.0, 989.0), "h200": (67.0, 989.0), "rtx4090": (82.6, 165.0)}
 # Convolutions on tile windows reach about this share of peak (cuDNN, engine.batch's 4 windows
-# a step): an assumption, not yet measured.
+# a step): an assumed figure, not a fitted one.
 GPU_EFFICIENCY = 0.35
 # plan times the model on PROBES of the run's window shapes (at most this side): a first step
 # of each, then rounds of one step of each for CALIBRATION_S, at least REPEATS rounds. The
 # time a run's steps take follows the machine's load; a few seconds of rounds sample more of
-# it than a few steps did (their estimate varied 6× within minutes on this shared machine).
+# it than a few steps would.
 CALIBRATION_SIDE = 192
 PROBES = 5
 REPEATS = 2
@@ -72,13 +73,6 @@ class Estimate:
         return self.flops / (GPUS[gpu][bf16] * 1e12 * GPU_EFFICIENCY)
 
 
-def step_precision(cfg: Config, device: str = "cpu") -> str:
-    """The precision of the run's model steps on ``device`` (style always runs in fp32)."""
-    from .models import dream_precision
-    return (dream_precision(cfg.model.precision, cfg.model.name, device)
-            if cfg.mode == "dream" else "fp32")
-
-
 def _probe_shapes(shapes: list[tuple[int, int]], n: int = PROBES) -> list[tuple[int, int]]:
     """``n`` of the run's window shapes, from its smallest to its largest by area, windows
     larger than a CALIBRATION_SIDE square replaced by that square (a 700 px window's steps
@@ -98,10 +92,8 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     seconds more per megapixel for the first step of a Dask task) on
     this CPU, timed where a run takes its steps: in a task of a worker of an embedded
     cluster (its environment, threads and allocator settings), which costs ``plan`` the
-    worker's start, 3-5 s. Steps timed in the calling process ran at another speed: on
-    this shared, busy machine a VGG16 step of a 168×169 window took 550-1900 ms on a
-    process's main thread, 70-260 ms in a worker's task (measured), and an estimate timed there
-    stands at 2.3-5.9× a real run's model time.
+    worker's start, 3-5 s. Steps timed in the calling process run at another speed, several
+    times a worker's (profiling/README.md).
 
     The steps are those of the run's own window ``shapes`` (``_probe_shapes``): edge tiles
     bring thin windows that cost more per pixel than a square's. A step costs a + b ×
@@ -109,13 +101,11 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     its kernels once per shape in a process, and in a small image most windows are the
     first of their shape: each probe's first step is timed against the fit. A worker trims
     its heap after each Dask task (engine.release_freed_memory), so a task's first step
-    faults its activations in afresh: 168×169 windows took 195 against 112 ms (median,
-    measured in a worker); that cost is timed after a trim, per megapixel. ``executor``: a
-    started cluster's (``preview``), whose worker has the model loaded, instead of one
-    started here. Without ``timed``, only the FLOPs and the bytes kept (one small step), the
-    times zero: the caller has its own rate."""
+    faults its activations in afresh; that cost is timed after a trim, per megapixel.
+    ``executor``: a started cluster's (``preview``), whose worker has the model loaded,
+    instead of one started here. Without ``timed``, only the FLOPs and the bytes kept (one
+    small step), the times zero: the caller has its own rate."""
     from .engine import cluster
-    from .modes import mode_for
 
     mode = mode_for(cfg)
     if not mode.uses_model:
@@ -137,12 +127,12 @@ def _time_steps(cfg: Config, shapes: list[tuple[int, int]],
     from .devices import device
     from .engine import release_freed_memory
     from .models import as_input, autocast
-    from .modes import mode_for
 
-    net = mode_for(cfg).warm_up()()     # the model the worker's setup loaded, on its device
+    mode = mode_for(cfg)
+    net = mode.warm_up()()              # the model the worker's setup loaded, on its device
     dev = device()
-    layers = frozenset(n.partition(":")[0] for n in cfg.layers)
-    precision = step_precision(cfg, dev)
+    layers = frozenset(mode.layers)
+    precision = mode.step_precision(dev)
 
     def step(h, w) -> float:
         x = as_input(torch.rand(1, 3, h, w) * 255).to(dev).requires_grad_(True)
@@ -198,13 +188,15 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
     shape = image_shape(input_path)                 # a file, or an object's URL
     wrap, why = wrap_setting(cfg.tiling.wrap, input_path, shape)
     cfg = with_wrap(cfg, input_path, shape)
-    passes = plan(shape, cfg)
-    octaves, scale = cfg.octaves(shape)
+    mode = mode_for(cfg)
+    passes = mode.plan(shape)
+    octaves, scale = mode.octaves(shape)
     mp_its, task_mp, tiles, window_px, steps, shapes = 0.0, 0.0, 0, 0, 0, Counter()
     for pp in passes:
         # a whole octave needs no margin, but on a circle it reads round the edge
-        margin = 0 if pp.whole and not cfg.wraps else cfg.margin
-        for t in grid(pp.shape, pp.tile, pp.offset, margin, cfg.align, cfg.wraps, cfg.align_end):
+        margin = 0 if pp.whole and not mode.wrap else mode.window_margin
+        for t in grid(pp.shape, pp.tile, pp.offset, margin, mode.align, mode.wrap,
+                      mode.align_end):
             shapes[t.window.shape] += 1
             px = t.window.shape[0] * t.window.shape[1]
             window_px = max(window_px, px)
@@ -212,11 +204,11 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
             steps += pp.iterations + pp.stats
             task_mp += px / 1e6 * (1 + pp.stats)     # a CPU's model task: one tile
         tiles += pp.tiles
-    if cfg.mode == "dream":       # calibration: one gradient per sampled tile per octave
+    if mode.calibration_tiles:    # one gradient per sampled tile per octave
         for k in range(octaves):
-            t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), cfg.margin,
-                     cfg.align, cfg.wraps, cfg.align_end)
-            n = min(len(t), cfg.dream.calibration_tiles)
+            t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), mode.window_margin,
+                     mode.align, mode.wrap, mode.align_end)
+            n = min(len(t), mode.calibration_tiles)
             shapes.update(x.window.shape for x in t)     # an upper bound: n of them are used
             mean_mp = sum(x.window.shape[0] * x.window.shape[1] for x in t) / len(t) / 1e6
             mp_its += n * mean_mp
@@ -238,14 +230,14 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
         per_mp = rate
     # each worker process meets a shape for the first time once, if its tiles reach it
     firsts = sum(min(workers, n) for n in shapes.values())
-    # A worker holds the Python/torch runtime and model (~400 MB measured for VGG16), its
+    # A worker holds the Python/torch runtime and model (~400 MB for VGG16), its
     # window (float32 in and out), the next tile's window and content read ahead (prefetch),
     # and one step's saved activations for the largest window.
     worker_ram = int(400e6 + bytes_px * window_px + 6 * 3 * window_px * 4)
     return Estimate(shape, octaves, len(passes), tiles, mp_its, steps, flops_px,
                     src + canvases, worker_ram, per_step, per_mp,
-                    step_precision(cfg) if cfg.mode != "identity" else "fp32",
-                    firsts if cfg.mode != "identity" else 0, per_shape, task_mp, per_task_mp,
+                    mode.step_precision("cpu"), firsts if mode.uses_model else 0, per_shape,
+                    task_mp, per_task_mp,
                     f"{wrap} ({why})", "the preview's own steps" if rate is not None else "")
 
 
@@ -261,11 +253,12 @@ def _duration(s: float) -> str:
 
 def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
     h, w = e.shape
+    margin = mode_for(cfg).window_margin
     lines = [
         f"image          {w}×{h} px ({h * w / 1e6:.1f} MP), mode {cfg.mode}, model {cfg.model.name}",
         f"octaves        {e.octaves}",
         f"passes         {e.passes}",
-        f"tiles          {e.tiles} (tile {cfg.tiling.tile} px, margin {cfg.margin} px)",
+        f"tiles          {e.tiles} (tile {cfg.tiling.tile} px, margin {margin} px)",
         f"wrap           {e.wrap}",
         f"model work     {e.window_mp_iterations:,.1f} megapixel-steps (windows, margins included)",
         f"FLOPs          {e.flops:.3g} ({e.flops_per_pixel:,.0f} per pixel-step)",

@@ -380,6 +380,6 @@ def _load_model(name: str, weights: str | None, device: str, padding: str) -> Ba
     for m in model.modules():
         if type(m) is nn.Conv2d and m.padding != (0, 0):
             m.padding_mode = padding
-    # Channels last: oneDNN's and cuDNN's fast convolutions want it (VGG16 step on a CPU:
-    # fp32 13 % faster, bf16 2.8x; EfficientNet-Lite0 17 %, measured).
+    # Channels last: oneDNN's and cuDNN's fast convolutions want it (a VGG16 step on a CPU:
+    # 2.8x in bf16; profiling/from-code-h-modes.md).
     return model.eval().to(device, memory_format=torch.channels_last)

@@ -333,7 +333,7 @@ def _rows(on_event, stage: str, total: int) -> Callable[[int], None]:
 
 # Settings that change the result; a store made under others cannot be resumed. The engine
 # (workers, threads, scheduler) and the export settings may change between attempts.
-RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "tiling")
+RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

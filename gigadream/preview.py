@@ -162,13 +162,13 @@ def context(cfg: Config, shape: tuple[int, int], side: int) -> int:
     context at 0.67-0.89 (measured on photos: ``profiling/README.md``). At most half the
     crop: a deep layer's reach (logits: the whole window) would cost many crops' work.
 
-    ``dream.keep_far``'s high-pass adds its reach (``far_margin``, the same at every octave in
+    ``keep_far``'s high-pass adds its reach (``far_margin``, the same at every octave in
     full-size pixels: 24 px for keep_far 16) whole: it subtracts a blur of the change, which
     the crop's edge would otherwise cut short."""
     mode = mode_for(cfg)
     n, scale = mode.octaves(shape)
     reach = sum(mode.margin * scale ** k for k in range(n))
-    return min(math.ceil(reach / 2) + cfg.far_margin, side // 2)
+    return min(math.ceil(reach / 2) + mode.far_margin, side // 2)
 
 
 def far_shape(shape: tuple[int, int], pixels: int = FAR_PIXELS, cfg: Config | None = None
@@ -180,12 +180,13 @@ def far_shape(shape: tuple[int, int], pixels: int = FAR_PIXELS, cfg: Config | No
     h, w = shape
     f = min(1.0, math.sqrt(pixels / (h * w)))
     exact = (max(1, round(h * f)), max(1, round(w * f)))
-    if f == 1.0 or cfg is None or not cfg.align_end:
+    mode = mode_for(cfg) if cfg is not None else None
+    if f == 1.0 or mode is None or not mode.align_end:
         return exact
-    octaves, scale = cfg.octaves(exact)
+    octaves, scale = mode.octaves(exact)
 
     def aligned_octaves(side: int) -> int:
-        return sum(octave_shape((side, side), scale, k)[0] % cfg.align == 0
+        return sum(octave_shape((side, side), scale, k)[0] % mode.align == 0
                    for k in range(octaves))
 
     def best(side: int) -> int:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .config import Config, to_yaml
 from .errors import GigadreamError, OutputError
+from .modes import mode_for
 
 SAMPLE_S = 0.1
 
@@ -181,7 +182,6 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     from memory_profiler import LineProfiler, show_results
 
     from . import engine, export, ingest, resample, store as store_mod
-    from .modes import mode_for
     from .pipeline import plan
     from .tiling import grid
 
@@ -192,10 +192,8 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     rows = min(h, LINE_ROWS)
     passes = plan((h, w), cfg)
     last = passes[-1]
-    scale = rec.get("grad_scale", {}).get(str(last.octave), 1.0)
     mode = mode_for(cfg)
-    proc = mode.keep_far(mode.make(scale) if cfg.mode == "dream" else
-                         mode.processor(last, first=False), last.octave)
+    proc = mode.keep_far(mode.recorded_processor(last, rec), last.octave)
     own = getattr(proc, "inner", proc)         # the mode's processor inside keep_far's
     # ingest's receiving of rows (_Stream.take), its pyramid and export's read-ahead run on
     # threads that the line profiler does not trace; the buffers they fill are made in
@@ -205,7 +203,7 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
              resample.resample_window,
              engine.run_tile, export._VirtualTiff.read, export._VirtualTiff._strip_bytes,
              export._VirtualTiff.strip]
-    tiles_too = cfg.mode != "style"   # style tiles need the pass's reduced Grams
+    tiles_too = not mode.needs_pass_data
     if tiles_too:
         funcs.append(type(own).__call__)
         if hasattr(own, "gradient"):
@@ -229,7 +227,7 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
             if tiles_too:
                 target = lines.canvas(0, 0, result.shape, last.tile, last.offset, result.wrap)
                 for t in grid(result.shape, last.tile, last.offset, proc.margin,
-                              cfg.align, result.wrap)[:LINE_TILES]:
+                              mode.align, result.wrap)[:LINE_TILES]:
                     engine.run_tile(engine.TileTask(result, target, proc, t,
                                                     (cfg.seed, last.octave, last.pass_)))
             tiff = export._VirtualTiff(dataclasses.replace(result, shape=(rows, w)))
@@ -352,11 +350,12 @@ def write_report(folder: Path, input_path: Path, shape: tuple[int, int], cfg: Co
     (folder / "lines.txt").write_text(lines)
 
     h, w = shape
-    n, _ = cfg.octaves(shape)
+    mode = mode_for(cfg)
+    n, _ = mode.octaves(shape)
     md = [f"# gigadream profile: {input_path.name}", "",
           f"- input: {w}×{h} px ({h * w / 1e6:.0f} MP), {input_path.stat().st_size / 1e6:.1f} MB",
           f"- config: mode {cfg.mode}, model {cfg.model.name}, {n} octaves, tile "
-          f"{cfg.tiling.tile} px, margin {cfg.margin} px, {cfg.engine.workers} workers "
+          f"{cfg.tiling.tile} px, margin {mode.window_margin} px, {cfg.engine.workers} workers "
           f"(the whole config: result.jpg.yaml)",
           f"- machine: {_machine()}",
           "- memory: PSS of the whole process tree (shared pages split between the processes "
@@ -385,7 +384,7 @@ def write_report(folder: Path, input_path: Path, shape: tuple[int, int], cfg: Co
            f"`lines.txt` holds memory_profiler's line-by-line output (RSS of one process) for "
            f"the hot functions of every stage, run on a slice of the same data: ingest's "
            f"streaming of {min(h, LINE_ROWS)} rows, two pyramid chunks, "
-           + ("" if cfg.mode == "style" else f"{LINE_TILES} tiles of the last pass, ")
+           + ("" if mode.needs_pass_data else f"{LINE_TILES} tiles of the last pass, ")
            + "and export's streaming of the slice. The statements at which its memory was "
            "highest:", "", "| MiB | where | line |", "| ---: | --- | --- |"]
     md += [f"| {inc:.1f} | {where} | `{code}` |" for inc, where, code in top_lines(lines)]
@@ -406,8 +405,8 @@ def _baseline(input_path: Path, shape: tuple[int, int], cfg: Config, folder: Pat
     from .baseline import BYTES_PER_PIXEL
     need = BYTES_PER_PIXEL * shape[0] * shape[1]
     avail = psutil.virtual_memory().available
-    if cfg.mode == "style":
-        return None, "it covers DeepDream (and identity), not style"
+    if not mode_for(cfg).naive:
+        return None, f"it covers DeepDream (and identity), not {cfg.mode}"
     if need > 0.8 * avail:
         return None, (f"it would need about {need / 1e9:.1f} GB and this machine has "
                       f"{avail / 1e9:.1f} GB available")

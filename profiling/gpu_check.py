@@ -182,7 +182,7 @@ def _style(weights: str, iterations: int, side: int, margin: int, device: str):
     target (no image decoder needed)."""
     from gigadream.config import load_config
     from gigadream.modes import PassPlan
-    from gigadream.modes.style import StyleMode, targets_of
+    from gigadream.modes.style import StyleMode, layer_list, targets_of
     from gigadream.sample import painting
     # style.images must name a file; the target comes from a generated painting, not from it
     cfg = load_config(None, ["mode=style", f"style={weights}", f"model.weights={weights}",
@@ -192,7 +192,7 @@ def _style(weights: str, iterations: int, side: int, margin: int, device: str):
                                              side - 2 * margin, iterations, True), first=False)
     style = painting(side, side).transpose(2, 0, 1).astype(np.float32)
     target = targets_of([style], None, cfg.model.name, weights, cfg.style.pooling,
-                        cfg.style_layer_list("style_layers"), device)
+                        layer_list(cfg, "style_layers"), device)
     import dataclasses
     return dataclasses.replace(proc, device=device), target
 

@@ -33,8 +33,8 @@ def read(path: Path) -> np.ndarray:
 
 def assert_config_error(overrides: list[str], message: str) -> None:
     """``overrides`` are refused with one line matching ``message``."""
-    from gigadream.config import load_config
     from gigadream.errors import ConfigError
+    from gigadream.modes import load_config
     with pytest.raises(ConfigError, match=message) as e:
         load_config(None, overrides)
     assert "\n" not in str(e.value)

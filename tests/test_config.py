@@ -5,19 +5,63 @@ import pytest
 import yaml
 
 from conftest import assert_config_error
-from gigadream.config import Config, load_config, presets_dir, to_yaml
+from gigadream import config
+from gigadream.config import Config, presets_dir, to_yaml
 from gigadream.errors import ConfigError
+from gigadream.modes import load_config, mode_for
+
+
+def margin(overrides: list[str]) -> int:
+    return mode_for(load_config(None, overrides)).window_margin
 
 
 def test_defaults_are_valid_and_margin_follows_the_deepest_layer():
     cfg = Config()
-    assert cfg.mode == "dream" and cfg.margin == 45        # relu4_3's receptive radius
-    assert load_config(None, ["dream.layers=[relu3_3]"]).margin == 19
-    assert load_config(None, ["mode=identity"]).margin == 0
-    assert load_config(None, ["tiling.margin=7"]).margin == 7
+    assert cfg.mode == "dream" and mode_for(cfg).window_margin == 45   # relu4_3's receptive radius
+    assert margin(["dream.layers=[relu3_3]"]) == 19
+    assert margin(["mode=identity"]) == 0
+    assert margin(["tiling.margin=7"]) == 7
     # no margin: no room for the jitter (refused with it, BAD below), nor needed without it
-    assert load_config(None, ["tiling.margin=0", "dream.jitter=0"]).margin == 0
-    assert load_config(None, ["tiling.margin=0", "mode=identity"]).margin == 0
+    assert margin(["tiling.margin=0", "dream.jitter=0"]) == 0
+    assert margin(["tiling.margin=0", "mode=identity"]) == 0
+
+
+def test_config_parses_alone_and_the_mode_checks_what_it_decides():
+    """``config`` imports no mode; its ``load_config`` parses, ``modes.load_config`` also
+    asks the mode (here: the jitter has no room in a margin of 0)."""
+    code = ("import sys, gigadream.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('gigadream.modes')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+    assert config.load_config(None, ["tiling.margin=0"]).tiling.margin == 0
+    with pytest.raises(ConfigError, match="no room"):
+        load_config(None, ["tiling.margin=0"])
+
+
+def test_keep_far_is_a_section_with_a_shorthand(tmp_path):
+    """``keep_far: 16`` and ``--set keep_far=16`` set ``keep_far.factor``; an override of a
+    preset's shorthand replaces its value; a preset's values read unchecked spell it out."""
+    assert load_config(None, ["keep_far=16"]).keep_far.factor == 16
+    assert load_config(None, ["keep_far.factor=8"]).keep_far.factor == 8
+    f = tmp_path / "far.yaml"
+    f.write_text("keep_far: 12\n")
+    assert load_config(f).keep_far.factor == 12
+    assert load_config("impressionist").keep_far.factor == 16
+    assert load_config("impressionist", ["keep_far=0"]).keep_far.factor == 0
+    assert load_config("impressionist", ["keep_far.factor=4"]).keep_far.factor == 4
+    assert Config().keep_far.factor == 0
+    # a form's rows (the studio's) find it under its own key
+    assert config.preset_values("impressionist")["keep_far"] == {"factor": 16}
+
+
+def test_the_old_keep_far_key_says_where_it_moved(tmp_path):
+    moved = (r"^unknown key 'dream.keep_far': it moved to the top-level section 'keep_far' "
+             r"\(keep_far: 16\)$")
+    assert_config_error(["dream.keep_far=16"], moved)
+    f = tmp_path / "old.yaml"
+    f.write_text("dream:\n  keep_far: 16\n")
+    with pytest.raises(ConfigError, match=moved):
+        load_config(f)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in presets_dir().glob("*.yaml")))
@@ -118,5 +162,5 @@ def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_pa
     assert r.stderr.strip().splitlines() == [
         "gigadream: error: unknown key 'dream.iteratons'; did you mean 'dream.iterations'? "
         "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
-        "dream.step_size, dream.jitter, dream.calibration_tiles, dream.keep_far)"]
+        "dream.step_size, dream.jitter, dream.calibration_tiles)"]
     assert not (tmp_path / "x.jpg").exists()

@@ -72,15 +72,15 @@ def test_cluster_runs_tasks_in_worker_processes():
 
     from gigadream.engine import cuda_devices
     from gigadream.modes import mode_for
-    from gigadream.modes.dream import gpu_batch
+    from gigadream.modes.common import gpu_batch
     with cluster(workers=2) as ex:
         pids = set(map_tasks(ex, _pid, list(range(16))))
         # engine.batch: auto asks the workers where they run their models: 1 on CPUs, a
         # GPU's batch on GPUs
         cfg = load_config(None, [])
         resolved = mode_for(cfg).resolve(ex)
-        want = (("cuda", gpu_batch(cfg.tiling.tile + 2 * cfg.margin)) if cuda_devices()
-                else ("cpu", 1))
+        window = cfg.tiling.tile + 2 * mode_for(cfg).window_margin
+        want = ("cuda", gpu_batch(window)) if cuda_devices() else ("cpu", 1)
         assert (resolved["device"], resolved["batch"]) == want
         assert mode_for(load_config(None, ["engine.batch=3"])).resolve(ex)["batch"] == 3
         # every worker bounds oneDNN's cache of compiled kernels (engine.ONEDNN_CACHE)
@@ -120,7 +120,7 @@ def test_workers_openmp_threads_sleep_unless_told_otherwise(monkeypatch):
 def test_gpu_batches_hold_four_default_windows_of_pixels():
     """engine.batch: auto on GPUs: 4 windows of the default tile's size (512 px and relu4_3's
     margin), as many fewer as larger windows have more pixels, never none."""
-    from gigadream.modes.dream import gpu_batch
+    from gigadream.modes.common import gpu_batch
     assert [gpu_batch(w) for w in (166, 550, 602, 700, 851, 1000, 1114, 4096)] == \
         [4, 4, 4, 2, 2, 1, 1, 1]
 
@@ -211,7 +211,7 @@ def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photo
     mode = mode_for(cfg)
     proc = mode.make()
     tasks = [TileTask(source, target, proc, t, (0, 0, 0))
-             for t in grid(source.shape, 128, (0, 0), cfg.margin, cfg.align)][:6]
+             for t in grid(source.shape, 128, (0, 0), mode.window_margin, mode.align)][:6]
     with cluster(workers=1, warm=mode.warm_up()) as ex:
         stats = map_tasks(ex, run_tile, tasks)
     assert len({s["pid"] for s in stats}) == 1

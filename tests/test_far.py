@@ -1,4 +1,4 @@
-"""dream.keep_far: the result shrunk F times stays the input shrunk F times, the detail up
+"""keep_far: the result shrunk F times stays the input shrunk F times, the detail up
 close stays; tile by tile without seams, in dream and style mode (real weights, real photos)."""
 from dataclasses import dataclass
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import assert_config_error, read, save
-from gigadream.config import load_config
+from gigadream.modes import load_config, mode_for
 from gigadream.modes.far import KeepFar, far_radius, lowpass
 from gigadream.pipeline import plan, run
 from gigadream.tiling import Box, Tile, grid
@@ -78,18 +78,17 @@ def test_a_wrapped_grid_high_passes_round_the_edge(photos):
 
 
 def test_the_margin_grows_by_the_low_pass_reach_per_octave():
-    cfg = load_config("impressionist", ["dream.keep_far=16"])
-    plain = load_config("impressionist", ["dream.keep_far=0"])
-    assert cfg.far_margin == far_radius(4.0) == 24
-    assert cfg.margin == plain.margin + 24
-    from gigadream.modes import mode_for
-    mode = mode_for(cfg)
+    cfg = load_config("impressionist", ["keep_far=16"])
+    plain = load_config("impressionist", ["keep_far=0"])
+    mode, plain_mode = mode_for(cfg), mode_for(plain)
+    assert mode.far_margin == far_radius(4.0) == 24
+    assert mode.window_margin == plain_mode.window_margin + 24
     procs = [mode.pass_processor(p, first=False) for p in plan((800, 2400), cfg)]
     # σ = keep_far/4 full-size px: 4 at octave 0, 4 / 1.4³ in octave 3's pixels
     assert procs[-1].sigma == 4.0 and procs[0].sigma == pytest.approx(4.0 / 1.4 ** 3)
-    assert procs[-1].margin == cfg.margin and procs[0].margin < cfg.margin
-    off = mode_for(plain).pass_processor(plan((800, 2400), plain)[0], False)
-    assert not isinstance(off, KeepFar) and off.margin == plain.margin
+    assert procs[-1].margin == mode.window_margin and procs[0].margin < mode.window_margin
+    off = plain_mode.pass_processor(plan((800, 2400), plain)[0], False)
+    assert not isinstance(off, KeepFar) and off.margin == plain_mode.window_margin
 
 
 def shrink(img: np.ndarray, k: int) -> np.ndarray:
@@ -129,7 +128,7 @@ def dreamed(photos, tmp_path_factory):
     src = save(read(photos["astronaut_png"])[:320, 96:416], d / "astronaut.png")
     out = {}
     for keep_far in (0, FAR):
-        cfg = load_config(None, DREAM + [f"dream.keep_far={keep_far}"])
+        cfg = load_config(None, DREAM + [f"keep_far={keep_far}"])
         out[keep_far] = (read(run(src, cfg, d / f"far{keep_far}.tif").output), cfg)
     return read(src), out
 
@@ -167,7 +166,7 @@ def test_style_keeps_the_far_view(tmp_path, photos):
                              "style.whole_iterations=20", "style.passes=2", "style.iterations=2",
                              "style.content_layers=[relu3_1]",
                              "style.style_layers=[relu1_1, relu2_1, relu3_1]", "tiling.tile=64",
-                             f"dream.keep_far={FAR}", "export.tiff_compression=none"])
+                             f"keep_far={FAR}", "export.tiff_compression=none"])
     after = read(run(src, cfg, tmp_path / "styled.tif").output)
     far, near = far_and_near(read(src), after, FAR)
     print(f"style with keep_far: mean change at 1/{FAR} {far:.2f}, full size {near:.2f}")
@@ -176,27 +175,36 @@ def test_style_keeps_the_far_view(tmp_path, photos):
 
 
 BAD = [
-    (["dream.keep_far=1"], r"dream.keep_far: expected 0 \(off\) or a shrink factor from 2 to 256, got 1"),
-    (["dream.keep_far=-2"], r"dream.keep_far: expected an integer from 0 to 256, got -2"),
-    (["dream.keep_far=300"], r"dream.keep_far: expected an integer from 0 to 256, got 300"),
-    (["dream.keep_far=far"], r"dream.keep_far: expected an integer, got 'far' \(str\)"),
-    (["dream.keep_far=16", "tiling.margin=20"],
-     r"tiling.margin: 20 px cannot hold the low-pass of dream.keep_far=16, which reaches 24 px "
+    (["keep_far=1"], r"keep_far.factor: expected 0 \(off\) or a shrink factor from 2 to 256, got 1"),
+    (["keep_far=-2"], r"keep_far.factor: expected an integer from 0 to 256, got -2"),
+    (["keep_far=300"], r"keep_far.factor: expected an integer from 0 to 256, got 300"),
+    (["keep_far=far"], r"keep_far.factor: expected an integer, got 'far' \(str\)"),
+    (["keep_far=16", "tiling.margin=20"],
+     r"tiling.margin: 20 px cannot hold the low-pass of keep_far=16, which reaches 24 px "
      r"around each tile; set tiling.margin=auto"),
-    (["dream.keep_far=16", "tiling.margin=24"],
-     r"tiling.margin: 24 \(all of it dream.keep_far's\) leaves dream.jitter \(32 px\) no room"),
+    (["keep_far=16", "mode=style", "style=[{style}]", "tiling.margin=20"],
+     r"tiling.margin: 20 px cannot hold the low-pass of keep_far=16"),
+    (["keep_far=16", "tiling.margin=24"],
+     r"tiling.margin: 24 \(all of it keep_far's\) leaves dream.jitter \(32 px\) no room"),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", BAD)
-def test_bad_keep_far_values_are_one_line_errors(overrides, message):
-    assert_config_error(overrides, message)
+def test_bad_keep_far_values_are_one_line_errors(overrides, message, photos):
+    assert_config_error([o.format(style=photos["coffee_jpg"]) for o in overrides], message)
 
 
 def test_identity_copies_whatever_keep_far_says():
     """Identity paints nothing, so there is no far view to keep: its tiles stay plain copies."""
-    from gigadream.modes import mode_for
     from gigadream.modes.identity import Identity
-    cfg = load_config(None, ["mode=identity", "dream.keep_far=16"])
-    assert cfg.far_margin == 0 and cfg.margin == 0
+    cfg = load_config(None, ["mode=identity", "keep_far=16"])
+    assert mode_for(cfg).far_margin == 0 and mode_for(cfg).window_margin == 0
     assert isinstance(mode_for(cfg).pass_processor(plan((300, 300), cfg)[0], True), Identity)
+
+
+def test_a_store_made_with_another_keep_far_is_not_resumed():
+    """keep_far changes the result: a resume compares it as it compares dream's settings."""
+    from gigadream.config import to_dict
+    from gigadream.pipeline import config_difference
+    on, off = load_config(None, ["keep_far=16"]), load_config(None, ["keep_far=0"])
+    assert config_difference(to_dict(on), off) == ["keep_far.factor: 16 in the store, 0 now"]

@@ -20,7 +20,7 @@ from gigadream import devices, engine, models
 from gigadream.config import load_config
 from gigadream.errors import ClusterError, ConfigError, GpuMemoryError
 from gigadream.modes.dream import DreamMode
-from gigadream.modes.style import StyleMode, add_stats, style_model, style_targets
+from gigadream.modes.style import StyleMode, add_stats, layer_list, style_model, style_targets
 from gigadream.pipeline import plan, run
 from gigadream.tiling import Box, grid, split_tile
 
@@ -174,7 +174,7 @@ def style_setup(tmp_path_factory):
     photo = skimage.data.coffee()[50:306, 200:456].transpose(2, 0, 1).astype(np.float32)
     s = cfg.style
     target = style_targets(s.images, s.blend_weights, cfg.model.name, None, s.pooling,
-                           cfg.style_layer_list("style_layers"), 128, device="cpu")
+                           layer_list(cfg, "style_layers"), 128, device="cpu")
     mode = StyleMode(cfg)
     pp = plan((256, 256), cfg)[-1]
     return cfg, mode, mode.processor(pp, first=False), photo, target
@@ -278,11 +278,11 @@ def test_a_tile_that_does_not_fit_runs_in_parts_and_the_smallest_is_one_line(
                              "model.precision=fp32"])
     mode = DreamMode(cfg)
     photo = read(photos["astronaut_png"]).transpose(2, 0, 1).astype(np.float32)
-    tile = grid((512, 512), 128, (0, 0), mode.margin, cfg.align)[5]        # inside
+    tile = grid((512, 512), 128, (0, 0), mode.margin, mode.align)[5]        # inside
     s = mode.make().stat(photo[(slice(None), *tile.window.slices())], tile.core.relative_to(tile.window))
     proc = mode.make(s["grad_abs_sum"] / s["count"])     # steps of dream.step_size on average
     source, target = _Canvas(photo), _Canvas(photo)
-    task = engine.TileTask(source, target, proc, tile, (0, 0, 0), align=cfg.align)
+    task = engine.TileTask(source, target, proc, tile, (0, 0, 0), align=mode.align)
     limit = tile.window.size - 1                           # the whole window: out of memory
     monkeypatch.setattr(models, "get_model", oom_fault.tight(models.get_model, pixels=limit))
     [stats] = engine.run_tiles((task,))

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from conftest import assert_config_error, read
 from gigadream import classes
-from gigadream.config import load_config
+from gigadream.modes import load_config
 from gigadream.models import get_model
-from gigadream.modes.dream import DreamMode
+from gigadream.modes.dream import DreamMode, dream_layers
 from gigadream.pipeline import run
 from gigadream.tiling import Box
 
@@ -67,7 +67,7 @@ def test_class_names_indices_and_groups():
     assert len(dogs) == 118 and classes.names()[dogs[0]] == "Chihuahua"
     assert len(classes.names()) == 1000 and classes.names()[967] == "espresso"
     cfg = load_config(None, ["model.name=efficientnet_lite0", "dream.classes=[dog, 285, espresso]"])
-    assert cfg.dream_layers == () and cfg.layers == ["logits"]
+    assert dream_layers(cfg) == () and DreamMode(cfg).layers == ["logits"]
 
 
 BAD = [

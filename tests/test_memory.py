@@ -83,7 +83,7 @@ from gigadream.modes.dream import DreamMode
 from gigadream.tiling import Box
 cfg = load_config(None, {overrides!r})
 torch.set_num_threads(2)
-side = cfg.tiling.tile + 2 * cfg.margin
+side = cfg.tiling.tile + 2 * DreamMode(cfg).window_margin
 window = np.random.default_rng(0).uniform(0, 255, (3, side, side)).astype(np.float32)
 DreamMode(cfg).make()(window, Box(0, side, 0, side), np.random.default_rng(0))
 """

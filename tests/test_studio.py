@@ -31,7 +31,7 @@ from test_viewer import browser, console_errors, wait_loaded  # noqa: F401 (a fi
 IDENTITY = ["mode=identity", "dream.octaves=1", "dream.passes=1", "tiling.tile=64",
             "engine.workers=1", "engine.threads=1"]
 DREAM = ["mode=dream", "dream.layers=[relu2_2]", "dream.octaves=2", "dream.passes=3",
-         "dream.calibration_tiles=4", "dream.keep_far=0", "tiling.tile=64",
+         "dream.calibration_tiles=4", "keep_far=0", "tiling.tile=64",
          "engine.workers=1", "engine.threads=1"]
 
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import assert_config_error, read, save
-from gigadream.config import load_config
+from gigadream.modes import load_config
 from gigadream.engine import cluster
 from gigadream.errors import InputError
-from gigadream.modes.style import (StyleMode, StyleTransfer, add_stats, luminance_transfer,
-                                   style_model, style_targets)
+from gigadream.modes.style import (StyleMode, StyleTransfer, add_stats, layer_list,
+                                   luminance_transfer, style_model, style_targets)
 from gigadream.pipeline import plan, run
 from gigadream.sample import painting
 from gigadream.tiling import Box, grid
@@ -182,7 +182,7 @@ def _gram_pass(images):
     pp = plan((256, 256), cfg)[1]
     proc = StyleMode(cfg).processor(pp, first=False)
     img = images["array"].transpose(2, 0, 1).astype(np.float32)
-    tiles = grid((256, 256), 96, (40, 17), proc.margin, cfg.align)
+    tiles = grid((256, 256), 96, (40, 17), proc.margin, StyleMode(cfg).align)
     return cfg, pp, proc, tiles, img, proc.stat(img, Box(0, 256, 0, 256))["grams"]
 
 
@@ -283,7 +283,7 @@ def stylise(images, overrides: list[str]) -> np.ndarray:
     assert pp.tiles == 1 and pp.iterations == 20
     s = cfg.style
     target = style_targets(s.images, s.blend_weights, cfg.model.name, None, s.pooling,
-                           cfg.style_layer_list("style_layers"), round(96 * s.style_scale))
+                           layer_list(cfg, "style_layers"), round(96 * s.style_scale))
     proc = StyleMode(cfg).processor(pp, first=True)
     assert isinstance(proc, StyleTransfer)
     rng = np.random.default_rng([cfg.seed, 0, 0])

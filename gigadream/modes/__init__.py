@@ -21,15 +21,24 @@ with windows (C, h, w) in 0-255 (float32, or the canvas's float16 where the proc
 ``window_dtype`` is None), the engine's tiles (absolute window and core boxes), and one
 generator per tile. ``batchable`` processors take several windows of one shape in one model
 step; the others get one window a call.
+
+A config is checked in two steps: ``config`` parses its sections and checks what they say
+alone and together, knowing no mode (it sits on a lower floor and imports none); the mode
+then checks what it alone decides (``Mode.check_settings``). ``load_config`` here does both:
+what the CLI, the studio and the tools load.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from .. import archs, config
 from ..config import Config
+from ..errors import ConfigError
 from ..resample import octave_shape
 from ..tiling import grid, pass_offset
+from .far import KeepFar, far_radius, far_sigma
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class Run(Protocol):
 
 
 class Mode:
-    """The defaults: tile passes over ``cfg.octaves``, nothing to prepare, no model.
+    """The defaults: tile passes over ``dream.octaves`` octaves, nothing to prepare, no model.
 
     ``frame``: the shape of the whole image when the run covers a part of it (a preview's
     crop). The run then follows the whole image's octave geometry: its number of octaves
@@ -88,14 +97,36 @@ class Mode:
     (style's image)."""
 
     uses_model = False
+    needs_pass_data = False     # a tile runs only with its pass's ``pass_data`` (style's Grams)
+    naive = False               # ``baseline.py`` has a naive version of the mode
 
     def __init__(self, cfg: Config, frame: tuple[int, int] | None = None):
         self.cfg = cfg
         self.frame = frame
 
+    def check_settings(self) -> None:
+        """Refuse, in one line, settings the mode cannot run with (``load_config``): here,
+        an explicit margin too small for ``keep_far``'s low-pass."""
+        margin, far = self.cfg.tiling.margin, self.far_margin
+        if far and margin != "auto" and margin < far:
+            raise ConfigError(f"tiling.margin: {margin} px cannot hold the low-pass "
+                              f"of keep_far={self.far_factor}, which reaches "
+                              f"{far} px around each tile; set tiling.margin=auto "
+                              f"(it adds them to the layers' context), or at least "
+                              f"{far} plus the context the layers need")
+
     def octaves(self, shape: tuple[int, int]) -> tuple[int, float]:
         """(number of octaves, scale between them) of a run over an image of ``shape``."""
-        return self.cfg.octaves(self.frame or shape)
+        return self.octave_count(self.frame or shape), self.octave_scale
+
+    def octave_count(self, shape: tuple[int, int]) -> int:
+        """The number of octaves of an image of ``shape``."""
+        return self.cfg.dream.octaves
+
+    @property
+    def octave_scale(self) -> float:
+        """Size ratio between neighbouring octaves."""
+        return self.cfg.dream.octave_scale
 
     def extent(self, octave: int, shape: tuple[int, int]) -> tuple[int, int]:
         """The shape of the whole image at ``octave``, where the run's octave has ``shape``."""
@@ -105,19 +136,60 @@ class Mode:
         return octave_shape(self.frame, scale, octave)
 
     @property
+    def layers(self) -> list[str]:
+        """Every layer the mode's processor reads (for the margin and the alignment)."""
+        return []
+
+    @property
+    def window_margin(self) -> int:
+        """Context read around each tile: the explicit ``tiling.margin``, or the
+        receptive-field radius of the deepest layer read (of the last spatial layer for
+        logits), so a core pixel's gradient sees all the pixels it depends on; at most half
+        a tile, the receptive field's far rim weighs little (its effective field is much
+        smaller). ``keep_far``'s low-pass adds its reach (``far_margin``) to that."""
+        cfg = self.cfg
+        if cfg.tiling.margin != "auto":
+            return int(cfg.tiling.margin)
+        if not self.layers:
+            return 0
+        radii = [archs.receptive_radius(cfg.model.name, n) for n in self.layers]
+        radius = max(archs.spatial_radius(cfg.model.name) if r is None else r for r in radii)
+        return min(radius, cfg.tiling.tile // 2) + self.far_margin
+
+    @property
     def margin(self) -> int:
-        """The context a mode's processor reads around its core: the run's margin, less the
+        """The context a mode's processor reads around its core: the window's, less the
         part that ``keep_far`` reaches (``pass_processor`` adds it back, as its octave
         needs)."""
-        return self.cfg.margin - self.cfg.far_margin
+        return self.window_margin - self.far_margin
+
+    @property
+    def far_factor(self) -> int:
+        """``keep_far.factor``: the run's result shrunk this many times stays its input
+        shrunk as much; 0 = off."""
+        return self.cfg.keep_far.factor
+
+    @property
+    def far_margin(self) -> int:
+        """The part of ``window_margin`` that ``keep_far``'s low-pass reaches at full size
+        (px); coarser octaves need less (``far_sigma``)."""
+        return far_radius(far_sigma(self.far_factor)) if self.far_factor else 0
 
     @property
     def align(self) -> int:
-        return self.cfg.align
+        """Windows start on multiples of the largest stride among the layers read."""
+        if not self.layers:
+            return 1
+        name = self.cfg.model.name
+        spatial = [n for n in self.layers if archs.receptive_radius(name, n) is not None]
+        deepest = [o.name for o in archs.ops(name) if o.kernel is not None][-1]
+        return max(archs.stride(name, n) for n in spatial or [deepest])
 
     @property
     def align_end(self) -> bool:
-        return self.cfg.align_end
+        """Windows also end on the stride (``tiling.aligned``). Not by default: style's tiles
+        keep their extent, its optimiser works on the whole window."""
+        return False
 
     @property
     def wrap(self) -> bool:
@@ -126,11 +198,22 @@ class Mode:
 
     @property
     def passes_per_octave(self) -> int:
-        return self.cfg.dream.passes
+        """Randomly offset tile grids per octave."""
+        raise NotImplementedError
 
     @property
     def iterations(self) -> int:
         return 1
+
+    @property
+    def calibration_tiles(self) -> int:
+        """Tiles sampled per octave to calibrate the processor before the octave's first
+        pass (one model step each); 0: none."""
+        return 0
+
+    def step_precision(self, device: str) -> str:
+        """The arithmetic of the mode's model steps on ``device``."""
+        return "fp32"
 
     def check(self) -> None:
         """Refuse, in one line, what would fail only once the work has begun."""
@@ -186,15 +269,23 @@ class Mode:
     def keep_far(self, proc, octave: int):
         """``proc`` wrapped by ``far.KeepFar`` at ``octave``'s scale where ``keep_far`` is on;
         ``proc`` itself where it is off."""
-        if not self.cfg.keep_far:
+        if not self.far_factor:
             return proc
-        from .far import KeepFar
         return KeepFar(proc, self.far_sigma(octave))
 
     def far_sigma(self, octave: int) -> float:
         """``keep_far``'s low-pass σ in the pixels of ``octave``; 0 when it is off."""
-        from .far import far_sigma
-        return far_sigma(self.cfg.keep_far, self.cfg.octave_scale ** octave) if self.cfg.keep_far else 0.0
+        return far_sigma(self.far_factor, self.octave_scale ** octave) if self.far_factor else 0.0
+
+    def recorded_processor(self, pp: PassPlan, record: dict):
+        """The processor of pass ``pp`` as the run whose record is ``record`` built it (for
+        ``profile``'s replay of a few of its tiles)."""
+        return self.processor(pp, first=False)
+
+    def naive_gradient(self):
+        """``baseline``'s whole-image step: a function of a (1, C, h, w) tensor returning
+        (gradient, seconds), or None where the mode moves no pixel (identity)."""
+        return None
 
     def pass_data(self, run: Run, pp: PassPlan, view, proc, tiles: list) -> Any:
         """The value every tile of the pass receives (sent to each worker once), or None."""
@@ -211,6 +302,14 @@ def mode_for(cfg: Config, frame: tuple[int, int] | None = None) -> Mode:
     from .style import StyleMode
     modes = {"identity": IdentityMode, "dream": DreamMode, "style": StyleMode}
     return modes[cfg.mode](cfg, frame)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """``config.load_config`` (the sections parsed, each checked alone and with the others),
+    then checked by its mode (``Mode.check_settings``): what a run may start with."""
+    cfg = config.load_config(path, overrides)
+    mode_for(cfg).check_settings()
+    return cfg
 
 
 def result_view(record: dict, view, source):

@@ -13,18 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import Mode, PassPlan, Run
+from .common import agreed, check_layer, gpu_batch, worker_resolution
 from .far import far_radius
+from .. import archs
+from ..errors import ConfigError
 from ..tiling import Box, grid
 
 
 # Objectives are sums over a tile's window divided by this fixed area, not by the window's
 # own: a pixel's gradient is then the same in a small window (a sliver of a tile at the
 # image's edge, a preview's crop) as in a whole one, as in whole-image DeepDream, whose
-# gradient is that of ½ Σ a². Divided by each window's own area, a small window's steps
-# were as many times longer as its area is smaller (5.5× for a 136 px window against a
-# 320 px one), and an impressionist run changed a photo's outer 40 px rows by 18-22 levels
-# against 11 inside (9 with this). The value only keeps the loss near 1: it cancels in the
-# step, which divides by the octave's mean |g| (``grad_scale``).
+# gradient is that of ½ Σ a²; divided by its own area, an edge tile's steps would grow as
+# its window shrinks (profiling/README.md, "Preview"). The value only keeps the loss near 1:
+# it cancels in the step, which divides by the octave's mean |g| (``grad_scale``).
 OBJECTIVE_PIXELS = 512 * 512
 
 
@@ -197,49 +198,73 @@ def _roll(x, shifts: list[tuple[int, int]]):
     return out
 
 
-# Tiles a GPU worker runs through its model at once (engine.batch: auto), for windows of the
-# default tile (512 px and its margin); as many fewer as larger windows have more pixels, so
-# that a batch's activations stay those of four default windows (VGG16 to relu4_3 keeps 0.64
-# GB of them in bf16 for a 602 px window's backward, 1.19 GB in fp32, counted as gigadream
-# plan does): a GPU is busy with one large window anyway. A CPU is no faster with more: a
-# VGG16 step on 576 px windows took 690-950 ms a tile alone and 640-840 ms in twos in bf16,
-# 1.9-2.2 s both ways in fp32 (measured here).
-GPU_BATCH = 4
-GPU_BATCH_PIXELS = GPU_BATCH * 602 * 602
-
-
-def gpu_batch(window: int) -> int:
-    """Windows of ``window`` px a side in one GPU model step (engine.batch: auto)."""
-    return max(1, min(GPU_BATCH, GPU_BATCH_PIXELS // (window * window)))
-
-
-def worker_resolution(precision: str, model: str) -> tuple[str, str, int]:
-    """(device kind, precision, torch threads) as a worker resolves them for itself. The
-    threads count: a CPU's float sums differ with their split over threads (a style run at
-    1 and at 2 threads differed by a level in 1 of 147,456 values, measured)."""
-    import torch
-
-    from ..models import device, dream_precision
-    dev = device()
-    return dev.split(":")[0], dream_precision(precision, model, dev), torch.get_num_threads()
-
-
-def agreed(values: set):
-    """The one value all workers resolved, or 'mixed'."""
-    return values.pop() if len(values) == 1 else "mixed"
+def dream_layers(cfg) -> tuple[tuple[str, float], ...]:
+    """``dream.layers`` with ``auto`` resolved: the model's classic layer, or none when the
+    dream is guided by classes."""
+    if cfg.dream.layers != "auto":
+        return cfg.dream.layers
+    if cfg.dream.classes:
+        return ()
+    return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[cfg.model.name]["dream"])
 
 
 class DreamMode(Mode):
     uses_model = True
+    naive = True
 
     def __init__(self, cfg, frame=None):
         super().__init__(cfg, frame)
         self.precision = cfg.model.precision      # resolved on the workers (begin_octave)
         self.grad_scale = 1.0                      # the octave's (begin_octave)
 
+    def check_settings(self) -> None:
+        """Layers and classes the model has, something to dream of, and room in the margin
+        for the jitter."""
+        cfg, m = self.cfg, self.cfg.model
+        for layer, _ in dream_layers(cfg):
+            check_layer("dream.layers", m.name, layer)
+        if cfg.dream.classes and "logits" not in archs.layer_names(m.name):
+            raise ConfigError(f"dream.classes: {m.name} has no ImageNet classifier; use "
+                              "model.name=efficientnet_lite0 (bundled) or googlenet")
+        if not dream_layers(cfg) and not cfg.dream.classes:
+            raise ConfigError("dream: nothing to dream of; set dream.layers or dream.classes")
+        # Jitter rolls the window round; the roll's seam (and the network's border) stays in
+        # the network's margin, so the jitter is capped below it: a margin of 0 leaves it
+        # nowhere but the tile itself.
+        if self.margin == 0 and cfg.dream.jitter > 0:
+            held = " (all of it keep_far's)" if self.far_margin else ""
+            raise ConfigError(f"tiling.margin: {self.window_margin}{held} leaves dream.jitter "
+                              f"({cfg.dream.jitter} px) no room: its wrap-around seam "
+                              "would fall inside every tile; set tiling.margin=auto (or a "
+                              "few px: the jitter stays below it), or dream.jitter=0")
+        super().check_settings()
+
+    @property
+    def layers(self) -> list[str]:
+        out = [n.partition(":")[0] for n, _ in dream_layers(self.cfg)]
+        return out + (["logits"] if self.cfg.dream.classes else [])
+
+    @property
+    def align_end(self) -> bool:
+        """A dream step runs faster on windows that end on the stride too."""
+        return True
+
+    @property
+    def passes_per_octave(self) -> int:
+        return self.cfg.dream.passes
+
     @property
     def iterations(self) -> int:
         return self.cfg.dream.iterations
+
+    @property
+    def calibration_tiles(self) -> int:
+        return self.cfg.dream.calibration_tiles
+
+    def step_precision(self, device: str) -> str:
+        """``model.precision`` as ``device`` resolves it."""
+        from ..models import dream_precision
+        return dream_precision(self.cfg.model.precision, self.cfg.model.name, device)
 
     def warm_up(self):
         from ..models import load_on_device
@@ -253,7 +278,8 @@ class DreamMode(Mode):
         device, precision, threads = (agreed({f[i] for f in found}) for i in range(3))
         batch = self.cfg.engine.batch
         if batch == "auto":
-            batch = gpu_batch(self.cfg.tiling.tile + 2 * self.cfg.margin) if device == "cuda" else 1
+            window = self.cfg.tiling.tile + 2 * self.window_margin
+            batch = gpu_batch(window) if device == "cuda" else 1
         return {"device": device, "precision": precision, "batch": batch, "threads": threads}
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
@@ -271,14 +297,13 @@ class DreamMode(Mode):
         times the whole image's over the part's own at the coarsest octave (``whole``:
         ``shared``), where both are measured on the source alone.
 
-        Why not the part's own: it is a mean over the part's tiles, so a busy part dreams
-        more gently than the whole run paints it there (0.87× the whole run's change on a
-        busy crop of a photo, measured). Why not the whole image's measured on its source
-        pyramid: at finer octaves the run measures its octave's start, which holds the
-        coarser octaves' dream, and those gradients are 1.3-2.1× the source's, by a factor
-        that depends on the image and its scale; the crops then dreamed 1.4-1.6× too hard.
-        The ratio at the coarsest octave corrects the part's busyness; the part's own
-        octave starts carry the dream's growth (``profiling/README.md``)."""
+        Why not the part's own: it is a mean over the part's tiles, so a busy part would
+        dream more gently than the whole run paints it there. Why not the whole image's
+        measured on its source pyramid: at finer octaves the run measures its octave's
+        start, which holds the coarser octaves' dream, whose gradients exceed the source's
+        by a factor that depends on the image and its scale. The ratio at the coarsest
+        octave corrects the part's busyness; the part's own octave starts carry the dream's
+        growth (the estimators compared: ``profiling/README.md``, "Preview")."""
         coarsest = next(iter(whole))
         part = run.recorded("grad_scale", coarsest, lambda: own)   # begin_octave's, by now
         return own * whole[coarsest] / part
@@ -301,7 +326,7 @@ class DreamMode(Mode):
         tiles = grid(view.shape, cfg.tiling.tile, (0, 0), self.margin + far_radius(sigma),
                      self.align, self.wrap, self.align_end)
         rng = np.random.default_rng([cfg.seed, octave, 0xCA1])
-        pick = sorted(rng.choice(len(tiles), min(len(tiles), cfg.dream.calibration_tiles),
+        pick = sorted(rng.choice(len(tiles), min(len(tiles), self.calibration_tiles),
                                  replace=False))
         stats = run.measure(view, self.make(1.0, sigma), [tiles[i] for i in pick],
                             (cfg.seed, octave, -1))
@@ -312,15 +337,22 @@ class DreamMode(Mode):
     def processor(self, pp: PassPlan, first: bool) -> "DeepDream":
         return self.make(self.grad_scale)
 
+    def recorded_processor(self, pp: PassPlan, record: dict) -> "DeepDream":
+        """The processor with the gradient scale the run recorded for ``pp``'s octave."""
+        return self.make(record.get("grad_scale", {}).get(str(pp.octave), 1.0))
+
+    def naive_gradient(self):
+        return self.make().gradient
+
     def make(self, grad_scale: float = 1.0, far_sigma: float = 0.0) -> "DeepDream":
         """The processor with the octave's ``grad_scale`` (``far_sigma``: its ``stat``
         measures the gradient that keep_far keeps)."""
         from ..classes import indices
         cfg = self.cfg
         # Jitter wraps the window round; below the margin, the wrap seam stays out of the core
-        # (config refuses a margin of 0 with jitter).
+        # (``check_settings`` refuses a margin of 0 with jitter).
         jitter = min(cfg.dream.jitter, max(self.margin - 1, 0))
-        objectives = tuple(objective(n, w) for n, w in cfg.dream_layers)
+        objectives = tuple(objective(n, w) for n, w in dream_layers(cfg))
         if cfg.dream.classes:
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
         return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,

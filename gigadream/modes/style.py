@@ -53,7 +53,10 @@ from pathlib import Path
 import numpy as np
 
 from . import Mode, PassPlan, Run
+from .common import agreed, check_layer, gpu_batch, worker_resolution
 from .. import archs
+from ..errors import ConfigError
+from ..objects import is_url
 from ..tiling import Box
 
 # Style images are used at most this long (the Gram target of a larger one costs gigabytes).
@@ -63,8 +66,8 @@ STYLE_MAX_SIDE = 1024
 def style_model(name: str, weights: str | None, device: str | None = None):
     """The backbone style runs on ``device`` (None: the process's, ``devices.device``: a
     worker's, the one its setup loaded), its convolutions padding the image's borders by
-    replication: with zeros there, the optimiser darkened the outer pixels by 6-7 levels to
-    match the style's Grams of the padded edge (measured on a 256 px photo, 64 px tiles)."""
+    replication: with zeros there, the optimiser darkens the outer pixels to match the
+    style's Grams of the padded edge."""
     from ..devices import device as own_device
     from ..models import get_model
     return get_model(name, weights, device or own_device(), "replicate")
@@ -439,6 +442,14 @@ class OriginalColors:
         return ComputedView.read_uint16(self, box)
 
 
+def layer_list(cfg, key: str) -> tuple[tuple[str, float], ...]:
+    """``style.content_layers`` or ``style.style_layers`` with ``auto`` resolved."""
+    v = getattr(cfg.style, key)
+    if v != "auto":
+        return v
+    return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[cfg.model.name][key.split("_")[0]])
+
+
 class StyleMode(Mode):
     """Style stylises its coarsest octave whole (one tile, ``whole_iterations`` steps), then
     refines each finer octave tile by tile (Gatys et al. 2017, "Controlling Perceptual
@@ -446,11 +457,56 @@ class StyleMode(Mode):
     canvas's Gram is reduced from every tile's (``pass_data``)."""
 
     uses_model = True
+    needs_pass_data = True
 
     def __init__(self, cfg, frame=None):
         super().__init__(cfg, frame)
         self.content = None      # the source at the octave's size (begin_octave)
         self.target = None       # a Dask future of the style's Grams (begin_octave)
+
+    def check_settings(self) -> None:
+        """A style image that exists (an object's is checked when the run opens it), one
+        blend weight each, whole convolutional layers, and avg pooling on VGG only."""
+        s, model = self.cfg.style, self.cfg.model.name
+        if not s.images:
+            raise ConfigError("style.images: mode style needs a style image; add "
+                              "--set style=PAINTING.jpg")
+        for p in s.images:
+            if not is_url(p) and not Path(p).is_file():
+                raise ConfigError(f"style image {p} not found; give an existing image file "
+                                  "with --set style=PATH")
+        if s.blend_weights is not None and len(s.blend_weights) != len(s.images):
+            raise ConfigError(f"style.blend_weights: {len(s.blend_weights)} weights for "
+                              f"{len(s.images)} style images; give one per image")
+        for key in ("content_layers", "style_layers"):
+            for layer, _ in layer_list(self.cfg, key):
+                if ":" in layer:
+                    raise ConfigError(f"style.{key}: {layer!r}: style uses whole layers, "
+                                      "not channels")
+                check_layer(f"style.{key}", model, layer)
+                if archs.receptive_radius(model, layer) is None:
+                    raise ConfigError(f"style.{key}: {layer!r} has no spatial map; pick a "
+                                      "convolutional layer")
+        if s.pooling == "avg" and not model.startswith("vgg"):
+            raise ConfigError(f"style.pooling: avg applies to VGG models only, not {model}")
+        super().check_settings()
+
+    def octave_count(self, shape: tuple[int, int]) -> int:
+        """Enough octaves that the coarsest is at most ``style.whole_size`` long: it is
+        stylised whole."""
+        s, n = self.cfg.style, 1
+        while max(shape) / s.octave_scale ** (n - 1) > s.whole_size:
+            n += 1
+        return n
+
+    @property
+    def octave_scale(self) -> float:
+        return self.cfg.style.octave_scale
+
+    @property
+    def layers(self) -> list[str]:
+        return [n for key in ("content_layers", "style_layers")
+                for n, _ in layer_list(self.cfg, key)]
 
     @property
     def passes_per_octave(self) -> int:
@@ -474,12 +530,11 @@ class StyleMode(Mode):
         batch: ``engine.batch`` auto is dream's on GPUs (``gpu_batch``; style keeps more
         activations, to relu5_1 in fp32, and a batch that does not fit is halved), 1 on
         CPUs and with L-BFGS (not ``batchable``)."""
-        from .dream import agreed, gpu_batch, worker_resolution
         found = executor.each_worker(worker_resolution, "fp32", self.cfg.model.name)
         device = agreed({f[0] for f in found})
         batch = self.cfg.engine.batch
         if batch == "auto":
-            batch = (gpu_batch(self.cfg.tiling.tile + 2 * self.cfg.margin)
+            batch = (gpu_batch(self.cfg.tiling.tile + 2 * self.window_margin)
                      if device == "cuda" and self.cfg.style.optimizer == "adam" else 1)
         return {"device": device, "threads": agreed({f[2] for f in found}), "batch": batch}
 
@@ -502,15 +557,15 @@ class StyleMode(Mode):
         pixels = [style_pixels(p, side) for p in s.images]
         self.target = run.executor.remote(targets_of, pixels, s.blend_weights, m.name,
                                           m.weights, s.pooling,
-                                          self.cfg.style_layer_list("style_layers"))
+                                          layer_list(self.cfg, "style_layers"))
 
     def processor(self, pp: PassPlan, first: bool) -> StyleTransfer:
         """``first`` marks the run's first pass, where ``init: random`` applies; a whole pass
         needs no margin, unless its x wraps (``circular``)."""
         cfg, s = self.cfg, self.cfg.style
         return StyleTransfer(cfg.model.name, cfg.model.weights,
-                             cfg.style_layer_list("content_layers"),
-                             cfg.style_layer_list("style_layers"), s.content_weight,
+                             layer_list(cfg, "content_layers"),
+                             layer_list(cfg, "style_layers"), s.content_weight,
                              s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
                              pp.iterations, s.normalize_gradients, s.pooling,
                              0 if pp.whole and not self.wrap else self.margin,

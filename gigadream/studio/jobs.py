@@ -2,7 +2,7 @@
 setting over a list of values, or two styles blended in steps), and ``jobs.yaml``, a list of
 them for ``gigadream batch``.
 
-Every job's settings are checked here with ``config.load_config``, the CLI's own parser, so
+Every job's settings are checked here with ``modes.load_config``, the CLI's own loader, so
 that a bad value gets the CLI's one-line error before anything is queued, and a sweep is
 queued whole or not at all.
 
@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ..config import Config, load_config
+from ..config import Config
+from ..modes import load_config
 from ..errors import ConfigError
 
 # Settings whose values are paths of files on this machine: they go through the same check as

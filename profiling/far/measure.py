@@ -1,12 +1,12 @@
-"""The far view and the near view of a run, with and without ``dream.keep_far`` (issue 16).
+"""The far view and the near view of a run, with and without ``keep_far`` (issue 16).
 
     python profiling/far/measure.py OUT_DIR [--inputs demo,astronaut,...] [--config PRESET]
                                     [--far 16] [--set key=value ...] [--off key=value ...]
                                     [--style] [--only off|on]
 
 Runs the preset (default ``impressionist``) through the whole engine on each input twice,
-with ``dream.keep_far=0`` (and the ``--off`` settings: ``--off dream.step_size=1.0`` is the
-preset before keep_far) and with ``dream.keep_far=F`` (``--far``, default 16), and prints one
+with ``keep_far=0`` (and the ``--off`` settings: ``--off dream.step_size=1.0`` is the
+preset before keep_far) and with ``keep_far=F`` (``--far``, default 16), and prints one
 table row a run:
 
 - full: mean |result − input| at full size, over RGB, in 0-255 levels;
@@ -151,7 +151,8 @@ def main() -> None:
     p.add_argument("--only", choices=("off", "on"), help="one of the two runs")
     args = p.parse_args()
 
-    from gigadream.config import load_config
+    from gigadream.modes import load_config
+    from gigadream.modes.dream import dream_layers
     from gigadream.pipeline import run
     args.out.mkdir(parents=True, exist_ok=True)
     base = ["export.tiff_compression=none", *args.overrides]
@@ -161,7 +162,7 @@ def main() -> None:
         args.config = "impressionist-style"
         args.inputs = "chelsea"
         base = [f"style={style}", "style.whole_size=128", "tiling.tile=128", *base]
-    variants = [("off", ["dream.keep_far=0", *args.off]), ("on", [f"dream.keep_far={args.far}"])]
+    variants = [("off", ["keep_far=0", *args.off]), ("on", [f"keep_far={args.far}"])]
     if args.only:
         variants = [v for v in variants if v[0] == args.only]
     print(f"{args.config} {' '.join(base)}")
@@ -185,9 +186,9 @@ def main() -> None:
             lz = np.abs(shrunk(after, 16, "lanczos") - shrunk(before, 16, "lanczos")).mean()
             low = lowpass_change(before, after, args.far / 4)
             gain = (style_gain(before, after, style) if args.style else
-                    objective(after, cfg.dream_layers) / objective(before, cfg.dream_layers))
+                    objective(after, dream_layers(cfg)) / objective(before, dream_layers(cfg)))
             seams = seam_ratio(before, after, cfg)
-            print(f"| {name} {before.shape[1]}×{before.shape[0]} | {cfg.dream.keep_far} | "
+            print(f"| {name} {before.shape[1]}×{before.shape[0]} | {cfg.keep_far.factor} | "
                   f"{full:.2f} | {box:.2f} | {lz:.2f} | {low:.2f} | {gain:.2f} | "
                   f"{'-' if seams is None else f'{seams:.3f}'} | {seconds:.0f} |", flush=True)
         if len(results) == 2:

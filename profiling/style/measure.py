@@ -101,8 +101,8 @@ def summary(img: np.ndarray, photo: np.ndarray, style_path: Path) -> str:
 
 
 def whole(prefix: Path, size: int, overrides: list[str], style_path: Path) -> None:
-    from gigadream.config import load_config
-    from gigadream.modes.style import StyleMode, style_targets
+    from gigadream.modes import load_config
+    from gigadream.modes.style import StyleMode, layer_list, style_targets
     from gigadream.pipeline import plan
     from gigadream.tiling import Box
     photo = cat(size)
@@ -111,7 +111,7 @@ def whole(prefix: Path, size: int, overrides: list[str], style_path: Path) -> No
     pp = plan((h, w), cfg)[0]
     s = cfg.style
     target = style_targets(s.images, s.blend_weights, cfg.model.name, None, s.pooling,
-                           cfg.style_layer_list("style_layers"), max(h, w))
+                           layer_list(cfg, "style_layers"), max(h, w))
     content = photo.transpose(2, 0, 1).astype(np.float32).copy()
     t = time.perf_counter()
     out, _ = StyleMode(cfg).processor(pp, first=True)(content, Box(0, h, 0, w),
