@@ -265,7 +265,7 @@ class _Progress:
         self.quiet, self.bar = quiet, None
 
     def __call__(self, event) -> None:
-        from .pipeline import Rows, Stage, Total, Work
+        from .events import Rows, Stage, Total, Work
         if self.quiet:
             return
         from tqdm import tqdm
@@ -284,7 +284,8 @@ class _Progress:
 
 
 def _run(args) -> int:
-    from .pipeline import EventLog, default_store, run
+    from .events import EventLog
+    from .pipeline import default_store, run
     cfg = _config(args)
     if args.output is None and is_url(args.input):
         raise ConfigError(f"input {args.input} is an object store's URL: name the result "
@@ -338,7 +339,7 @@ def _ingest(args) -> int:
 
 def _export(args) -> int:
     from .export import check_output, export
-    from .pipeline import stored_image
+    from .record import stored_image
     from .store import Store
     cfg = _config(args)
     store = Store.open(args.store)
@@ -461,7 +462,7 @@ VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from .engine import tune_client_malloc
+    from .memory import tune_client_malloc
     tune_client_malloc()
     args = build_parser().parse_args(argv)
     # Ctrl-C and a cloud's preemption notice (SIGTERM) stop the run where it is; every pass

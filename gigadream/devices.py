@@ -3,7 +3,7 @@
 One GPU a worker, as Dask's GPU deployments run (dask-cuda: each worker sees one device
 through ``CUDA_VISIBLE_DEVICES``):
 
-- the embedded cluster's engine picks the GPUs (``choose_gpus``: all this machine has, or
+- the embedded cluster (``cluster``) picks the GPUs (``choose_gpus``: all this machine has, or
   ``--gpus 0,2``), gives worker i its device (``worker_devices``), and hands it over when the
   worker starts (``use_device``): nothing reads it back from the environment;
 - a worker of an existing cluster runs on the one GPU it sees, else on its CPU
@@ -11,16 +11,43 @@ through ``CUDA_VISIBLE_DEVICES``):
   would land on the first.
 
 The processors read their process's device with ``device``; ``native_bf16`` says whether it
-computes bfloat16 in hardware.
+computes bfloat16 in hardware. ``cuda_devices`` counts the GPUs without importing torch (the
+client), ``loaded_torch`` gives torch only where the process has imported it already.
 """
 from __future__ import annotations
 
 import functools
 import os
+import sys
+from pathlib import Path
 
 from .errors import ClusterError, ConfigError, ModelError
 
 _device: str | None = None
+
+
+def loaded_torch():
+    """The torch module where this process has imported it (every model worker), else None:
+    the client and identity workers never import it, and a check must not import it for
+    them."""
+    return sys.modules.get("torch")
+
+
+def cuda_devices() -> int:
+    """NVIDIA GPUs this process may use, without importing torch: the client never runs a
+    model, and importing torch would cost it ~180 MB. The driver lists its GPUs under
+    /proc/driver/nvidia/gpus; CUDA_VISIBLE_DEVICES narrows them, as it does for torch."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    found = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return found
+    n = 0
+    for v in visible.split(","):     # CUDA stops at the first invalid entry ("-1": none)
+        if not v.strip() or v.strip().startswith("-"):
+            break
+        n += 1
+    return min(found, n)
 
 
 def use_device(name: str) -> None:

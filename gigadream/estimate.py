@@ -100,19 +100,19 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     pixels, fitted by least squares on repeated steps of each probed shape. oneDNN prepares
     its kernels once per shape in a process, and in a small image most windows are the
     first of their shape: each probe's first step is timed against the fit. A worker trims
-    its heap after each Dask task (engine.release_freed_memory), so a task's first step
+    its heap after each Dask task (memory.release_freed_memory), so a task's first step
     faults its activations in afresh; that cost is timed after a trim, per megapixel.
     ``executor``: a started cluster's (``preview``), whose worker has the model loaded,
     instead of one started here. Without ``timed``, only the FLOPs and the bytes kept (one
     small step), the times zero: the caller has its own rate."""
-    from .engine import cluster
+    from .cluster import cluster
 
     mode = mode_for(cfg)
     if not mode.uses_model:
         return 0.0, 0.0, 0.0, 0, 0.0, 0.0
     if executor is not None:
         return executor.submit(_time_steps, cfg, shapes, timed).result()
-    threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (engine.cluster)
+    threads = max(1, (os.cpu_count() or 1) // workers)      # a run's worker's (cluster.cluster)
     with cluster(1, threads, warm=mode.warm_up(), gpus=cfg.engine.gpus) as ex:
         return ex.submit(_time_steps, cfg, shapes, timed).result()
 
@@ -125,7 +125,7 @@ def _time_steps(cfg: Config, shapes: list[tuple[int, int]],
     from torch.utils.flop_counter import FlopCounterMode
 
     from .devices import device
-    from .engine import release_freed_memory
+    from .memory import release_freed_memory
     from .models import as_input, autocast
 
     mode = mode_for(cfg)

@@ -2,62 +2,38 @@
 
 The loop names no mode: the mode (``modes``) plans the passes, prepares what each octave and
 each pass share, and hands the engine each pass's processor. The core never prints: it
-reports ``Stage`` and ``Work`` events to ``on_event``; the CLI turns them into a progress bar,
-tests and profilers attach their own.
+reports ``events`` to ``on_event``. What a store may resume, and OUT.yaml, are ``record``'s.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from . import __version__, objects
-from .config import Config, to_dict, to_yaml
-from .engine import BackgroundCluster, TileTask, check_gpus, map_tiles, release_freed_memory
-from .errors import InputError, OutputError, StoreError
+from . import objects
+from .cluster import BackgroundCluster, check_gpus
+from .config import Config
+from .engine import TileTask, map_tiles
+from .errors import InputError
+from .events import Stage, Timings, Total, Work, row_counter
 from .export import check_output, export
-from .ingest import build_pyramid, fingerprint, image_shape, ingest, input_name, wrap_setting
+from .ingest import build_pyramid, image_shape, ingest, wrap_setting
+from .memory import release_freed_memory
 from .modes import Mode, PassPlan, mode_for, result_view
 from .objects import store_location
-from .store import ArrayView, OctaveStart, Store, atomic_write_text, forget_arrays, is_store
+from .record import check_config_output, check_resolved, open_run_store, write_config_output
+from .store import ArrayView, OctaveStart, Store, forget_arrays
 from .tiling import grid
 
 
-@dataclass(frozen=True)
-class Stage:
-    """A stage begins: ingest, pyramid, cluster, calibrate, grams, pass, export. A pass
-    says how many ``pixels`` it covers (for throughput)."""
-    name: str
-    detail: str = ""
-    pixels: int = 0
-
-
-@dataclass(frozen=True)
-class Total:
-    """The run will do ``units`` of work in all (sent once, before the work)."""
-    units: int
-
-
-@dataclass(frozen=True)
-class Work:
-    """``units`` of the run's work are done (a tile × its iterations)."""
-    units: int
-
-
 @dataclass
-class RunReport:
+class RunReport(Timings):
     """What a run did and where its time went (for the CLI, benchmarks and profiling)."""
     output: Path | None = None
     shape: tuple[int, int] = (0, 0)
-    stage_s: dict[str, float] = field(default_factory=dict)
     tiles: int = 0
-    model_s: float = 0.0
     model_steps: int = 0          # model calls (forward + backward) of the passes' tiles
-    model_mp: float = 0.0         # Σ window megapixels of each model step in model_s
 
 
 def plan(shape: tuple[int, int], cfg: Config) -> list[PassPlan]:
@@ -129,34 +105,34 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         cfg.engine.gpus)
     try:
         octaves, scale = mode.octaves(shape)
-        with _timed(report, "ingest"):      # level 0 and the octave pyramid, in one decode
+        with report.timed("ingest"):      # level 0 and the octave pyramid, in one decode
             _source(input_path, store, shape, octaves, scale, cfg.wraps, keep_store, on_event)
-        with _timed(report, "pyramid"):     # only a store ingested for other octaves
+        with report.timed("pyramid"):     # only a store ingested for other octaves
             on_event(Stage("pyramid", f"{octaves} octaves"))
             sources = build_pyramid(store, octaves, scale, cfg.wraps)
         if finished:
             on_event(Stage("resume", f"all {len(passes)} passes done"))
             on_event(Work(work_units(passes)))
         else:
-            with _timed(report, "cluster"):
+            with report.timed("cluster"):
                 on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
                 ex = workers.executor()            # what is left of its start
                 if not own:     # its workers may hold arrays of a store since replaced
                     ex.each_worker(forget_arrays)
                 resolved = check_resolved(store, mode.resolve(ex))
-            with _timed(report, "passes"):
+            with report.timed("passes"):
                 _passes(_Run(ex, store, report, on_event, resolved, resolved.get("batch", 1),
                              cfg.seed, mode.uses_model, prepared or {}),
                         mode, passes, sources)
             if own:
                 workers.close()         # before the export: its memory is not needed there
-        with _timed(report, "export"):
+        with report.timed("export"):
             on_event(Stage("export", objects.name(out)))
             result = store.record()["result"]
             export(result_view(result, store.view(result), sources[0]), out, cfg.export,
-                   overwrite=overwrite, on_rows=_rows(on_event, "export", shape[0]),
+                   overwrite=overwrite, on_rows=row_counter(on_event, "export", shape[0]),
                    kept=store.input_metadata(), before=sources[0])
-            _write_text(config_output(out), _reproducible_yaml(cfg, input_path))
+            write_config_output(out, cfg, input_path)
     finally:
         if own:
             workers.close()
@@ -206,7 +182,7 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)
         run.process(pp, view, target, proc, tiles, data, mode.align)
         # with what the result needs to be read back (``modes.result_view``), so that the
-        # latest canvas of an unfinished run is readable too (``stored_image``)
+        # latest canvas of an unfinished run is readable too (``record.stored_image``)
         store.update_record(done=i, canvas={**target.record(), **mode.result_record()})
         if pp.pass_ == 0 and k + 1 < len(sources):
             store.drop_canvases(k + 1)          # its detail now lives in this octave's canvas
@@ -245,8 +221,8 @@ class _Run:
     def measure(self, view, proc, tiles: list, seed: tuple[int, int, int],
                 on_done: Callable[[list[dict]], None] | None = None) -> list[dict] | None:
         def count(stats: list[dict]) -> None:
-            self.report.model_s += sum(s.get("model_s", 0.0) for s in stats)
-            self.report.model_mp += sum(s.get("model_mp", 0.0) for s in stats)
+            for s in stats:
+                self.report.count_model(s)
             if on_done is not None:
                 on_done(stats)
         tasks = [TileTask(view, None, proc, t, seed, "stat") for t in tiles]
@@ -263,8 +239,7 @@ class _Run:
 
         def done(results: list[dict]) -> None:
             for stats in results:
-                self.report.model_s += stats.get("model_s", 0.0)
-                self.report.model_mp += stats.get("model_mp", 0.0)
+                self.report.count_model(stats)
                 self.report.model_steps += len(stats["model_at"])
                 self.on_event(Work(pp.iterations))
         seed = (self.seed, pp.octave, pp.pass_)
@@ -273,214 +248,25 @@ class _Run:
         self.report.tiles += len(tasks)
 
 
-@contextlib.contextmanager
-def _timed(report: RunReport, stage: str) -> Iterator[None]:
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        report.stage_s[stage] = time.perf_counter() - t
+def ingest_source(input_path: Path, store: Store, shape: tuple[int, int], octaves: int,
+                  scale: float, wrap: bool, on_event: Callable[[object], None]) -> None:
+    """The input decoded once into ``store``'s source pyramid (``octaves`` levels, ``wrap``:
+    x circular, as a 360° panorama's run reads them), its rows reported as they come."""
+    on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
+    ingest(input_path, store, on_rows=row_counter(on_event, "ingest", shape[0]),
+           octaves=octaves, scale=scale, wrap=wrap)
+    release_freed_memory()
 
 
 def _source(input_path: Path, store: Store, shape: tuple[int, int], octaves: int,
             scale: float, wrap: bool, keep_store: bool, on_event) -> None:
-    """The input streamed into the store's source pyramid, unless an attempt before did it."""
-    if not store.has_source():
-        on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
-        try:
-            ingest(input_path, store, on_rows=_rows(on_event, "ingest", shape[0]),
-                   octaves=octaves, scale=scale, wrap=wrap)
-        except InputError:      # a damaged input: nothing worth resuming, leave no litter
-            if not keep_store:
-                store.remove()
-            raise
-        release_freed_memory()
-
-
-@dataclass(frozen=True)
-class Rows:
-    """``done`` of ``total`` image rows of a streamed stage (ingest, export)."""
-    stage: str
-    done: int
-    total: int
-
-
-class EventLog:
-    """Events as JSON lines (``{"t": unix time, "event": "Stage", ...}``), flushed as they
-    come, for profilers and batch monitors: ``gigadream run --events FILE``."""
-
-    def __init__(self, path: Path, then: Callable[[object], None] = lambda e: None):
-        self.file = open(path, "w", buffering=1)
-        self.then = then
-
-    def __call__(self, event) -> None:
-        self.file.write(json.dumps({"t": time.time(), "event": type(event).__name__,
-                                    **asdict(event)}) + "\n")
-        self.then(event)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _rows(on_event, stage: str, total: int) -> Callable[[int], None]:
-    done = [0]
-
-    def on_rows(n: int) -> None:
-        done[0] += n
-        on_event(Rows(stage, done[0], total))
-    return on_rows
-
-
-# Settings that change the result; a store made under others cannot be resumed. The engine
-# (workers, threads, scheduler) and the export settings may change between attempts.
-RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("layers", "content_layers", "style_layers"):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def config_difference(recorded: dict, cfg: Config) -> list[str]:
-    """Result-changing settings that differ: 'key: STORE → NOW'. Settings that the workers
-    resolve (``RESOLVED_SETTINGS``) are compared as resolved instead (``check_resolved``):
-    ``auto`` then and ``bf16`` now agree where auto meant bf16."""
-    now = _flat({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
-    had = _flat({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
-    keys = (set(now) | set(had)) - set(RESOLVED_SETTINGS.values())
-    return [f"{k}: {had.get(k)!r} in the store, {now.get(k)!r} now"
-            for k in sorted(keys) if now.get(k) != had.get(k)]
-
-
-def open_run_store(path: Path | str, input_path: Path, cfg: Config, restart: bool) -> Store:
-    """The run's store (a folder or a URL): a new one, or the one a previous attempt left,
-    checked to belong to this input and config; ``restart`` replaces it (only if it is a
-    gigadream store)."""
-    if is_store(path) and not restart:
-        store = Store.open(path)
-        rec = store.record()
-        had = rec.get("input")
-        if had and had != {"name": input_name(input_path), **fingerprint(input_path)}:
-            raise StoreError(f"store {path} was made from another input ({had.get('name')}, "
-                             f"{had.get('size')} bytes); pass --restart to start over, or give "
-                             "another --store")
-        diff = config_difference(rec["config"], cfg) if "config" in rec else []
-        if diff:
-            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-            raise StoreError(f"store {path} was made with another config: {diff[0]}{more}; "
-                             "run with the same config to resume, or --restart to start over")
-    else:
-        store = Store.create(path, overwrite=restart)
-    if "config" not in store.record():
-        store.update_record(config=to_dict(cfg), version=__version__, versions=_versions())
-    had, now = store.record()["versions"], _versions()
-    for pkg in now:
-        if had.get(pkg) != now[pkg]:
-            raise StoreError(f"store {path} was made with {pkg} {had.get(pkg)}, this is "
-                             f"{pkg} {now[pkg]}: a resumed result could differ from an "
-                             "uninterrupted one; resume with the same versions, or pass "
-                             "--restart to start over")
-    return store
-
-
-# Packages whose versions shape a result's bytes: a resume under others could differ from an
-# uninterrupted run.
-RESULT_PACKAGES = ("torch", "zarr", "numpy", "pyvips")
-
-
-def _versions() -> dict:
-    """gigadream's version and those of ``RESULT_PACKAGES``."""
-    from importlib.metadata import PackageNotFoundError, version
-    out = {"gigadream": __version__}
-    for pkg in RESULT_PACKAGES:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-# What each resolved value is set by, so that a resume can ask for it explicitly.
-RESOLVED_SETTINGS = {"batch": "engine.batch", "precision": "model.precision",
-                     "threads": "engine.threads"}
-
-
-def check_resolved(store: Store, resolved: dict) -> dict:
-    """The settings the workers resolved (``Mode.resolve``): recorded at a run's first start;
-    a resume whose workers resolve them otherwise would compute other pixels, and is
-    refused."""
-    had = store.record().get("resolved")
-    if had is None:
-        store.update_record(resolved=resolved)
-        return resolved
-    for key in sorted(set(had) | set(resolved)):
-        if had.get(key) != resolved.get(key):
-            how = (f"resume with --set {RESOLVED_SETTINGS[key]}={had.get(key)}"
-                   if key in RESOLVED_SETTINGS and had.get(key) != "mixed" else
-                   f"resume where the workers' {key} is {had.get(key)}")
-            raise StoreError(f"store {store.path} was run with {key} {had.get(key)}, but these "
-                             f"workers resolve {resolved.get(key)}, which would change its "
-                             f"pixels; {how}, or pass --restart to start over")
-    return had
-
-
-def stored_image(store: Store, partial: bool = False) -> tuple[ArrayView, str | None]:
-    """What ``gigadream export`` writes of ``store``, and, where it is not the run's result,
-    a line that says what it is. The result of a finished run; the source of a store that
-    no run has used (``gigadream ingest``). An unfinished run's store is refused unless
-    ``partial``: then its latest canvas (an octave may be smaller than the image), or its
-    source before its first pass finishes."""
-    rec = store.record()
-    if "result" in rec:
-        return result_view(rec["result"], store.view(rec["result"]), store.source(0)), None
-    if "config" not in rec:
-        return store.source(0), None
-    done = rec.get("done", -1) + 1
-    if not partial:
-        raise StoreError(f"store {store.path} holds an unfinished run ({done} passes done, no "
-                         "result yet); run the same 'gigadream run' command again to finish "
-                         "it, or pass --partial to export what it holds")
-    if "canvas" not in rec:
-        return store.source(0), "the source image: the run has finished no pass yet"
-    canvas = rec["canvas"]
-    shape = tuple(canvas["shape"])
-    octave = next(k for k in range(rec["pyramid"]["levels"]) if store.source(k).shape == shape)
-    view = result_view(canvas, store.view(canvas), store.source(octave))
-    (h, w), (h0, w0) = shape, store.source(0).shape
-    return view, (f"an unfinished run's latest canvas, after {done} passes: octave {octave}, "
-                  f"{w}×{h} px (the image is {w0}×{h0} px)")
-
-
-def config_output(out: Path | str) -> Path | str:
-    """OUT.yaml: the resolved config written beside the result."""
-    if objects.is_url(out):
-        return str(out) + ".yaml"
-    return out.with_name(out.name + ".yaml")
-
-
-def _write_text(path: Path | str, text: str) -> None:
-    """A whole file (renamed into place) or object (one PUT), never seen half-written."""
-    if objects.is_url(path):
-        objects.put(path, text.encode())
-    else:
-        atomic_write_text(path, text)
-
-
-def check_config_output(out: Path | str, overwrite: bool) -> None:
-    """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
-    path = config_output(out)
-    there = objects.head(path, "output") is not None if objects.is_url(path) else path.exists()
-    if there and not overwrite:
-        raise OutputError(f"output {path} (the config of {objects.name(out)}) already exists; "
-                          "pass --overwrite to replace it or choose another name with -o")
-
-
-def _reproducible_yaml(cfg: Config, input_path: Path) -> str:
-    return (f"# gigadream {__version__}: the resolved config of this result.\n"
-            f"# Reproduce: gigadream run {input_name(input_path)} --config THIS_FILE\n"
-            + to_yaml(cfg))
+    """``ingest_source``, unless an attempt before did it. A damaged input leaves no store
+    behind (nothing in it is worth resuming) unless the user named it."""
+    if store.has_source():
+        return
+    try:
+        ingest_source(input_path, store, shape, octaves, scale, wrap, on_event)
+    except InputError:
+        if not keep_store:
+            store.remove()
+        raise

@@ -16,26 +16,25 @@ images, ``index.html`` (static, opens from disk) and ``preview.json``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from .cluster import BackgroundCluster, check_gpus
 from .config import Config, to_yaml
-from .engine import BackgroundCluster, check_gpus, release_freed_memory
 from .errors import ConfigError, OutputError
-from .ingest import image_shape, ingest
+from .events import Stage, Timings, Total, Work
+from .ingest import image_shape
 from .modes import mode_for
-from .pipeline import Rows, Stage, Total, Work, run, shared_record, with_wrap, work_units
+from .pipeline import ingest_source, run, shared_record, with_wrap, work_units
 from .resample import octave_shape, resample_window
 from .store import ArrayView, Store
 from .tiling import Box
@@ -61,15 +60,12 @@ class Crop:
 
 
 @dataclass
-class PreviewReport:
+class PreviewReport(Timings):
     folder: Path
     index: Path
     shape: tuple[int, int]
     far_shape: tuple[int, int]
     crops: list[Crop]
-    stage_s: dict[str, float] = field(default_factory=dict)
-    model_s: float = 0.0
-    model_mp: float = 0.0        # Σ window megapixels of the model steps in model_s
     estimate: str = ""
 
 
@@ -156,11 +152,10 @@ def context(cfg: Config, shape: tuple[int, int], side: int) -> int:
     sees around it, up to ``margin`` pixels away at its octave, ``margin × scale^k`` at full
     resolution, and the passes and octaves compound that reach. The nearer neighbours weigh
     most (a network's effective receptive field is much smaller than its theoretical one),
-    so the context is half of one reach at every octave, summed: with impressionist (68 px)
-    crops correlate with the full run's change there as closely as with the whole reach
-    (135 px), as closely as two full runs with other seeds do (0.97-0.99), and without
-    context at 0.67-0.89 (measured on photos: ``profiling/README.md``). At most half the
-    crop: a deep layer's reach (logits: the whole window) would cost many crops' work.
+    so the context is half of one reach at every octave, summed: crops then correlate with
+    the full run's change there as closely as with the whole reach, and as two full runs
+    with other seeds do (``profiling/README.md``). At most half the crop: a deep layer's
+    reach (logits: the whole window) would cost many crops' work.
 
     ``keep_far``'s high-pass adds its reach (``far_margin``, the same at every octave in
     full-size pixels: 24 px for keep_far 16) whole: it subtracts a blur of the change, which
@@ -306,15 +301,6 @@ def _part(on_event: Callable[[object], None], name: str) -> Callable[[object], N
     return forward
 
 
-@contextlib.contextmanager
-def _timed(report: PreviewReport, stage: str) -> Iterator[None]:
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        report.stage_s[stage] = report.stage_s.get(stage, 0.0) + time.perf_counter() - t
-
-
 def _save_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
     import pyvips
     im = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation="srgb")
@@ -365,36 +351,36 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     try:
         on_event(Total(units))
         store = Store.create(work / "source.gdstore")
-        with _timed(report, "ingest"):
-            levels = _ingest(input_path, store, shape, scale,
-                             pyramid_levels(shape, scale, octaves, far), cfg.wraps, on_event)
-        with _timed(report, "far input"):
+        with report.timed("ingest"):
+            depth = pyramid_levels(shape, scale, octaves, far)
+            ingest_source(input_path, store, shape, depth, scale, cfg.wraps, on_event)
+            levels = [store.source(k, cfg.wraps) for k in range(depth)]
+        with report.timed("far input"):
             far_in = far_image(levels, far)
         fixed = [crop_box(shape, side, x, y) for x, y in at]
         boxes = pick_crops(far_in, shape, side, n, fixed)
         report.crops = [Crop(b, context_window(b, margin, shape),
                              "--at" if i < len(fixed) else "auto") for i, b in enumerate(boxes)]
-        with _timed(report, "cluster"):
+        with report.timed("cluster"):
             on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
             ex = workers.executor()
-        with _timed(report, "calibrate"):
+        with report.timed("calibrate"):
             prepared = shared_record(store, cfg, ex, levels[:octaves], on_event)
         out_cfg = dataclasses.replace(
             cfg, export=dataclasses.replace(cfg.export, tiff_compression="none"))
-        with _timed(report, "far view"):
+        with report.timed("far view"):
             _save_lossless(far_in, work / "far-input.tif")
             _save_jpeg(far_in, work / "far-input.jpg", cfg.export.quality)
             r = run(work / "far-input.tif", out_cfg, work / "far.tif", cluster=workers,
                     on_event=_part(on_event, "far view"))
-            report.model_s += r.model_s
-            report.model_mp += r.model_mp
+            report.count_model(r)
             _save_jpeg(_read(work / "far.tif"), work / "far.jpg", cfg.export.quality)
         for i, c in enumerate(report.crops, start=1):
-            with _timed(report, f"crop {i}"):
+            with report.timed(f"crop {i}"):
                 _crop(store, cfg, out_cfg, c, i, work, workers, prepared, shape, report,
                       _part(on_event, f"crop {i}/{len(report.crops)}"))
         if estimate_time:
-            with _timed(report, "estimate"):
+            with report.timed("estimate"):
                 on_event(Stage("estimate", "the full run's time"))
                 from .estimate import estimate, report as estimate_report
                 # at the rate the preview's own steps just ran (its windows are the run's
@@ -418,21 +404,6 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     return report
 
 
-def _ingest(input_path: Path, store: Store, shape: tuple[int, int], scale: float, levels: int,
-            wrap: bool, on_event) -> list[ArrayView]:
-    """The input decoded once into ``store``: level 0 and ``levels`` - 1 levels below it
-    (``wrap``: made and read with x circular, as a 360° panorama's run makes them)."""
-    on_event(Stage("ingest", f"{shape[1]}×{shape[0]} px"))
-    done = [0]
-
-    def rows(k: int) -> None:
-        done[0] += k
-        on_event(Rows("ingest", done[0], shape[0]))
-    ingest(input_path, store, on_rows=rows, octaves=levels, scale=scale, wrap=wrap)
-    release_freed_memory()
-    return [store.source(k, wrap) for k in range(levels)]
-
-
 def _crop(store: Store, cfg: Config, out_cfg: Config, c: Crop, i: int, work: Path,
           workers: BackgroundCluster, prepared: dict, shape: tuple[int, int],
           report: PreviewReport, on_event) -> None:
@@ -447,8 +418,7 @@ def _crop(store: Store, cfg: Config, out_cfg: Config, c: Crop, i: int, work: Pat
     crop_cfg = dataclasses.replace(out_cfg, tiling=dataclasses.replace(out_cfg.tiling, wrap="none"))
     r = run(work / f"crop-{i}-window.tif", crop_cfg, work / f"crop-{i}-window-out.tif",
             cluster=workers, prepared=prepared, frame=shape, on_event=on_event)
-    report.model_s += r.model_s
-    report.model_mp += r.model_mp
+    report.count_model(r)
     _save_jpeg(_read(work / f"crop-{i}-window-out.tif")[inner.slices()], work / f"crop-{i}.jpg",
                cfg.export.quality)
 

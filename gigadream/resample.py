@@ -10,11 +10,11 @@ round to the other side.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable
 
 import numpy as np
 
+from .devices import loaded_torch
 from .tiling import Box
 
 
@@ -110,7 +110,7 @@ def resample_window(read: Callable[[Box], np.ndarray], in_shape: tuple[int, int]
     ix0, ix1, kx, wx = axis_taps(in_shape[1], out_shape[1], box.x0, box.x1, wrap)
     x = read(Box(iy0, iy1, ix0, ix1))                  # (C, hi, wi)
     if use_torch is None:
-        use_torch = "torch" in sys.modules
+        use_torch = loaded_torch() is not None
     if use_torch:
         import torch
         rows = _filter_rows_torch(torch.from_numpy(np.ascontiguousarray(x)), ky, wy)

@@ -1,5 +1,5 @@
 """Sample panoramas made from real photos (scikit-image's), at any size, streamed; and a
-painting-like style image (no painting can be downloaded here).
+painting-like style image (made, so that nothing needs downloading).
 
     python -m gigadream.sample OUT.jpg --width 20000 --height 15000
     python -m gigadream.sample painting.png --painting --width 512 --height 512

@@ -1,6 +1,6 @@
 """One model step at a time in a process, and a record of when each ran.
 
-A model worker runs two tasks at once (``engine.PREFETCH``): while one runs the model, the
+A model worker runs two tasks at once (``cluster.PREFETCH``): while one runs the model, the
 other reads its window (and Dask hands it over), prepares it and waits here, so the model
 never waits on I/O. The processors take their steps here, not from ``engine``: they (and a
 check of the models on a machine without Dask, ``profiling/gpu_check.py``) then need
@@ -23,7 +23,7 @@ def model_step() -> Iterator[None]:
     one at a time in the process, under MODEL_LOCK. Only the model: the step's arithmetic
     around it (jitter, the update, layout copies) overlaps the other thread's model step.
     Holding it around the whole processor call would leave 19 ms a tile of such work in the
-    model's way (VGG16 in bf16: 4 % of a dream run's model time, measured)."""
+    model's way (4 % of a dream run's model time in bf16)."""
     with MODEL_LOCK:
         start = time.time()
         try:

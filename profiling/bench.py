@@ -41,7 +41,8 @@ from pathlib import Path
 from gigadream.config import ExportConfig, load_config
 from gigadream.export import export
 from gigadream.memory import peak_mb
-from gigadream.pipeline import Stage, run
+from gigadream.events import Stage
+from gigadream.pipeline import run
 from gigadream.sample import make_panorama
 from gigadream.store import Store
 

@@ -17,7 +17,8 @@ import psutil
 
 from gigadream.config import load_config
 from gigadream.objects import store_location
-from gigadream.pipeline import Rows, Stage, Work, run
+from gigadream.events import Rows, Stage, Work
+from gigadream.pipeline import run
 
 
 def worker_processes(recursive: bool = False) -> list[psutil.Process]:

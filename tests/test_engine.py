@@ -12,7 +12,7 @@ import zarr
 
 from conftest import read, save
 from gigadream.config import load_config
-from gigadream.engine import ONEDNN_CACHE, cluster, map_tasks
+from gigadream.cluster import ONEDNN_CACHE, cluster, map_tasks
 from gigadream.errors import ClusterError
 from gigadream.pipeline import plan, run
 from gigadream.tiling import Box
@@ -70,7 +70,7 @@ def test_map_tasks_raises_the_first_failure():
 def test_cluster_runs_tasks_in_worker_processes():
     import os
 
-    from gigadream.engine import cuda_devices
+    from gigadream.devices import cuda_devices
     from gigadream.modes import mode_for
     from gigadream.modes.common import gpu_batch
     with cluster(workers=2) as ex:
@@ -83,7 +83,7 @@ def test_cluster_runs_tasks_in_worker_processes():
         want = ("cuda", gpu_batch(window)) if cuda_devices() else ("cpu", 1)
         assert (resolved["device"], resolved["batch"]) == want
         assert mode_for(load_config(None, ["engine.batch=3"])).resolve(ex)["batch"] == 3
-        # every worker bounds oneDNN's cache of compiled kernels (engine.ONEDNN_CACHE)
+        # every worker bounds oneDNN's cache of compiled kernels (cluster.ONEDNN_CACHE)
         caps = ex.each_worker(_env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
         assert caps == [str(ONEDNN_CACHE)] * 2, caps
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
@@ -302,10 +302,10 @@ def test_a_dropped_octaves_chunk_files_become_the_next_canvases(tmp_path):
 ORPHAN = """
 import os, signal, sys
 import distributed, psutil
-import gigadream.engine as engine
+import gigadream.cluster as cluster
 distributed.Client.register_plugin = lambda self, plugin: None   # no plugin ever runs
 if __name__ == "__main__":
-    with engine.cluster(workers=1) as ex:
+    with cluster.cluster(workers=1) as ex:
         ex.submit(int).result()
         print(*[p.pid for p in psutil.Process().children()], flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -205,6 +205,6 @@ def test_identity_copies_whatever_keep_far_says():
 def test_a_store_made_with_another_keep_far_is_not_resumed():
     """keep_far changes the result: a resume compares it as it compares dream's settings."""
     from gigadream.config import to_dict
-    from gigadream.pipeline import config_difference
+    from gigadream.record import config_difference
     on, off = load_config(None, ["keep_far=16"]), load_config(None, ["keep_far=0"])
     assert config_difference(to_dict(on), off) == ["keep_far.factor: 16 in the store, 0 now"]

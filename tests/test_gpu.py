@@ -16,7 +16,7 @@ from distributed import LocalCluster
 
 import oom_fault
 from conftest import read, save
-from gigadream import devices, engine, models
+from gigadream import cluster, devices, engine, models
 from gigadream.config import load_config
 from gigadream.errors import ClusterError, ConfigError, GpuMemoryError
 from gigadream.modes.dream import DreamMode
@@ -53,9 +53,9 @@ def test_the_engine_hands_each_worker_its_gpu(monkeypatch):
     """A real embedded cluster on a box with (pretend) 3 GPUs and --gpus 2,0: two workers,
     each told its device by the engine when it starts (fake_gpus.py only lets a CPU take a
     CUDA device's name)."""
-    monkeypatch.setattr(engine, "cuda_devices", lambda: 3)
+    monkeypatch.setattr(cluster, "cuda_devices", lambda: 3)
     with dask.config.set({"distributed.worker.preload": [FAKE_GPUS]}), \
-            engine.cluster(gpus=(2, 0)) as ex:
+            cluster.cluster(gpus=(2, 0)) as ex:
         assert sorted(ex.each_worker(devices.device)) == ["cuda:0", "cuda:2"]
 
 
@@ -67,11 +67,11 @@ def test_a_worker_of_an_existing_cluster_that_sees_two_gpus_is_one_line():
                       preload=[FAKE_GPUS]) as other:
         with pytest.raises(ClusterError, match=r"sees 2 GPUs \(CUDA_VISIBLE_DEVICES=0,1\); "
                                                r"gigadream runs one GPU a worker.*dask cuda worker") as e:
-            with engine.cluster(scheduler=other.scheduler_address):
+            with cluster.cluster(scheduler=other.scheduler_address):
                 pass
         assert "\n" not in str(e.value)
         with pytest.raises(ConfigError, match="leave out --gpus"):
-            with engine.cluster(scheduler=other.scheduler_address, gpus=(1,)):
+            with cluster.cluster(scheduler=other.scheduler_address, gpus=(1,)):
                 pass
 
 
@@ -315,7 +315,7 @@ def test_a_batch_out_of_gpu_memory_is_retried_in_halves_and_the_pass_goes_on(
     with dask.config.set({"distributed.worker.preload": [OOM_FAULT]}):
         faulted = run(img, load_config(None, SMALL + ["engine.batch=4"]), tmp_path / "four.tif")
     diff = np.abs(read(faulted.output).astype(int) - read(reference.output))
-    if engine.cuda_devices():     # cuDNN's backward sums in no fixed order
+    if devices.cuda_devices():     # cuDNN's backward sums in no fixed order
         assert diff.max() <= 2 and diff.mean() < 0.01
     else:
         assert diff.max() == 0

@@ -146,7 +146,7 @@ def test_workers_of_a_cluster_size_their_own_threads(dask_cluster, client_dir):
     from dask.system import cpu_count
     from distributed import Client
 
-    from gigadream.engine import cluster
+    from gigadream.cluster import cluster
     with cluster(scheduler=dask_cluster):
         pass
     with Client(dask_cluster, timeout="10s") as client:

@@ -6,7 +6,7 @@ import torch
 
 from conftest import assert_config_error, read, save
 from gigadream.modes import load_config
-from gigadream.engine import cluster
+from gigadream.cluster import cluster
 from gigadream.errors import InputError
 from gigadream.modes.style import (StyleMode, StyleTransfer, add_stats, layer_list,
                                    luminance_transfer, style_model, style_targets)
@@ -213,7 +213,7 @@ def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path)
     Gram, and that canvas reaches every worker for the pass's tiles; the next pass's share
     is its own. Without it each tile matches the style on its own Gram, which the tests on
     whole runs cannot tell from the global Gram (profiling/README)."""
-    from gigadream.engine import map_tasks
+    from gigadream.cluster import map_tasks
     from gigadream.ingest import ingest
     from gigadream.pipeline import RunReport, _Run
     from gigadream.store import Store

@@ -66,7 +66,7 @@ class PassPlan:
 class Run(Protocol):
     """What a mode may use of the running pipeline while it prepares."""
 
-    executor: Any                      # engine.DaskExecutor
+    executor: Any                      # cluster.DaskExecutor
     resolved: dict                     # Mode.resolve's, as recorded with the run
     shared: dict                       # Mode.shared's of the whole image, where the run
                                        # covers a part of it (a preview's crop); else empty

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import json
 
-from ..engine import cuda_devices
+from ..devices import cuda_devices
 from ..errors import GigadreamError
 from .db import Queue
 from .jobs import check_config, job_yaml
@@ -87,7 +87,7 @@ def command(job: dict, scheduler: str | None = None) -> list[str]:
 
 def gpu_names() -> list[str]:
     """The GPUs jobs may use, as a child's CUDA_VISIBLE_DEVICES names them: the driver's,
-    narrowed by the studio's own CUDA_VISIBLE_DEVICES (``engine.cuda_devices`` counts them
+    narrowed by the studio's own CUDA_VISIBLE_DEVICES (``devices.cuda_devices`` counts them
     without importing torch into the studio's process)."""
     n = cuda_devices()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
