@@ -10,8 +10,8 @@ from . import __version__, archs
 from .config import Config, field_help, presets
 from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Interrupted
 from .modes import load_config, mode_for
-from . import objects
-from .objects import is_url, store_location
+from .storage import location
+from .storage.location import is_url, store_location
 
 # What -o / OUT may name; the formats are export.output_format's.
 OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
@@ -317,14 +317,14 @@ def _run(args) -> int:
         h, w = report.shape
         total = sum(report.stage_s.values())
         print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
-              f"config in {objects.name(report.output)}.yaml", file=sys.stderr)
+              f"config in {location.name(report.output)}.yaml", file=sys.stderr)
     return 0
 
 
 def _ingest(args) -> int:
     from .ingest import image_shape, ingest
     from .pipeline import with_wrap
-    from .store import Store
+    from .storage.store import Store
     cfg = _config(args)
     shape = image_shape(args.input)
     cfg = with_wrap(cfg, args.input, shape)
@@ -340,7 +340,7 @@ def _ingest(args) -> int:
 def _export(args) -> int:
     from .export import check_output, export
     from .record import stored_image
-    from .store import Store
+    from .storage.store import Store
     cfg = _config(args)
     store = Store.open(args.store)
     view, what = stored_image(store, args.partial)

@@ -17,7 +17,7 @@ import yaml
 
 from . import archs
 from .errors import ConfigError
-from .objects import is_url
+from .storage.location import is_url
 
 Parser = Callable[[str, Any], Any]
 
@@ -513,6 +513,19 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(e) for k, e in v.items()}
     return v
+
+
+def setting_keys(values: dict) -> dict:
+    """A config-shaped mapping keyed as settings are named (``dream.step_size``): each
+    section's keys one level down; any other value, a layer weight table included, whole."""
+    sections = {f.name for f in dataclasses.fields(Config) if _is_section(f)}
+    out = {}
+    for k, v in values.items():
+        if k in sections and isinstance(v, dict):
+            out |= {f"{k}.{kk}": vv for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
 
 
 def to_dict(cfg: Config) -> dict:

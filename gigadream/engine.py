@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import chunks
 from .cluster import map_tasks
 from .devices import loaded_torch
 from .errors import GpuMemoryError
 from .memory import release_freed_memory
 from .steps import recorded_steps
+from .storage import chunks
 from .tiling import Tile, tile_rng
 
 

@@ -3,10 +3,9 @@ streamed.
 
 libvips encodes, but it cannot pull pixels from zarr. So it reads the canvas as an uncompressed
 BigTIFF that is never written anywhere (``_VirtualTiff``, a custom source): each strip is read
-from the store as libvips reaches it, while libvips encodes the one before. Writing that TIFF
-to a temporary file first, then encoding it, takes 1.3-1.9× as long as libvips re-encoding the
-source JPEG; this way 0.8-1.1× (300 MP, the three alternated in one run), with no temporary
-file on disk. Deep zoom is libvips' ``dzsave`` reading the same source: it cuts the tiles and
+from the store as libvips reaches it, while libvips encodes the one before: an export takes
+about as long as libvips re-encoding the source JPEG, with no temporary file on disk (a
+temporary TIFF, written and then encoded, takes 1.3-1.9× as long). Deep zoom is libvips' ``dzsave`` reading the same source: it cuts the tiles and
 shrinks the next level from strips as they arrive, so it too holds a few strips a level,
 whatever the image's height.
 
@@ -42,9 +41,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import metadata, objects
+from . import metadata
 from .config import ExportConfig
 from .errors import OutputError
+from .storage import location, objects
 from .tiling import Box
 
 JPEG_MAX_SIDE = 65500          # libjpeg's limit
@@ -117,7 +117,7 @@ def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: boo
     """Refuse, before any work, an output that could not be written, or that would replace
     something without ``overwrite`` (``viewer``: also the viewer page and the input's layer
     beside a deep zoom result, ``viewer_files``). Returns its format (``output_format``)."""
-    if objects.is_url(out):
+    if location.is_url(out):        # an object: a JPEG, one HEAD; a file: its folder's checks
         return _check_object_output(out, shape, overwrite, cfg)
     out = Path(out)
     fmt = output_format(out, cfg)
@@ -143,7 +143,7 @@ def _check_object_output(url: str, shape: tuple[int, int] | None, overwrite: boo
                          cfg: ExportConfig) -> str:
     """``check_output`` of an output at a URL: a JPEG, its bucket there and the credentials
     taken (one HEAD), no object under its name unless ``overwrite``."""
-    fmt = output_format(Path(objects.name(url)), cfg)
+    fmt = output_format(Path(location.name(url)), cfg)
     if fmt != "jpeg":
         raise OutputError(f"output {url}: only a JPEG is uploaded to a URL as it is written "
                           "(a TIFF's writer seeks back into what it wrote, deep zoom writes "
@@ -434,7 +434,7 @@ def export(view, out: Path, cfg: ExportConfig = ExportConfig(), *, overwrite: bo
 
     ``out`` at a URL: a JPEG uploaded as it is encoded (``_save_to_upload``).
     """
-    if objects.is_url(out):
+    if location.is_url(out):        # uploaded as encoded, where a file is renamed into place
         check_output(out, view.shape, overwrite, cfg)
         with objects.upload(out) as upload:     # an exception here aborts the upload
             _encode(view, out, cfg.bits, on_rows,

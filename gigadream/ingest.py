@@ -26,10 +26,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import chunks, metadata, objects
+from . import metadata
 from .errors import ConfigError, InputError
 from .resample import octave_shape
-from .store import SOURCE_CHUNK, ArrayView, Store, downsample_tile
+from .storage import chunks, location, objects
+from .storage.store import SOURCE_CHUNK, Store
+from .storage.views import ArrayView, downsample_tile
+from .text import error_line
 from .tiling import Box, grid
 
 # The pyramid's filter: libvips' "linear" kernel widened by the scale is a triangle, the
@@ -38,7 +41,7 @@ from .tiling import Box, grid
 PYRAMID_KERNEL = "linear"
 # A level is fetched from libvips in tiles of BAND_ROWS × BAND_COLS output pixels: full-width
 # bands cost 1.5-2.5× the CPU time of 1024-2048 px wide ones (their intermediate rows outgrow
-# the caches; 1/1.4 resize of 40 MP, measured).
+# the caches).
 BAND_ROWS = 64
 BAND_COLS = 4 * SOURCE_CHUNK
 
@@ -51,10 +54,9 @@ def _vips():
     return pyvips
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    lines = [ln for ln in text if ln.strip() and not ln.startswith("VipsForeignLoad")] or text
-    return (lines[-1] if lines else e.__class__.__name__).strip()
+def _vips_error(e: Exception) -> str:
+    """libvips' reason, in one line: the last of its message, past its loader's name."""
+    return error_line(e, skip=("VipsForeignLoad",), last=True)
 
 
 def open_image(path: Path | str, role: str = "input"):
@@ -62,7 +64,7 @@ def open_image(path: Path | str, role: str = "input"):
     it by ranged GETs, never whole) as 8-bit sRGB, 3 bands, unrotated, for sequential
     reading. ``role`` names the file in errors (input, style image)."""
     pyvips = _vips()
-    if objects.is_url(path):
+    if location.is_url(path):       # streamed by ranged GETs, where a file is opened by name
         return to_srgb(_open_object(path, role))
     path = Path(path)
     if not path.exists():
@@ -74,7 +76,7 @@ def open_image(path: Path | str, role: str = "input"):
     try:
         im = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
     except pyvips.Error as e:
-        raise InputError(f"{role} {path} cannot be read as an image ({_first_line(e)}); "
+        raise InputError(f"{role} {path} cannot be read as an image ({_vips_error(e)}); "
                          "give a JPEG, PNG, TIFF, WebP or other image libvips reads")
     return to_srgb(im)
 
@@ -91,7 +93,7 @@ def _open_object(url: str, role: str):
         return pyvips.Image.new_from_source(objects.open_source(url), "", access="sequential",
                                             fail_on="truncated")
     except pyvips.Error as e:
-        raise InputError(f"{role} {url} cannot be read as an image ({_first_line(e)}); "
+        raise InputError(f"{role} {url} cannot be read as an image ({_vips_error(e)}); "
                          "give a JPEG, PNG, TIFF, WebP or other image libvips reads")
 
 
@@ -197,13 +199,13 @@ def orient_tile(raw: ArrayView, target: ArrayView, tile, orient: int) -> None:
 
 def input_name(path: Path | str) -> str:
     """The input's name as the run record and messages give it."""
-    return objects.name(path)
+    return location.name(path)
 
 
 def fingerprint(path: Path | str) -> dict:
     """Identity of the input: size, mtime, and a hash of its first and last MiB. An object's:
     its size and ETag (a HEAD) and the same hash, from two ranged GETs."""
-    if objects.is_url(path):
+    if location.is_url(path):       # an object has an ETag and no mtime
         found = objects.head(path)
         if found is None:
             raise InputError(f"input {path} not found; check the URL")
@@ -231,10 +233,9 @@ def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None, path: 
 
     libvips decodes on its threads and hands the raw pixels to ``_Stream`` (``rawsave`` to a
     custom target); this thread lays out each chunk-row of level 0 as soon as its rows are
-    in and writes its files, while a second thread makes the pyramid. Pulling rows with
-    ``Region.fetch`` on this thread instead, then cutting and copying each strip here, ran
-    decode and our copies one after the other: 1.9-2.3× the decode's time against 1.45-1.74×
-    with libvips pushing (level 0 alone, 20000×15000 JPEG, the two ways alternated)."""
+    in and writes its files, while a second thread makes the pyramid. Decode and our copies
+    overlap so; pulling rows with ``Region.fetch`` on this thread would run them one after
+    the other."""
     pyvips = _vips()
     lay = target.layout
     assert lay is not None and lay.chunk == (SOURCE_CHUNK, SOURCE_CHUNK), "gigadream's layout"
@@ -265,7 +266,7 @@ def _stream(im, target: ArrayView, on_rows: Callable[[int], None] | None, path: 
     if stream.error is not None:
         if isinstance(stream.error, pyvips.Error):
             raise InputError(f"input {path} cannot be decoded past row {stream.decoded} "
-                             f"({_first_line(stream.error)}); the file may be truncated or "
+                             f"({_vips_error(stream.error)}); the file may be truncated or "
                              "damaged")
         raise stream.error
     if stream.decoded < h:                  # libvips said nothing, yet rows are missing
@@ -397,8 +398,8 @@ class _Stream:
 
 
 # Rows go back to the kernel in whole huge pages (2 MiB, the x86-64 and arm64 size): each
-# page a stream first touches is a fault and a zeroing, 0.68 CPU-s for 900 MB in 4 KiB pages
-# here, 0.28-0.33 s in huge ones (madvise(MADV_HUGEPAGE), measured).
+# page a stream first touches is a fault and a zeroing, which huge pages (madvise(
+# MADV_HUGEPAGE)) halve.
 HUGE_PAGE = 2 << 20
 
 
@@ -545,7 +546,7 @@ def ingest(path: Path, store: Store, on_rows: Callable[[int], None] | None = Non
     upright: level 0 and ``octaves - 1`` levels each ``scale`` times smaller than the one
     before (octave_shape), all from one decode. ``wrap``: x is circular, the levels are made
     across its edge (``wrapped_levels``). Returns level 0."""
-    path = objects.store_location(str(path))
+    path = location.store_location(str(path))
     im = open_image(path)
     orient = orientation(im)
     shape = (im.height, im.width)

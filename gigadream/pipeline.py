@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import objects
 from .cluster import BackgroundCluster, check_gpus
 from .config import Config
 from .engine import TileTask, map_tiles
@@ -21,9 +20,11 @@ from .export import check_output, export
 from .ingest import build_pyramid, image_shape, ingest, wrap_setting
 from .memory import release_freed_memory
 from .modes import Mode, PassPlan, mode_for, result_view
-from .objects import store_location
 from .record import check_config_output, check_resolved, open_run_store, write_config_output
-from .store import ArrayView, OctaveStart, Store, forget_arrays
+from .storage import location
+from .storage.location import store_location
+from .storage.store import Store
+from .storage.views import ArrayView, OctaveStart, forget_arrays
 from .tiling import grid
 
 
@@ -55,9 +56,7 @@ def work_units(passes: list[PassPlan]) -> int:
 
 def default_store(out: Path | str) -> Path | str:
     """OUT.gdstore beside the output: on object storage beside an output at a URL."""
-    if objects.is_url(out):
-        return str(out) + ".gdstore"
-    return out.with_name(out.name + ".gdstore")
+    return location.beside(out, ".gdstore")
 
 
 def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = None,
@@ -82,7 +81,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     # other files is refused. (Workers open the weights file by this path; the style images
     # reach them as pixels.)
     cfg = cfg.resolved(Path.cwd())
-    # a file or an object's URL each (objects.store_location)
+    # a file or an object's URL each (location.store_location)
     input_path, out = store_location(str(input_path)), store_location(str(out))
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     cfg = with_wrap(cfg, input_path, shape)      # from its header too
@@ -127,7 +126,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             if own:
                 workers.close()         # before the export: its memory is not needed there
         with report.timed("export"):
-            on_event(Stage("export", objects.name(out)))
+            on_event(Stage("export", location.name(out)))
             result = store.record()["result"]
             export(result_view(result, store.view(result), sources[0]), out, cfg.export,
                    overwrite=overwrite, on_rows=row_counter(on_event, "export", shape[0]),
@@ -146,7 +145,7 @@ def shared_record(store: Store, cfg: Config, executor, sources: list[ArrayView],
                   on_event: Callable[[object], None] = lambda e: None,
                   report: RunReport | None = None) -> dict:
     """What a run over a part of the image in ``store`` takes from the whole image
-    (``Mode.shared``), measured on ``executor``'s workers over the store's source pyramid
+    (``Mode.shared``), computed on ``executor``'s workers over the store's source pyramid
     ``sources``: the ``prepared`` argument of ``run`` for each part."""
     cfg = cfg.resolved(Path.cwd())
     mode = mode_for(cfg)

@@ -36,7 +36,8 @@ from .ingest import image_shape
 from .modes import mode_for
 from .pipeline import ingest_source, run, shared_record, with_wrap, work_units
 from .resample import octave_shape, resample_window
-from .store import ArrayView, Store
+from .storage.store import Store
+from .storage.views import ArrayView
 from .tiling import Box
 
 FAR_PIXELS = 2_000_000        # the far view's size: a screen's worth

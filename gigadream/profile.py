@@ -181,7 +181,8 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     chunks, ``LINE_TILES`` tiles of the last pass, and export's streaming of the slice."""
     from memory_profiler import LineProfiler, show_results
 
-    from . import engine, export, ingest, resample, store as store_mod
+    from . import engine, export, ingest, resample
+    from .storage import store as store_mod, views
     from .pipeline import plan
     from .tiling import grid
 
@@ -199,7 +200,7 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
     # threads that the line profiler does not trace; the buffers they fill are made in
     # traced lines.
     funcs = [ingest._stream, ingest._write_level0, ingest._Rows.__init__,
-             store_mod.ArrayView.read, store_mod.ArrayView.write, store_mod.downsample_tile,
+             views.ArrayView.read, views.ArrayView.write, views.downsample_tile,
              resample.resample_window,
              engine.run_tile, export._VirtualTiff.read, export._VirtualTiff._strip_bytes,
              export._VirtualTiff.strip]
@@ -223,7 +224,7 @@ def line_profile(input_path: Path, cfg: Config, store_path: Path, scratch: Path)
             if rows > 1:
                 half = lines.create_source((max(1, rows // 2), max(1, w // 2)), "source/1")
                 for t in grid(half.shape, store_mod.SOURCE_CHUNK)[:2]:
-                    store_mod.downsample_tile(level0, half, t)
+                    views.downsample_tile(level0, half, t)
             if tiles_too:
                 target = lines.canvas(0, 0, result.shape, last.tile, last.offset, result.wrap)
                 for t in grid(result.shape, last.tile, last.offset, proc.margin,

@@ -11,34 +11,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import __version__, objects
-from .config import Config, to_dict, to_yaml
+from . import __version__
+from .config import Config, setting_keys, to_dict, to_yaml
 from .errors import OutputError, StoreError
 from .ingest import fingerprint, input_name
 from .modes import result_view
-from .store import ArrayView, Store, atomic_write_text, is_store
+from .storage import location
+from .storage.store import Store, is_store
+from .storage.views import ArrayView
 
 # Settings that change the result; a store made under others cannot be resumed. The engine
 # (workers, threads, scheduler) and the export settings may change between attempts.
 RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("layers", "content_layers", "style_layers"):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def config_difference(recorded: dict, cfg: Config) -> list[str]:
     """Result-changing settings that differ: 'key: STORE → NOW'. Settings that the workers
     resolve (``RESOLVED_SETTINGS``) are compared as resolved instead (``check_resolved``):
     ``auto`` then and ``bf16`` now agree where auto meant bf16."""
-    now = _flat({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
-    had = _flat({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
+    now = setting_keys({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
+    had = setting_keys({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
     keys = (set(now) | set(had)) - set(RESOLVED_SETTINGS.values())
     return [f"{k}: {had.get(k)!r} in the store, {now.get(k)!r} now"
             for k in sorted(keys) if now.get(k) != had.get(k)]
@@ -145,31 +137,20 @@ def stored_image(store: Store, partial: bool = False) -> tuple[ArrayView, str | 
 
 def config_output(out: Path | str) -> Path | str:
     """OUT.yaml: the resolved config written beside the result."""
-    if objects.is_url(out):
-        return str(out) + ".yaml"
-    return out.with_name(out.name + ".yaml")
+    return location.beside(out, ".yaml")
 
 
 def check_config_output(out: Path | str, overwrite: bool) -> None:
     """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
     path = config_output(out)
-    there = objects.head(path, "output") is not None if objects.is_url(path) else path.exists()
-    if there and not overwrite:
-        raise OutputError(f"output {path} (the config of {objects.name(out)}) already exists; "
+    if location.exists(path, "output") and not overwrite:
+        raise OutputError(f"output {path} (the config of {location.name(out)}) already exists; "
                           "pass --overwrite to replace it or choose another name with -o")
 
 
 def write_config_output(out: Path | str, cfg: Config, input_path: Path) -> None:
     """OUT.yaml beside the result ``out``: ``cfg``, with the command that reproduces it."""
-    _write_text(config_output(out), _reproducible_yaml(cfg, input_path))
-
-
-def _write_text(path: Path | str, text: str) -> None:
-    """A whole file (renamed into place) or object (one PUT), never seen half-written."""
-    if objects.is_url(path):
-        objects.put(path, text.encode())
-    else:
-        atomic_write_text(path, text)
+    location.write_text(config_output(out), _reproducible_yaml(cfg, input_path))
 
 
 def _reproducible_yaml(cfg: Config, input_path: Path) -> str:

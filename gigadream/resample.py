@@ -96,15 +96,13 @@ def resample_window(read: Callable[[Box], np.ndarray], in_shape: tuple[int, int]
 
     ``read(box)`` returns the input's (C, h, w) float32 pixels in ``box``. ``wrap``: x is
     circular, ``box`` and the boxes read are unrolled (``axis_taps``). Rows, then (after
-    a transpose) columns: gathering whole rows is 2× faster than gathering columns. Faster than
-    the dense matrix products this replaced (measured: a 602 px octave-start tile 25 → 16 ms,
-    a 256 px pyramid chunk 8 → 5.3 ms), whose BLAS summation order also varied with the
-    window, so neighbouring tiles could differ in the last bit.
+    a transpose) columns: gathering whole rows is 2× faster than gathering columns. Taps,
+    not dense matrix products: those are slower, and their BLAS summation order varies with
+    the window, so neighbouring tiles could differ in the last bit.
 
     In a process that has loaded torch (every worker), torch does the same arithmetic on its
-    threads, bit for bit: a 602 px octave-start window 6.1 → 4.2 ms on two threads, 7.8 →
-    5.6 ms on one (measured). The client (the pyramid) never imports torch. ``use_torch``:
-    None = torch where it is loaded.
+    threads, bit for bit and ~1.4× faster. The client (the pyramid) never imports torch.
+    ``use_torch``: None = torch where it is loaded.
     """
     iy0, iy1, ky, wy = axis_taps(in_shape[0], out_shape[0], box.y0, box.y1)
     ix0, ix1, kx, wx = axis_taps(in_shape[1], out_shape[1], box.x0, box.x1, wrap)

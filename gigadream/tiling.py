@@ -175,9 +175,8 @@ def pass_offset(seed: int, octave: int, pass_: int, tile: int,
 
     ``wrap``: the width of a circular x, over which ox is drawn: the row's narrower last tile
     (where the width is no multiple of the tile) then lands anywhere, not always beside the
-    edge. There it made a step in a dream's change across the edge (a 560 px panorama in 128 px
-    tiles, 48 px left over, 16 px at the coarser octave: 1.12-1.29x the same junction's step
-    inside the image, against 0.97-1.11x where the tiles fit the width; measured)."""
+    edge, where it would make a step in a dream's change across the edge
+    (profiling/from-code-h-storage.md: tiling)."""
     rng = np.random.default_rng([seed, octave, pass_, 0x0FF5E7])
     oy, ox = rng.integers(0, tile, size=2)
     if wrap is not None:

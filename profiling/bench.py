@@ -44,7 +44,7 @@ from gigadream.memory import peak_mb
 from gigadream.events import Stage
 from gigadream.pipeline import run
 from gigadream.sample import make_panorama
-from gigadream.store import Store
+from gigadream.storage.store import Store
 
 AIMS = {"ingest": 2.0, "export": 1.3, "identity": 100.0, "dream": 1.05, "deep zoom": 1.5}
 IDENTITY_PASSES = 4

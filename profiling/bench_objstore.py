@@ -37,7 +37,7 @@ class Traffic:
     """Requests and bytes through ``objects`` in this process, while installed."""
 
     def __init__(self):
-        from gigadream import objects
+        from gigadream.storage import objects
         self.objects, self.n, self.bytes = objects, {}, {}
         self.saved = {name: getattr(objects, name) for name in ("get", "get_buffer", "put", "get_rows", "keys_under", "delete_under", "check")
                       if hasattr(objects, name)}
@@ -72,7 +72,7 @@ def _tile_io(store) -> tuple[float, float, str]:
     requests per tile, through ``ArrayView`` in one task's I/O block as a pass's tiles do
     (``engine.run_tiles``). The tiles: a row-major grid shifted by half a tile against the
     canvas's chunks, so that each window straddles four, two rows of four full tiles."""
-    from gigadream import chunks
+    from gigadream.storage import chunks
     from gigadream.tiling import grid
     rng = np.random.default_rng(0)
     shape = (TILE * 3, TILE * 5)
@@ -118,11 +118,12 @@ def _servers(d: Path, wanted: list[str]):
 
 
 def main() -> None:
-    from gigadream import objects
+    from gigadream.storage import objects
     from gigadream.config import load_config
     from gigadream.pipeline import run
     from gigadream.sample import make_panorama
-    from gigadream.store import Store, forget_arrays
+    from gigadream.storage.store import Store
+    from gigadream.storage.views import forget_arrays
 
     w, h = (int(v) for v in os.environ.get("BENCH_SIZE", "2048x1536").split("x"))
     wanted = os.environ.get("BENCH_SERVERS", "seaweed,moto").split(",")

@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 
 from gigadream.config import load_config
-from gigadream.objects import store_location
 from gigadream.events import Rows, Stage, Work
 from gigadream.pipeline import run
+from gigadream.storage.location import store_location
 
 
 def worker_processes(recursive: bool = False) -> list[psutil.Process]:

@@ -4,8 +4,10 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, TransposeCodec, ZstdCodec
 
-from gigadream import chunks
-from gigadream.store import ArrayView, Store, interleaved, to_uint8
+from gigadream.storage import chunks
+from gigadream.storage.pixels import interleaved, to_uint8
+from gigadream.storage.store import Store
+from gigadream.storage.views import ArrayView
 from gigadream.tiling import Box, grid
 
 CODECS = {"raw": None, "lz4": BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"),

@@ -201,7 +201,7 @@ def test_a_model_worker_reads_the_next_tile_while_the_model_runs(tmp_path, photo
     from gigadream.engine import TileTask, run_tile
     from gigadream.ingest import ingest
     from gigadream.modes import mode_for
-    from gigadream.store import Store
+    from gigadream.storage.store import Store
     from gigadream.tiling import grid
 
     cfg = load_config("impressionist", ["tiling.tile=128", "dream.iterations=2"])
@@ -252,7 +252,7 @@ def test_later_passes_overwrite_the_canvas_of_two_passes_back_in_place(tmp_path,
 
 
 def test_a_canvas_of_another_geometry_is_made_afresh(tmp_path):
-    from gigadream.store import Store
+    from gigadream.storage.store import Store
     from gigadream.tiling import grid
     store = Store.create(tmp_path / "store")
     first = store.canvas(0, 0, (100, 130), 64, (3, 5))
@@ -271,7 +271,7 @@ def test_a_dropped_octaves_chunk_files_become_the_next_canvases(tmp_path):
     """drop_canvases keeps the raw chunk files as spares; a new canvas renames them into the
     chunks its pass's tiles write (page-cache pages already held), and what they held
     never shows once the pass has written."""
-    from gigadream.store import Store
+    from gigadream.storage.store import Store
     from gigadream.tiling import grid
     store = Store.create(tmp_path / "store")
     old = {}

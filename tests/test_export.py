@@ -13,7 +13,7 @@ from gigadream.errors import OutputError
 from gigadream.export import _VirtualTiff, check_output, export
 from gigadream.ingest import ingest
 from gigadream.metadata import srgb_profile
-from gigadream.store import Store
+from gigadream.storage.store import Store
 from gigadream.tiling import Box
 
 

@@ -14,7 +14,7 @@ from gigadream.errors import InputError, StoreError
 from gigadream import ingest as ingest_mod
 from gigadream.ingest import _Pyramid, _Rows, _Stream, _stream, build_pyramid, ingest
 from gigadream.resample import octave_shape
-from gigadream.store import Store
+from gigadream.storage.store import Store
 
 CHELSEA = skimage.data.chelsea()          # (300, 451, 3)
 
@@ -139,6 +139,18 @@ def test_bad_input_is_one_clear_line_and_untouched(tmp_path, make, message):
     assert "\n" not in str(e.value)
     if before:
         assert sha256(f) == before
+
+
+@pytest.mark.parametrize("message,line", [
+    ("unable to load from file x.jpg\n  VipsForeignLoad: \"x.jpg\" is not a known file format\n",
+     'VipsForeignLoad: "x.jpg" is not a known file format'),    # pyvips indents its detail
+    ("VipsJpeg: premature end of JPEG file\nVipsForeignLoad: load failed\n",
+     "VipsJpeg: premature end of JPEG file"),             # the loader's summary comes last
+    ("VipsForeignLoad: only this\n", "VipsForeignLoad: only this"),
+    ("", "Exception"),
+])
+def test_a_libvips_error_is_quoted_by_its_cause(message, line):
+    assert ingest_mod._vips_error(Exception(message)) == line
 
 
 def test_store_refuses_a_folder_holding_other_data(tmp_path):
@@ -267,7 +279,7 @@ def test_pyramid_made_as_rows_arrive_is_the_whole_images_resize(tmp_path, monkey
 def test_a_failing_chunk_write_stops_the_decoder(tmp_path, monkeypatch):
     """A write that fails (a full disk) ends ingest with its error at once; libvips is told
     to stop at its next write, so no decoding thread is left behind."""
-    from gigadream import chunks
+    from gigadream.storage import chunks
     f = save(np.random.default_rng(1).integers(0, 256, (1500, 2000, 3), dtype=np.uint8),
              tmp_path / "in.jpg", Q=90)
     writes = []
@@ -320,7 +332,7 @@ def test_a_failing_pyramid_write_stops_every_thread(tmp_path, monkeypatch):
     """A pyramid level's write that fails (a full disk) ends ingest with its error at once:
     libvips and level 0's writer stop where they are, no thread is left behind, and the
     store is not taken for an ingested one."""
-    from gigadream import chunks
+    from gigadream.storage import chunks
     f = save(np.random.default_rng(3).integers(0, 256, (1500, 2000, 3), dtype=np.uint8),
              tmp_path / "in.jpg", Q=90)
     real_write, real_take, returned = chunks.write, _Stream.take, []

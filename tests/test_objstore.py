@@ -22,9 +22,10 @@ import pytest
 import zarr
 
 import s3server
-from gigadream import chunks, objects
+from gigadream.storage import chunks, location, objects
 from gigadream.errors import StoreError
-from gigadream.store import Store, forget_arrays
+from gigadream.storage.store import Store
+from gigadream.storage.views import forget_arrays
 from gigadream.tiling import Box, grid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +126,31 @@ def test_chunk_write_is_one_put(s3_env):
         chunks.write(lay, 0, 0, np.full((3, 256, 256), value, dtype=np.uint8))
     assert np.all(chunks.read(lay, 0, 256, 0, 256) == 9)
     store.remove()
+
+
+@pytest.mark.parametrize("where", ["folder", "url"])
+def test_location_does_the_same_job_at_a_folder_and_a_url(s3_env, tmp_path, where):
+    """Every ``location`` helper, at a folder and at a URL: what is written reads back,
+    what is there exists and is listed, what is removed is gone."""
+    root = str(tmp_path / "loc") if where == "folder" else s3_env.url("loc")
+    root = location.store_location(root)
+    at = location.join(root, "meta", "run.json")
+    assert location.read_text(at) is None and not location.exists(root)
+    assert location.files(location.join(root, "meta")) == []
+    location.write_text(at, '{"a": 1}')
+    location.write_bytes(location.join(root, "meta", "exif"), b"\0\1")
+    location.write_bytes(location.join(root, "meta", "deeper", "x"), b"x")
+    assert location.read_text(at) == '{"a": 1}'
+    assert location.read_bytes(location.join(root, "meta", "exif")) == b"\0\1"
+    assert location.files(location.join(root, "meta")) == ["exif", "run.json"]
+    assert location.exists(at) and location.exists(location.join(root, "meta"))
+    location.write_text(at, "replaced")
+    assert location.read_text(at) == "replaced"
+    assert location.name(at) == "run.json"
+    assert str(location.beside(root, ".yaml")) == str(root) + ".yaml"
+    location.remove(location.join(root, "meta"))
+    assert not location.exists(location.join(root, "meta")) and location.read_text(at) is None
+    location.remove(root)               # nothing there: nothing happens
 
 
 def _refused(url: str, message: str) -> float:

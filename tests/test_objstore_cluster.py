@@ -72,7 +72,7 @@ def s3(tmp_path_factory):
 @pytest.fixture
 def s3_env(s3, monkeypatch):
     """The server's variables in this process too (the test reads the store's keys)."""
-    from gigadream import objects
+    from gigadream.storage import objects
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
     objects._bucket.cache_clear()
@@ -180,7 +180,7 @@ def reference(client_dir: Path, mode: str) -> np.ndarray:
 
 
 def _keys(url: str) -> dict[str, bytes]:
-    from gigadream import objects
+    from gigadream.storage import objects
     return {k: objects.get(objects.join(url, k)) for k in objects.keys_under(url)}
 
 
@@ -191,8 +191,9 @@ def test_ingest_and_export_through_s3_equal_the_folders(s3_env, tmp_path):
     file, byte for byte."""
     import skimage.data
 
-    from gigadream import cli, objects
-    from gigadream.store import forget_arrays
+    from gigadream import cli
+    from gigadream.storage import objects
+    from gigadream.storage.views import forget_arrays
     im = pyvips.Image.new_from_array(np.ascontiguousarray(skimage.data.astronaut()[:192, ::2])) \
         .copy(interpretation="srgb")
     im.set_type(pyvips.GValue.gint_type, "orientation", 6)  # 256 × 192 stored, 192 × 256 upright
@@ -288,7 +289,7 @@ def test_a_bad_store_url_is_one_line_and_writes_nothing(s3_env, client_dir, tmp_
     assert took < 15, took
     assert s3.secret not in r.stderr and s3.key_id not in r.stderr
     assert list(tmp_path.iterdir()) == []            # no output, no OUT.yaml, no folder
-    from gigadream import objects
+    from gigadream.storage import objects
     assert objects.keys_under(s3.url("bad")) == []
 
 
@@ -326,7 +327,7 @@ def test_a_put_cut_short_leaves_the_old_object(s3_env):
     whose body stops halfway stores nothing, and readers see the old object. The engine's
     retries rest on this: a killed tile's chunk is the old one or the whole new one, and a
     retry writes the same bytes over either; the record is the last one written."""
-    from gigadream import objects
+    from gigadream.storage import objects
     url = s3_env.url("cut/chunk")
     old, new = bytes(1 << 20), b"\x01" * (8 << 20)
     objects.put(url, old)

@@ -291,7 +291,7 @@ def test_a_resume_that_would_change_pixels_is_refused(setup, pano):
 
 
 def test_export_of_an_unfinished_run_is_refused_or_says_what_it_writes(pano, tmp_path):
-    from gigadream.store import Store
+    from gigadream.storage.store import Store
     from gigadream.tiling import Box
     config = tmp_path / "identity.yaml"
     config.write_text(CONFIG.replace("mode: dream", "mode: identity"))

@@ -12,7 +12,8 @@ import skimage.transform
 import zarr
 
 from gigadream.resample import octave_shape
-from gigadream.store import OctaveStart, Store
+from gigadream.storage.store import Store
+from gigadream.storage.views import OctaveStart
 from gigadream.tiling import Box, grid
 
 SHAPE, SCALE = (391, 530), 1.4          # octave 1: 279 × 379, scales of 1.401 and 1.398

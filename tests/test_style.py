@@ -216,7 +216,7 @@ def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path)
     from gigadream.cluster import map_tasks
     from gigadream.ingest import ingest
     from gigadream.pipeline import RunReport, _Run
-    from gigadream.store import Store
+    from gigadream.storage.store import Store
     cfg, pp, proc, tiles, _, whole = _gram_pass(images)
     mode = StyleMode(cfg)
     store = Store.create(tmp_path / "store")

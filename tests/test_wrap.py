@@ -16,7 +16,7 @@ from gigadream.estimate import estimate, report
 from gigadream.ingest import ingest, wrap_setting
 from gigadream.pipeline import run
 from gigadream.resample import octave_shape
-from gigadream.store import Store
+from gigadream.storage.store import Store
 
 # GPano XMP as stitchers write it: the projection as an attribute of rdf:Description (PTGui,
 # Hugin) or as an element; in an xpacket, as in files.

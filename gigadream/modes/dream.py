@@ -2,7 +2,7 @@
 
 The processor maps a float tile window to the new pixels of its core by gradient ascent on
 the objectives (layers' L2, channels, ImageNet classes: small pieces summed). Every tile of an
-octave divides its steps by one gradient scale measured on a sample of the octave's tiles
+octave divides its steps by one gradient scale taken from a sample of the octave's tiles
 before its first pass (``DreamMode.begin_octave``).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import Mode, PassPlan, Run
+from .base import Mode, PassPlan, Run
 from .common import agreed, check_layer, gpu_batch, worker_resolution
 from .far import far_radius
 from .. import archs
@@ -81,7 +81,7 @@ class DeepDream:
 
     Departure from Mordvintsev et al.'s notebook: there each step is divided by the mean |g|
     of the whole image. A tile cannot see the whole image, so each step is divided by
-    ``grad_scale``, the mean |g| over the octave's tiles measured before its first pass
+    ``grad_scale``, the mean |g| over the octave's tiles, taken before its first pass
     (``stat``); flat tiles then dream as gently as in a whole-image run.
     ``dose`` multiplies the step: 2 dreams twice as hard, a negative dose descends instead
     (torch-inception's ``acid_dose``: it subtracts the features).
@@ -283,7 +283,7 @@ class DreamMode(Mode):
         return {"device": device, "precision": precision, "batch": batch, "threads": threads}
 
     def begin_octave(self, run: Run, octave: int, view, source) -> None:
-        """The octave's gradient scale: measured once, kept in the run record. A run over a
+        """The octave's gradient scale: computed once, kept in the run record. A run over a
         part of an image (``run.shared``) takes the whole image's into it (``part_scale``)."""
         if run.resolved["precision"] != "mixed":
             self.precision = run.resolved["precision"]
@@ -293,13 +293,13 @@ class DreamMode(Mode):
 
     def part_scale(self, run: Run, octave: int, own: float, whole: dict) -> float:
         """The gradient scale of a part of an image (a preview's crop) at ``octave``: its own
-        (``own``, measured on its octave's start as a whole run measures the whole's)
+        (``own``, taken on its octave's start as a whole run takes the whole's)
         times the whole image's over the part's own at the coarsest octave (``whole``:
-        ``shared``), where both are measured on the source alone.
+        ``shared``), where both are taken on the source alone.
 
         Why not the part's own: it is a mean over the part's tiles, so a busy part would
         dream more gently than the whole run paints it there. Why not the whole image's
-        measured on its source pyramid: at finer octaves the run measures its octave's
+        taken on its source pyramid: at finer octaves the run measures its octave's
         start, which holds the coarser octaves' dream, whose gradients exceed the source's
         by a factor that depends on the image and its scale. The ratio at the coarsest
         octave corrects the part's busyness; the part's own octave starts carry the dream's
@@ -309,8 +309,8 @@ class DreamMode(Mode):
         return own * whole[coarsest] / part
 
     def shared(self, run: Run, sources: list) -> dict:
-        """The whole image's gradient scale at its coarsest octave (measured on its source,
-        as the whole run measures it there: the same seeded sample of the same grid), for
+        """The whole image's gradient scale at its coarsest octave (taken on its source,
+        as the whole run takes it there: the same seeded sample of the same grid), for
         a part's ``part_scale``."""
         if run.resolved.get("precision", "mixed") != "mixed":
             self.precision = run.resolved["precision"]

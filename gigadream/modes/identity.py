@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import Mode, PassPlan
+from .base import Mode, PassPlan
 from ..tiling import Box
 
 

@@ -52,11 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Mode, PassPlan, Run
+from .base import Mode, PassPlan, Run
 from .common import agreed, check_layer, gpu_batch, worker_resolution
 from .. import archs
 from ..errors import ConfigError
-from ..objects import is_url
+from ..storage.location import is_url
 from ..tiling import Box
 
 # Style images are used at most this long (the Gram target of a larger one costs gigabytes).
@@ -419,7 +419,7 @@ def luminance_transfer(styled: np.ndarray, content: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class OriginalColors:
     """A result view in the content's colours (``original_colors``), computed as it is read
-    (a ``store.ComputedView``, whose uint8 and uint16 reads it borrows: this module imports
+    (a ``views.ComputedView``, whose uint8 and uint16 reads it borrows: this module imports
     no store, so that its processor runs where torch is all there is, ``gpu_check``)."""
 
     styled: object          # ArrayView: the styled canvas
@@ -434,11 +434,11 @@ class OriginalColors:
         return luminance_transfer(self.styled.read(box), self.content.read(box))
 
     def read_uint8(self, box: Box) -> np.ndarray:
-        from ..store import ComputedView
+        from ..storage.views import ComputedView
         return ComputedView.read_uint8(self, box)
 
     def read_uint16(self, box: Box) -> np.ndarray:
-        from ..store import ComputedView
+        from ..storage.views import ComputedView
         return ComputedView.read_uint16(self, box)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..config import field_choices, field_help, preset_values, presets
+from ..config import field_choices, field_help, preset_values, presets, setting_keys
 
 
 def preset_names() -> list[str]:
@@ -17,9 +17,8 @@ def settings_form(preset: str | None) -> list[dict]:
     """Every setting (``config.field_help``: the table of ``run --help``) with its help, its
     choices, its default and the preset's value: the form's rows."""
     fields = field_help()
-    sections = {key.partition(".")[0] for key, _, _ in fields if "." in key}
     # the preset's own values, unchecked: a style preset names no style image yet
-    values = section_keys(preset_values(preset), sections) if preset else {}
+    values = setting_keys(preset_values(preset)) if preset else {}
     rows = []
     for key, default, help_ in fields:
         v = values.get(key, default)
@@ -30,16 +29,3 @@ def settings_form(preset: str | None) -> list[dict]:
 
 def _text(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
-
-
-def section_keys(values: dict, sections: set[str]) -> dict:
-    """A preset's YAML mapping keyed as the form's rows are: ``section.key`` for the keys of
-    each of ``sections``, one level deep; a value that is itself a mapping (a layer weight
-    table) stays whole, since the form edits it as one JSON value."""
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, dict) and k in sections:
-            out |= {f"{k}.{kk}": vv for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out

@@ -1,18 +1,20 @@
 """Whole-chunk reads and writes of the store's arrays, straight to their chunk files.
 
 zarr-python spends about a millisecond per chunk in its asyncio codec pipeline, whatever the
-chunk's size: reading a 200 MP source back in strips (3052 chunks) through it takes 4.0 s, and
-writing through it would be most of ingest's time. gigadream's arrays have one simple layout (a regular grid, every channel
-in each chunk, raw bytes or blosc), so this module reads and writes their chunk files itself,
-compressed ones decoded several at a time on a small thread pool (blosc releases the GIL).
+chunk's size, which would be most of ingest's time. gigadream's arrays have one simple layout
+(a regular grid, every channel in each chunk, raw bytes or blosc), so this module reads and
+writes their chunk files itself, compressed ones decoded several at a time on a small thread
+pool (blosc releases the GIL).
 
 The arrays stay plain zarr v3: chunk files at ``c/0/<y>/<x>``, full-sized at the edges,
 encoded with the array's own codecs exactly as zarr-python does (numcodecs' blosc), so zarr,
 napari and any other zarr reader see the same pixels, and a chunk zarr wrote reads back here
-(tested both ways). An array with any other layout goes through zarr.
+(tests/test_chunks.py, both ways). An array with any other layout goes through zarr.
 
 An array of a store on object storage (``objects``: its path is a URL) has the same layout;
-each chunk is then one object, read whole with a GET and written whole with a PUT.
+each chunk is then one object, read whole with a GET and written whole with a PUT. Reads and
+writes keep a branch each (``_load``, ``write``): a file's rows are read alone and its chunk
+overwritten in place, where an object is fetched and replaced whole.
 """
 from __future__ import annotations
 
@@ -27,11 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import objects
+from . import location, objects
 
 # Threads that decode compressed chunks. Raw chunks are read on the calling thread: handing
-# 200 KB copies to a pool cost more than it saved (a 512 px window of 256 px uint8 chunks:
-# 0.45 ms on the caller, 1.0 ms through 4 threads, measured).
+# 200 KB copies to a pool costs twice what it saves.
 THREADS = 4
 # Threads that wait on an object store's requests, a process's: a tile's window is four
 # chunks, so a worker's two task threads each with a window in flight and a task's tiles'
@@ -59,9 +60,7 @@ class Layout:
         return self.shape[0] * self.chunk[0] * self.chunk[1] * self.dtype.itemsize
 
     def file(self, iy: int, ix: int) -> str:
-        if self.remote:
-            return objects.join(self.path, "c", "0", str(iy), str(ix))
-        return os.path.join(self.path, "c", "0", str(iy), str(ix))
+        return location.join(self.path, "c", "0", str(iy), str(ix))
 
     def chunk_range(self, y0: int, y1: int, x0: int, x1: int):
         ch, cw = self.chunk
@@ -91,13 +90,8 @@ def _codec(codecs: list[dict], dtype: np.dtype):
 def layout(path: str) -> Layout | None:
     """The chunk layout of the zarr v3 array at ``path``, or None where zarr must do the work.
     (Cached: arrays are created once and only their chunks change; ``Store`` clears it.)"""
-    remote = objects.is_url(path)
     try:
-        if remote:
-            meta = json.loads(objects.get(objects.join(path, "zarr.json")) or b"null")
-        else:
-            with open(os.path.join(path, "zarr.json")) as f:
-                meta = json.load(f)
+        meta = json.loads(location.read_bytes(location.join(path, "zarr.json")) or b"null")
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict):
@@ -114,7 +108,7 @@ def layout(path: str) -> Layout | None:
     if not ok:
         return None
     return Layout(path, tuple(shape), tuple(chunk[1:]), dtype, codec, meta.get("fill_value", 0),
-                  remote)
+                  location.is_url(path))
 
 
 @functools.cache
@@ -150,7 +144,7 @@ def _load(lay: Layout, iy: int, ix: int, r0: int = 0, r1: int | None = None,
     (``task_io``)."""
     ch, cw = lay.chunk
     r1 = ch if r1 is None else r1
-    if lay.remote:
+    if lay.remote:                  # a whole object a GET, where a file's rows are read alone
         return _get(lay, iy, ix, r0, r1, cache)
     try:
         f = open(lay.file(iy, ix), "rb", buffering=0)
@@ -199,9 +193,9 @@ _ABSENT = object()
 def _get(lay: Layout, iy: int, ix: int, r0: int, r1: int,
          cache: _Chunks | None = None) -> np.ndarray | None:
     """``_load`` from object storage: the whole object in one GET (a request costs
-    milliseconds, so rows are not fetched a channel at a time as from a file; on loopback
-    three ranged GETs of a chunk's rows cost the server 2.3× one whole GET, measured), or
-    from the task's ``cache``."""
+    milliseconds, so rows are not fetched a channel at a time as from a file: three ranged
+    GETs of a chunk's rows cost the server 2.3× one whole GET), or from the task's
+    ``cache``."""
     url = lay.file(iy, ix)
     a = _ABSENT if cache is None else cache.get(url)
     if a is _ABSENT:
@@ -274,8 +268,8 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
         return
     # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
     # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new
-    # and existing files alike: Python's open(), "r+b" and then "wb" with a makedirs, takes
-    # 0.4-1.3 s more system time to write 300 MP of new chunks (measured).
+    # and existing files alike costs less system time than Python's open() trying "r+b",
+    # then "wb" with a makedirs.
     flags = os.O_WRONLY | os.O_CREAT | (0 if lay.codec is None else os.O_TRUNC)
     try:
         fd = os.open(path, flags, 0o666)

@@ -7,18 +7,19 @@ differs is how bytes move, and object storage makes that simpler, not harder:
 - every write is a whole-object PUT, which S3, GCS and Azure make atomic: a reader sees the
   old object or the new one, never a part. Each task still writes whole chunks that no other
   task writes, so no two writers ever race on one key (zarr v3 has no locks);
-- the run record is replaced by one PUT: what ``atomic_write_text`` gets on disk from a
+- the run record is replaced by one PUT: what ``location.write_text`` gets on disk from a
   temporary file and a rename comes free (there is no rename on S3, and none is needed);
 - the disk's tricks (chunk files overwritten in place, spare files renamed into new canvases)
   buy page-cache pages; a bucket has none, so a dropped canvas is deleted.
 
-The functions here take full URLs, as ``os`` functions take full paths. Each process opens one
-obstore client per bucket (``_bucket``) from the URL and its own environment: credentials,
-endpoint and region come from the variables each cloud's SDK reads (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``, ``AWS_REGION``;
-``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_*``), never from the URL, and so are never
-written into the store, the run record, a log or a Dask task: tasks carry the URL alone and
-every Dask worker signs with its own machine's credentials.
+The functions here take full URLs, as ``os`` functions take full paths (``location`` picks
+between the two). Each process opens one obstore client per bucket (``_bucket``) from the URL
+and its own environment: credentials, endpoint and region come from the variables each
+cloud's SDK reads (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
+``AWS_ALLOW_HTTP``, ``AWS_REGION``; ``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_*``),
+never from the URL, and so are never written into the store, the run record, a log or a Dask
+task: tasks carry the URL alone and every Dask worker signs with its own machine's
+credentials.
 
 obstore (Rust's object_store) is the client: its calls are synchronous where our tasks are
 (no event loop in each worker thread, as s3fs would need), release the GIL while bytes move,
@@ -30,38 +31,17 @@ import contextlib
 import functools
 import re
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import StoreError
+from ..errors import InputError, StoreError
+from ..text import error_line
 
-# A URL with a scheme other than file:// names an object store; anything else is a path.
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # A request is retried where the service says it may be (throttling, a 5xx, a dropped
 # connection), RETRIES times within RETRY_SECONDS. obstore's own defaults (10 tries over 3
 # minutes) would leave a user with a mistyped endpoint waiting minutes for the one line that
 # says so.
 RETRIES = 3
 RETRY_SECONDS = 15
-
-
-def is_url(location: str | object) -> bool:
-    """Whether ``location`` (a store's root, an array's path) names an object store."""
-    return isinstance(location, str) and bool(_URL.match(location)) \
-        and not location.startswith("file://")
-
-
-def store_location(text: str) -> Path | str:
-    """A store's (or an input's, an output's) location as the user gave it: a URL stays a
-    string, anything else is a path. (argparse's ``type`` for every STORE, INPUT and OUT
-    argument that may be a URL: this module imports nothing heavy, so the CLI parses
-    without zarr.)"""
-    return text if is_url(text) else Path(text)
-
-
-def name(location: Path | str) -> str:
-    """The last part of a path or a URL: 'pano.jpg' of 's3://bucket/in/pano.jpg'."""
-    return location.rstrip("/").rsplit("/", 1)[-1] if is_url(location) else Path(location).name
 
 
 def join(url: str, *keys: str) -> str:
@@ -87,13 +67,8 @@ def _bucket(base: str):
         return from_url(base, retry_config={"max_retries": RETRIES,
                                             "retry_timeout": timedelta(seconds=RETRY_SECONDS)})
     except Exception as e:  # noqa: BLE001 -- obstore raises several kinds for a bad URL
-        raise StoreError(f"store {base}: {_first_line(e)}; give --store as "
+        raise StoreError(f"store {base}: {error_line(e)}; give --store as "
                          "s3://bucket/prefix, gs://bucket/prefix or a folder") from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 # The option that names each role's URL (the role itself is what a message calls it).
@@ -126,13 +101,13 @@ def _errors(url: str, e: BaseException, role: str = "store") -> StoreError:
         return StoreError(f"{what} {url}: the object store{at} cannot be reached (no answer "
                           f"after {RETRIES} retries); check AWS_ENDPOINT_URL (or the cloud's "
                           "own endpoint) and the network")
-    return StoreError(f"{what} {url}: {_first_line(e)}")
+    return StoreError(f"{what} {url}: {error_line(e)}")
 
 
 def _code(text: str) -> str:
     """The service's error code in an obstore message, else its first line, shortened."""
     m = re.search(r"<Code>([^<]+)</Code>", text) or re.search(r"\b(\w+Error|\w+Exception)\b", text)
-    return m.group(1) if m else _first_line(Exception(text))[:120]
+    return m.group(1) if m else error_line(Exception(text))[:120]
 
 
 def get(url: str) -> bytes | None:
@@ -239,9 +214,9 @@ def get_ranges(url: str, ranges: list[tuple[int, int]], role: str = "input") -> 
 def upload(url: str, role: str = "output"):
     """A writable file whose bytes become the object at ``url`` (obstore's ``open_writer``:
     a multipart upload in parts of ``PART_BYTES``, ``PARTS_IN_FLIGHT`` sent at once; an
-    object smaller than one part is one PUT at the end). The object appears under its name only when the block
-    ends without an exception; on one the upload is aborted, so nothing half-written lands
-    under the final name (nor does an unfinished upload stay: tested)."""
+    object smaller than one part is one PUT at the end). The object appears under its name
+    only when the block ends without an exception; on one the upload is aborted, so nothing
+    half-written lands under the final name, nor does an unfinished upload stay."""
     import obstore as obs
     from obstore import exceptions as ox
     base, key = _split(url)
@@ -290,7 +265,6 @@ def open_source(url: str):
     except FileNotFoundError as e:
         if "NoSuchBucket" in str(e):
             raise _errors(url, e, "input") from e
-        from .errors import InputError
         raise InputError(f"input {url} not found; check the URL") from e
     except Exception as e:  # noqa: BLE001
         raise _errors(url, e, "input") from e
