@@ -81,7 +81,7 @@ BUNDLED = ("vgg16", "efficientnet_lite0")
 # Models whose DeepDream gradient stays right in bfloat16 (``model.precision: auto``): VGG's
 # bf16 input gradient points where fp32's does, at 2-5x the speed on a CPU with AMX;
 # EfficientNet-Lite0's strays for little gain, so it stays fp32, as does GoogLeNet, unchecked
-# (profiling/README.md, "2026-12-01, morning").
+# (profiling/engine.md, "2026-12-01, morning").
 BF16_DREAM = ("vgg16", "vgg19")
 
 # Layers used when a config says ``auto``: the classic choices for each network.

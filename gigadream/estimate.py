@@ -93,7 +93,7 @@ def _model_costs(cfg: Config, workers: int, shapes: list[tuple[int, int]],
     this CPU, timed where a run takes its steps: in a task of a worker of an embedded
     cluster (its environment, threads and allocator settings), which costs ``plan`` the
     worker's start, 3-5 s. Steps timed in the calling process run at another speed, several
-    times a worker's (profiling/README.md).
+    times a worker's (profiling/engine.md).
 
     The steps are those of the run's own window ``shapes`` (``_probe_shapes``): edge tiles
     bring thin windows that cost more per pixel than a square's. A step costs a + b ×

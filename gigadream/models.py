@@ -381,5 +381,5 @@ def _load_model(name: str, weights: str | None, device: str, padding: str) -> Ba
         if type(m) is nn.Conv2d and m.padding != (0, 0):
             m.padding_mode = padding
     # Channels last: oneDNN's and cuDNN's fast convolutions want it (a VGG16 step on a CPU:
-    # 2.8x in bf16; profiling/from-code-h-modes.md).
+    # 2.8x in bf16; profiling/code-figures.md).
     return model.eval().to(device, memory_format=torch.channels_last)

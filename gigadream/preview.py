@@ -155,7 +155,7 @@ def context(cfg: Config, shape: tuple[int, int], side: int) -> int:
     most (a network's effective receptive field is much smaller than its theoretical one),
     so the context is half of one reach at every octave, summed: crops then correlate with
     the full run's change there as closely as with the whole reach, and as two full runs
-    with other seeds do (``profiling/README.md``). At most half the crop: a deep layer's
+    with other seeds do (``profiling/preview.md``). At most half the crop: a deep layer's
     reach (logits: the whole window) would cost many crops' work.
 
     ``keep_far``'s high-pass adds its reach (``far_margin``, the same at every octave in

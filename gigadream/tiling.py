@@ -176,7 +176,7 @@ def pass_offset(seed: int, octave: int, pass_: int, tile: int,
     ``wrap``: the width of a circular x, over which ox is drawn: the row's narrower last tile
     (where the width is no multiple of the tile) then lands anywhere, not always beside the
     edge, where it would make a step in a dream's change across the edge
-    (profiling/from-code-h-storage.md: tiling)."""
+    (profiling/code-figures.md: tiling.py)."""
     rng = np.random.default_rng([seed, octave, pass_, 0x0FF5E7])
     oy, ox = rng.integers(0, tile, size=2)
     if wrap is not None:

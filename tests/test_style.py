@@ -212,7 +212,7 @@ def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path)
     the tiles' Gram sums, added up as they come back (none kept), are the whole image's
     Gram, and that canvas reaches every worker for the pass's tiles; the next pass's share
     is its own. Without it each tile matches the style on its own Gram, which the tests on
-    whole runs cannot tell from the global Gram (profiling/README)."""
+    whole runs cannot tell from the global Gram (profiling/test-suite.md)."""
     from gigadream.cluster import map_tasks
     from gigadream.ingest import ingest
     from gigadream.pipeline import RunReport, _Run

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 # default tile (512 px and its margin); as many fewer as larger windows have more pixels, so
 # that a batch's activations stay those of four default windows (VGG16 to relu4_3 keeps
 # 0.64 GB of them in bf16 for a 602 px window's backward, as gigadream plan counts): a GPU is
-# busy with one large window anyway. A CPU is no faster with more (profiling/README.md).
+# busy with one large window anyway. A CPU is no faster with more (profiling/engine.md, "2026-12-01, later").
 GPU_BATCH = 4
 GPU_BATCH_PIXELS = GPU_BATCH * 602 * 602
 

@@ -24,7 +24,7 @@ from ..tiling import Box, grid
 # own: a pixel's gradient is then the same in a small window (a sliver of a tile at the
 # image's edge, a preview's crop) as in a whole one, as in whole-image DeepDream, whose
 # gradient is that of ½ Σ a²; divided by its own area, an edge tile's steps would grow as
-# its window shrinks (profiling/README.md, "Preview"). The value only keeps the loss near 1:
+# its window shrinks (profiling/preview.md). The value only keeps the loss near 1:
 # it cancels in the step, which divides by the octave's mean |g| (``grad_scale``).
 OBJECTIVE_PIXELS = 512 * 512
 
@@ -303,7 +303,7 @@ class DreamMode(Mode):
         start, which holds the coarser octaves' dream, whose gradients exceed the source's
         by a factor that depends on the image and its scale. The ratio at the coarsest
         octave corrects the part's busyness; the part's own octave starts carry the dream's
-        growth (the estimators compared: ``profiling/README.md``, "Preview")."""
+        growth (the estimators compared: ``profiling/preview.md``)."""
         coarsest = next(iter(whole))
         part = run.recorded("grad_scale", coarsest, lambda: own)   # begin_octave's, by now
         return own * whole[coarsest] / part

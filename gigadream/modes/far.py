@@ -38,7 +38,7 @@ from ..tiling import Box
 # σ of the Gaussian in full-size pixels per unit of keep_far. A shrink by F keeps periods
 # above 2F px; (1 − L)² with σ = F/4 passes 7 % of a 2F period, 50 % of an F period and 99 %
 # of an F/2 period; of F/6, F/4, F/3 and F/2, F/4 raises the layers' activations most per
-# level of change in the far view (profiling/README.md, "Keep the far view").
+# level of change in the far view (profiling/keep-far.md).
 SIGMA_PER_FACTOR = 0.25
 TRUNCATE = 3.0             # the Gaussian's taps reach 3 σ (0.3 % of its weight lies beyond)
 POWER = 2                  # (1 − L)²: a sharper cut than 1 − L for twice the reach
@@ -79,7 +79,7 @@ def blur_matrix(n: int, sigma: float) -> np.ndarray:
 def lowpass(x, sigma: float):
     """Gaussian blur of ``x`` (N, C, h, w), separable, mirrored at the edges, as two matrix
     products: a third of the time of torch's depthwise convolutions on a CPU
-    (profiling/README.md, "Keep the far view", "Cost")."""
+    (profiling/keep-far.md, "Cost")."""
     import torch
 
     if math.ceil(TRUNCATE * sigma) == 0:

@@ -41,7 +41,7 @@ SPARES = "spare"           # chunk files of dropped canvases, for new ones (Stor
 METADATA = "metadata"      # the input's metadata, a file per field (Store.keep_metadata)
 # Sources and canvases are stored raw: every pyramid task and octave start decodes ~9 source
 # chunks to use ~2 chunks' worth, so decoding dominates reads, and raw chunks cost ~3 bytes
-# a pixel per level on disk (profiling/from-code-h-storage.md: codecs).
+# a pixel per level on disk (profiling/code-figures.md: storage/store.py).
 SOURCE_CODEC = None        # or a zarr codec, e.g. zarr.codecs.BloscCodec(cname="lz4", clevel=1)
 
 

@@ -6,7 +6,7 @@ Every job's settings are checked here with ``modes.load_config``, the CLI's own 
 that a bad value gets the CLI's one-line error before anything is queued, and a sweep is
 queued whole or not at all.
 
-``jobs.yaml``'s format is in ``gigadream batch --help`` (``cli.JOBS_YAML``) and the README:
+``jobs.yaml``'s format is in ``gigadream batch --help`` (``cli.JOBS_YAML``) and docs/studio.md:
 a list of {input, config, set, sweep | blend, priority}.
 """
 from __future__ import annotations
