@@ -15,11 +15,12 @@ install:
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/gigadream --version
 
-# Two test processes (a module's tests stay together, sharing its fixtures), then the
-# tests marked serial (they measure time or memory) alone. JOBS=1 runs one process.
+# Two test processes taking whole modules, heaviest first (a module's tests share its
+# fixtures; the order: tests/conftest.py), then the tests marked serial (they measure time
+# or memory) alone. JOBS=1 runs one process.
 JOBS ?= 2
 test:
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m "not serial" --durations=25
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder -m "not serial" --durations=25
 	$(BIN)/python -m pytest -q -m serial --durations=10
 
 demo:

@@ -65,9 +65,32 @@ def test_no_seams_along_the_last_pass_tile_boundaries(dreamed):
 
 
 def test_values_stay_in_range_and_model_time_is_reported(dreamed):
+    """The report's model work is its tiles': each pass's windows × its steps, plus one step
+    on each octave's calibration sample (windows of the octave's unshifted grid); its model
+    time lies within the passes' wall time (one worker)."""
+    from gigadream.modes.dream import DreamMode
+    from gigadream.resample import octave_shape
+    from gigadream.tiling import grid
     cfg, _, after, report = dreamed
     assert after.min() >= 0 and after.max() <= 255
-    assert report.model_s > 0 and report.tiles == sum(p.tiles for p in plan(after.shape[:2], cfg))
+    passes = plan(after.shape[:2], cfg)
+    assert report.tiles == sum(p.tiles for p in passes)
+    assert report.model_steps == sum(p.tiles * p.iterations for p in passes)
+    mode = DreamMode(cfg)
+    margin = mode.processor(passes[-1], first=False).margin
+    area = [t.window.shape[0] * t.window.shape[1] / 1e6 for t in grid(
+        passes[-1].shape, cfg.tiling.tile, (0, 0), margin, mode.align, mode.wrap, mode.align_end)]
+    work = sum(t.window.shape[0] * t.window.shape[1] / 1e6 * p.iterations for p in passes
+               for t in grid(p.shape, p.tile, p.offset, margin, mode.align, mode.wrap,
+                             mode.align_end))
+    octaves = {p.octave: p.shape for p in passes}
+    n = sum(min(mode.calibration_tiles, len(grid(shape, cfg.tiling.tile, (0, 0), margin,
+                                                 mode.align, mode.wrap, mode.align_end)))
+            for shape in octaves.values())
+    print(f"model: {report.model_mp:.3f} MP-steps ({work:.3f} in the passes, {n} calibration "
+          f"steps), {report.model_s:.2f} s of {report.stage_s['passes']:.2f} s of passes")
+    assert work + n * min(area) - 1e-9 <= report.model_mp <= work + n * max(area) + 1e-9
+    assert 0.5 * report.stage_s["passes"] < report.model_s <= report.stage_s["passes"]
 
 
 def test_same_seed_same_result_other_seed_other_result(photos, tmp_path):
@@ -115,6 +138,8 @@ def test_a_batch_of_windows_dreams_each_as_it_would_alone(photos, guide):
     with its own jitter. One step: the batch's gradients differ from the lone ones by float
     rounding (1e-6 of their size, measured), which later steps may magnify where the model
     has kinks (EfficientNet's ReLU6: 0.07 levels on average after 3 steps)."""
+    import time
+
     from gigadream.modes.dream import DreamMode
     from gigadream.tiling import Box
 
@@ -129,10 +154,14 @@ def test_a_batch_of_windows_dreams_each_as_it_would_alone(photos, guide):
         assert b["grad_abs_sum"] == pytest.approx(a["grad_abs_sum"], rel=1e-4)
     proc = DreamMode(cfg).make(alone[0]["grad_abs_sum"] / alone[0]["count"])
     singles = [proc(w, core, np.random.default_rng(i))[0] for i, w in enumerate(windows)]
+    t0 = time.perf_counter()
     batched = proc.batch(windows, [core] * 3, [np.random.default_rng(i) for i in range(3)])
+    wall = time.perf_counter() - t0
+    # the batch's model time is its steps', shared evenly by its windows
+    shares = [stats["model_s"] for _, stats in batched]
+    assert shares[0] == shares[1] == shares[2] and 0.5 * wall < sum(shares) <= wall, (shares, wall)
     for w, single, (out, stats) in zip(windows, singles, batched):
         assert np.abs(single - w[(slice(None), *core.slices())]).mean() > 0.5
-        assert stats["model_s"] > 0
         assert np.abs(out - single).max() < 1e-3, "a batched window dreamed otherwise"
 
 

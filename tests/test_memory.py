@@ -90,14 +90,31 @@ DreamMode(cfg).make()(window, Box(0, side, 0, side), np.random.default_rng(0))
 
 
 def test_dream_run_stays_within_the_model_working_set_plus_a_constant(photos, tmp_path):
+    """Each process of a dream run holds what its job needs and no more. The worker: the
+    model's working set (torch, the weights, one window's steps: WORKING_SET) and the Dask
+    and zarr code it runs under (IMPORTS without torch); its margin covers the other window
+    shapes' kernels (edge tiles, calibration), its prefetched tile and Dask's task state
+    (90 MB of it at 128 px tiles). The started process: the same code with torch (the dream's
+    warm-up brings the model module in), a 512 px photo and the scheduler (margin 80 MB)."""
     overrides = ["dream.layers=[relu3_3]", "tiling.tile=128", "dream.octaves=2", "dream.passes=1"]
     model = peak_mb([sys.executable, "-c", WORKING_SET.format(overrides=overrides)])
+    code = peak_mb([sys.executable, "-c", IMPORTS])
+    code_torch = peak_mb([sys.executable, "-c", IMPORTS + "; import torch"])
     sets = [a for o in overrides for a in ("--set", o)]
-    run = peak_mb(["run", str(photos["astronaut_png"]), "-o", str(tmp_path / "d.jpg"), *sets,
-                   "--quiet"])
-    print(f"model working set {model:.0f} MB, whole dream run {run:.0f} MB")
-    # The constant: the client (no torch), the in-process scheduler, the worker's nanny.
-    assert run < model + 450
+    tr = trace([sys.executable, "-m", "gigadream", "run", str(photos["astronaut_png"]), "-o",
+                str(tmp_path / "d.jpg"), *sets, "--quiet", "--events", str(tmp_path / "d.jsonl")],
+               tmp_path / "d.jsonl", tmp_path / "d.log")
+    assert tr.returncode == 0, (tmp_path / "d.log").read_text()
+    client, workers = (max(s[i] for s in tr.samples) for i in (1, 2))
+    print(f"model working set {model:.0f} MB, code {code:.0f} MB ({code_torch:.0f} with torch); "
+          f"dream run: worker {workers:.0f} MB, started process {client:.0f} MB, "
+          f"tree {peak(tr):.0f} MB")
+    assert workers < model + code + 150
+    assert client < code_torch + 80
+
+
+# The code a run's processes hold besides the model: the pipeline, Dask, zarr, libvips.
+IMPORTS = "import time, gigadream.pipeline, distributed, zarr, pyvips; time.sleep(0.5)"
 
 
 def test_a_style_runs_peak_does_not_grow_with_the_image(photos, tmp_path):

@@ -234,9 +234,24 @@ def test_the_estimate_runs_at_the_previews_own_rate(previewed):
     line = next(ln for ln in summary["estimate"].splitlines() if ln.startswith("this machine"))
     assert "the preview's own steps" in line, line
     rate = float(line.split("(")[1].split(" s per megapixel-step")[0])
-    assert summary["model_mp"] > 0
     assert abs(rate - summary["model_s"] / summary["model_mp"]) < 0.01, (line, summary["model_s"],
                                                                        summary["model_mp"])
+
+
+def test_the_previews_model_work_is_its_runs_tiles(previewed, tmp_path):
+    """The megapixel-steps the preview reports (the rate's denominator) are its runs' tiles':
+    the far view (here the image itself) and each crop's window, as ``plan`` counts a run
+    of that size (window megapixels × steps, calibration included)."""
+    from gigadream.estimate import estimate
+    src, _, _, summary = previewed
+    cfg = load_config("impressionist", ["export.quality=100"])
+    expected = estimate(src, cfg, calibrate=False).window_mp_iterations
+    for i, c in enumerate(summary["crops"], start=1):
+        y0, y1, x0, x1 = c["window"]
+        blank = save(np.zeros((y1 - y0, x1 - x0, 3), np.uint8), tmp_path / f"window-{i}.png")
+        expected += estimate(blank, cfg, calibrate=False).window_mp_iterations
+    print(f"model work {summary['model_mp']:.3f} MP-steps, the runs' plans {expected:.3f}")
+    assert abs(summary["model_mp"] / expected - 1) < 0.05
 
 
 def test_a_crop_is_what_the_full_run_paints_there(previewed):
