@@ -80,33 +80,28 @@ class Store:
     # and a URL's bucket and credentials are checked before anything else.
     @classmethod
     def create(cls, path: Path | str, overwrite: bool = False) -> Store:
-        if location.is_url(path):
-            return cls._create_remote(str(path).rstrip("/"), overwrite)
-        path = Path(path)
-        if path.exists() and any(path.iterdir()):
+        url = location.is_url(path)
+        if url:
+            path = str(path).rstrip("/")
+            objects.check(path)         # no bucket, credentials refused: one line, nothing written
+            held = bool(objects.keys_under(path))
+        else:
+            path = Path(path)
+            held = path.exists() and any(path.iterdir())
+        if held:
             if not is_store(path):
-                raise StoreError(f"store folder {path} exists and holds other data; "
-                                 "choose an empty or new folder with --store")
+                kind, where = ("", "prefix") if url else (" folder", "folder")
+                raise StoreError(f"store{kind} {path} exists and holds other data; "
+                                 f"choose an empty or new {where} with --store")
             if not overwrite:
                 raise StoreError(f"store {path} already exists; pass --overwrite to replace it")
-            shutil.rmtree(path)
+            if url:
+                objects.delete_under(path)
+            else:
+                shutil.rmtree(path)
         zarr.open_group(store=location.zarr_store(path), mode="w",
                         attributes={"gigadream": {"format": FORMAT_VERSION}})
         return cls(path)
-
-    @classmethod
-    def _create_remote(cls, url: str, overwrite: bool) -> Store:
-        objects.check(url)              # no bucket, credentials refused: one line, nothing written
-        if objects.keys_under(url):
-            if not is_store(url):
-                raise StoreError(f"store {url} exists and holds other data; "
-                                 "choose an empty or new prefix with --store")
-            if not overwrite:
-                raise StoreError(f"store {url} already exists; pass --overwrite to replace it")
-            objects.delete_under(url)
-        zarr.open_group(store=location.zarr_store(url), mode="w",
-                        attributes={"gigadream": {"format": FORMAT_VERSION}})
-        return cls(url)
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
