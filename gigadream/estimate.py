@@ -189,6 +189,7 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
     wrap, why = wrap_setting(cfg.tiling.wrap, input_path, shape)
     cfg = with_wrap(cfg, input_path, shape)
     mode = mode_for(cfg)
+    mode.check_settings()
     passes = mode.plan(shape)
     octaves, scale = mode.octaves(shape)
     mp_its, task_mp, tiles, window_px, steps, shapes = 0.0, 0.0, 0, 0, 0, Counter()

@@ -88,6 +88,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     mode = mode_for(cfg, frame)
     check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
     check_config_output(out, overwrite)
+    mode.check_settings()        # a Config built without modes.load_config is checked here too
     mode.check()
     if cluster is None:
         check_gpus(cfg.engine.gpus, cfg.engine.scheduler)

@@ -334,6 +334,7 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     n = check_crops(shape, side, crops, at)
     check_folder(folder, overwrite)
     mode = mode_for(cfg)
+    mode.check_settings()
     mode.check()
     check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
     far = far_shape(shape, far_pixels, cfg)

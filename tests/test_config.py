@@ -164,3 +164,20 @@ def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_pa
         "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
         "dream.step_size, dream.jitter, dream.calibration_tiles)"]
     assert not (tmp_path / "x.jpg").exists()
+
+
+@pytest.mark.parametrize("entry", ["run", "estimate", "preview"])
+def test_a_config_built_without_the_checking_loader_is_checked_where_work_starts(
+        entry, photos, tmp_path):
+    """config.load_config only parses; run, plan's estimate and preview refuse what the mode
+    cannot run with before any work, whoever built the config (scripts, the studio)."""
+    from gigadream.estimate import estimate
+    from gigadream.pipeline import run
+    from gigadream.preview import preview
+    cfg = config.load_config(None, ["dream.layers=relu9_9"])      # parsed, not checked
+    calls = {"run": lambda: run(photos["chelsea_jpg"], cfg, tmp_path / "out.jpg"),
+             "estimate": lambda: estimate(photos["chelsea_jpg"], cfg, calibrate=False),
+             "preview": lambda: preview(photos["chelsea_jpg"], cfg, tmp_path / "preview", side=128)}
+    with pytest.raises(ConfigError, match="'relu9_9' is not a layer of vgg16"):
+        calls[entry]()
+    assert list(tmp_path.iterdir()) == []
