@@ -23,6 +23,9 @@ from .storage.views import ArrayView
 # Settings that change the result; a store made under others cannot be resumed. The engine
 # (workers, threads, scheduler) and the export settings may change between attempts.
 RESULT_SECTIONS = ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")
+# Settings that stores made by earlier versions record under another key (config.MOVED):
+# the same setting, so a store that agrees on its value resumes.
+RECORDED_AS = {"dream.keep_far": "keep_far.factor"}
 
 
 def config_difference(recorded: dict, cfg: Config) -> list[str]:
@@ -31,6 +34,7 @@ def config_difference(recorded: dict, cfg: Config) -> list[str]:
     ``auto`` then and ``bf16`` now agree where auto meant bf16."""
     now = setting_keys({k: v for k, v in to_dict(cfg).items() if k in RESULT_SECTIONS})
     had = setting_keys({k: v for k, v in recorded.items() if k in RESULT_SECTIONS})
+    had = {RECORDED_AS.get(k, k): v for k, v in had.items()}
     keys = (set(now) | set(had)) - set(RESOLVED_SETTINGS.values())
     return [f"{k}: {had.get(k)!r} in the store, {now.get(k)!r} now"
             for k in sorted(keys) if now.get(k) != had.get(k)]

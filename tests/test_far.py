@@ -208,3 +208,16 @@ def test_a_store_made_with_another_keep_far_is_not_resumed():
     from gigadream.record import config_difference
     on, off = load_config(None, ["keep_far=16"]), load_config(None, ["keep_far=0"])
     assert config_difference(to_dict(on), off) == ["keep_far.factor: 16 in the store, 0 now"]
+
+
+def test_a_store_recorded_with_dream_keep_far_resumes_under_the_new_key():
+    """Stores made before keep_far had its own section record it as dream.keep_far: the same
+    setting, so a store that agrees on its value resumes and one that does not is refused."""
+    from gigadream.config import to_dict
+    from gigadream.record import config_difference
+    cfg = load_config(None, ["keep_far=16"])
+    old = to_dict(cfg)
+    old["dream"]["keep_far"] = old.pop("keep_far")["factor"]      # as an older store records it
+    assert config_difference(old, cfg) == []
+    assert config_difference(old, load_config(None, ["keep_far=8"])) == [
+        "keep_far.factor: 16 in the store, 8 now"]
