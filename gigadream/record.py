@@ -147,7 +147,7 @@ def config_output(out: Path | str) -> Path | str:
 def check_config_output(out: Path | str, overwrite: bool) -> None:
     """Refuse, before any work, to replace an OUT.yaml that is there without ``overwrite``."""
     path = config_output(out)
-    if location.exists(path, "output") and not overwrite:
+    if location.is_file(path, "output") and not overwrite:
         raise OutputError(f"output {path} (the config of {location.name(out)}) already exists; "
                           "pass --overwrite to replace it or choose another name with -o")
 

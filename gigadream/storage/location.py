@@ -65,6 +65,13 @@ def exists(location: Path | str, role: str = "store") -> bool:
     return os.path.exists(location)
 
 
+def is_file(location: Path | str, role: str = "output") -> bool:
+    """Whether a file (an object) is at ``location``: one HEAD request at a URL, no listing."""
+    if is_url(location):
+        return objects.head(location, role) is not None
+    return os.path.exists(location)
+
+
 def files(location: Path | str) -> list[str]:
     """The names of the files (objects) right under the folder (prefix) ``location``,
     sorted; none where there is none."""
