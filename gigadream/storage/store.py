@@ -185,8 +185,8 @@ class Store:
         back, which nothing reads any more. Where its geometry is the same (it is, within an
         octave) it is reused: only its attributes change, and the pass overwrites its chunk
         files in place (``chunks.write``): a chunk written into an existing file costs a
-        fifth of one into a new file, whose page-cache pages are new. Every chunk holding a pixel of the image is written by the pass; the others are
-        never read."""
+        fifth of one into a new file, whose page-cache pages are new. Every chunk holding a
+        pixel of the image is written by the pass; the others are never read."""
         name = f"canvas/o{octave}p{parity}"
         path = self._at(name)
         attributes = {"offset": list(offset), "shape": list(shape), "wrap": wrap}
