@@ -6,8 +6,8 @@ BigTIFF that is never written anywhere (``_VirtualTiff``, a custom source): each
 from the store as libvips reaches it, while libvips encodes the one before: an export takes
 about as long as libvips re-encoding the source JPEG, with no temporary file on disk (a
 temporary TIFF, written and then encoded, takes 1.3-1.9× as long). Deep zoom is libvips'
-``dzsave`` reading the same source: it cuts the tiles and shrinks the next level from strips as they arrive, so it too holds a few strips a level,
-whatever the image's height.
+``dzsave`` reading the same source: it cuts the tiles and shrinks the next level from strips
+as they arrive, so it too holds a few strips a level, whatever the image's height.
 
 A 16-bit TIFF's strips come from the float16 canvas scaled to 0-65535 (``read_uint16``): the
 fractions of a level that the passes leave are kept, never rounded to 8 bits on the way.
