@@ -61,7 +61,8 @@ def exists(location: Path | str, role: str = "store") -> bool:
     it as under a folder. ``role``: what the location is to the run, for errors
     (``objects.ROLES``)."""
     if is_url(location):
-        return objects.head(location, role) is not None or bool(objects.keys_under(location))
+        return (objects.head(location, role, ask_bucket=False) is not None
+                or bool(objects.keys_under(location)))
     return os.path.exists(location)
 
 

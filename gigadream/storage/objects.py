@@ -181,8 +181,10 @@ def check(url: str, role: str = "store") -> None:
         raise _errors(url, e, role) from e
 
 
-def head(url: str, role: str = "input") -> dict | None:
-    """The object's size and ETag (one HEAD request), None where there is none."""
+def head(url: str, role: str = "input", ask_bucket: bool = True) -> dict | None:
+    """The object's size and ETag (one HEAD request), None where there is none. A HEAD's 404
+    says nothing of the bucket, so it is asked (``check``) unless the caller lists the prefix
+    next, which fails on a missing bucket anyway (``ask_bucket=False``)."""
     import obstore as obs
     base, key = _split(url)
     try:
@@ -190,7 +192,8 @@ def head(url: str, role: str = "input") -> dict | None:
     except FileNotFoundError as e:
         if "NoSuchBucket" in str(e):
             raise _errors(url, e, role) from e
-        check(url, role)        # a HEAD's 404 says nothing of the bucket: ask it
+        if ask_bucket:
+            check(url, role)
         return None
     except Exception as e:  # noqa: BLE001
         raise _errors(url, e, role) from e
