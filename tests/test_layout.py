@@ -14,12 +14,12 @@ PACKAGE = Path(gigadream.__file__).parent
 # Lowest first. A module not listed here fails the test: a new room gets a floor on purpose.
 FLOORS = [
     ["__init__", "errors", "text", "archs", "classes"],
-    ["tiling", "resample", "devices", "memory", "steps", "events"],
+    ["tiling", "resample", "devices", "memory", "steps", "events", "flow"],
     ["storage", "config"],
-    ["models", "metadata", "ingest", "export", "viewer"],
+    ["models", "metadata", "ingest", "export", "viewer", "video"],
     ["modes"],
     ["engine", "cluster", "record", "pipeline"],
-    ["preview", "estimate", "profile", "baseline", "sample"],
+    ["preview", "estimate", "profile", "baseline", "sample", "sequence", "clips"],
     ["cli", "__main__", "studio"],
 ]
 FLOOR = {room: i for i, rooms in enumerate(FLOORS) for room in rooms}
