@@ -7,8 +7,8 @@ import pytest
 import skimage.data
 
 from gigadream.errors import ConfigError, InputError
-from gigadream.flow import (flow_shape, frame_flow, tile_mask, upsample_flow, warp_halo,
-                            warp_tile)
+from gigadream.flow import (flow_shape, frame_flow, reliability, tile_mask, upsample_flow,
+                            warp_halo, warp_tile)
 from gigadream.tiling import Box, grid
 
 
@@ -124,7 +124,8 @@ def test_wrap_flows_across_the_seam_as_inside():
     prev, cur, true = pano_pair()
     h, w = prev.shape
     rows = slice(16, -16)                                     # y leaves the frame at the poles
-    seam, inside = np.r_[0:24, w - 24:w], np.r_[w // 4 - 12:w // 4 + 12, 3 * w // 4 - 12:3 * w // 4 + 12]
+    seam = np.r_[0:24, w - 24:w]
+    inside = np.r_[w // 4 - 12:w // 4 + 12, 3 * w // 4 - 12:3 * w // 4 + 12]
     band = {}
     for wrap in (True, False):
         backward, reliable = frame_flow(prev, cur, wrap=wrap)
@@ -134,6 +135,37 @@ def test_wrap_flows_across_the_seam_as_inside():
     assert seam_err <= 2 * inside_err and seam_kept > 0.99
     seam_err, inside_err, seam_kept = band[False]       # the test can tell: flat is worse
     assert seam_err > 4 * inside_err and seam_kept < 0.9
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_motion_boundaries_round_the_seam(wrap):
+    """A consistent flow (forward = −backward) that steps by 3 px at x = w/2 and, round the
+    circle, between x = w − 1 and 0: the step at w/2 is a motion boundary either way; the one
+    at the seam is one only where x wraps (the gradient taken x-periodically), and a flat
+    frame's edge is none."""
+    h, w = 40, 64
+    backward = np.zeros((h, w, 2), np.float32)
+    backward[:, : w // 2, 1] = 3.0                  # the left half came from 3 px further down
+    reliable = reliability(-backward, backward, wrap)
+    rows = slice(10, -10)                           # its last 3 rows came from below the frame
+    assert not reliable[rows, w // 2 - 1:w // 2 + 1].any()
+    assert reliable[rows, 2:w // 2 - 2].all() and reliable[rows, w // 2 + 2:-2].all()
+    assert reliable[rows][:, [0, -1]].any() != wrap
+
+
+def test_consistency_reads_the_forward_flow_round_the_seam():
+    """Everything moved 5 px right (backward −5), but the forward flow is 0 on columns 0-7:
+    pixels that came from there are inconsistent, masked; pixels 0-4 came from round the
+    seam, where the forward flow agrees, and are kept only where x wraps."""
+    h, w = 20, 64
+    backward = np.zeros((h, w, 2), np.float32)
+    backward[..., 0] = -5
+    forward = -backward
+    forward[:, :8, 0] = 0
+    for wrap in (True, False):
+        reliable = reliability(forward, backward, wrap)
+        assert reliable[:, :5].all() == wrap and not reliable[:, 5:13].any()
+        assert reliable[:, 13:].all()
 
 
 def whole_warp(prev: np.ndarray, backward: np.ndarray, wrap: bool, margin: int) -> np.ndarray:
@@ -170,7 +202,8 @@ def photo_pair():
     rgb = skimage.data.coffee()
     prev, cur, _ = affine_pair(rgb, shift=(7.3, -4.6), degrees=1.0)
     h, w = prev.shape[:2]
-    small = [cv2.resize(grey(f), (w // 2, h // 2), interpolation=cv2.INTER_AREA) for f in (prev, cur)]
+    small = [cv2.resize(grey(f), (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+             for f in (prev, cur)]
     backward, reliable = frame_flow(*small)
     chw = [np.ascontiguousarray(f.transpose(2, 0, 1), dtype=np.float32) for f in (prev, cur)]
     return chw[0], chw[1], backward, reliable
@@ -208,6 +241,9 @@ def test_tiles_assemble_to_the_whole_frames_warp(photo_pair, wrap, tile, offset)
     whole_mask = tile_mask(reliable, Box(0, h, 0, w), (h, w), wrap)
     tiled, mask = tiled_warp(prev, backward, reliable, wrap, tile, offset, margin)
     assert np.array_equal(tiled, whole) and np.array_equal(mask, whole_mask)
+    if wrap:   # a window of the frame's own columns: sources beyond its edges go round
+        frame = Box(0, h, 0, w)
+        assert np.array_equal(warp_tile(prev, frame, frame, backward, (h, w), True), whole)
 
 
 def test_a_tile_needs_warp_halos_margin(photo_pair):
@@ -220,6 +256,26 @@ def test_a_tile_needs_warp_halos_margin(photo_pair):
     whole = whole_warp(prev, backward, False, 0)
     short, _ = tiled_warp(prev, backward, reliable, False, 100, (37, 71), margin - 4)
     assert not np.array_equal(short, whole)
+
+
+@pytest.mark.parametrize("wrap, window, core, dx, expected", [
+    # a 1×10 frame whose pixels hold their column; flow at full size, dx everywhere
+    (False, Box(0, 1, 2, 8), Box(0, 1, 3, 6), -0.5, [2.5, 3.5, 4.5]),
+    (False, Box(0, 1, 0, 10), Box(0, 1, 0, 2), -1.5, [0, 0]),          # the frame's edge repeats
+    (False, Box(0, 1, 2, 8), Box(0, 1, 2, 4), -1.5, [2, 2]),           # the window's does too
+    (True, Box(0, 1, -2, 3), Box(0, 1, 0, 2), -1.5, [8.5, 4.5]),       # round the seam: 8 9 | 0
+    (True, Box(0, 1, -2, 3), Box(0, 1, 10, 12), -1.5, [8.5, 4.5]),     # the core a turn on
+    (True, Box(0, 1, 0, 10), Box(0, 1, 8, 10), 1.5, [4.5, 0.5]),       # 9 | 0 1 in the frame's
+    (True, Box(0, 1, 2, 6), Box(0, 1, 3, 5), -3.0, [2, 2]),            # 0, 1 outside the window:
+    (True, Box(0, 1, 2, 6), Box(0, 1, 3, 5), 4.0, [5, 5]),             # its nearer edge, round
+])
+def test_warp_tile_samples_by_hand(wrap, window, core, dx, expected):
+    columns = np.arange(window.x0, window.x1) % 10
+    pixels = columns.astype(np.float32)[None, None, :]
+    backward = np.zeros((1, 10, 2), np.float32)
+    backward[..., 0] = dx
+    out = warp_tile(pixels, window, core, backward, (1, 10), wrap)
+    assert out.shape == (1, 1, len(expected)) and np.array_equal(out[0, 0], expected)
 
 
 def test_flow_upsampled_to_its_own_size_is_itself():
