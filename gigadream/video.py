@@ -107,7 +107,7 @@ class FrameSource:
     def __init__(self, kind: str, path: str, shape: tuple[int, int], count: int,
                  rate: Fraction | None = None, spherical: bool = False, *,
                  files: tuple[Path, ...] = (), time_base: Fraction | None = None,
-                 audio: str | None = None):
+                 audio: str | None = None, rotation: int = 0):
         self.kind = kind                # "video" or "images"
         self.path = path                # what the user gave
         self.shape = shape              # (h, w) of every frame
@@ -117,6 +117,9 @@ class FrameSource:
         self.files = files              # images: in natural order
         self.time_base = time_base      # video: its stream's time base
         self.audio = audio              # video: the codec of its first audio stream, if any
+        # video: how players turn its frames (degrees counter-clockwise; phones record
+        # upright video as landscape frames turned by 90 or 270). Frames are as stored.
+        self.rotation = rotation
         self._open: list[Iterator[Frame]] = []
 
     def frames(self, start: int = 0, stop: int | None = None, stride: int = 1) -> Iterator[Frame]:
@@ -261,25 +264,33 @@ def _video_source(spec: str) -> FrameSource:
         rate, time_base = s.average_rate, s.time_base
     if count == 0:
         raise InputError(f"input {spec} holds no video frames; give a video with frames")
-    return FrameSource("video", spec, shape, count, rate, is_spherical(spec),
-                       time_base=time_base, audio=audio)
+    spherical, rotation = _first_frame(spec)
+    return FrameSource("video", spec, shape, count, rate, spherical, time_base=time_base,
+                       audio=audio, rotation=rotation)
 
 
 def is_spherical(path: Path | str) -> bool:
     """Whether the first frame of the video at ``path`` carries SPHERICAL side data with
     the equirectangular projection (the demuxer puts the container's spherical metadata,
     mp4's sv3d or V1 XML, matroska's Projection, on every decoded frame)."""
+    return _first_frame(path)[0]
+
+
+def _first_frame(path: Path | str) -> tuple[bool, int]:
+    """(``is_spherical``, the display rotation in degrees counter-clockwise) of the video at
+    ``path``, from its first decoded frame."""
     with _open_video(str(path)) as c:
         if not c.streams.video:
-            return False
+            return False, 0
         for f in c.decode(c.streams.video[0]):
+            spherical = False
             for sd in f.side_data:
                 if sd.type.name == "SPHERICAL":
                     # AVSphericalMapping starts with its projection (an int enum):
                     # 0 = AV_SPHERICAL_EQUIRECTANGULAR.
-                    return struct.unpack_from("=i", bytes(sd))[0] == 0
-            return False
-    return False
+                    spherical = struct.unpack_from("=i", bytes(sd))[0] == 0
+            return spherical, int(f.rotation or 0)
+    return False, 0
 
 
 # ---- output ----------------------------------------------------------------------------
@@ -442,13 +453,14 @@ class VideoWriter:
     """Encodes (h, w, 3) uint8 RGB frames into ``out`` (.mp4 or .webm), a context manager.
 
     ``shape``: the frames' (h, w); an odd side is cropped to even (see the module's
-    docstring), ``self.shape`` is what is encoded. ``source``: the frames' input; a video
-    gives the frame rate, the time base and every frame's timestamp, and its first audio
-    stream is carried over (copied, or re-encoded to Opus for a .webm that cannot hold its
-    codec, e.g. AAC). An image sequence is written at ``rate`` frames a second with no
-    audio. ``codec``: see ``check_video_output``. ``quality``: the encoder's crf (lower is
-    better and larger; None: x264 20, x265 24, VP9 32, AV1 35). ``spherical``: mark the
-    video as 360° equirectangular.
+    docstring), ``self.shape`` is what is encoded. ``source``: the frames' input. A video
+    gives the frame rate, the time base, every frame's timestamp and the display rotation;
+    its first audio stream is carried over (copied, or re-encoded to Opus for a .webm that
+    cannot hold its codec, e.g. AAC), for a frame range the audio of that range. An image
+    sequence is written at ``rate`` frames a second with no audio. ``codec``: see
+    ``check_video_output``. ``quality``: the encoder's crf (lower is better and larger;
+    None: x264 20, x265 24, VP9 32, AV1 35). ``spherical``: mark the video as 360°
+    equirectangular.
     """
 
     def __init__(self, out: Path, shape: tuple[int, int], source: FrameSource, *,
@@ -479,6 +491,8 @@ class VideoWriter:
             cc = vs.codec_context
             cc.colorspace = cc.color_primaries = cc.color_trc = 1   # BT.709
             cc.color_range = 1                                      # limited (MPEG)
+            if self._video and source.rotation:
+                vs.set_display_rotation(source.rotation)      # played turned, as the input
             self._vs = vs
             self._audio = _Audio(source.path, self._oc, self._fmt) \
                 if self._video and source.audio else None

@@ -272,6 +272,36 @@ def test_every_codec_offered_writes_a_spherical_video(tmp_path, suffix, codec):
     assert is_spherical(out)
 
 
+def test_stride_keeps_timestamps_and_all_audio(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4")
+    out = restyle(clip, tmp_path / "out.mp4", range=(0, None, 3))
+    assert video_pts(out) == pytest.approx(video_pts(clip)[::3], abs=1e-6)
+    assert audio_packets(out) == audio_packets(clip)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_display_rotation_carried_over(tmp_path, suffix):
+    """A phone's upright video is stored as turned frames and a rotation for the player."""
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as oc:
+        vs = oc.add_stream("libx264", rate=24)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.set_display_rotation(90)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                oc.mux(p)
+        for p in vs.encode(None):
+            oc.mux(p)
+    assert open_frames(str(path)).rotation == 90
+    out = restyle(path, tmp_path / f"out{suffix}")
+    with av.open(str(out)) as c:
+        assert next(c.decode(video=0)).rotation == 90
+    plain = restyle(make_clip(tmp_path / "plain.mp4", n=2, audio=None), tmp_path / f"p{suffix}")
+    assert open_frames(str(plain)).rotation == 0
+
+
 def test_aac_into_webm_becomes_opus(tmp_path):
     clip = make_clip(tmp_path / "in.mp4")
     out = restyle(clip, tmp_path / "out.webm")
