@@ -70,6 +70,8 @@ ENCODERS = {
     "libvpx-vp9": (32, {"b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}),
     "libsvtav1": (35, {"preset": "10"}),
 }
+# The largest crf each encoder takes (0 is the best quality).
+MAX_CRF = {"libx264": 51, "libx265": 51, "libvpx-vp9": 63, "libsvtav1": 63}
 ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc": "libx265",
            "h265": "libx265", "x265": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1",
            "svtav1": "libsvtav1"}
@@ -478,9 +480,18 @@ class VideoWriter:
         self._muxed = self._partial.with_name(self._partial.name + ".mp4") \
             if spherical and self._fmt == "webm" else self._partial
         self._video = source.kind == "video"
-        self.rate = Fraction(source.rate if self._video and source.rate else rate)
+        # 29.97 given as a float becomes 2997/100, not a 52-bit fraction.
+        self.rate = Fraction(source.rate if self._video and source.rate else rate) \
+            .limit_denominator(100000)
         time_base = source.time_base if self._video else 1 / self.rate
+        if self.encoder == "libsvtav1":
+            # SVT-AV1 prints its whole configuration to stderr unless told: errors only (read
+            # when the encoder starts; a user's own SVT_LOG wins).
+            os.environ.setdefault("SVT_LOG", "1")
         crf, opts = ENCODERS[self.encoder]
+        if quality is not None and not 0 <= quality <= MAX_CRF[self.encoder]:
+            raise ConfigError(f"video quality {quality}: {self.encoder} takes a crf from 0 (best) "
+                              f"to {MAX_CRF[self.encoder]} (smallest); its default is {crf}")
         opts = {"crf": str(crf if quality is None else quality), **opts}
         self._oc = av.open(str(self._muxed), "w", format="mp4" if spherical else self._fmt)
         try:

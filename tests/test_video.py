@@ -445,6 +445,13 @@ def test_check_video_output_refuses(tmp_path, name, codec, kw, error, says):
     assert re.search(says, one_line(e))
 
 
+def test_quality_out_of_range_refused(tmp_path):
+    src = open_frames(str(make_clip(tmp_path / "in.mp4", n=2, audio=None)))
+    with pytest.raises(ConfigError, match="libx264 takes a crf from 0 .best. to 51"):
+        VideoWriter(tmp_path / "out.mp4", src.shape, src, quality=60)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
 def test_existing_output_replaced_with_overwrite(tmp_path):
     (tmp_path / "exists.mp4").write_bytes(b"old")
     assert check_video_output(tmp_path / "exists.mp4", "auto", True) == "libx264"
