@@ -352,9 +352,12 @@ class SequenceConfig:
         200.0, parse_float(0.0),
         "style: weight of the temporal loss that keeps each frame near the previous result "
         "carried along the flow, where the flow is reliable (mean squared step, 0-1 range)")
-    blend: float = _field(0.6, parse_float(0.0, 1.0),
+    blend: float = _field(0.85, parse_float(0.0, 1.0),
                           "dream: the previous dream's share of where the next frame's "
-                          "dream starts (the rest is the new frame); 0 = every frame alone")
+                          "dream starts, where the flow is reliable (the rest is the new "
+                          "frame, and its steps are scaled so the dream stays as strong "
+                          "as a still's); higher flickers less and follows the scene's "
+                          "changes more slowly; 0 = every frame alone")
     passes: int | str = _field(
         "auto", parse_int(1, auto=True),
         "passes per octave of each frame after the first (its start already holds the "

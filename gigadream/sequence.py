@@ -42,7 +42,7 @@ from .engine import TileTask, map_tiles
 from .errors import ConfigError, OutputError
 from .events import Stage, Timings, Total, Work
 from .export import check_output, export
-from .flow import flow_shape, frame_flow, warp_halo, warp_tile
+from .flow import flow_shape, frame_flow, tile_mask, warp_halo, warp_tile
 from .ingest import ingest, open_image, wrap_setting
 from .modes import Prior, mode_for, result_view
 from .pipeline import run as run_still, work_units
@@ -243,8 +243,10 @@ def _write_pixels(pixels: np.ndarray, path: Path) -> None:
 class Warp:
     """The warp pass's processor: each tile's core is the previous result (the window the
     engine reads, with ``margin`` of halo) sampled at x + backward(x) (``flow.warp_tile``);
-    with ``blend`` (dream) mixed with the new frame: blend·warped + (1 − blend)·frame.
-    The pass data is the flow field (at its own size): sent to each worker once."""
+    with ``blend`` (dream) mixed with the new frame where the flow is reliable (c):
+    frame + blend·c·(warped − frame). Where it is not (what the motion reveals, motion
+    boundaries) the new frame stands alone: a smeared old dream there would ghost. The
+    pass data, (backward flow, reliability) at the flow's size, goes to each worker once."""
 
     shape: tuple[int, int]
     margin: int
@@ -255,12 +257,14 @@ class Warp:
     window_dtype = np.float32
 
     def process(self, windows, tiles, rngs, data) -> list[tuple[np.ndarray, dict]]:
-        backward = data
+        backward, reliable = data
         out = []
         for window, tile in zip(windows, tiles):
             core = warp_tile(window, tile.window, tile.core, backward, self.shape, self.wrap)
             if self.blend is not None:
-                core = self.blend * core + (1.0 - self.blend) * self.frame.read(tile.core)
+                frame = self.frame.read(tile.core)
+                c = tile_mask(reliable, tile.core, self.shape, self.wrap)
+                core = frame + (self.blend * c) * (core - frame)
             out.append((core, {}))
         return out
 
@@ -448,7 +452,7 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     tell(Stage("warp", f"{len(tiles)} tiles, halo {halo} px"))
     ex = workers.executor()
     map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0)) for t in tiles],
-              False, data=ex.share(backward), keep=False)
+              False, data=ex.share((backward, reliable)), keep=False)
     recorded = store.record().get("first", {})
     if dream:
         blend = store.path / "blend.tif"
