@@ -327,9 +327,9 @@ def _run(args) -> int:
 def _run_sequence(args, cfg) -> int:
     """``run`` of a video or a folder (or glob) of frames (``sequence``)."""
     from .events import EventLog
-    from .sequence import default_output, run_sequence
+    from .sequence import Output, default_output, run_sequence
     out = args.output or default_output(str(args.input), cfg)
-    store = args.store or out.with_name(out.name + ".gdseq")
+    store = args.store or Output.of(out).store
     progress = _Progress(args.quiet)
     on_event = EventLog(args.events, progress) if args.events else progress
     try:
