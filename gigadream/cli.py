@@ -14,7 +14,7 @@ from .storage import location
 from .storage.location import is_url, store_location
 
 # What -o / OUT may name; the formats are export.output_format's.
-OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
+OUTPUTS = (".jpg; .png or .tif (tiled BigTIFF) (16 bits a channel with --set export.bits=16); .dzi "
            "(deep zoom: NAME.dzi and tiles in NAME_files/) or .szi (the same in one zip); or a "
            "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3; or a JPEG at an object "
            "store's URL, s3://bucket/key.jpg, uploaded as it is written")
@@ -329,7 +329,6 @@ def _run_sequence(args, cfg) -> int:
     from .events import EventLog
     from .sequence import Output, default_output, run_sequence
     out = args.output or default_output(str(args.input), cfg)
-    store = args.store or Output.of(out).store
     progress = _Progress(args.quiet)
     on_event = EventLog(args.events, progress) if args.events else progress
     try:
@@ -338,11 +337,13 @@ def _run_sequence(args, cfg) -> int:
                               on_event=on_event)
     except Interrupted as e:
         progress.close()
+        store = args.store or Output.of(out).store
         raise Interrupted(f"{e}: stopped; {store} keeps every finished frame and pass. Run "
                           "the same command again to resume", e.signum) from None
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
+        store = args.store or Output.of(out).store
         raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free "
                             "some space and run the same command again to resume") from None
     finally:

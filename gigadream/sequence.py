@@ -55,7 +55,7 @@ from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequ
 __all__ = ["SequenceReport", "is_sequence_input", "run_sequence", "default_output"]
 
 VIDEO = (".mp4", ".webm")
-FRAME_FORMATS = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif"}
+FRAME_FORMATS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # Sequence settings that change a frame's pixels: a store recorded with others is not resumed.
 RESULT_KEYS = ("frames", "stride", "temporal_weight", "blend", "passes", "iterations", "flow",
                "flow_pixels")
@@ -112,7 +112,7 @@ class Output:
         if "%" in out.name:
             ext = Path(out.name.replace("%", "")).suffix.lower()
             if ext not in FRAME_FORMATS:
-                raise OutputError(f"output {out}: frames are written as .jpg or .tif "
+                raise OutputError(f"output {out}: frames are written as .jpg, .png or .tif "
                                   "(16-bit with export.bits=16); name them so, e.g. "
                                   f"{out.parent}/%06d.jpg")
             try:
