@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=store_location, metavar="DIR",
                    help="working store folder, or an object store's s3://bucket/prefix "
                         "(credentials from the environment), kept afterwards (default: "
-                        "OUT.gdstore, a sequence's OUT.gdseq, removed after success). Running the same command again "
+                        "OUT.gdstore, a sequence's OUT.gdseq, removed after success). "
+                        "Running the same command again "
                         "resumes from it after an interruption")
     p.add_argument("--restart", action="store_true",
                    help="start over: discard what the store holds from an earlier attempt")
