@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, archs
@@ -12,6 +13,7 @@ from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Inte
 from .modes import load_config, mode_for
 from .storage import location
 from .storage.location import is_url, store_location
+from .text import duration
 
 # What -o / OUT may name; the formats are export.output_format's.
 OUTPUTS = (".jpg; .png; .tif (tiled BigTIFF); 16 bits a channel in .png and .tif with --set "
@@ -340,6 +342,7 @@ def _run_sequence(args, cfg) -> int:
     out = args.output or default_output(str(args.input), cfg)
     progress = _Progress(args.quiet)
     on_event = EventLog(args.events, progress) if args.events else progress
+    began = time.monotonic()
     try:
         report = run_sequence(str(args.input), cfg, out, store_path=args.store,
                               overwrite=args.overwrite, restart=args.restart,
@@ -362,7 +365,7 @@ def _run_sequence(args, cfg) -> int:
     if not args.quiet:
         h, w = report.shape
         print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
-              f"{sum(report.seconds):.0f} s; config in {report.output.name}.yaml",
+              f"{duration(time.monotonic() - began)}; config in {report.output.name}.yaml",
               file=sys.stderr)
     return 0
 
