@@ -295,38 +295,19 @@ class _Progress:
 
 
 def _run(args) -> int:
-    from .events import EventLog
-    from .pipeline import default_store, run
     from .video import is_sequence_input
     cfg = _config(args)
     if not is_url(args.input) and is_sequence_input(str(args.input)):
         return _run_sequence(args, cfg)
+    from .pipeline import default_store, run
     if args.output is None and is_url(args.input):
         raise ConfigError(f"input {args.input} is an object store's URL: name the result "
                           "with -o (a file, or s3://bucket/key.jpg)")
     out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
-    progress = _Progress(args.quiet)
-    on_event = EventLog(args.events, progress) if args.events else progress
-    try:
-        report = run(args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
-                     restart=args.restart, on_event=on_event)
-    except Interrupted as e:
-        progress.close()
-        store = args.store or default_store(out)
-        raise Interrupted(f"{e}: stopped; {store} keeps every finished pass. Run the same "
-                          "command again to resume", e.signum) from None
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        store = args.store or default_store(out)
-        where = f" or {out.parent}" if isinstance(out, Path) else ""
-        raise DiskFullError(f"no space left on the disk of {store}{where}; free some "
-                            "space and run the same command again to resume (finished passes "
-                            "are kept)") from None
-    finally:
-        progress.close()
-        if on_event is not progress:
-            on_event.close()
+    report = _with_progress(args, lambda on_event: run(
+        args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
+        restart=args.restart, on_event=on_event),
+        lambda: args.store or default_store(out), "every finished pass", out)
     if not args.quiet:
         h, w = report.shape
         total = sum(report.stage_s.values())
@@ -337,37 +318,44 @@ def _run(args) -> int:
 
 def _run_sequence(args, cfg) -> int:
     """``run`` of a video or a folder (or glob) of frames (``sequence``)."""
-    from .events import EventLog
     from .sequence import Output, default_output, run_sequence
     out = args.output or default_output(str(args.input), cfg)
-    progress = _Progress(args.quiet)
-    on_event = EventLog(args.events, progress) if args.events else progress
     began = time.monotonic()
-    try:
-        report = run_sequence(str(args.input), cfg, out, store_path=args.store,
-                              overwrite=args.overwrite, restart=args.restart,
-                              on_event=on_event)
-    except Interrupted as e:
-        progress.close()
-        store = args.store or Output.of(out).store
-        raise Interrupted(f"{e}: stopped; {store} keeps every finished frame and pass. Run "
-                          "the same command again to resume", e.signum) from None
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        store = args.store or Output.of(out).store
-        raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free "
-                            "some space and run the same command again to resume") from None
-    finally:
-        progress.close()
-        if on_event is not progress:
-            on_event.close()
+    report = _with_progress(args, lambda on_event: run_sequence(
+        str(args.input), cfg, out, store_path=args.store, overwrite=args.overwrite,
+        restart=args.restart, on_event=on_event),
+        lambda: args.store or Output.of(out).store, "every finished frame and pass", out)
     if not args.quiet:
         h, w = report.shape
         print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
               f"{duration(time.monotonic() - began)}; config in {report.output.name}.yaml",
               file=sys.stderr)
     return 0
+
+
+def _with_progress(args, work, store, kept: str, out):
+    """``work(on_event)`` under the progress bar (and ``--events``); an interrupt or a full
+    disk as one line naming the ``store()`` that keeps ``kept`` for the resume."""
+    from .events import EventLog
+    progress = _Progress(args.quiet)
+    on_event = EventLog(args.events, progress) if args.events else progress
+    try:
+        return work(on_event)
+    except Interrupted as e:
+        progress.close()
+        raise Interrupted(f"{e}: stopped; {store()} keeps {kept}. Run the same "
+                          "command again to resume", e.signum) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = f" or {out.parent}" if isinstance(out, Path) else ""
+        raise DiskFullError(f"no space left on the disk of {store()}{where}; free some "
+                            f"space and run the same command again to resume ({kept} "
+                            "is kept)") from None
+    finally:
+        progress.close()
+        if on_event is not progress:
+            on_event.close()
 
 
 def _ingest(args) -> int:
