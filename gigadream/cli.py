@@ -14,7 +14,8 @@ from .storage import location
 from .storage.location import is_url, store_location
 
 # What -o / OUT may name; the formats are export.output_format's.
-OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
+OUTPUTS = (".jpg; .png; .tif (tiled BigTIFF); 16 bits a channel in .png and .tif with --set "
+           "export.bits=16; .dzi "
            "(deep zoom: NAME.dzi and tiles in NAME_files/) or .szi (the same in one zip); or a "
            "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3; or a JPEG at an object "
            "store's URL, s3://bucket/key.jpg, uploaded as it is written")
@@ -77,22 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="dream or stylise an image end to end: ingest, passes, export",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Dream or stylise INPUT and write the result (JPEG, BigTIFF or "
-                                   "deep zoom) and, beside it, OUT.yaml: the resolved config that "
-                                   "reproduces it.",
+                       description="Dream or stylise INPUT and write the result (JPEG, PNG, "
+                                   "BigTIFF or deep zoom) and, beside it, OUT.yaml: the resolved "
+                                   "config that reproduces it. A video or a folder of frames "
+                                   "runs frame by frame (docs/sequences.md; settings under "
+                                   "sequence.*).",
                        epilog=_settings_epilog())
     p.add_argument("input", type=store_location, metavar="INPUT",
                    help="image file (JPEG, PNG, TIFF, WebP, ...), or an image object's URL "
                         "(s3://bucket/key, read in ranged requests, never downloaded whole; "
-                        "then -o is needed)")
+                        "then -o is needed); or a sequence: a video (mp4, mov, mkv, webm, "
+                        "...), a folder of frames, or a quoted glob ('frames/*.png'), frames "
+                        "in natural order, each carried into the next along the optical flow")
     _add_config_args(p)
     p.add_argument("-o", "--output", type=store_location, metavar="OUT",
                    help=f"the result: {OUTPUTS} (default: INPUT-dream.jpg, or "
-                        "INPUT-style.jpg, beside the input)")
+                        "INPUT-style.jpg, beside the input). A sequence's: .mp4 or .webm "
+                        "(the input's timestamps and audio), or a folder of frames, OUT/ "
+                        "(000001.jpg, ...) or 'OUT/frame-%%04d.png' (.jpg, .png, .tif) "
+                        "(default: INPUT-MODE.mp4 beside a video, FOLDER-MODE/ beside frames)")
     p.add_argument("--store", type=store_location, metavar="DIR",
                    help="working store folder, or an object store's s3://bucket/prefix "
                         "(credentials from the environment), kept afterwards (default: "
-                        "OUT.gdstore, removed after success). Running the same command again "
+                        "OUT.gdstore, a sequence's OUT.gdseq, removed after success). "
+                        "Running the same command again "
                         "resumes from it after an interruption")
     p.add_argument("--restart", action="store_true",
                    help="start over: discard what the store holds from an earlier attempt")
@@ -336,9 +345,8 @@ def _run(args) -> int:
 def _run_sequence(args, cfg) -> int:
     """``run`` of a video or a folder (or glob) of frames (``sequence``)."""
     from .events import EventLog
-    from .sequence import default_output, run_sequence
+    from .sequence import Output, default_output, run_sequence
     out = args.output or default_output(str(args.input), cfg)
-    store = args.store or out.with_name(out.name + ".gdseq")
     progress = _Progress(args.quiet)
     on_event = EventLog(args.events, progress) if args.events else progress
     try:
@@ -347,11 +355,13 @@ def _run_sequence(args, cfg) -> int:
                               on_event=on_event)
     except Interrupted as e:
         progress.close()
+        store = args.store or Output.of(out).store
         raise Interrupted(f"{e}: stopped; {store} keeps every finished frame and pass. Run "
                           "the same command again to resume", e.signum) from None
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
+        store = args.store or Output.of(out).store
         raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free "
                             "some space and run the same command again to resume") from None
     finally:

@@ -55,7 +55,7 @@ from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequ
 __all__ = ["SequenceReport", "is_sequence_input", "run_sequence", "default_output"]
 
 VIDEO = (".mp4", ".webm")
-FRAME_FORMATS = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif"}
+FRAME_FORMATS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # Sequence settings that change a frame's pixels: a store recorded with others is not resumed.
 RESULT_KEYS = ("frames", "stride", "temporal_weight", "blend", "passes", "iterations", "flow",
                "flow_pixels")
@@ -112,7 +112,7 @@ class Output:
         if "%" in out.name:
             ext = Path(out.name.replace("%", "")).suffix.lower()
             if ext not in FRAME_FORMATS:
-                raise OutputError(f"output {out}: frames are written as .jpg or .tif "
+                raise OutputError(f"output {out}: frames are written as .jpg, .png or .tif "
                                   "(16-bit with export.bits=16); name them so, e.g. "
                                   f"{out.parent}/%06d.jpg")
             try:
@@ -129,6 +129,11 @@ class Output:
     def frame(self, index: int) -> Path:
         """The output file of input frame ``index`` (0-based; numbered from 1)."""
         return self.path / (self.pattern % (index + 1))
+
+    @property
+    def store(self) -> Path:
+        """The default sequence store: OUT.gdseq beside the video or the folder."""
+        return self.path.with_name(self.path.name + ".gdseq")
 
     @property
     def describes(self) -> Path:
@@ -162,6 +167,15 @@ class _SequenceStore:
 
     def frame(self, index: int) -> Path:
         return self.path / "frames" / f"{index:06d}.tif"
+
+    def input(self, index: int) -> Path:
+        """A video frame's pixels, the input of its still run (made once: the still store
+        that resumes it knows its input by size, time and content)."""
+        return self.path / f"input{index:06d}.tif"
+
+    def blend(self, index: int) -> Path:
+        """A dream frame's start, the input of its still run (made once, likewise)."""
+        return self.path / f"blend{index:06d}.tif"
 
     def remove(self, path: Path) -> None:
         if path.is_dir():
@@ -285,7 +299,7 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
         mode.check_settings()
         mode.check()
         keep_store = store_path is not None
-        seq_path = Path(store_path or out.with_name(out.name + ".gdseq"))
+        seq_path = Path(store_path or target.store)
         frames_export = _frame_export(cfg, target)
         _check_outputs(target, source, indices, cfg, overwrite, seq_path, restart)
         if cluster is None:
@@ -363,15 +377,15 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
     if not target.video:
         target.path.mkdir(exist_ok=True)
     (store.path / "frames").mkdir(exist_ok=True)
-    input_file = store.path / "input.tif"
     position = {idx: i for i, idx in enumerate(indices)}
     for frame in source.frames(indices[len(done)], indices[-1] + 1, cfg.sequence.stride):
         i = position[frame.index]
         t0 = time.perf_counter()
         path = frame.path
         if path is None:
-            _write_pixels(frame.pixels, input_file)
-            path = input_file
+            path = store.input(frame.index)
+            if not path.exists():
+                _write_pixels(frame.pixels, path)
         # each frame its own seed: tile grids and jitter that stood still while the scene
         # moves would show as a fixed pattern over it
         frame_cfg = dataclasses.replace(cfg, seed=cfg.seed + frame.index,
@@ -399,11 +413,11 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
         if i > 0:       # its result was the warp's source; the new one's is next
             store.remove(store.still(indices[i - 1]))
             store.remove(store.grey(indices[i - 1]))
-        store.remove(store.path / "warp.gdstore")
-        store.remove(store.path / "blend.tif")
+        for made in (store.path / "warp.gdstore", store.blend(frame.index),
+                     store.input(frame.index)):
+            store.remove(made)
         report.indices.append(frame.index)
         report.seconds.append(time.perf_counter() - t0)
-    store.remove(input_file)
 
 
 def _first_record(still: Path) -> dict:
@@ -431,6 +445,10 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     """Frame ``index``'s start from frame ``prev``'s result: (the still run's input, its
     ``Prior``, the record sections it adopts)."""
     s = cfg.sequence
+    recorded = store.record().get("first", {})
+    dream = cfg.mode == "dream"
+    if dream and store.blend(index).exists():       # an attempt before made it
+        return store.blend(index), Prior(), recorded
     tell(Stage("flow", f"{fshape[1]}×{fshape[0]} px, {s.flow}"))
     backward, reliable = frame_flow(np.load(store.grey(prev)), grey, s.flow, cfg.wraps)
     still = Store.open(store.still(prev))
@@ -439,7 +457,6 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
                            still.source(0, cfg.wraps))
     shape = previous.shape
     warp_store = Store.create(store.path / "warp.gdstore", overwrite=True)
-    dream = cfg.mode == "dream"
     frame = None
     if dream:
         ingest(path, warp_store, octaves=1, wrap=cfg.wraps)
@@ -453,9 +470,8 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     ex = workers.executor()
     map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0)) for t in tiles],
               False, data=ex.share((backward, reliable)), keep=False)
-    recorded = store.record().get("first", {})
     if dream:
-        blend = store.path / "blend.tif"
+        blend = store.blend(index)
         export(canvas, blend, dataclasses.replace(cfg.export, bits=8, tiff_compression="none"),
                overwrite=True)
         return blend, Prior(), recorded

@@ -117,7 +117,8 @@ def _conf(text):
 # (case, input maker, extra args maker, message regex)
 BAD_RUNS = [
     ("missing file", lambda t: t / "nope.jpg", None, r"input .*nope.jpg not found; check the path"),
-    ("a directory", lambda t: t, None, r"input .* is a folder; give an image file"),
+    ("a folder without images", lambda t: t, None,
+     r"input .* holds no images .*; give a folder or glob of frames, or a video file"),
     ("text named .jpg", lambda t: (t / "notes.jpg").write_text("hello") and t / "notes.jpg", None,
      r"cannot be read as an image .*give a JPEG, PNG, TIFF"),
     ("truncated JPEG", _truncated, None, r"input .*cut.jpg .*(truncated|damaged|cannot be read)"),
@@ -141,7 +142,7 @@ BAD_RUNS = [
      and ["-o", t / "r.jpg"], r"output .*r.jpg.yaml \(the config of r.jpg\) already exists; "
                               r"pass --overwrite"),
     ("16 bits into a JPEG", _photo, lambda t: ["--set", "export.bits=16"],
-     r"export.bits 16 needs a TIFF output, but result.jpg is a JPEG \(8 bits a channel\); "
+     r"export.bits 16 needs a TIFF or PNG output, but result.jpg is a JPEG \(8 bits a channel\); "
      r"name it result.tif"),
     ("deep zoom tiles folder exists", _photo, lambda t: _tiles_folder(t) and ["-o", t / "pano.dzi"],
      r"output .*pano_files \(the tiles of pano.dzi\) already exists; pass --overwrite"),
