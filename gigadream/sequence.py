@@ -378,6 +378,8 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
         target.path.mkdir(exist_ok=True)
     (store.path / "frames").mkdir(exist_ok=True)
     position = {idx: i for i, idx in enumerate(indices)}
+    on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
+    workers.executor()      # started and its model loaded: no frame's time includes that
     for frame in source.frames(indices[len(done)], indices[-1] + 1, cfg.sequence.stride):
         i = position[frame.index]
         t0 = time.perf_counter()
