@@ -148,8 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "model work, FLOPs, disk, RAM, estimated time")
     p.add_argument("input", type=store_location, metavar="INPUT",
                    help="the image: a file, or an object's URL (s3://bucket/key.jpg; its "
-                        "header is read, nothing else)")
+                        "header is read, nothing else); or a video, a folder or a glob of "
+                        "frames (the frames to run, the first and a later frame's costs)")
     _add_config_args(p)
+    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+                   help="a sequence's output as 'run -o' takes it (default: the run's): a "
+                        "video keeps its finished frames in the store until it is encoded")
     from .estimate import GPUS
     p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
                    help=f"also estimate the time on this GPU: {', '.join(sorted(GPUS))}")
@@ -171,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "time here and on a GPU.",
                        epilog="Example: gigadream preview pano.jpg --config impressionist "
                               "--at 5200,3100 --crops 4 -o pano-preview")
-    p.add_argument("input", type=store_location, metavar="INPUT", help="the image, a file")
+    p.add_argument("input", type=store_location, metavar="INPUT",
+                   help="the image, a file; or a video, a folder or a glob of frames")
     _add_config_args(p)
-    from .preview import CROP_SIDE, DEFAULT_CROPS, DEFAULT_GPU
+    from .preview import CROP_SIDE, DEFAULT_CROPS, DEFAULT_FRAMES, DEFAULT_GPU
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
                    help="folder for the preview, new or empty (default: INPUT-preview beside "
                         "the input)")
@@ -184,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, metavar="N",
                    help=f"number of crops (default: {DEFAULT_CROPS}, or as many as --at "
                         "points; more than the points: the rest are picked)")
+    p.add_argument("--frames", type=int, metavar="K",
+                   help=f"a video or a folder of frames: preview K frames spread over the "
+                        f"frames the run would run (default {DEFAULT_FRAMES}: the first, the "
+                        "middle and the last), each as a still, each in its own folder")
     p.add_argument("--crop", type=int, default=CROP_SIDE, metavar="PX",
                    help=f"side of a crop at full resolution (default {CROP_SIDE})")
     p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU, metavar="GPU",
@@ -411,8 +420,13 @@ def _layers(args) -> int:
 
 
 def _plan(args) -> int:
-    from .estimate import estimate, report
+    from .estimate import estimate, estimate_sequence, report, sequence_report
+    from .video import is_sequence_input
     cfg = _config(args)
+    if not is_url(args.input) and is_sequence_input(str(args.input)):
+        print(sequence_report(estimate_sequence(str(args.input), cfg, args.output), cfg,
+                              args.gpu))
+        return 0
     print(report(estimate(args.input, cfg), cfg, args.gpu))
     return 0
 
@@ -426,15 +440,30 @@ def _local_input(args) -> None:
 
 
 def _preview(args) -> int:
-    from .preview import parse_point, preview
+    from .preview import (DEFAULT_FRAMES, parse_point, preview, preview_sequence,
+                          sequence_folder, sequence_name)
+    from .video import is_sequence_input
     _local_input(args)
     cfg = _config(args)
     at = [parse_point(a) for a in args.at]
-    folder = args.output or args.input.with_name(f"{args.input.stem}-preview")
+    sequence = is_sequence_input(str(args.input))
+    if args.frames is not None and not sequence:
+        raise ConfigError(f"--frames {args.frames}: input {args.input} is one image; --frames "
+                          "picks frames of a video or a folder of frames")
+    name = sequence_name(str(args.input)) if sequence else args.input.name
+    folder = args.output or (sequence_folder(str(args.input)) if sequence
+                             else args.input.with_name(f"{args.input.stem}-preview"))
     progress = _Progress(args.quiet)
     try:
-        report = preview(args.input, cfg, folder, at=at, crops=args.crops, side=args.crop,
-                         gpu=args.gpu, overwrite=args.overwrite, on_event=progress)
+        if sequence:
+            k = DEFAULT_FRAMES if args.frames is None else args.frames
+            report = preview_sequence(
+                str(args.input), cfg, folder, frames=k, at=at, crops=args.crops,
+                side=args.crop, gpu=args.gpu, overwrite=args.overwrite, on_event=progress)
+        else:
+            report = preview(args.input, cfg, folder, at=at, crops=args.crops,
+                             side=args.crop, gpu=args.gpu, overwrite=args.overwrite,
+                             on_event=progress)
     except Interrupted as e:
         raise Interrupted(f"{e}: stopped; nothing of the preview was kept", e.signum) from None
     finally:
@@ -442,8 +471,7 @@ def _preview(args) -> int:
     if args.quiet:
         return 0
     total = sum(report.stage_s.values())
-    print(f"preview of {args.input.name} in {total:.0f} s: open {report.index}",
-          file=sys.stderr)
+    print(f"preview of {name} in {total:.0f} s: open {report.index}", file=sys.stderr)
     return 0
 
 

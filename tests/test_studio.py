@@ -508,3 +508,85 @@ def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler(mo
     assert argv[5] == "/imgs/a b;rm -rf ~.jpg"
     assert argv[-2:] == ["--scheduler", "tcp://10.0.0.5:8786"]
     assert "--scheduler" not in command(job)
+
+
+# --- videos ----------------------------------------------------------------------------------
+
+def _clip(path: Path, frames: int = 4, h: int = 64, w: int = 96) -> list[np.ndarray]:
+    """An H.264 mp4 of a photo panned 3 px a frame (made with PyAV); its frames as decoded."""
+    import av
+    import skimage.data
+    photo = skimage.data.astronaut()[::2, ::2]
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=12, options={"crf": "10"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            f = np.ascontiguousarray(photo[40:40 + h, 60 + 3 * t:60 + 3 * t + w])
+            for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return _decoded(path)
+
+
+def _decoded(path: Path) -> list[np.ndarray]:
+    import av
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+def test_a_video_uploaded_or_picked_runs_as_a_sequence_with_progress_in_frames(tmp_path):
+    """Upload (checked by FFmpeg, kept as .mp4) and pick a video; bad ones refused in one
+    line; a job of it runs ``gigadream run`` into result.mp4, its progress named by frame
+    (frame I of N) while it runs; the job page plays the video, which reads back with
+    PyAV as the clip's frames (identity), and no sequence store is left."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    frames = _clip(folder / "clip.mp4")
+    studio = tmp_path / "studio"
+    s = Server(studio, folder)
+    try:
+        data = (folder / "clip.mp4").read_bytes()
+        up = s.post("/api/images", files={"file": ("my clip.mp4", data, "video/mp4")}).json()
+        assert (up["name"], up["width"], up["height"]) == ("my clip.mp4", 96, 64), up
+        assert Path(up["path"]).suffix == ".mp4" and Path(up["path"]).read_bytes() == data
+        thumb = s.get(f"/thumbs/image/{up['id']}.jpg")       # the first frame
+        assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+        assert "my clip.mp4" in s.get("/images").text and "clip.mp4" in s.get("/images").text
+        picked = s.ok("/api/images/pick", {"path": "clip.mp4"})
+        assert (picked["width"], picked["height"]) == (96, 64)
+        bad = s.post("/api/images", files={"file": ("notes.mp4", b"no video\n" * 50, "video/mp4")})
+        assert bad.status_code == 400 and "notes.mp4 is not a video FFmpeg can read" in \
+            bad.json()["error"], bad.text
+        for body, message in [
+                ({"image": up["id"], "overrides": [*IDENTITY, "sequence.frames=2-9"]},
+                 "sequence.frames: 2-9 reaches past the input's 4 frames"),
+                ({"image": up["id"], "overrides": IDENTITY, "kind": "profile"},
+                 "is a video: run or preview it")]:
+            r = s.post("/api/jobs", body)
+            assert r.status_code == 400 and message in r.json()["error"], r.text
+        job = s.ok("/api/jobs", {"image": up["id"], "overrides": IDENTITY})["jobs"][0]
+        running = s.wait([job], until=lambda j: j["frame"] is not None or j["status"] == "done")[0]
+        assert running["frame"] is not None, "no progress in frames was seen while it ran"
+        assert running["frame"][1] == 4 and running["stage"].startswith(
+            f"frame {running['frame'][0]}/4"), running
+        s.wait([job])
+        page = s.get(f"/jobs/{job}").text
+        assert f'<video id="result-video" src="/jobs/{job}/files/result.mp4"' in page
+        video = s.get(f"/jobs/{job}/files/result.mp4")
+        assert video.status_code == 200
+        out = tmp_path / "result.mp4"
+        out.write_bytes(video.content)
+        got = _decoded(out)
+        assert len(got) == 4 and got[0].shape == (64, 96, 3)
+        for i, a in enumerate(got):     # identity: the clip again, through H.264 twice
+            errs = [np.abs(a.astype(int) - b).mean() for b in frames]
+            assert np.argmin(errs) == i and errs[i] < 5, (i, errs)
+        assert s.get(f"/jobs/{job}/files/result.mp4.yaml").status_code == 200
+        assert s.get(f"/thumbs/job/{job}.jpg").content[:2] == b"\xff\xd8"
+        assert s.get(f"/jobs/{job}/view/result.html").status_code == 404
+        job_dir = next((studio / "jobs").glob(f"*/{job}"))
+        assert not (job_dir / "result.mp4.gdseq").exists() and not (job_dir / "store").exists()
+    finally:
+        s.stop()
+        assert_no_orphans(s.mark)

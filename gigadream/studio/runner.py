@@ -28,7 +28,7 @@ import json
 from ..devices import cuda_devices
 from ..errors import GigadreamError
 from .db import Queue
-from .jobs import check_config, job_yaml
+from .jobs import check_config, is_video, job_yaml
 
 POLL_S = 0.25
 # How a child that SIGTERM or SIGINT stopped exits (cli.main: 128 + the signal; -N: before
@@ -60,9 +60,11 @@ class Studio:
 
 
 def job_files(job: dict) -> dict[str, Path]:
+    """A job's files in its folder; a video's result is ``result.mp4``."""
     d = Path(job["dir"])
-    return {"dir": d, "config": d / "job.yaml", "result": d / "result.jpg",
-            "yaml": d / "result.jpg.yaml", "store": d / "store", "events": d / "events.jsonl",
+    result = d / ("result.mp4" if is_video(job["input"]) else "result.jpg")
+    return {"dir": d, "config": d / "job.yaml", "result": result,
+            "yaml": d / f"{result.name}.yaml", "store": d / "store", "events": d / "events.jsonl",
             "log": d / "log.txt", "preview": d / "preview", "profile": d / "profile"}
 
 
@@ -77,9 +79,11 @@ def command(job: dict, scheduler: str | None = None) -> list[str]:
         args = ["preview", job["input"], "--config", str(f["config"]), "-o", str(f["preview"]),
                 "--overwrite", "--quiet"]
     else:
+        # a still's store is kept (the viewer and the TIFF are made from it); a video's
+        # (result.mp4.gdseq: every finished frame) goes once the video is written
+        store = [] if is_video(job["input"]) else ["--store", str(f["store"])]
         args = ["run", job["input"], "--config", str(f["config"]), "-o", str(f["result"]),
-                "--store", str(f["store"]), "--events", str(f["events"]), "--overwrite",
-                "--quiet"]
+                *store, "--events", str(f["events"]), "--overwrite", "--quiet"]
         if scheduler:
             args += ["--scheduler", scheduler]
     return [sys.executable, "-m", "gigadream.studio.child", str(os.getpid()), *args]

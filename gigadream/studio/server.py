@@ -6,6 +6,7 @@ elsewhere. Jobs are child processes with argument lists: no user text reaches a 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import statistics
 import sys
@@ -22,7 +23,7 @@ from ..config import presets
 from ..errors import ConfigError, GigadreamError, InputError
 from ..text import duration
 from . import api as api_routes, pages
-from .jobs import checked, expand, rerun_overrides
+from .jobs import checked, expand, is_video, rerun_overrides
 from .runner import Runner, Studio, job_files
 from .security import HTTPError, confine, is_loopback, refusal, remember_token
 
@@ -68,7 +69,11 @@ class App:
         keep = ("id", "group_id", "kind", "status", "priority", "input", "preset", "overrides",
                 "label", "progress", "stage", "eta_s", "tiles_s", "slot", "error", "parent",
                 "created", "started", "finished", "run_s", "attempts")
-        return {k: job[k] for k in keep} | {"input_name": Path(job["input"]).name}
+        # a sequence's stages are "frame I/N ..." (sequence._framed): its progress in frames
+        at = re.match(r"frame (\d+)/(\d+)\b", job["stage"] or "")
+        return {k: job[k] for k in keep} | {
+            "input_name": Path(job["input"]).name, "video": is_video(job["input"]),
+            "frame": [int(at[1]), int(at[2])] if at else None}
 
     def queue_jobs(self, spec: dict) -> dict:
         """A job or sweep from the page or the API, checked with the CLI's parser before
@@ -152,6 +157,8 @@ class App:
         """An output made on demand from the job's kept store (once, then kept):
         ``view/result.html`` with its deep zoom layers, or ``result.tif``."""
         f = job_files(job)
+        if is_video(job["input"]):
+            raise HTTPError(404, f"job {job['id']} made a video: its result is result.mp4")
         if job["status"] != "done":
             raise HTTPError(409, f"job {job['id']} is {job['status']}; its result comes when "
                                  "it is done")
@@ -167,6 +174,8 @@ class App:
     async def input_view(self, image: dict) -> Path:
         """An input's deep zoom and viewer page (``inputview``), made once when first asked
         for, in ``STUDIO/thumbs/image-ID/``."""
+        if is_video(image["path"]):
+            raise HTTPError(404, f"image {image['id']} is a video: no deep zoom of it")
         folder = self.studio.thumbs / f"image-{image['id']}"
         await self.made_once(f"image {image['id']}'s deep zoom", folder / "index.html", "-m",
                              "gigadream.studio.inputview", image["path"], str(folder),

@@ -1,6 +1,7 @@
-"""Images into the studio: uploads streamed to disk with a size limit, checked by libvips
-(its header, decoding nothing) before they are kept, and stored under generated names;
-files picked from the ``--images`` folders; thumbnails."""
+"""Images and videos into the studio: uploads streamed to disk with a size limit, checked
+before they are kept (an image by libvips, its header, decoding nothing; a video, known by
+its extension, opened as ``gigadream run`` opens it: ``video.open_frames``), and stored under
+generated names; files picked from the ``--images`` folders; thumbnails."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .jobs import is_video
 from .runner import Studio
 from .security import HTTPError, confine
 
@@ -95,6 +97,8 @@ def _accept_upload(studio: Studio, tmp: Path, name: str, size: int) -> dict:
 
     from ..ingest import image_shape
     shown = Path(name).name or "upload"
+    if is_video(shown):
+        return _accept_video(studio, tmp, shown, size)
     try:
         h, w = image_shape(tmp)
         loader = pyvips.Image.new_from_file(str(tmp), access="sequential").get("vips-loader")
@@ -106,13 +110,37 @@ def _accept_upload(studio: Studio, tmp: Path, name: str, size: int) -> dict:
     return studio.queue.add_image(final, shown, "upload", w, h, size)
 
 
+def _accept_video(studio: Studio, tmp: Path, shown: str, size: int) -> dict:
+    """An upload named as a video: kept when FFmpeg opens it as one (a video stream with
+    frames), under a generated name with its extension (which makes it a video for
+    ``gigadream run``)."""
+    try:
+        h, w = video_shape(tmp)
+    except InputError as e:
+        reason = str(e).replace(f"input {tmp} ", "").replace(str(tmp), shown)
+        raise HTTPError(400, f"{shown} is not a video FFmpeg can read: {reason}") from None
+    final = studio.images / f"{uuid.uuid4().hex}{Path(shown).suffix.lower()}"
+    os.replace(tmp, final)
+    return studio.queue.add_image(final, shown, "upload", w, h, size)
+
+
+def video_shape(path: Path) -> tuple[int, int]:
+    """(h, w) of the frames of the video at ``path``; InputError where it is none."""
+    from ..video import open_frames
+    with open_frames(str(path)) as source:
+        if source.kind != "video":
+            raise InputError(f"input {path} is no video file")
+        return source.shape
+
+
 def pick_image(studio: Studio, roots: list[Path], text: Any) -> dict:
-    """A file inside the ``--images`` folders, added to the studio where it lies."""
+    """A file inside the ``--images`` folders (an image or a video), added to the studio
+    where it lies."""
     from ..ingest import image_shape
     if not isinstance(text, str) or not text:
         raise InputError("pick: expected {\"path\": PATH inside an --images folder}")
     path = confine(text, roots)
-    h, w = image_shape(path)
+    h, w = video_shape(path) if is_video(path) else image_shape(path)
     return studio.queue.add_image(path, path.name, "pick", w, h, path.stat().st_size)
 
 
@@ -124,7 +152,7 @@ def pickable(roots: list[Path]) -> list[dict]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 p = Path(folder) / name
-                if p.suffix.lower() not in PICKABLE or name.startswith("."):
+                if (p.suffix.lower() not in PICKABLE and not is_video(p)) or name.startswith("."):
                     continue
                 try:
                     real = confine(str(p), roots)
@@ -139,10 +167,18 @@ def pickable(roots: list[Path]) -> list[dict]:
 
 def thumbnail(src: Path, out: Path, side: int = 256) -> Path:
     """A JPEG at most ``side`` px long of ``src`` (libvips' shrink-on-load: a 250 MB
-    panorama's thumbnail reads a fraction of it), cached at ``out``."""
+    panorama's thumbnail reads a fraction of it; a video's: its first frame), cached at
+    ``out``."""
     import pyvips
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
         tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp.jpg")   # requests run in threads
-        pyvips.Image.thumbnail(str(src), side).jpegsave(str(tmp), Q=85)
+        if is_video(src):
+            from ..video import open_frames
+            with open_frames(str(src)) as source:
+                first = next(iter(source.frames(0, 1))).pixels
+            im = pyvips.Image.new_from_array(first).copy(interpretation="srgb")
+            im.thumbnail_image(side, height=side).jpegsave(str(tmp), Q=85)
+        else:
+            pyvips.Image.thumbnail(str(src), side).jpegsave(str(tmp), Q=85)
         os.replace(tmp, out)
     return out
