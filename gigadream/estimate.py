@@ -342,12 +342,12 @@ def estimate_sequence(spec: str, cfg: Config, out: Path | None = None,
     model timed once, here or in ``executor``'s worker; ``rate`` as ``estimate``'s), and
     the sequence store's disk. The optical flow and the warp pass of each later frame are
     not counted: no model steps (a few seconds a frame on a 33 MP frame)."""
-    from .sequence import Output, _resolve_wrap, default_output, frame_indices
+    from .sequence import Output, default_output, frame_indices, resolve_wrap
     from .video import open_frames
     cfg = cfg.resolved(Path.cwd())
     with open_frames(spec) as source:
         indices = frame_indices(cfg, source.count)
-        setting, cfg = cfg.tiling.wrap, _resolve_wrap(cfg, source)
+        setting, cfg = cfg.tiling.wrap, resolve_wrap(cfg, source)
         kind, count, fps, shape = source.kind, source.count, source.rate, source.shape
         wrap = _sequence_wrap_note(setting, cfg.tiling.wrap, source)
     out = Path(out or default_output(spec, cfg))
@@ -370,7 +370,7 @@ def estimate_sequence(spec: str, cfg: Config, out: Path | None = None,
 
 
 def _sequence_wrap_note(setting: str, w: str, source) -> str:
-    """``tiling.wrap`` as a sequence resolves ``setting`` (``w``: ``sequence._resolve_wrap``'s)
+    """``tiling.wrap`` as a sequence resolves ``setting`` (``w``: ``sequence.resolve_wrap``'s)
     and why, for the report."""
     if setting != "auto":
         return f"{w} (as set)"

@@ -552,7 +552,7 @@ def preview_sequence(spec: str, cfg: Config, folder: Path, *, frames: int = DEFA
     previous result, so they look alike but not identical; the page says so. Everything is
     checked before anything is written; nothing stays where the preview fails."""
     from .estimate import estimate_sequence, sequence_report
-    from .sequence import _resolve_wrap, frame_indices
+    from .sequence import frame_indices, resolve_wrap
     from .video import open_frames
     cfg = given = cfg.resolved(Path.cwd())
     folder = Path(folder)
@@ -560,7 +560,7 @@ def preview_sequence(spec: str, cfg: Config, folder: Path, *, frames: int = DEFA
     with open_frames(spec) as source:
         indices = frame_indices(cfg, source.count)
         picks = spread(indices, frames)
-        cfg = _resolve_wrap(cfg, source)       # a 360° video's wrap, resolved as the run's
+        cfg = resolve_wrap(cfg, source)        # a 360° video's wrap, resolved as the run's
         shape, count = source.shape, source.count
         check_crops(shape, side, crops, at)
         check_folder(folder, overwrite)

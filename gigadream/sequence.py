@@ -215,7 +215,7 @@ def _result_settings(cfg: Config) -> dict:
     return json.loads(json.dumps(out))
 
 
-def _resolve_wrap(cfg: Config, source: FrameSource) -> Config:
+def resolve_wrap(cfg: Config, source: FrameSource) -> Config:
     """``tiling.wrap`` for the clip: x where a video says it is 360° (spherical metadata);
     otherwise as a still resolves it, from the first frame's file (XMP and a 2:1 shape)."""
     w = cfg.tiling.wrap
@@ -294,7 +294,7 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
         out = Path(out or default_output(spec, cfg))
         target = Output.of(out)
         indices = frame_indices(cfg, source.count)
-        cfg = _resolve_wrap(cfg, source)
+        cfg = resolve_wrap(cfg, source)
         mode = mode_for(cfg)
         mode.check_settings()
         mode.check()
