@@ -173,6 +173,11 @@ class _SequenceStore:
         that resumes it knows its input by size, time and content)."""
         return self.path / f"input{index:06d}.tif"
 
+    def warp(self, index: int) -> Path:
+        """The warp pass's store of frame ``index`` (a name of its own: workers keep arrays
+        open by path, and the next frame's is another array)."""
+        return self.path / f"warp{index:06d}.gdstore"
+
     def blend(self, index: int) -> Path:
         """A dream frame's start, the input of its still run (made once, likewise)."""
         return self.path / f"blend{index:06d}.tif"
@@ -415,7 +420,7 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
         if i > 0:       # its result was the warp's source; the new one's is next
             store.remove(store.still(indices[i - 1]))
             store.remove(store.grey(indices[i - 1]))
-        for made in (store.path / "warp.gdstore", store.blend(frame.index),
+        for made in (store.warp(frame.index), store.blend(frame.index),
                      store.input(frame.index)):
             store.remove(made)
         report.indices.append(frame.index)
@@ -458,7 +463,7 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     previous = result_view(rec["result"], still.view(rec["result"]),
                            still.source(0, cfg.wraps))
     shape = previous.shape
-    warp_store = Store.create(store.path / "warp.gdstore", overwrite=True)
+    warp_store = Store.create(store.warp(index), overwrite=True)
     frame = None
     if dream:
         ingest(path, warp_store, octaves=1, wrap=cfg.wraps)
