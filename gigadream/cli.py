@@ -24,6 +24,7 @@ OUTPUTS = (".jpg; .png; .tif (tiled BigTIFF); 16 bits a channel in .png and .tif
 
 STUDIO_DIR = "gigadream-studio"
 MAX_UPLOAD_MB = 8192
+MAX_PIXELS = 2e9        # the studio's largest image or frame: a 63,000 × 31,500 panorama
 JOBS_YAML = """jobs.yaml: a list of jobs; paths are relative to its folder.
 
   - input: pano.jpg                       # the image
@@ -229,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the studio at http://HOST:PORT/. Jobs run as "
                                    "'gigadream run' child processes: one per GPU (each sees "
                                    "its own), else --slots on the CPU. Loopback only unless "
-                                   "--host says otherwise; then every request needs the token "
-                                   "printed at start. Ctrl-C stops the running jobs "
-                                   "resumably; the next 'serve' resumes them.")
+                                   "--host says otherwise; every request needs the token "
+                                   "printed at start (the printed address sets a cookie). "
+                                   "Ctrl-C stops the running jobs resumably; the next 'serve' "
+                                   "resumes them.")
     p.add_argument("--studio", type=Path, default=Path(STUDIO_DIR), metavar="DIR", help=studio_help)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, this machine only; any "
-                        "other address requires the printed token on every request)")
+                   help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--images", type=Path, action="append", default=[], metavar="DIR",
                    help="a folder whose images the page may pick (repeatable); nothing "
@@ -246,8 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every job on the Dask cluster at ADDR (tcp://host:8786)")
     p.add_argument("--max-upload", type=float, default=MAX_UPLOAD_MB, metavar="MB",
                    help=f"largest upload accepted, in MB (default {MAX_UPLOAD_MB:g})")
-    p.add_argument("--token", action="store_true",
-                   help="require the printed token on loopback too")
+    p.add_argument("--max-pixels", type=float, default=MAX_PIXELS, metavar="N",
+                   help=f"largest image (or video frame) accepted, in pixels, checked from "
+                        f"its header before any decode (default {MAX_PIXELS:.0e})")
+    p.add_argument("--presets", type=Path, metavar="DIR",
+                   help="a folder of YAML configs the page offers by name, beside the bundled "
+                        "presets (requests name presets; they never give a file)")
+    p.add_argument("--no-token", action="store_true",
+                   help="no token (loopback only): any program or user on this machine may "
+                        "then drive the studio")
+    p.add_argument("--token", action="store_true", help=argparse.SUPPRESS)   # now the default
+    p.add_argument("--secure-cookie", action="store_true",
+                   help="mark the token's cookie Secure: the studio is reached over HTTPS "
+                        "(a TLS reverse proxy)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="a reverse proxy's address, as the studio sees it connect (e.g. "
+                        "127.0.0.1): its X-Forwarded-Proto: https marks the cookie Secure "
+                        "(repeatable; nobody else's header is believed)")
 
     p = sub.add_parser("batch", help="queue the jobs of a jobs.yaml and run them until the "
                                      "queue is empty, without a browser",
@@ -502,7 +518,8 @@ def _serve(args) -> int:
     from .studio.server import serve
     try:
         return serve(args.studio, args.host, args.port, args.images, args.slots,
-                     args.scheduler, args.max_upload, args.token)
+                     args.scheduler, args.max_upload, args.no_token, int(args.max_pixels),
+                     args.presets, args.secure_cookie, args.trusted_proxy)
     except Interrupted:     # uvicorn has shut down cleanly, then passes the signal on
         print("gigadream: studio stopped; its running jobs wait in the queue and resume at the "
               "next 'gigadream serve'", file=sys.stderr)
