@@ -45,8 +45,8 @@ class Server:
     """``gigadream serve`` in a process of its own, its output in a file; ``url`` is the
     address it printed (with its token, if any)."""
 
-    def __init__(self, studio: Path, images: Path, *args, env=None):
-        self.studio, self.images, self.args = studio, images, args
+    def __init__(self, studio: Path, images: Path, *args, env=None, cwd=None):
+        self.studio, self.images, self.args, self.cwd = studio, images, args, cwd
         self.env, self.mark = env or marked_env()
         self.port = free_port()
         self.start()
@@ -56,7 +56,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gigadream", "serve", "--studio", str(self.studio),
              "--port", str(self.port), "--images", str(self.images), *map(str, self.args)],
-            stdout=self.out, stderr=subprocess.STDOUT, env=self.env)
+            stdout=self.out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         end = time.time() + 60
         while time.time() < end:
             text = Path(self.out.name).read_text()
@@ -135,8 +135,8 @@ def images(tmp_path_factory) -> Path:
 def server(tmp_path, images):
     servers = []
 
-    def start(*args, studio: Path | None = None) -> Server:
-        s = Server(studio or tmp_path / "studio", images, *args)
+    def start(*args, studio: Path | None = None, cwd=None) -> Server:
+        s = Server(studio or tmp_path / "studio", images, *args, cwd=cwd)
         servers.append(s)
         return s
     yield start

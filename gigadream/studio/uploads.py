@@ -23,6 +23,8 @@ IMAGE_MAGIC = ((b"\xff\xd8\xff", "jpegload", ".jpg"), (b"\x89PNG\r\n\x1a\n", "pn
                (b"II*\x00", "tiffload", ".tif"), (b"MM\x00*", "tiffload", ".tif"),
                (b"II+\x00", "tiffload", ".tif"), (b"MM\x00+", "tiffload", ".tif"))
 MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")   # ISO/QuickTime
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+               b"avif", b"avis")
 EBML = b"\x1a\x45\xdf\xa3"                         # Matroska and WebM
 FFMPEG_FORMATS = {"mov", "mp4", "matroska", "webm"}   # demuxer names (av: format.name)
 ACCEPTED = "a JPEG, PNG, TIFF or WebP image, or an mp4, mov, mkv or webm video"
@@ -40,6 +42,8 @@ def sniff(path: Path) -> tuple[str, str] | None:
             return loader, ext
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webpload", ".webp"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return None         # HEIF and AVIF stills: ISO boxes too, but libheif's, refused
     if head[4:8] in MP4_BOXES:
         return "video", ".mp4" if head[8:12].startswith(b"mp4") or head[8:11] == b"iso" else ".mov"
     if head.startswith(EBML):
@@ -52,11 +56,10 @@ def _what(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(512).lstrip()
     for magic, kind in ((b"%PDF", "a PDF"), (b"GIF8", "a GIF"), (b"<", "XML or SVG"),
-                        (b"#EXTM3U", "a playlist"), (b"ffconcat", "a playlist"),
-                        (b"\x00\x00\x00", "an unknown format")):
+                        (b"#EXTM3U", "a playlist"), (b"ffconcat", "a playlist")):
         if head.startswith(magic) or (magic == b"<" and b"<svg" in head):
             return kind
-    if b"ftypheic" in head[:16] or b"ftypavif" in head[:16] or b"ftypmif1" in head[:16]:
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
         return "HEIF or AVIF"
     return "an unknown format"
 
