@@ -28,7 +28,7 @@ MAX_PIXELS = 2e9        # the studio's largest image or frame: a 63,000 × 31,50
 JOBS_YAML = """jobs.yaml: a list of jobs; paths are relative to its folder.
 
   - input: pano.jpg                       # the image
-    config: impressionist                 # a preset's name or a YAML file
+    config: impressionist                 # a preset's name or a YAML file (beside jobs.yaml)
     set: {dream.iterations: 2}            # settings, as --set takes them
     sweep: {dream.step_size: [0.5, 1, 2]} # one job per value: a group, a contact sheet
     priority: 0                           # higher runs first

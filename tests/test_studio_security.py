@@ -77,6 +77,71 @@ def refused_files(d: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+# --- requests -----------------------------------------------------------------------------
+
+def test_every_request_is_checked_whatever_its_token_says(tmp_path, server):
+    """With the right token still: actions only as JSON POSTs (an upload: multipart with a
+    header no form sends), nothing for another site or origin, no CORS, the headers on every
+    answer (refusals too); the cookie Secure only where a trusted proxy says HTTPS."""
+    s = server()
+    token = s.url.partition("?token=")[2]
+    cookie = httpx.Client(base_url=s.base, cookies={f"gigadream_token_{s.port}": token})
+    body = json.dumps({"input": "small.jpg", "overrides": IDENTITY})
+    cases = [
+        # a text/plain form post skips the browser's preflight: refused, Origin or not
+        (cookie.post("/api/jobs", content=body, headers={"Content-Type": "text/plain"}), 415,
+         "expected Content-Type: application/json, got text/plain"),
+        (cookie.post("/api/jobs", content=body, headers={
+            "Content-Type": "application/x-www-form-urlencoded"}), 415, "expected Content-Type"),
+        (cookie.post("/api/images", files={"file": ("a.jpg", b"x", "image/jpeg")}), 403,
+         "an upload needs the header 'X-Requested-With: gigadream'"),
+        (cookie.post("/api/images", content=b"{}", headers={"Content-Type": "application/json",
+                                                             "X-Requested-With": "gigadream"}),
+         415, "expected a multipart/form-data upload"),
+        (cookie.put("/api/jobs", content=body, headers={"Content-Type": "application/json"}),
+         405, "PUT is not a studio action"),
+        (cookie.post("/api/jobs", content=body, headers={"Content-Type": "application/json",
+                                                         "Origin": "http://127.0.0.1:1"}),
+         403, "a request from http://127.0.0.1:1 is not allowed"),
+        (cookie.post("/api/jobs", content=body, headers={"Content-Type": "application/json",
+                                                         "Sec-Fetch-Site": "same-site"}),
+         403, "a request from another site (same-site)"),
+        (cookie.get("/thumbs/image/1.jpg", headers={"Sec-Fetch-Site": "cross-site",
+                                                     "Sec-Fetch-Mode": "navigate",
+                                                     "Sec-Fetch-Dest": "document"}),
+         403, "a request from another site (cross-site)"),
+        (cookie.get("/api/jobs", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors",
+                                          "Sec-Fetch-Dest": "empty"}), 403, "another site"),
+        (httpx.get(s.base + "/api/jobs"), 401, "this studio needs its token"),
+    ]
+    for r, status, message in cases:
+        assert r.status_code == status and message in r.text, (status, r.text)
+    # a link from another site opens a page (no cookie goes with it: SameSite=Strict)
+    r = cookie.get("/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                                 "Sec-Fetch-Dest": "document"})
+    assert r.status_code == 200
+    # a preflight is never answered with CORS
+    r = cookie.options("/api/jobs", headers={"Origin": "http://127.0.0.1:1",
+                                             "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+    for r in (r, httpx.get(s.base + "/"), cookie.get("/images"), cookie.get("/jobs/9")):
+        assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert (r.headers["x-frame-options"], r.headers["x-content-type-options"],
+                r.headers["referrer-policy"]) == ("DENY", "nosniff", "no-referrer")
+    # a script's JSON POST without Origin passes (the token is its Bearer header)
+    assert s.post("/api/jobs/9/stop", {}).status_code == 404
+    cookie.close()
+    forwarded = {"X-Forwarded-Proto": "https"}
+    r = httpx.get(s.base + "/", params={"token": token}, headers=forwarded)
+    assert r.status_code == 303 and "secure" not in r.headers["set-cookie"].lower()   # untrusted
+    proxied = server("--trusted-proxy", "127.0.0.1", studio=tmp_path / "proxied")
+    token = proxied.url.partition("?token=")[2]
+    r = httpx.get(proxied.base + "/", params={"token": token}, headers=forwarded)
+    assert r.status_code == 303 and "; secure" in r.headers["set-cookie"].lower()
+    r = httpx.get(proxied.base + "/", params={"token": token})
+    assert "secure" not in r.headers["set-cookie"].lower()
+
+
 # --- formats and pixels ---------------------------------------------------------------
 
 def test_only_four_raster_formats_and_videos_within_the_pixel_limit(tmp_path, images, server):
@@ -113,11 +178,17 @@ def test_only_four_raster_formats_and_videos_within_the_pixel_limit(tmp_path, im
         assert r.status_code == 400 and r.json()["error"].startswith(f"{name} is {kind}, not"), r.text
         assert "\n" not in r.json()["error"]
     (images / "drawing.jpg").write_bytes(refused["drawing.jpg"][0].read_bytes())
+    (images / "photo.mp4").write_bytes((images / "small.jpg").read_bytes())
     try:
         r = s.post("/api/images/pick", {"path": "drawing.jpg"})
         assert r.status_code == 400 and "drawing.jpg is XML or SVG" in r.json()["error"], r.text
+        # `run` takes a file for a video by its name: a picked file's name must say what it is
+        r = s.post("/api/images/pick", {"path": "photo.mp4"})
+        assert r.status_code == 400 and r.json()["error"] == (
+            "photo.mp4 holds an image but its name says otherwise; rename it to end in .jpg")
     finally:
         (images / "drawing.jpg").unlink()
+        (images / "photo.mp4").unlink()
     assert snapshot(studio) == before
     # an accepted image named as another is stored by what it is
     png = tmp_path / "x.png"

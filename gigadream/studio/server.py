@@ -1,7 +1,7 @@
 """The studio's web app: server-rendered pages (``pages``) and a JSON API (``api``) over the
 queue, progress as server-sent events, uploads streamed to disk (``uploads``), results in the
-deep-zoom viewer. Who may ask for what is ``security``'s: loopback only by default, a token
-elsewhere. Jobs are child processes with argument lists: no user text reaches a shell.
+deep-zoom viewer. Who may ask for what is ``security``'s: a token on every request, nothing
+built or changed for another site; which files are read, ``uploads``'. Jobs are child processes with argument lists: no user text reaches a shell.
 """
 from __future__ import annotations
 
@@ -319,7 +319,10 @@ def serve(studio_dir: Path, host: str, port: int, roots: list[Path], slots: int 
     app = App(studio, runner, roots, options)
     token = options.token
     config = uvicorn.Config(create_app(app), host=host, port=port, log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5)
+                            access_log=False, timeout_graceful_shutdown=5,
+                            # uvicorn would believe X-Forwarded-* from 127.0.0.1, any local
+                            # user's included: only --trusted-proxy is believed (security)
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")

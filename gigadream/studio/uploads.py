@@ -220,8 +220,9 @@ def pick_image(studio: Studio, roots: list[Path], text: Any, max_pixels: int) ->
         raise InputError("pick: expected {\"path\": PATH inside an --images folder}")
     path = confine(text, roots)
     h, w, ext = check_media(path, path.name, max_pixels)
-    if is_video(ext) != is_video(path):
-        raise InputError(f"{path.name} holds {'a video' if is_video(ext) else 'an image'} but "
+    video = is_video(f"file{ext}")
+    if video != is_video(path):
+        raise InputError(f"{path.name} holds {'a video' if video else 'an image'} but "
                          f"its name says otherwise; rename it to end in {ext}")
     return studio.queue.add_image(path, path.name, "pick", w, h, path.stat().st_size)
 
