@@ -47,6 +47,7 @@ from .ingest import ingest, open_image, wrap_setting
 from .modes import Prior, mode_for, result_view
 from .pipeline import run as run_still, work_units
 from .record import check_config_output, write_config_output
+from .storage.location import is_url
 from .storage.store import Store
 from .tiling import grid
 from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequence_input,
@@ -295,6 +296,11 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
     """Run ``cfg`` over every frame of ``spec`` (a video file, a folder or a glob of
     images) into ``out`` (``Output``); see the module's docstring for the steps."""
     cfg = cfg.resolved(Path.cwd())
+    for what, where in (("output", out), ("store", store_path)):
+        if where is not None and is_url(str(where)):
+            raise OutputError(f"{what} {where}: a sequence's frames, store and video are "
+                              "written on this machine's disks; give a local path (copy "
+                              "the result to object storage afterwards)")
     with open_frames(spec) as source:
         out = Path(out or default_output(spec, cfg))
         target = Output.of(out)
