@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -154,6 +155,28 @@ class _SequenceStore:
         p = self.path / RECORD
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def done(self) -> list[tuple[int, int | None]]:
+        """(input frame, pts) of each finished frame, in order. The record holds their
+        number, ``frames.txt`` one line each (appended: the record stays small and each
+        frame writes a line, however long the clip); a line past the number is a frame
+        whose end the record never saw, and it is run again."""
+        n = self.record().get("done", 0)
+        p = self.path / "frames.txt"
+        lines = p.read_text().splitlines()[:n] if n else []
+        return [(int(i), None if t == "-" else int(t)) for i, t in (ln.split() for ln in lines)]
+
+    def finish(self, index: int, pts: int | None) -> None:
+        """Frame ``index`` is done: its line, then the record's count."""
+        done = self.done()
+        p = self.path / "frames.txt"
+        if len(p.read_text().splitlines()) != len(done):      # a line past the count
+            p.write_text("".join(f"{i} {'-' if t is None else t}\n" for i, t in done))
+        with open(p, "a") as f:
+            f.write(f"{index} {'-' if pts is None else pts}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.update(done=len(done) + 1)
+
     def update(self, **fields: Any) -> None:
         rec = {**self.record(), **fields}
         tmp = self.path / (RECORD + ".tmp")
@@ -210,7 +233,8 @@ def _open_sequence_store(path: Path, spec: str, source: FrameSource, cfg: Config
                               "--restart to start over, or use another --store")
         return store
     path.mkdir(parents=True)
-    store.update(**identity, done=[], pts=[], time_base=None)
+    store.update(**identity, done=0, time_base=None)
+    (path / "frames.txt").write_text("")
     return store
 
 
@@ -316,7 +340,7 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
         if cluster is None:
             check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
         store = _open_sequence_store(seq_path, spec, source, cfg, restart)
-        done = store.record()["done"]
+        done = [i for i, _ in store.done()]
         report = SequenceReport(shape=source.shape, frames=len(indices))
         first_units = work_units(mode.plan(source.shape))
         later_units = work_units(mode_for(cfg, prior=Prior()).plan(source.shape))
@@ -374,7 +398,7 @@ def _check_outputs(target: Output, source: FrameSource, indices: list[int], cfg:
         return
     ours = set()
     if seq_path.exists() and not restart:
-        ours = set(_SequenceStore(seq_path).record().get("done", []))
+        ours = {i for i, _ in _SequenceStore(seq_path).done()}
     for i in indices:
         if i not in ours:
             check_output(target.frame(i), source.shape, overwrite, cfg.export)
@@ -418,11 +442,10 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
             run_still(path, frame_cfg, result, store_path=store.still(frame.index),
                       overwrite=True, on_event=tell, cluster=workers, prior=prior,
                       recorded=recorded, describe=False)
-        rec = store.record()
-        pts = rec["pts"] + [frame.pts]
-        store.update(done=rec["done"] + [frame.index], pts=pts,
-                     time_base=str(frame.time_base) if frame.time_base else None,
-                     **({"first": _first_record(store.still(frame.index))} if i == 0 else {}))
+        if i == 0:
+            store.update(first=_first_record(store.still(frame.index)),
+                         time_base=str(frame.time_base) if frame.time_base else None)
+        store.finish(frame.index, frame.pts)
         if i > 0:       # its result was the warp's source; the new one's is next
             store.remove(store.still(indices[i - 1]))
             store.remove(store.grey(indices[i - 1]))
@@ -498,13 +521,13 @@ def _encode(source: FrameSource, store: _SequenceStore, indices: list[int], cfg:
     """The video, from the frames the store keeps, with the input's timestamps (and audio
     where the input has it: ``video.VideoWriter``)."""
     import pyvips
-    rec = store.record()
+    rec, done = store.record(), store.done()
     tb = Fraction(rec["time_base"]) if rec.get("time_base") else None
-    on_event(Stage("encode", f"{len(rec['done'])} frames → {target.path.name}"))
+    on_event(Stage("encode", f"{len(done)} frames → {target.path.name}"))
     with VideoWriter(target.path, source.shape, source, codec=cfg.sequence.codec,
                      quality=None if cfg.sequence.quality == "auto" else cfg.sequence.quality,
                      spherical=cfg.wraps) as writer:
-        for index, pts in zip(rec["done"], rec["pts"]):
+        for index, pts in done:
             im = pyvips.Image.new_from_file(str(store.frame(index)), access="sequential")
             writer.write(np.ascontiguousarray(im.numpy()[..., :3]),
                          Frame(index, pts, tb, None, None))
