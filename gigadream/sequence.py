@@ -75,13 +75,14 @@ class SequenceReport(Timings):
     seconds: list[float] = field(default_factory=list)  # wall time of each, in that order
 
 
-def default_output(spec: str, cfg: Config) -> Path:
-    """INPUT-MODE.mp4 beside a video; FOLDER-MODE/ (JPEG frames) beside a folder of frames."""
+def default_output(spec: str, label: str) -> Path:
+    """INPUT-LABEL.mp4 beside a video; FOLDER-LABEL/ (JPEG frames) beside a folder of
+    frames (``label``: ``config.output_label``, the preset's name or the mode)."""
     p = Path(spec.split("*")[0].rstrip("/") or ".")
     if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi") and p.is_file():
-        return p.with_name(f"{p.stem}-{cfg.mode}.mp4")
+        return p.with_name(f"{p.stem}-{label}.mp4")
     folder = p if p.is_dir() else p.parent
-    return folder.with_name(f"{folder.name}-{cfg.mode}")
+    return folder.with_name(f"{folder.name}-{label}")
 
 
 def frame_indices(cfg: Config, count: int) -> list[int]:
@@ -326,7 +327,7 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
                               "written on this machine's disks; give a local path (copy "
                               "the result to object storage afterwards)")
     with open_frames(spec) as source:
-        out = Path(out or default_output(spec, cfg))
+        out = Path(out or default_output(spec, cfg.mode))
         target = Output.of(out)
         indices = frame_indices(cfg, source.count)
         cfg = resolve_wrap(cfg, source)
