@@ -63,7 +63,15 @@ def _config(args) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    unread = mode_for(cfg).unread([o.partition("=")[0].strip() for o in args.overrides])
+    if unread:
+        other = "style" if unread[0].startswith("style") else "dream"
+        given = next(o for o in args.overrides if o.startswith(unread[0]))
+        raise ConfigError(f"--set {given}: mode {cfg.mode} does not read {other} settings, so "
+                          f"it would change nothing; choose a {other} preset (gigadream "
+                          f"presets) or add --set mode={other}")
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:

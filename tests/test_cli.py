@@ -201,6 +201,10 @@ BAD_RUNS = [
      r"name it result.tif"),
     ("deep zoom tiles folder exists", _photo, lambda t: _tiles_folder(t) and ["-o", t / "pano.dzi"],
      r"output .*pano_files \(the tiles of pano.dzi\) already exists; pass --overwrite"),
+    ("a setting its mode does not read", _photo,
+     lambda t: ["--config", "impressionist", "--set", "style=monet.jpg"],
+     r"--set style=monet.jpg: mode \w+ does not read style settings, so it would change "
+     r"nothing; choose a style preset \(gigadream presets\) or add --set mode=style"),
     ("unknown deep zoom layout", _photo, lambda t: ["--set", "export.layout=zoomify"],
      r"export.layout: expected one of dz, iiif3; got 'zoomify'"),
 ]
