@@ -323,24 +323,29 @@ def attacker(page: str):
     return f"http://127.0.0.1:{httpd.server_address[1]}/", httpd
 
 
+@pytest.mark.parametrize("token", ["token", "no-token"])
 def test_a_page_of_another_site_builds_queues_and_changes_nothing(tmp_path, images, server,
-                                                                  browser):
+                                                                  browser, token):
     """Chromium holds the studio's cookie (the printed address was opened), then opens a
     page on another loopback port (same-site: the SameSite=Strict cookie goes along) with
     images, iframes, form posts (text/plain, multipart, urlencoded) and no-cors fetches at
-    the studio: no deep zoom, TIFF or thumbnail is built, no job queued, no image added."""
+    the studio: no deep zoom, TIFF or thumbnail is built, no job queued, no image added.
+    The same with --no-token, where no cookie is needed."""
     import base64
     studio = tmp_path / "studio"
-    s = server()
+    s = server(*(["--no-token"] if token == "no-token" else []))
     png = tmp_path / "x.png"
     import pyvips
     (pyvips.Image.black(8, 8, bands=3) + 9).pngsave(str(png))
-    s.post("/api/images", files={"file": ("small.jpg", (images / "small.jpg").read_bytes(),
-                                          "image/jpeg")})
+    r = s.post("/api/images", files={"file": ("small.jpg", (images / "small.jpg").read_bytes(),
+                                              "image/jpeg")},
+               headers={"X-Requested-With": "gigadream"})     # the page's header (no token)
+    assert r.status_code == 200, r.text
     job = s.ok("/api/jobs", {"image": 1, "overrides": IDENTITY})["jobs"][0]
     s.wait([job])
     browser.get(s.url)                       # the printed address: the cookie is set
-    assert "gigadream studio" in browser.title
+    if token == "token":
+        assert f"gigadream_token_{s.port}" in {c["name"] for c in browser.get_cookies()}
     before = snapshot(studio)
     url, httpd = attacker(ATTACK.format(s=s.base, png=base64.b64encode(png.read_bytes()).decode()))
     try:

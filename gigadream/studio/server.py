@@ -1,7 +1,9 @@
 """The studio's web app: server-rendered pages (``pages``) and a JSON API (``api``) over the
 queue, progress as server-sent events, uploads streamed to disk (``uploads``), results in the
-deep-zoom viewer. Who may ask for what is ``security``'s: a token on every request, nothing
-built or changed for another site; which files are read, ``uploads``'. Jobs are child processes with argument lists: no user text reaches a shell.
+deep-zoom viewer. Who may ask for what is ``security``'s (a token on every request, nothing
+built or changed for another site); which files it reads, ``uploads``' (four image formats
+and four video containers, known before any decode). Jobs are child processes with
+argument lists: no user text reaches a shell.
 """
 from __future__ import annotations
 
