@@ -304,31 +304,6 @@ def _on_signal(signum, frame) -> None:
     raise Interrupted(signal.Signals(signum).name, signum)
 
 
-class _Progress:
-    """One tqdm bar for the whole run; stages appear as its description."""
-
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
-
-    def __call__(self, event) -> None:
-        from .events import Rows, Stage, Total, Work
-        if self.quiet:
-            return
-        from tqdm import tqdm
-        if isinstance(event, Total):
-            self.bar = tqdm(total=event.units, unit="tile-it", dynamic_ncols=True, file=sys.stderr)
-        elif isinstance(event, Stage) and self.bar is not None:
-            self.bar.set_description_str(f"{event.name} {event.detail}".strip())
-        elif isinstance(event, Work) and self.bar is not None:
-            self.bar.update(event.units)
-        elif isinstance(event, Rows) and self.bar is not None:
-            self.bar.set_description_str(f"{event.stage} {100 * event.done // event.total} %")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _run(args) -> int:
     from .video import is_sequence_input
     cfg = _config(args)
@@ -343,7 +318,7 @@ def _run(args) -> int:
     report = _with_progress(args, lambda on_event: run(
         args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
         restart=args.restart, on_event=on_event),
-        lambda: args.store or default_store(out), "every finished pass", out)
+        lambda: args.store or default_store(out), "every finished pass", out, cfg.mode)
     if not args.quiet:
         h, w = report.shape
         total = sum(report.stage_s.values())
@@ -361,7 +336,8 @@ def _run_sequence(args, cfg) -> int:
     report = _with_progress(args, lambda on_event: run_sequence(
         str(args.input), cfg, out, store_path=args.store, overwrite=args.overwrite,
         restart=args.restart, on_event=on_event),
-        lambda: args.store or Output.of(out).store, "every finished frame and pass", out)
+        lambda: args.store or Output.of(out).store, "every finished frame and pass", out,
+        cfg.mode)
     if not args.quiet:
         h, w = report.shape
         print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
@@ -370,11 +346,12 @@ def _run_sequence(args, cfg) -> int:
     return 0
 
 
-def _with_progress(args, work, store, kept: str, out):
+def _with_progress(args, work, store, kept: str, out, mode: str = "dream"):
     """``work(on_event)`` under the progress bar (and ``--events``); an interrupt or a full
     disk as one line naming the ``store()`` that keeps ``kept`` for the resume."""
     from .events import EventLog
-    progress = _Progress(args.quiet)
+    from .progress import Progress
+    progress = Progress(args.quiet, mode)
     on_event = EventLog(args.events, progress) if args.events else progress
     try:
         return work(on_event)
@@ -504,7 +481,8 @@ def _preview(args) -> int:
     name = sequence_name(str(args.input)) if sequence else args.input.name
     folder = args.output or (sequence_folder(str(args.input)) if sequence
                              else args.input.with_name(f"{args.input.stem}-preview"))
-    progress = _Progress(args.quiet)
+    from .progress import Progress
+    progress = Progress(args.quiet, cfg.mode)
     try:
         if sequence:
             k = DEFAULT_FRAMES if args.frames is None else args.frames
