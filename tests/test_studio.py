@@ -518,9 +518,9 @@ def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler(mo
     assert [s for s, _ in make_slots(3, gpus=0)] == ["cpu0", "cpu1", "cpu2"]
     job = {"kind": "run", "input": "/imgs/a b;rm -rf ~.jpg", "dir": "/s/jobs/1/2"}
     argv = command(job, "tcp://10.0.0.5:8786")
-    assert argv[1:6] == ["-m", "gigadream.studio.child", str(os.getpid()),
+    assert argv[1:7] == ["-P", "-m", "gigadream.studio.child", str(os.getpid()),
                          "/s/jobs/1/2/child.lock", "run"]
-    assert argv[6] == "/imgs/a b;rm -rf ~.jpg"
+    assert argv[7] == "/imgs/a b;rm -rf ~.jpg"
     assert argv[-2:] == ["--scheduler", "tcp://10.0.0.5:8786"]
     assert "--scheduler" not in command(job)
 

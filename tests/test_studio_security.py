@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_studio import DREAM, IDENTITY, Server, free_port, server, snapshot  # noqa: F401
+from test_studio import DREAM, IDENTITY, server, snapshot  # noqa: F401 (server: a fixture)
 from test_resume import assert_no_orphans
 from test_viewer import browser  # noqa: F401 (a fixture)
 
@@ -361,7 +360,7 @@ def test_a_page_of_another_site_builds_queues_and_changes_nothing(tmp_path, imag
     assert snapshot(studio) == before
     assert s.get("/api/jobs").json()["counts"] == {"done": 1}
     # the studio's own page, in the same browser, still builds what it shows
-    browser.get(s.base + f"/images/1/view/index.html")
+    browser.get(s.base + "/images/1/view/index.html")
     assert (studio / "thumbs" / "image-1" / "index.html").exists()
     assert snapshot(studio) != before
 

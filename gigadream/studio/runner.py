@@ -33,6 +33,7 @@ import json
 
 from ..devices import cuda_devices
 from ..errors import GigadreamError
+from ..spawn import python_module
 from .db import Queue
 from .jobs import check_config, is_video, job_yaml
 
@@ -99,8 +100,7 @@ def command(job: dict, scheduler: str | None = None) -> list[str]:
 def child_command(lock: Path | None, *args: str) -> list[str]:
     """``python -m gigadream.studio.child``: ``gigadream ARGS`` in a process that dies with
     this one, reads only the studio's image formats, and holds ``lock`` while it runs."""
-    return [sys.executable, "-m", "gigadream.studio.child", str(os.getpid()),
-            str(lock) if lock else "-", *args]
+    return python_module("gigadream.studio.child", os.getpid(), lock or "-", *args)
 
 
 def gpu_names() -> list[str]:
@@ -283,7 +283,7 @@ class Runner:
         f["events"].unlink(missing_ok=True)
         with open(f["log"], "a") as log:
             log.write(f"--- attempt {job['attempts']} on {slot} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: gigadream {' '.join(command(job, self.scheduler)[5:])}\n")
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: gigadream {' '.join(command(job, self.scheduler)[6:])}\n")
             proc = subprocess.Popen(command(job, self.scheduler), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, **env}, cwd=f["dir"])

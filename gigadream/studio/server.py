@@ -11,7 +11,6 @@ import asyncio
 import re
 import secrets
 import statistics
-import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..config import presets
 from ..errors import ConfigError, GigadreamError, InputError
+from ..spawn import python_module
 from ..text import duration
 from . import api as api_routes, pages
 from .jobs import checked, expand, is_video, rerun_overrides
@@ -212,8 +212,8 @@ class App:
         folder = self.studio.thumbs / f"image-{image['id']}"
         check_media(Path(image["path"]), image["name"], self.max_pixels)   # a pick may change
         await self.made_once(f"image {image['id']}'s deep zoom", folder / "index.html",
-                             sys.executable, "-m", "gigadream.studio.inputview", image["path"],
-                             str(folder), image["name"])
+                             *python_module("gigadream.studio.inputview", image["path"],
+                                            folder, image["name"]))
         return folder
 
     async def made_once(self, what: str, want: Path, *args: str) -> None:
