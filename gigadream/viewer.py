@@ -135,10 +135,13 @@ def viewer_page(page: Path, result: Path, source: Path, title: str | None = None
     """The HTML of the viewer page that will live at ``page``; see ``write_viewer``."""
     page_dir = Path(page).parent
     result, source = Path(result), Path(source)
+    named, before = _label(result), _label(source)
+    # export's own pair (NAME and NAME-input) says nothing that "input" and "result" do not
+    pair = before == f"{named}-input"
     fields = {
-        "title": html.escape(title or f"{_label(result)}: input and result"),
-        "input_label": html.escape(f"input: {_label(source)}"),
-        "result_label": html.escape(f"result: {_label(result)}"),
+        "title": html.escape(title or f"{named}: input and result"),
+        "input_label": "input" if pair else html.escape(f"input: {before}"),
+        "result_label": "result" if pair else html.escape(f"result: {named}"),
         "sources": _script_json({"input": tile_source(source, page_dir),
                                  "result": tile_source(result, page_dir)}),
         "nav_images": _script_json(_nav_images()),
