@@ -11,8 +11,22 @@ from jinja2 import Environment
 from .jobs import is_video
 from .runner import job_files
 from .security import HTTPError, inside
-from .settings_form import settings_form
+from .settings_form import preset_mode, settings_form
 from .uploads import check_media, pickable, thumbnail
+
+
+# A job's result, shrunk: "job" for the queue's list, "sheet" for a group's contact sheet,
+# "result" for the job's page, as large as a laptop's window shows it (px, longest side)
+SIDES = {"job": 256, "sheet": 640, "result": 1600}
+STYLE_SHEET = Path(__file__).parent.parent / "static" / "studio.css"
+
+
+def queue_summary(slots: list[str], counts: dict[str, int]) -> list[str]:
+    """The parts of the queue page's first line (the page joins them with " · "): the
+    slots, the jobs by status; none empty, so that no separator stands doubled."""
+    parts = [f"slots: {', '.join(slots)}"] if slots else []
+    counted = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    return parts + ([counted] if counted else ["no jobs yet"])
 
 
 def routes(app, env: Environment) -> APIRouter:
@@ -25,7 +39,8 @@ def routes(app, env: Environment) -> APIRouter:
     @router.get("/", response_class=HTMLResponse)
     def queue_page(request: Request):
         snap = app.snapshot()
-        return page("queue.html", request, snap=snap, slots=app.runner.slots if app.runner else [])
+        slots = [s for s, _ in app.runner.slots] if app.runner else []
+        return page("queue.html", request, snap=snap, summary=queue_summary(slots, snap["counts"]))
 
     @router.get("/images", response_class=HTMLResponse)
     def images_page(request: Request):
@@ -40,8 +55,10 @@ def routes(app, env: Environment) -> APIRouter:
         if preset not in names:
             raise HTTPError(404, f"no preset {preset!r}; the presets: {', '.join(names)}")
         images = [im | {"video": is_video(im["path"])} for im in app.queue.images()]
-        return page("new.html", request, images=images, image=image,
-                    presets=names, preset=preset, rows=settings_form(app.preset_file(preset)))
+        file = app.preset_file(preset)
+        return page("new.html", request, images=images, image=image, presets=names,
+                    preset=preset, rows=settings_form(file), mode=preset_mode(file),
+                    styles=[im for im in images if not im["video"]])
 
     @router.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: int):
@@ -49,8 +66,10 @@ def routes(app, env: Environment) -> APIRouter:
         f = job_files(job)
         cfg = f["config"].read_text() if f["config"].exists() else ""
         log = f["log"].read_text(errors="replace")[-4000:] if f["log"].exists() else ""
+        group = app.queue.group(job["group_id"])
+        size = len(app.queue.jobs("group_id=?", (job["group_id"],)))
         return page("job.html", request, job=app.public(job), config=cfg, log=log,
-                    runs=app.queue.runs(job_id), group=app.queue.group(job["group_id"]))
+                    runs=app.queue.runs(job_id), group=group, group_size=size)
 
     @router.get("/groups/{group_id}", response_class=HTMLResponse)
     def group_page(request: Request, group_id: int):
@@ -110,13 +129,18 @@ def routes(app, env: Environment) -> APIRouter:
                 raise HTTPError(404, f"no image {item}")
             src = Path(image["path"])
             check_media(src, image["name"], app.max_pixels)     # a picked file may change
-        elif kind == "job":
+        elif kind in SIDES:
             src = job_files(app.job_or_404(item))["result"]
             if not src.is_file():
                 raise HTTPError(404, f"job {item} has no result yet")
         else:
             raise HTTPError(404, f"no thumbnails of {kind}")
-        return FileResponse(thumbnail(src, app.studio.thumbs / f"{kind}-{item}.jpg"))
+        return FileResponse(thumbnail(src, app.studio.thumbs / f"{kind}-{item}.jpg",
+                                      SIDES.get(kind, 256)))
+
+    @router.get("/static/studio.css")
+    def style_sheet():
+        return FileResponse(STYLE_SHEET, media_type="text/css")
 
     @router.get("/favicon.ico")
     def favicon():

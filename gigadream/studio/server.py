@@ -8,6 +8,7 @@ argument lists: no user text reaches a shell.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import secrets
 import statistics
@@ -23,11 +24,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..config import presets
 from ..errors import ConfigError, GigadreamError, InputError
+from ..progress import WORDS, in_words
 from ..spawn import python_module
 from ..text import duration
 from . import api as api_routes, pages
 from .jobs import checked, expand, is_video, rerun_overrides
 from .runner import Runner, Studio, child_command, job_files
+from .settings_form import preset_mode
 from .security import (HTTPError, block_loaders, confine, is_loopback, refusal, secure_cookie,
                        token_redirect, with_headers)
 from .uploads import check_media
@@ -107,7 +110,8 @@ class App:
         return {k: job[k] for k in keep} | {
             "preset": Path(job["preset"]).stem if job["preset"] else None,   # a file: its name
             "input_name": Path(job["input"]).name, "video": is_video(job["input"]),
-            "frame": [int(at[1]), int(at[2])] if at else None}
+            "frame": [int(at[1]), int(at[2])] if at else None,
+            "stage_words": stage_words(job["stage"] or "", job_mode(job))}
 
     def queue_jobs(self, spec: dict) -> dict:
         """A job or sweep from the page or the API, checked with the CLI's parser before
@@ -231,13 +235,63 @@ class App:
                 raise HTTPError(500, f"{what} could not be made: {line[0]}")
 
 
+def job_mode(job: dict) -> str:
+    """The mode a queued job runs in: its last ``mode=`` setting, else its preset's."""
+    for o in reversed(job["overrides"]):
+        key, _, value = o.partition("=")
+        if key.strip() == "mode":
+            return value.strip().strip("'\"")
+    return _preset_mode(job["preset"])
+
+
+@functools.lru_cache(maxsize=64)
+def _preset_mode(preset: str | None) -> str:
+    # a preset's file is read once: the queue's snapshot asks for every job twice a second
+    try:
+        return preset_mode(preset)
+    except (GigadreamError, OSError):
+        return "dream"
+
+
+def stage_words(stage: str, mode: str) -> str:
+    """A job's stage as the runner keeps it (``NAME DETAIL``: ``pass octave 1 pass 2:
+    1714×571 px, 12 tiles``, ``export 40 %``) in a person's words (``progress.in_words``),
+    its share kept; the studio's own (``stopped (resumable)``, ``failed``, ``done``) as
+    they are."""
+    frame = re.match(r"(frame \d+/\d+) ?(.*)", stage)
+    if frame:
+        return in_words(frame[1], frame[2], mode).rstrip(": ")
+    name, _, detail = stage.partition(" ")
+    if re.fullmatch(r"\d+ %", detail):
+        return f"{in_words(name, '', mode)} ({detail})"
+    return in_words(name, detail, mode) if name in WORDS or name == "pass" else stage
+
+
+def size(n: float | None) -> str:
+    """Bytes as a person reads a file's size: KiB, MiB from 1 MiB, GiB from 1 GiB on (as ``--max-upload``
+    counts them: 8192 is 8 GiB, never 8589.9 MB)."""
+    n = n or 0
+    if n >= 2**30:
+        return f"{n / 2**30:.3g} GiB" if n % 2**30 else f"{n // 2**30} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB" if n % 2**20 else f"{n // 2**20} MiB"
+    return f"{max(1, round(n / 2**10))} KiB"
+
+
+def limit(n: int) -> str:
+    """``--max-upload`` as the user gave it, in MiB (the option's unit), with its GiB from
+    1 GiB on: ``8192 MiB (8 GiB)``."""
+    mib = f"{n / 2**20:g} MiB"
+    return f"{mib} ({size(n)})" if n >= 2**30 else mib
+
+
 def create_app(app: App) -> FastAPI:
     """The ASGI app: the pages and the API behind ``security``'s checks, a refusal or a bad
     setting as one line (JSON for the API, a page otherwise)."""
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                       autoescape=select_autoescape(["html"]))
     env.filters["duration"] = duration
-    env.filters["mb"] = lambda n: f"{(n or 0) / 1e6:.1f} MB"
+    env.filters["size"], env.filters["limit"] = size, limit
 
     @asynccontextmanager
     async def lifespan(_):
