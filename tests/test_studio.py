@@ -233,8 +233,8 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
     # the contact sheet: three thumbnails, each labelled with its value
     sheet = s.get(f"/groups/{sweep['group']}").text
     for j, q in zip((a, b, c), (40, 70, 95)):
-        assert f'src="/thumbs/job/{j}.jpg"' in sheet and f"export.quality={q}" in sheet
-        assert s.get(f"/thumbs/job/{j}.jpg").status_code == 200
+        assert f'src="/thumbs/sheet/{j}.jpg"' in sheet and f"export.quality={q}" in sheet
+        assert s.get(f"/thumbs/sheet/{j}.jpg").status_code == 200
     got = s.get(f"/jobs/{a}/files/result.jpg")
     assert got.status_code == 200 and got.content == results[a]
     # the TIFF and the viewer's deep zoom, made from the job's kept store when first asked for
