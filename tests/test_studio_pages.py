@@ -8,6 +8,7 @@ the queue's first line, a job's title, the viewer's labels, stages in words)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -28,12 +29,18 @@ ON_SCREEN_DRAWN = """return [...document.images]
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, images):  # noqa: F811
-    """A studio with two images and a finished sweep of two identity jobs (a group)."""
+    """A studio with two images, a finished sweep of two identity jobs (a group) and a
+    stopped job (its bar and buttons)."""
     s = Server(tmp_path_factory.mktemp("pages") / "studio", images)
     ups = [s.ok("/api/images/pick", {"path": str(images / n)}) for n in ("pano.jpg", "small.jpg")]
     made = s.ok("/api/jobs", {"image": ups[0]["id"], "config": "impressionist",
                               "overrides": IDENTITY, "sweep": {"export.quality": [40, 90]}})
     s.wait(made["jobs"])
+    stopped = s.ok("/api/jobs", {"image": ups[1]["id"], "config": "impressionist",
+                                 "overrides": IDENTITY})["jobs"][0]
+    s.ok(f"/api/jobs/{stopped}/stop")
+    s.wait([stopped], ("stopped",))
+    made["stopped"] = stopped
     yield s, ups, made
     s.stop()
     assert_no_orphans(s.mark)
@@ -60,7 +67,7 @@ def test_each_page_at_a_laptops_and_a_phones_width(studio, browser, tmp_path):  
     browser.get(s.url)                  # the token, kept as a cookie
     pages = {"queue": "/", "images": "/images", "new-dream": f"/new?image={ups[0]['id']}",
              "new-style": f"/new?preset=impressionist-style&image={ups[0]['id']}",
-             "job": f"/jobs/{job}", "group": f"/groups/{made['group']}",
+             "job": f"/jobs/{job}", "stopped": f"/jobs/{made['stopped']}", "group": f"/groups/{made['group']}",
              "viewer": f"/jobs/{job}/view/result.html"}
     shots = tmp_path / "screens"
     shots.mkdir()
@@ -75,13 +82,16 @@ def test_each_page_at_a_laptops_and_a_phones_width(studio, browser, tmp_path):  
                 WebDriverWait(browser, 30).until(lambda b: b.execute_script(ON_SCREEN_DRAWN))
             browser.save_screenshot(str(shots / f"{name}-{wh[0]}.png"))
             assert sideways(browser) == 0, (name, wh)
+            text = browser.execute_script("return document.body.innerText")
+            assert not re.search(r"·\s*·", text), (name, text)            # no doubled separator
             if name == "job":
                 # the result fills the page's width (a 223 px thumbnail did not)
                 img = browser.find_element(By.ID, "result")
                 width = browser.execute_script("return document.querySelector('main').clientWidth")
                 assert img.size["width"] >= 0.8 * (width - 40), (img.size, width)
             if name == "viewer":
-                labels = [browser.find_element(By.ID, i).text for i in ("label-before", "label-after")]
+                labels = [browser.find_element(By.ID, i).text
+                          for i in ("label-before", "label-after")]
                 assert labels == ["input", "result"]
     assert console_errors(browser) == []
     assert len(list(shots.glob("*.png"))) == 2 * len(pages)
@@ -114,7 +124,8 @@ def test_the_new_job_form_shows_the_fields_of_its_mode(studio, browser):  # noqa
     assert shown("style.style_weight") and not shown("dream.step_size")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#style-picker img")) == 2
     WebDriverWait(browser, 20).until(lambda b: b.execute_script(          # thumbnails
-        "return [...document.querySelectorAll('#style-picker img')].every(i => i.naturalWidth > 0)"))
+        "return [...document.querySelectorAll('#style-picker img')]"
+        ".every(i => i.naturalWidth > 0)"))
     small = str(s.images / "small.jpg")
     browser.find_element(By.CSS_SELECTOR, f".style-image[value='{small}']").click()
     spec = browser.execute_script("return spec('run')")
@@ -139,8 +150,10 @@ def test_a_bad_values_message_is_beside_its_control_and_on_screen(studio, browse
     window(browser, wh)
     browser.get(s.base + f"/new?image={ups[0]['id']}")
     before = len(s.get("/api/jobs").json()["jobs"])
-    browser.execute_script("""const [key, bad] = arguments, el = document.getElementById('set-' + key);
-        el.closest('details') && (el.closest('details').open = true); el.value = bad;""", key, bad)
+    browser.execute_script("""const [key, bad] = arguments;
+        const el = document.getElementById('set-' + key);
+        if (el.closest('details')) el.closest('details').open = true;
+        el.value = bad;""", key, bad)
     browser.execute_script("window.scrollTo(0, 0)")        # the queue button stays on screen
     browser.find_element(By.ID, "queue").click()
     WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".field-error"))

@@ -268,8 +268,8 @@ def stage_words(stage: str, mode: str) -> str:
 
 
 def size(n: float | None) -> str:
-    """Bytes as a person reads a file's size: KiB, MiB from 1 MiB, GiB from 1 GiB on (as ``--max-upload``
-    counts them: 8192 is 8 GiB, never 8589.9 MB)."""
+    """Bytes as a person reads a file's size: KiB, MiB from 1 MiB, GiB from 1 GiB on (as
+    ``--max-upload`` counts them: 8192 is 8 GiB, never 8589.9 MB)."""
     n = n or 0
     if n >= 2**30:
         return f"{n / 2**30:.3g} GiB" if n % 2**30 else f"{n // 2**30} GiB"
