@@ -323,6 +323,64 @@ class ExportConfig:
                               "jpeg (8 bits a channel only); use deflate, lzw or none")
 
 
+def parse_frames(key: str, v: Any) -> str:
+    """``all`` or ``A-B``: frames A to B of the input, counted from 1, both included
+    (``A-`` runs to the end)."""
+    if v == "all":
+        return v
+    text = str(v)
+    first, sep, last = text.partition("-")
+    try:
+        a, b = int(first), int(last) if last else None
+    except ValueError:
+        a = b = -1
+    if not sep or a < 1 or (b is not None and b < a):
+        raise ConfigError(f"{key}: expected all or FIRST-LAST counted from 1 (e.g. 10-50, "
+                          f"or 10- to the end), got {v!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Videos and frame sequences (``gigadream run clip.mp4``): each frame after the first
+    starts from the previous result carried along the optical flow (Ruder et al. 2016)."""
+
+    frames: str = _field("all", parse_frames,
+                         "frames to run: all, or FIRST-LAST counted from 1 (10-50; 10- to the end)")
+    stride: int = _field(1, parse_int(1), "run every n-th frame of that range (a quick look)")
+    temporal_weight: float = _field(
+        200.0, parse_float(0.0),
+        "style: weight of the temporal loss that keeps each frame near the previous result "
+        "carried along the flow, where the flow is reliable (mean squared step, 0-1 range)")
+    blend: float = _field(0.6, parse_float(0.0, 1.0),
+                          "dream: the previous dream's share of where the next frame's "
+                          "dream starts (the rest is the new frame); 0 = every frame alone")
+    passes: int | str = _field(
+        "auto", parse_int(1, auto=True),
+        "passes per octave of each frame after the first (its start already holds the "
+        "previous result); auto = a quarter of the mode's, at least 1 (style: only the "
+        "finest octave is run again)")
+    iterations: int | str = _field(
+        "auto", parse_int(1, auto=True),
+        "steps per tile of those passes; auto = the mode's (style, where the frame is "
+        "stylised whole: a fifth of style.whole_iterations)")
+    flow: str = _field("medium", parse_choice("ultrafast", "fast", "medium"),
+                       "OpenCV DIS optical-flow preset between neighbouring input frames")
+    flow_pixels: int = _field(4_000_000, parse_int(10_000),
+                              "the flow is computed on frames shrunk to at most this many "
+                              "pixels (its memory is ~70 bytes a pixel) and scaled up")
+    codec: str = _field("auto", parse_text,
+                        "video encoder: auto = libx264 for .mp4, libvpx-vp9 for .webm; "
+                        "or libx265, libsvtav1 where FFmpeg has them")
+    quality: int | str = _field("auto", parse_int(0, 63, auto=True),
+                                "the encoder's constant-quality value (crf; lower is "
+                                "better); auto = 20 for H.264, 24 for H.265, 32 for VP9, "
+                                "35 for AV1")
+    rate: float = _field(24.0, parse_float(0.0, lo_open=True),
+                         "frames a second of a video made from a folder of images (a "
+                         "video input keeps its own rate and timestamps)")
+
+
 @dataclass(frozen=True)
 class Config:
     mode: str = _field("dream", parse_choice("dream", "style", "identity"),
@@ -335,6 +393,7 @@ class Config:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     def __post_init__(self) -> None:
         m = self.model

@@ -19,7 +19,7 @@ from .events import Stage, Timings, Total, Work, row_counter
 from .export import check_output, export
 from .ingest import build_pyramid, image_shape, ingest, wrap_setting
 from .memory import release_freed_memory
-from .modes import Mode, PassPlan, mode_for, result_view
+from .modes import Mode, PassPlan, Prior, mode_for, result_view
 from .record import check_config_output, check_resolved, open_run_store, write_config_output
 from .storage import location
 from .storage.location import store_location
@@ -63,7 +63,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         overwrite: bool = False, restart: bool = False,
         on_event: Callable[[object], None] = lambda e: None,
         cluster: BackgroundCluster | None = None, prepared: dict | None = None,
-        frame: tuple[int, int] | None = None) -> RunReport:
+        frame: tuple[int, int] | None = None, prior: Prior | None = None,
+        recorded: dict | None = None) -> RunReport:
     """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
     each finished stage and pass; running the same command again resumes after the last one,
     ``restart`` starts over. The default store is removed after success. The Dask cluster
@@ -75,7 +76,12 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     (``shared_record``: dream's gradient scale), which the mode takes into its own
     (``Mode.begin_octave``: ``Run.shared``). ``cluster``: a
     started cluster to run on, which the run leaves running (one cluster for many runs:
-    its workers start and load the model once)."""
+    its workers start and load the model once).
+
+    A sequence's frame after the first (``sequence``) gives ``prior``, what the frame before
+    left (``modes.Prior``: the mode plans and starts the frame from it), and ``recorded``,
+    record sections the run takes as its own before it begins (the first frame's gradient
+    scales: every frame dreams as strongly)."""
     # Style images and weights named absolutely in run.json and OUT.yaml: OUT.yaml reproduces
     # the run from any folder, and a resume from another folder whose relative paths name
     # other files is refused. (Workers open the weights file by this path; the style images
@@ -85,7 +91,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     input_path, out = store_location(str(input_path)), store_location(str(out))
     shape = image_shape(input_path)              # fails fast on a bad input, decodes nothing
     cfg = with_wrap(cfg, input_path, shape)      # from its header too
-    mode = mode_for(cfg, frame)
+    mode = mode_for(cfg, frame, prior)
     check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
     check_config_output(out, overwrite)
     mode.check_settings()        # a Config built without modes.load_config is checked here too
@@ -95,6 +101,9 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     keep_store = store_path is not None
     store = open_run_store(store_location(str(store_path or default_store(out))), input_path,
                            cfg, restart)
+    for section, values in (recorded or {}).items():
+        if section not in store.record():
+            store.update_record(**{section: values})
     passes = mode.plan(shape)
     on_event(Total(work_units(passes)))
     report = RunReport(shape=shape)
@@ -171,7 +180,8 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
     for i in range(first, len(passes)):
         pp, k = passes[i], passes[i].octave
         if pp.pass_ == 0:   # the octave starts from the coarser one's detail on its source
-            view = sources[k] if view is None else OctaveStart(sources[k], view, sources[k + 1])
+            view = (mode.first_view(sources[k]) if view is None
+                    else OctaveStart(sources[k], view, sources[k + 1]))
         if octave != k:
             octave = k
             mode.begin_octave(run, k, view, sources[k])

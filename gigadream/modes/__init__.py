@@ -33,17 +33,18 @@ from pathlib import Path
 
 from .. import config
 from ..config import Config
-from .base import Mode, PassPlan, Run
+from .base import Mode, PassPlan, Prior, Run
 
-__all__ = ["Mode", "PassPlan", "Run", "load_config", "mode_for", "result_view"]
+__all__ = ["Mode", "PassPlan", "Prior", "Run", "load_config", "mode_for", "result_view"]
 
 
-def mode_for(cfg: Config, frame: tuple[int, int] | None = None) -> Mode:
+def mode_for(cfg: Config, frame: tuple[int, int] | None = None,
+             prior: Prior | None = None) -> Mode:
     from .dream import DreamMode
     from .identity import IdentityMode
     from .style import StyleMode
     modes = {"identity": IdentityMode, "dream": DreamMode, "style": StyleMode}
-    return modes[cfg.mode](cfg, frame)
+    return modes[cfg.mode](cfg, frame, prior)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -4,6 +4,7 @@ name (``mode_for``); the modes import this module, not the package, so neither i
 other back."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -35,6 +36,19 @@ class PassPlan:
     def units(self) -> int:
         """Progress units: a tile × its steps, plus one per measuring task."""
         return self.tiles * (self.iterations + self.stats)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A frame after the first of a sequence (``sequence``): what the frame before it left.
+
+    ``view``: the previous frame's result carried along the optical flow into this frame
+    (float 0-255, the frame's shape), where the mode starts from it (style); None where the
+    mode's input already holds it (dream starts from a blend of the two). ``reliable``:
+    (h, w) bool at the flow's size (``flow.frame_flow``), where the warp is trusted."""
+
+    view: Any = None
+    reliable: Any = None
 
 
 class Run(Protocol):
@@ -74,9 +88,11 @@ class Mode:
     needs_pass_data = False     # a tile runs only with its pass's ``pass_data`` (style's Grams)
     naive = False               # ``baseline.py`` has a naive version of the mode
 
-    def __init__(self, cfg: Config, frame: tuple[int, int] | None = None):
+    def __init__(self, cfg: Config, frame: tuple[int, int] | None = None,
+                 prior: Prior | None = None):
         self.cfg = cfg
         self.frame = frame
+        self.prior = prior      # a sequence's frame after the first: the one before's result
 
     def check_settings(self) -> None:
         """Refuse, in one line, settings the mode cannot run with (``load_config``): here,
@@ -197,10 +213,37 @@ class Mode:
         return None
 
     def plan(self, shape: tuple[int, int]) -> list[PassPlan]:
-        """Every pass of the run in order, with its random grid offset and tile count."""
+        """Every pass of the run in order, with its random grid offset and tile count (a
+        sequence's later frame: ``later_plan``'s)."""
         n, scale = self.octaves(shape)
-        return [p for k in reversed(range(n))
-                for p in self.octave_plan(k, octave_shape(shape, scale, k), n)]
+        plans = [p for k in reversed(range(n))
+                 for p in self.octave_plan(k, octave_shape(shape, scale, k), n)]
+        return plans if self.prior is None else self.later_plan(plans)
+
+    @property
+    def later_passes(self) -> int:
+        """``sequence.passes``: a later frame's passes per octave (auto: a quarter of a
+        still's, at least one: its start already holds the previous frame's result)."""
+        v = self.cfg.sequence.passes
+        return max(1, self.passes_per_octave // 4) if v == "auto" else v
+
+    def later_iterations(self, pp: PassPlan) -> int:
+        """``sequence.iterations``: steps per tile of a later frame's pass ``pp`` (auto:
+        the still's)."""
+        v = self.cfg.sequence.iterations
+        return pp.iterations if v == "auto" else v
+
+    def later_plan(self, plans: list[PassPlan]) -> list[PassPlan]:
+        """A sequence's later frame, from a still's ``plans``: every octave again (dream
+        starts from the new frame blended with the previous dream, and the coarse octaves
+        dream what the frame reveals), ``later_passes`` of each, ``later_iterations``."""
+        return [dataclasses.replace(p, iterations=self.later_iterations(p))
+                for p in plans if p.pass_ < self.later_passes]
+
+    def first_view(self, source):
+        """What the run's first pass reads: ``source``, the input at that pass's octave (a
+        later frame's warped previous result where the mode starts from it: style)."""
+        return source
 
     def octave_plan(self, k: int, shape: tuple[int, int], octaves: int) -> list[PassPlan]:
         t, out = self.cfg.tiling.tile, []

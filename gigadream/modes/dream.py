@@ -212,8 +212,8 @@ class DreamMode(Mode):
     uses_model = True
     naive = True
 
-    def __init__(self, cfg, frame=None):
-        super().__init__(cfg, frame)
+    def __init__(self, cfg, frame=None, prior=None):
+        super().__init__(cfg, frame, prior)
         self.precision = cfg.model.precision      # resolved on the workers (begin_octave)
         self.grad_scale = 1.0                      # the octave's (begin_octave)
 

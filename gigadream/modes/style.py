@@ -138,6 +138,11 @@ class StyleTransfer:
     content: object = None     # ArrayView of the content at the pass's size (``process``)
     circular: bool = False     # the core is a whole octave whose x wraps (a 360° panorama)
     device: str | None = None  # None: the worker's (``devices.device``)
+    # A sequence's later frame (Ruder et al. 2016): the previous result carried along the
+    # flow (a view of the frame's shape) that the temporal loss keeps the pixels near,
+    # where the flow is reliable (the pass data's third item, at the flow's size).
+    prior: object = None
+    temporal_weight: float = 0.0
     window_dtype = np.float32
 
     @property
@@ -193,9 +198,12 @@ class StyleTransfer:
         """Tiles of one window shape (several where ``batchable``): those whose cores sit
         alike in their windows optimise together; ``data`` is the pass's (style Grams,
         canvas Grams or None)."""
-        target, canvas = data
+        target, canvas, reliable = data if len(data) == 3 else (*data, None)
         cores = [t.core.relative_to(t.window) for t in tiles]
         contents = [self.content.read(t.window) for t in tiles]
+        priors = [None] * len(tiles)
+        if self.prior is not None and self.temporal_weight:
+            priors = [self._temporal_target(t, reliable) for t in tiles]
         alike: dict = {}
         for i, core in enumerate(cores):
             alike.setdefault(core if self.batchable else i, []).append(i)
@@ -203,10 +211,18 @@ class StyleTransfer:
         for idx in alike.values():
             results = self.optimise([windows[i] for i in idx], cores[idx[0]],
                                     [rngs[i] for i in idx], [contents[i] for i in idx],
-                                    target, canvas)
+                                    target, canvas, [priors[i] for i in idx])
             for i, r in zip(idx, results):
                 out[i] = r
         return out
+
+    def _temporal_target(self, tile, reliable) -> tuple[np.ndarray, np.ndarray]:
+        """(the previous result carried into the tile's core (C, h, w), the flow's
+        reliability there (h, w) in 0-1): what the temporal loss compares the core with."""
+        from ..flow import tile_mask
+        mask = (np.ones(tile.core.shape, np.float32) if reliable is None else
+                tile_mask(reliable, tile.core, self.prior.shape, self.prior.wrap))
+        return self.prior.read(tile.core), mask
 
     def __call__(self, window: np.ndarray, core: Box, rng: np.random.Generator,
                  content: np.ndarray | None = None, target: dict | None = None,
@@ -217,11 +233,13 @@ class StyleTransfer:
 
     def optimise(self, windows: list[np.ndarray], core: Box, rngs: list[np.random.Generator],
                  contents: list[np.ndarray], target: dict | None,
-                 canvas: dict | None) -> list[tuple[np.ndarray, dict]]:
+                 canvas: dict | None, priors: list | None = None) -> list[tuple[np.ndarray, dict]]:
         """Windows of one shape whose cores sit at ``core``, optimised together on the
         device: one forward and backward of the batch a step; each tile's loss is its own
-        (its Gram swapped into the canvas's, its content, its total variation), and the
-        batch's loss is their sum, so each tile's gradient is its own."""
+        (its Gram swapped into the canvas's, its content, its total variation, and in a
+        sequence's later frame its temporal term: ``priors``, each tile's
+        ``_temporal_target`` or None), and the batch's loss is their sum, so each tile's
+        gradient is its own."""
         import torch
 
         from ..steps import model_step
@@ -253,6 +271,14 @@ class StyleTransfer:
                  for name, _ in self.style_layers}
         energy = {name: float(a.pow(2).sum()) for name, a in grams.items()}       # ‖A‖²
         scales = {name: target["scales"][name] for name, _ in self.content_layers}
+        # Ruder et al.'s temporal loss: the mean over the core of c·(x − ω)², ω the previous
+        # result carried along the flow, c its reliability; in units of the full 0-255 range
+        # as the total variation is. Departure: a mean, not a sum over pixels (the paper's
+        # weight assumes its image size), so the weight holds at every tile and frame size.
+        temporal = None
+        if priors and priors[0] is not None:
+            temporal = (_stack([p for p, _ in priors]).to(dev),
+                        _stack([m[None] for _, m in priors]).to(dev))
         offsets: list[dict] = [{} for _ in range(n)]   # G_global − Ĝ_tile(x₀), at the first step
         model_s = [0.0]
         losses: list = [None] * n                      # each tile's, at the last step
@@ -284,6 +310,10 @@ class StyleTransfer:
                     dx = torch.cat([dx, xi[..., :, :1] - xi[..., :, -1:]], dim=-1)
                 tv = (dy.pow(2).mean() + dx.pow(2).mean()) / 255.0 ** 2
                 loss = loss + self.tv_weight * tv
+            if temporal is not None:
+                prior, mask = own(temporal[0]), own(temporal[1])
+                step = (mask * (own(x) - prior).pow(2)).mean() / 255.0 ** 2
+                loss = loss + self.temporal_weight * step
             return loss
 
         def closure():
@@ -459,8 +489,8 @@ class StyleMode(Mode):
     uses_model = True
     needs_pass_data = True
 
-    def __init__(self, cfg, frame=None):
-        super().__init__(cfg, frame)
+    def __init__(self, cfg, frame=None, prior=None):
+        super().__init__(cfg, frame, prior)
         self.content = None      # the source at the octave's size (begin_octave)
         self.target = None       # a Dask future of the style's Grams (begin_octave)
 
@@ -538,6 +568,27 @@ class StyleMode(Mode):
                      if device == "cuda" and self.cfg.style.optimizer == "adam" else 1)
         return {"device": device, "threads": agreed({f[2] for f in found}), "batch": batch}
 
+    def later_iterations(self, pp: PassPlan) -> int:
+        """auto: the still's steps a tile, or a fifth of ``whole_iterations`` where the
+        frame is one whole octave (the previous result is most of the way there)."""
+        v = self.cfg.sequence.iterations
+        if v != "auto":
+            return v
+        return max(1, pp.iterations // 5) if pp.whole and pp.tiles == 1 else pp.iterations
+
+    def later_plan(self, plans: list[PassPlan]) -> list[PassPlan]:
+        """A later frame runs its finest octave only, from the previous result carried
+        along the flow (``first_view``): coarse to fine again would start it from the new
+        frame's photo and repaint every stroke (Ruder et al. start each frame from the
+        warped result and optimise it at the frame's size)."""
+        finest = [p for p in plans if p.octave == 0]
+        return super().later_plan(finest)
+
+    def first_view(self, source):
+        if self.prior is not None and self.prior.view is not None:
+            return self.prior.view
+        return source
+
     def octave_plan(self, k: int, shape: tuple[int, int], octaves: int) -> list[PassPlan]:
         if k == octaves - 1:
             return [PassPlan(k, 0, shape, (0, 0), 1, max(shape), self.cfg.style.whole_iterations)]
@@ -569,15 +620,21 @@ class StyleMode(Mode):
                              s.style_weight, s.tv_weight, s.optimizer, s.learning_rate,
                              pp.iterations, s.normalize_gradients, s.pooling,
                              0 if pp.whole and not self.wrap else self.margin,
-                             random_init=first and s.init == "random",
-                             content=self.content, circular=pp.whole and self.wrap)
+                             random_init=first and s.init == "random" and self.prior is None,
+                             content=self.content, circular=pp.whole and self.wrap,
+                             prior=self.prior and self.prior.view,
+                             temporal_weight=self.cfg.sequence.temporal_weight
+                             if self.prior is not None else 0.0)
 
     def pass_data(self, run: Run, pp: PassPlan, view, proc, tiles: list):
         """(the style's Grams, the canvas's Grams): the canvas's summed from every tile's as
         they arrive, so only the sum is held, however many tiles (each tile's float64 Grams
         are 4.9 MB for VGG16's default layers)."""
+        reliable = None
+        if self.prior is not None and self.prior.reliable is not None:
+            reliable = run.executor.share(self.prior.reliable)
         if not pp.stats:
-            return self.target, None
+            return self.target, None, reliable
         run.stage("grams", f"octave {pp.octave} pass {pp.pass_ + 1}")
         total = {"grams": {}}
 
@@ -587,7 +644,7 @@ class StyleMode(Mode):
             run.work(len(stats))
 
         run.measure(view, proc, tiles, (self.cfg.seed, pp.octave, pp.pass_), add)
-        return self.target, run.executor.share(total)
+        return self.target, run.executor.share(total), reliable
 
     def result_record(self) -> dict:
         return {"original_colors": self.cfg.style.original_colors}
