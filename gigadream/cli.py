@@ -286,7 +286,10 @@ class _Progress:
 def _run(args) -> int:
     from .events import EventLog
     from .pipeline import default_store, run
+    from .video import is_sequence_input
     cfg = _config(args)
+    if not is_url(args.input) and is_sequence_input(str(args.input)):
+        return _run_sequence(args, cfg)
     if args.output is None and is_url(args.input):
         raise ConfigError(f"input {args.input} is an object store's URL: name the result "
                           "with -o (a file, or s3://bucket/key.jpg)")
@@ -318,6 +321,39 @@ def _run(args) -> int:
         total = sum(report.stage_s.values())
         print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
               f"config in {location.name(report.output)}.yaml", file=sys.stderr)
+    return 0
+
+
+def _run_sequence(args, cfg) -> int:
+    """``run`` of a video or a folder (or glob) of frames (``sequence``)."""
+    from .events import EventLog
+    from .sequence import default_output, run_sequence
+    out = args.output or default_output(str(args.input), cfg)
+    store = args.store or out.with_name(out.name + ".gdseq")
+    progress = _Progress(args.quiet)
+    on_event = EventLog(args.events, progress) if args.events else progress
+    try:
+        report = run_sequence(str(args.input), cfg, out, store_path=args.store,
+                              overwrite=args.overwrite, restart=args.restart,
+                              on_event=on_event)
+    except Interrupted as e:
+        progress.close()
+        raise Interrupted(f"{e}: stopped; {store} keeps every finished frame and pass. Run "
+                          "the same command again to resume", e.signum) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free "
+                            "some space and run the same command again to resume") from None
+    finally:
+        progress.close()
+        if on_event is not progress:
+            on_event.close()
+    if not args.quiet:
+        h, w = report.shape
+        print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
+              f"{sum(report.seconds):.0f} s; config in {report.output.name}.yaml",
+              file=sys.stderr)
     return 0
 
 

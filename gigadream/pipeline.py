@@ -64,7 +64,7 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
         on_event: Callable[[object], None] = lambda e: None,
         cluster: BackgroundCluster | None = None, prepared: dict | None = None,
         frame: tuple[int, int] | None = None, prior: Prior | None = None,
-        recorded: dict | None = None) -> RunReport:
+        recorded: dict | None = None, describe: bool = True) -> RunReport:
     """Ingest, passes, export. The store (``store_path``, default ``OUT.gdstore``) records
     each finished stage and pass; running the same command again resumes after the last one,
     ``restart`` starts over. The default store is removed after success. The Dask cluster
@@ -81,7 +81,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     A sequence's frame after the first (``sequence``) gives ``prior``, what the frame before
     left (``modes.Prior``: the mode plans and starts the frame from it), and ``recorded``,
     record sections the run takes as its own before it begins (the first frame's gradient
-    scales: every frame dreams as strongly)."""
+    scales: every frame dreams as strongly), and no OUT.yaml (``describe``: the sequence
+    writes one for the clip)."""
     # Style images and weights named absolutely in run.json and OUT.yaml: OUT.yaml reproduces
     # the run from any folder, and a resume from another folder whose relative paths name
     # other files is refused. (Workers open the weights file by this path; the style images
@@ -93,7 +94,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
     cfg = with_wrap(cfg, input_path, shape)      # from its header too
     mode = mode_for(cfg, frame, prior)
     check_output(out, shape, overwrite, cfg.export, viewer=True)   # fails fast, before hours of work
-    check_config_output(out, overwrite)
+    if describe:
+        check_config_output(out, overwrite)
     mode.check_settings()        # a Config built without modes.load_config is checked here too
     mode.check()
     if cluster is None:
@@ -141,7 +143,8 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             export(result_view(result, store.view(result), sources[0]), out, cfg.export,
                    overwrite=overwrite, on_rows=row_counter(on_event, "export", shape[0]),
                    kept=store.input_metadata(), before=sources[0])
-            write_config_output(out, cfg, input_path)
+            if describe:
+                write_config_output(out, cfg, input_path)
     finally:
         if own:
             workers.close()

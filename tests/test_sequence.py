@@ -1,0 +1,239 @@
+"""Sequences end to end (``gigadream run`` of a video or a folder of frames): real clips made
+here (a photo seen through a camera that pans a known number of pixels a frame), real
+pretrained weights, a real Dask cluster, the outputs read back with PyAV and libvips."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import pyvips
+import skimage.data
+
+from gigadream.modes import load_config
+from gigadream.pipeline import run
+from gigadream.sequence import run_sequence
+
+H, W = 72, 96
+PAN = (1, 3)              # the camera moves this many px (down, right) a frame
+FRAMES = 5
+
+
+def photo() -> np.ndarray:
+    """A textured photo larger than the frames, so the camera can move over it."""
+    im = skimage.data.astronaut()[::3, ::3]          # 170 × 170
+    return np.ascontiguousarray(im)
+
+
+def frame_at(t: int) -> np.ndarray:
+    dy, dx = PAN
+    return photo()[20 + t * dy:20 + t * dy + H, 10 + t * dx:10 + t * dx + W]
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    pyvips.Image.new_from_array(pixels).copy(interpretation="srgb").pngsave(str(path))
+
+
+def read(path: Path) -> np.ndarray:
+    return pyvips.Image.new_from_file(str(path)).numpy()[..., :3].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory) -> Path:
+    """frame1.png ... frame5.png: natural order, not the names' (frame10 would sort early)."""
+    d = tmp_path_factory.mktemp("clip") / "frames"
+    d.mkdir()
+    for t in range(FRAMES):
+        write_png(frame_at(t), d / f"frame{t + 1}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def clip_mp4(tmp_path_factory) -> Path:
+    """The same frames as an H.264 mp4 at 12 fps with an AAC tone."""
+    path = tmp_path_factory.mktemp("mp4") / "clip.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=12, options={"crf": "10"})
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        a = c.add_stream("aac", rate=48000)
+        for t in range(FRAMES):
+            for p in v.encode(av.VideoFrame.from_ndarray(frame_at(t), format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        tone = (0.2 * np.sin(np.arange(48000 // 2) * 2 * np.pi * 440 / 48000)).astype(np.float32)
+        for i in range(0, tone.size, 1024):
+            f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt", layout="mono")
+            f.sample_rate, f.pts = 48000, i
+            for p in a.encode(f):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def painting(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("style") / "painting.png"
+    write_png(skimage.data.chelsea()[::4, ::4], path)
+    return path
+
+
+def style_cfg(painting: Path, *more: str):
+    return load_config("impressionist-style", [
+        f"style={painting}", "style.whole_iterations=30", "tiling.tile=128",
+        "engine.workers=1", *more])
+
+
+def shifted_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared difference between frame b and frame a carried along the known pan,
+    over the pixels both frames see (Ruder et al.'s short-term temporal error)."""
+    dy, dx = PAN
+    return float(((b[:H - dy, :W - dx] - a[dy:, dx:]) ** 2).mean())
+
+
+def temporal_error(frames: list[np.ndarray]) -> float:
+    return float(np.mean([shifted_error(a, b) for a, b in zip(frames, frames[1:])]))
+
+
+def test_identity_copies_every_frame_in_natural_order(frames_dir, tmp_path):
+    out = tmp_path / "copied"
+    cfg = load_config(None, ["mode=identity", "tiling.tile=64"])
+    report = run_sequence(str(frames_dir), cfg, out / "%03d.tif")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"{i:03d}.tif" for i in range(1, FRAMES + 1)]
+    for t in range(FRAMES):          # frame t+1 of the input, in the order of its number
+        assert np.array_equal(read(out / f"{t + 1:03d}.tif"), frame_at(t).astype(np.float32))
+    assert (tmp_path / "copied.yaml").is_file()
+    assert not (tmp_path / "copied.gdseq").exists()      # the default store goes after success
+    assert report.frames == FRAMES and len(report.seconds) == FRAMES
+
+
+def test_a_video_keeps_its_rate_timestamps_and_audio(clip_mp4, tmp_path):
+    out = tmp_path / "copy.mp4"
+    cfg = load_config(None, ["mode=identity", "tiling.tile=64"])
+    run_sequence(str(clip_mp4), cfg, out)
+    with av.open(str(clip_mp4)) as a, av.open(str(out)) as b:
+        va, vb = a.streams.video[0], b.streams.video[0]
+        assert vb.average_rate == va.average_rate == 12
+        ta = [float(f.pts * f.time_base) for f in a.decode(va)]
+        tb = [float(f.pts * f.time_base) for f in b.decode(vb)]
+        assert len(tb) == FRAMES and np.allclose(ta, tb, atol=1e-6)
+    with av.open(str(clip_mp4)) as a, av.open(str(out)) as b:
+        pa = [bytes(p) for p in a.demux(a.streams.audio[0]) if p.dts is not None]
+        pb = [bytes(p) for p in b.demux(b.streams.audio[0]) if p.dts is not None]
+        assert pa and pa == pb                        # the audio copied, not re-encoded
+
+
+def test_style_moves_with_the_scene_instead_of_flickering(frames_dir, painting, tmp_path):
+    """The sequence's temporal error is at most a quarter of independent stills' at the same
+    settings (issue 28's bar), and each frame is still painted (far from the photo)."""
+    cfg = style_cfg(painting)
+    run_sequence(str(frames_dir), cfg, tmp_path / "seq" / "%02d.tif")
+    seq = [read(tmp_path / "seq" / f"{t + 1:02d}.tif") for t in range(FRAMES)]
+    stills = []
+    for t in range(FRAMES):
+        out = tmp_path / f"still{t}.tif"
+        run(frames_dir / f"frame{t + 1}.png",
+            load_config("impressionist-style", [f"style={painting}",
+                                                "style.whole_iterations=30",
+                                                "tiling.tile=128", "engine.workers=1",
+                                                f"seed={t}"]), out)
+        stills.append(read(out))
+    e_seq, e_still = temporal_error(seq), temporal_error(stills)
+    e_input = temporal_error([frame_at(t).astype(np.float32) for t in range(FRAMES)])
+    print(f"temporal error: sequence {e_seq:.1f}, stills {e_still:.1f}, input {e_input:.1f}")
+    assert e_seq <= 0.25 * e_still
+    for t in range(1, FRAMES):       # painted: as far from its photo as the still is
+        change = np.abs(seq[t] - frame_at(t)).mean()
+        assert change > 0.5 * np.abs(stills[t] - frame_at(t)).mean()
+
+
+def test_dream_moves_with_the_scene(frames_dir, tmp_path):
+    cfg = load_config("impressionist", ["dream.octaves=2", "dream.passes=4", "tiling.tile=96",
+                                        "engine.workers=1"])
+    run_sequence(str(frames_dir), cfg, tmp_path / "seq" / "%02d.tif")
+    seq = [read(tmp_path / "seq" / f"{t + 1:02d}.tif") for t in range(FRAMES)]
+    indep = load_config("impressionist", ["dream.octaves=2", "dream.passes=4",
+                                          "tiling.tile=96", "engine.workers=1",
+                                          "sequence.blend=0", "sequence.passes=4"])
+    run_sequence(str(frames_dir), indep, tmp_path / "alone" / "%02d.tif")
+    alone = [read(tmp_path / "alone" / f"{t + 1:02d}.tif") for t in range(FRAMES)]
+    inp = [frame_at(t).astype(np.float32) for t in range(FRAMES)]
+    # the dream's own flicker: the part of the change between frames that the scene's
+    # motion does not explain, beyond the input's
+    e_seq = temporal_error(seq) - temporal_error(inp)
+    e_alone = temporal_error(alone) - temporal_error(inp)
+    print(f"dream flicker above the input's: sequence {e_seq:.1f}, alone {e_alone:.1f}")
+    assert e_seq <= 0.25 * e_alone
+    assert np.abs(seq[-1] - inp[-1]).mean() > 1.0          # still dreamed
+
+
+def events_of(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_kill_9_mid_frame_resumes_to_the_same_frames(frames_dir, tmp_path):
+    args = ["--config", "impressionist", "--set", "dream.octaves=2", "--set",
+            "dream.passes=2", "--set", "tiling.tile=64", "--workers", "1", "--quiet"]
+    whole = tmp_path / "whole"
+    subprocess.run([sys.executable, "-m", "gigadream", "run", str(frames_dir), "-o",
+                    str(whole / "%02d.tif"), *args], check=True, timeout=600)
+    out, events = tmp_path / "killed", tmp_path / "events.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "gigadream", "run", str(frames_dir), "-o",
+                          str(out / "%02d.tif"), "--events", str(events), *args],
+                         start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:      # into frame 3's passes
+        if any(e.get("name") == "frame 3/5" and str(e.get("detail", "")).startswith("pass")
+               for e in events_of(events)):
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (tmp_path / "killed.gdseq").is_dir()
+    assert len(list(out.iterdir())) < FRAMES
+    subprocess.run([sys.executable, "-m", "gigadream", "run", str(frames_dir), "-o",
+                    str(out / "%02d.tif"), *args], check=True, timeout=600)
+    for t in range(1, FRAMES + 1):
+        assert np.array_equal(read(out / f"{t:02d}.tif"), read(whole / f"{t:02d}.tif")), t
+
+
+@pytest.mark.parametrize("setting, output, expected", [
+    (["sequence.frames=4-9"], "o/%02d.jpg", "sequence.frames: 4-9 reaches past the input's 5 frames"),
+    ([], "o.avi", "a sequence is written as .mp4 or .webm"),
+    (["sequence.codec=h264_nvenc"], "o.mp4", "h264_nvenc"),
+    ([], "missing/o/%02d.jpg", "does not exist"),
+])
+def test_bad_sequence_input_is_one_line_and_writes_nothing(frames_dir, tmp_path, setting,
+                                                           output, expected):
+    r = subprocess.run([sys.executable, "-m", "gigadream", "run", str(frames_dir), "--set",
+                        "mode=identity", *sum((["--set", s] for s in setting), []), "-o",
+                        str(tmp_path / output)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_folder_without_images_or_a_file_that_is_no_video(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.mp4").write_text("not a video")
+    for spec in ("empty", "notes.mp4"):
+        r = subprocess.run([sys.executable, "-m", "gigadream", "run", spec, "--set",
+                            "mode=identity", "-o", "o.mp4"], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "o.mp4").exists()
