@@ -255,15 +255,18 @@ def _motions(motion: str, h: int, w: int, n: int, layer: bool, rng, tex_shape, s
     camera = np.stack(cams)
     if not layer:
         return camera, None, (0.0, 0.0, 0.0)
-    # the layer: a rounded rectangle 0.42 h × 0.36 w of the frame, crossing it from left to
-    # right (or back) while turning slowly, so it hides and then reveals the background
+    # the layer: a rounded rectangle 0.42 h × 0.36 w of the frame, going back and forth
+    # across 0.62 of the frame's width at 2.6 % of it a frame (8 px at 320 px: a motion DIS
+    # follows) while turning, so it hides background and then reveals it; a 360° clip's
+    # layer goes round instead, crossing the seam from its first frames
     sh, sw = 0.42 * h * sprite_scale, 0.36 * w * sprite_scale
     sprite = (sh, sw, 0.2 * min(sh, sw))
+    speed = 0.026
     lays = []
     for i in t:
-        u = i / max(1, n - 1)
-        if motion == "yaw":        # starts left of the seam and crosses it
-            px = 0.93 * w + sgn[0] * -0.5 * w * u
+        u = 1 - abs(i * speed / 0.62 % 2 - 1)          # 0 → 1 → 0 …, a triangle wave
+        if motion == "yaw":
+            px = (0.93 - sgn[0] * speed * i) * w % w
             py = 0.5 * h + 0.1 * h * np.sin(np.pi * u)
         else:
             px = cx + sgn[0] * (0.62 * u - 0.31) * w
@@ -506,16 +509,18 @@ def _frames(frames: Sequence[np.ndarray] | Iterable[np.ndarray], truth: ClipTrut
                          f"result of the whole clip")
 
 
-def temporal_error(frames: Sequence[np.ndarray] | Iterable[np.ndarray], truth: ClipTruth) -> float:
+def temporal_error(frames: Sequence[np.ndarray] | Iterable[np.ndarray], truth: ClipTruth,
+                   where: np.ndarray | None = None) -> float:
     """Ruder et al.'s short-term temporal error: the mean over t >= 1 of the mean squared
     difference (0-255 levels, over pixels and channels) between frame t and frame t-1
     warped by the true backward flow (bilinear), over the pixels visible in both. Frames
-    may be any iterable of (h, w, 3) arrays, read once."""
-    return long_term_error(frames, truth, 1)
+    may be any iterable of (h, w, 3) arrays, read once. ``where``: (h, w) bool, only those
+    pixels of frame t (e.g. a 360° frame's edge columns)."""
+    return long_term_error(frames, truth, 1, where)
 
 
 def long_term_error(frames: Sequence[np.ndarray] | Iterable[np.ndarray], truth: ClipTruth,
-                    gap: int) -> float:
+                    gap: int, where: np.ndarray | None = None) -> float:
     """As ``temporal_error`` between frame t and frame t - ``gap`` through the true
     correspondence, over the pixels visible in both (background hidden by the layer in the
     frames between counts), mean over t >= gap."""
@@ -528,5 +533,7 @@ def long_term_error(frames: Sequence[np.ndarray] | Iterable[np.ndarray], truth: 
         kept.append(f)
         if t >= gap:
             coords, vis = truth.correspondence(t, t - gap)
+            if where is not None:
+                vis = vis & where
             errors.append(_pair_error(f, kept[0], coords, vis, truth.period))
     return float(np.nanmean(errors))

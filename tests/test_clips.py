@@ -156,13 +156,16 @@ def test_the_360_clip_crosses_its_seam(clips):
         clamped = np.stack([src, coords[..., 1]], -1)   # the same flow, x not wrapped
         unwrapped = ((fr[t].astype(np.float32) - warp(fr[t - 1], clamped)) ** 2).mean(-1)
         assert err[across].mean() < LOSSLESS and unwrapped[across].mean() > 10 * LOSSLESS
+    edge = np.zeros((h, w), bool)
+    edge[:, :8] = edge[:, -8:] = True
+    assert temporal_error(fr, truth, edge) < LOSSLESS     # the measure itself wraps
 
 
 def test_long_term_error_counts_background_seen_hidden_and_seen_again(clips):
-    """Between frames t-4 and t, background that the layer covered in between is visible in
+    """Between frames t-6 and t, background that the layer covered in between is visible in
     both and matches through the composed motion."""
     fr, truth = frames(clips["pan"]), clips["pan"][1]
-    gap, t = 4, N - 1
+    gap, t = 6, N - 1
     _, vis = truth.correspondence(t, t - gap)
     hidden_between = np.zeros(truth.shape, bool)       # under the layer in a frame between
     h, w = truth.shape
@@ -172,7 +175,7 @@ def test_long_term_error_counts_background_seen_hidden_and_seen_again(clips):
         inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
         hidden_between |= inside & truth.layer_at(s)[0][y.clip(0, h - 1), x.clip(0, w - 1)]
     again = vis & hidden_between & ~truth.layer_at(t)[0]
-    assert again.sum() > 100
+    assert again.sum() > 50        # measured 144 px of 19200
     coords, _ = truth.correspondence(t, t - gap)
     err = ((fr[t].astype(np.float32) - warp(fr[t - gap], coords)) ** 2).mean(-1)
     assert err[again].mean() < LOSSLESS
