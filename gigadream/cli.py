@@ -4,27 +4,31 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, archs
-from .config import Config, field_help, presets
+from .config import Config, field_help, output_label, presets
 from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Interrupted
 from .modes import load_config, mode_for
 from .storage import location
 from .storage.location import is_url, store_location
+from .text import duration
 
 # What -o / OUT may name; the formats are export.output_format's.
-OUTPUTS = (".jpg; .tif (tiled BigTIFF; 16 bits a channel with --set export.bits=16); .dzi "
+OUTPUTS = (".jpg; .png; .tif (tiled BigTIFF); 16 bits a channel in .png and .tif with --set "
+           "export.bits=16; .dzi "
            "(deep zoom: NAME.dzi and tiles in NAME_files/) or .szi (the same in one zip); or a "
            "folder NAME/ of IIIF 3 tiles with --set export.layout=iiif3; or a JPEG at an object "
            "store's URL, s3://bucket/key.jpg, uploaded as it is written")
 
 STUDIO_DIR = "gigadream-studio"
 MAX_UPLOAD_MB = 8192
+MAX_PIXELS = 2e9        # the studio's largest image or frame: a 63,000 × 31,500 panorama
 JOBS_YAML = """jobs.yaml: a list of jobs; paths are relative to its folder.
 
   - input: pano.jpg                       # the image
-    config: impressionist                 # a preset's name or a YAML file
+    config: impressionist                 # a preset's name or a YAML file (beside jobs.yaml)
     set: {dream.iterations: 2}            # settings, as --set takes them
     sweep: {dream.step_size: [0.5, 1, 2]} # one job per value: a group, a contact sheet
     priority: 0                           # higher runs first
@@ -60,7 +64,15 @@ def _config(args) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    unread = mode_for(cfg).unread([o.partition("=")[0].strip() for o in args.overrides])
+    if unread:
+        other = "style" if unread[0].startswith("style") else "dream"
+        given = next(o for o in args.overrides if o.startswith(unread[0]))
+        raise ConfigError(f"--set {given}: mode {cfg.mode} does not read {other} settings, so "
+                          f"it would change nothing; choose a {other} preset (gigadream "
+                          f"presets) or add --set mode={other}")
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,22 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="dream or stylise an image end to end: ingest, passes, export",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Dream or stylise INPUT and write the result (JPEG, BigTIFF or "
-                                   "deep zoom) and, beside it, OUT.yaml: the resolved config that "
-                                   "reproduces it.",
+                       description="Dream or stylise INPUT and write the result (JPEG, PNG, "
+                                   "BigTIFF or deep zoom) and, beside it, OUT.yaml: the resolved "
+                                   "config that reproduces it. A video or a folder of frames "
+                                   "runs frame by frame (docs/sequences.md; settings under "
+                                   "sequence.*).",
                        epilog=_settings_epilog())
     p.add_argument("input", type=store_location, metavar="INPUT",
                    help="image file (JPEG, PNG, TIFF, WebP, ...), or an image object's URL "
                         "(s3://bucket/key, read in ranged requests, never downloaded whole; "
-                        "then -o is needed)")
+                        "then -o is needed); or a sequence: a video (mp4, mov, mkv, webm, "
+                        "...), a folder of frames, or a quoted glob ('frames/*.png'), frames "
+                        "in natural order, each carried into the next along the optical flow")
     _add_config_args(p)
     p.add_argument("-o", "--output", type=store_location, metavar="OUT",
-                   help=f"the result: {OUTPUTS} (default: INPUT-dream.jpg, or "
-                        "INPUT-style.jpg, beside the input)")
+                   help=f"the result: {OUTPUTS} (default: INPUT-PRESET.jpg beside the "
+                        "input, named after the --config preset or file, else the mode: "
+                        "INPUT-dream.jpg). A sequence's: .mp4 or .webm "
+                        "(the input's timestamps and audio), or a folder of frames, OUT/ "
+                        "(000001.jpg, ...) or 'OUT/frame-%%04d.png' (.jpg, .png, .tif) "
+                        "(default: INPUT-PRESET.mp4 beside a video, FOLDER-PRESET/ beside "
+                        "frames)")
     p.add_argument("--store", type=store_location, metavar="DIR",
                    help="working store folder, or an object store's s3://bucket/prefix "
                         "(credentials from the environment), kept afterwards (default: "
-                        "OUT.gdstore, removed after success). Running the same command again "
+                        "OUT.gdstore, a sequence's OUT.gdseq, removed after success). "
+                        "Running the same command again "
                         "resumes from it after an interruption")
     p.add_argument("--restart", action="store_true",
                    help="start over: discard what the store holds from an earlier attempt")
@@ -137,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "model work, FLOPs, disk, RAM, estimated time")
     p.add_argument("input", type=store_location, metavar="INPUT",
                    help="the image: a file, or an object's URL (s3://bucket/key.jpg; its "
-                        "header is read, nothing else)")
+                        "header is read, nothing else); or a video, a folder or a glob of "
+                        "frames (the frames to run, the first and a later frame's costs)")
     _add_config_args(p)
+    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+                   help="a sequence's output as 'run -o' takes it (default: the run's): a "
+                        "video keeps its finished frames in the store until it is encoded")
     from .estimate import GPUS
     p.add_argument("--gpu", choices=sorted(GPUS), metavar="GPU",
                    help=f"also estimate the time on this GPU: {', '.join(sorted(GPUS))}")
@@ -160,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "time here and on a GPU.",
                        epilog="Example: gigadream preview pano.jpg --config impressionist "
                               "--at 5200,3100 --crops 4 -o pano-preview")
-    p.add_argument("input", type=store_location, metavar="INPUT", help="the image, a file")
+    p.add_argument("input", type=store_location, metavar="INPUT",
+                   help="the image, a file; or a video, a folder or a glob of frames")
     _add_config_args(p)
-    from .preview import CROP_SIDE, DEFAULT_CROPS, DEFAULT_GPU
+    from .preview import CROP_SIDE, DEFAULT_CROPS, DEFAULT_FRAMES, DEFAULT_GPU
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
                    help="folder for the preview, new or empty (default: INPUT-preview beside "
                         "the input)")
@@ -173,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, metavar="N",
                    help=f"number of crops (default: {DEFAULT_CROPS}, or as many as --at "
                         "points; more than the points: the rest are picked)")
+    p.add_argument("--frames", type=int, metavar="K",
+                   help=f"a video or a folder of frames: preview K frames spread over the "
+                        f"frames the run would run (default {DEFAULT_FRAMES}: the first, the "
+                        "middle and the last), each as a still, each in its own folder")
     p.add_argument("--crop", type=int, default=CROP_SIDE, metavar="PX",
                    help=f"side of a crop at full resolution (default {CROP_SIDE})")
     p.add_argument("--gpu", choices=sorted(GPUS), default=DEFAULT_GPU, metavar="GPU",
@@ -209,13 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the studio at http://HOST:PORT/. Jobs run as "
                                    "'gigadream run' child processes: one per GPU (each sees "
                                    "its own), else --slots on the CPU. Loopback only unless "
-                                   "--host says otherwise; then every request needs the token "
-                                   "printed at start. Ctrl-C stops the running jobs "
-                                   "resumably; the next 'serve' resumes them.")
+                                   "--host says otherwise; every request needs the token "
+                                   "printed at start (the printed address sets a cookie). "
+                                   "Ctrl-C stops the running jobs resumably; the next 'serve' "
+                                   "resumes them.")
     p.add_argument("--studio", type=Path, default=Path(STUDIO_DIR), metavar="DIR", help=studio_help)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, this machine only; any "
-                        "other address requires the printed token on every request)")
+                   help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--images", type=Path, action="append", default=[], metavar="DIR",
                    help="a folder whose images the page may pick (repeatable); nothing "
@@ -226,8 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every job on the Dask cluster at ADDR (tcp://host:8786)")
     p.add_argument("--max-upload", type=float, default=MAX_UPLOAD_MB, metavar="MB",
                    help=f"largest upload accepted, in MB (default {MAX_UPLOAD_MB:g})")
-    p.add_argument("--token", action="store_true",
-                   help="require the printed token on loopback too")
+    p.add_argument("--max-pixels", type=float, default=MAX_PIXELS, metavar="N",
+                   help=f"largest image (or video frame) accepted, in pixels, checked from "
+                        f"its header before any decode (default {MAX_PIXELS:.0e})")
+    p.add_argument("--presets", type=Path, metavar="DIR",
+                   help="a folder of YAML configs the page offers by name, beside the bundled "
+                        "presets (requests name presets; they never give a file)")
+    p.add_argument("--no-token", action="store_true",
+                   help="no token (loopback only): any program or user on this machine may "
+                        "then drive the studio")
+    p.add_argument("--token", action="store_true", help=argparse.SUPPRESS)   # now the default
+    p.add_argument("--secure-cookie", action="store_true",
+                   help="mark the token's cookie Secure: the studio is reached over HTTPS "
+                        "(a TLS reverse proxy)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="a reverse proxy's address, as the studio sees it connect (e.g. "
+                        "127.0.0.1): its X-Forwarded-Proto: https marks the cookie Secure "
+                        "(repeatable; nobody else's header is believed)")
 
     p = sub.add_parser("batch", help="queue the jobs of a jobs.yaml and run them until the "
                                      "queue is empty, without a browser",
@@ -258,103 +304,72 @@ def _on_signal(signum, frame) -> None:
     raise Interrupted(signal.Signals(signum).name, signum)
 
 
-class _Progress:
-    """One tqdm bar for the whole run; stages appear as its description."""
-
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
-
-    def __call__(self, event) -> None:
-        from .events import Rows, Stage, Total, Work
-        if self.quiet:
-            return
-        from tqdm import tqdm
-        if isinstance(event, Total):
-            self.bar = tqdm(total=event.units, unit="tile-it", dynamic_ncols=True, file=sys.stderr)
-        elif isinstance(event, Stage) and self.bar is not None:
-            self.bar.set_description_str(f"{event.name} {event.detail}".strip())
-        elif isinstance(event, Work) and self.bar is not None:
-            self.bar.update(event.units)
-        elif isinstance(event, Rows) and self.bar is not None:
-            self.bar.set_description_str(f"{event.stage} {100 * event.done // event.total} %")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _run(args) -> int:
-    from .events import EventLog
-    from .pipeline import default_store, run
     from .video import is_sequence_input
     cfg = _config(args)
     if not is_url(args.input) and is_sequence_input(str(args.input)):
         return _run_sequence(args, cfg)
+    from .pipeline import default_store, run
     if args.output is None and is_url(args.input):
         raise ConfigError(f"input {args.input} is an object store's URL: name the result "
                           "with -o (a file, or s3://bucket/key.jpg)")
-    out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
-    progress = _Progress(args.quiet)
-    on_event = EventLog(args.events, progress) if args.events else progress
-    try:
-        report = run(args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
-                     restart=args.restart, on_event=on_event)
-    except Interrupted as e:
-        progress.close()
-        store = args.store or default_store(out)
-        raise Interrupted(f"{e}: stopped; {store} keeps every finished pass. Run the same "
-                          "command again to resume", e.signum) from None
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        store = args.store or default_store(out)
-        where = f" or {out.parent}" if isinstance(out, Path) else ""
-        raise DiskFullError(f"no space left on the disk of {store}{where}; free some "
-                            "space and run the same command again to resume (finished passes "
-                            "are kept)") from None
-    finally:
-        progress.close()
-        if on_event is not progress:
-            on_event.close()
+    out = args.output or args.input.with_name(
+        f"{args.input.stem}-{output_label(args.config, cfg)}.jpg")
+    report = _with_progress(args, lambda on_event: run(
+        args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
+        restart=args.restart, on_event=on_event),
+        lambda: args.store or default_store(out), "every finished pass", out, cfg.mode)
     if not args.quiet:
         h, w = report.shape
         total = sum(report.stage_s.values())
         print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
-              f"config in {location.name(report.output)}.yaml", file=sys.stderr)
+              f"config in {location.name(report.output)}.yaml"
+              f"{_viewer_line(report.output, cfg)}", file=sys.stderr)
     return 0
 
 
 def _run_sequence(args, cfg) -> int:
     """``run`` of a video or a folder (or glob) of frames (``sequence``)."""
+    from .sequence import Output, default_output, run_sequence
+    out = args.output or default_output(str(args.input), output_label(args.config, cfg))
+    began = time.monotonic()
+    report = _with_progress(args, lambda on_event: run_sequence(
+        str(args.input), cfg, out, store_path=args.store, overwrite=args.overwrite,
+        restart=args.restart, on_event=on_event),
+        lambda: args.store or Output.of(out).store, "every finished frame and pass", out,
+        cfg.mode)
+    if not args.quiet:
+        h, w = report.shape
+        print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
+              f"{duration(time.monotonic() - began)}; config in {report.output.name}.yaml",
+              file=sys.stderr)
+    return 0
+
+
+def _with_progress(args, work, store, kept: str, out, mode: str = "dream"):
+    """``work(on_event)`` under the progress bar (and ``--events``); an interrupt or a full
+    disk as one line naming the ``store()`` that keeps ``kept`` for the resume."""
     from .events import EventLog
-    from .sequence import default_output, run_sequence
-    out = args.output or default_output(str(args.input), cfg)
-    store = args.store or out.with_name(out.name + ".gdseq")
-    progress = _Progress(args.quiet)
+    from .progress import Progress
+    progress = Progress(args.quiet, mode)
     on_event = EventLog(args.events, progress) if args.events else progress
     try:
-        report = run_sequence(str(args.input), cfg, out, store_path=args.store,
-                              overwrite=args.overwrite, restart=args.restart,
-                              on_event=on_event)
+        return work(on_event)
     except Interrupted as e:
         progress.close()
-        raise Interrupted(f"{e}: stopped; {store} keeps every finished frame and pass. Run "
-                          "the same command again to resume", e.signum) from None
+        raise Interrupted(f"{e}: stopped; {store()} keeps {kept}. Run the same "
+                          "command again to resume", e.signum) from None
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        raise DiskFullError(f"no space left on the disk of {store} or {out.parent}; free "
-                            "some space and run the same command again to resume") from None
+        where = f" or {out.parent}" if isinstance(out, Path) else ""
+        raise DiskFullError(f"no space left on the disk of {store()}{where}; free some "
+                            f"space and run the same command again to resume ({kept} "
+                            "is kept)") from None
     finally:
         progress.close()
         if on_event is not progress:
             on_event.close()
-    if not args.quiet:
-        h, w = report.shape
-        print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
-              f"{sum(report.seconds):.0f} s; config in {report.output.name}.yaml",
-              file=sys.stderr)
-    return 0
 
 
 def _ingest(args) -> int:
@@ -387,15 +402,38 @@ def _export(args) -> int:
         print(f"gigadream: writing {what}", file=sys.stderr)
     export(view, args.output, cfg.export, overwrite=args.overwrite, kept=store.input_metadata(),
            before=before)
+    h, w = view.shape
+    print(f"wrote {args.output} ({w}×{h} px){_viewer_line(args.output, cfg, before)}",
+          file=sys.stderr)
     return 0
+
+
+def _viewer_line(out, cfg: Config, viewer: bool = True) -> str:
+    """``; open NAME.html ...`` where a deep zoom output has its viewer page beside it: the
+    one file a person opens."""
+    from .export import viewer_files
+    if not viewer or is_url(out):
+        return ""
+    extra = viewer_files(Path(out), cfg.export)
+    return f"; open {extra[0]} in a browser to see it beside its input" if extra else ""
 
 
 def _presets(args) -> int:
     for name, path in presets().items():
-        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
-                      if ln.startswith("#")), "")
-        print(f"{name:<20} {first}")
+        print(f"{name:<20} {_description(path)}")
     return 0
+
+
+def _description(path: Path) -> str:
+    """A preset's description: its opening comment, every line of it up to its ``Use:``
+    line, as one line (a sentence cut at the first line break reads as broken)."""
+    lines = []
+    for ln in path.read_text().splitlines():
+        text = ln.lstrip("# ").strip()
+        if not ln.startswith("#") or not text or text.startswith("Use:"):
+            break
+        lines.append(text)
+    return " ".join(lines)
 
 
 def _layers(args) -> int:
@@ -410,8 +448,13 @@ def _layers(args) -> int:
 
 
 def _plan(args) -> int:
-    from .estimate import estimate, report
+    from .estimate import estimate, estimate_sequence, report, sequence_report
+    from .video import is_sequence_input
     cfg = _config(args)
+    if not is_url(args.input) and is_sequence_input(str(args.input)):
+        print(sequence_report(estimate_sequence(str(args.input), cfg, args.output), cfg,
+                              args.gpu))
+        return 0
     print(report(estimate(args.input, cfg), cfg, args.gpu))
     return 0
 
@@ -425,15 +468,31 @@ def _local_input(args) -> None:
 
 
 def _preview(args) -> int:
-    from .preview import parse_point, preview
+    from .preview import (DEFAULT_FRAMES, parse_point, preview, preview_sequence,
+                          sequence_folder, sequence_name)
+    from .video import is_sequence_input
     _local_input(args)
     cfg = _config(args)
     at = [parse_point(a) for a in args.at]
-    folder = args.output or args.input.with_name(f"{args.input.stem}-preview")
-    progress = _Progress(args.quiet)
+    sequence = is_sequence_input(str(args.input))
+    if args.frames is not None and not sequence:
+        raise ConfigError(f"--frames {args.frames}: input {args.input} is one image; --frames "
+                          "picks frames of a video or a folder of frames")
+    name = sequence_name(str(args.input)) if sequence else args.input.name
+    folder = args.output or (sequence_folder(str(args.input)) if sequence
+                             else args.input.with_name(f"{args.input.stem}-preview"))
+    from .progress import Progress
+    progress = Progress(args.quiet, cfg.mode)
     try:
-        report = preview(args.input, cfg, folder, at=at, crops=args.crops, side=args.crop,
-                         gpu=args.gpu, overwrite=args.overwrite, on_event=progress)
+        if sequence:
+            k = DEFAULT_FRAMES if args.frames is None else args.frames
+            report = preview_sequence(
+                str(args.input), cfg, folder, frames=k, at=at, crops=args.crops,
+                side=args.crop, gpu=args.gpu, overwrite=args.overwrite, on_event=progress)
+        else:
+            report = preview(args.input, cfg, folder, at=at, crops=args.crops,
+                             side=args.crop, gpu=args.gpu, overwrite=args.overwrite,
+                             on_event=progress)
     except Interrupted as e:
         raise Interrupted(f"{e}: stopped; nothing of the preview was kept", e.signum) from None
     finally:
@@ -441,8 +500,7 @@ def _preview(args) -> int:
     if args.quiet:
         return 0
     total = sum(report.stage_s.values())
-    print(f"preview of {args.input.name} in {total:.0f} s: open {report.index}",
-          file=sys.stderr)
+    print(f"preview of {name} in {total:.0f} s: open {report.index}", file=sys.stderr)
     return 0
 
 
@@ -473,7 +531,8 @@ def _serve(args) -> int:
     from .studio.server import serve
     try:
         return serve(args.studio, args.host, args.port, args.images, args.slots,
-                     args.scheduler, args.max_upload, args.token)
+                     args.scheduler, args.max_upload, args.no_token, int(args.max_pixels),
+                     args.presets, args.secure_cookie, args.trusted_proxy)
     except Interrupted:     # uvicorn has shut down cleanly, then passes the signal on
         print("gigadream: studio stopped; its running jobs wait in the queue and resume at the "
               "next 'gigadream serve'", file=sys.stderr)
@@ -495,11 +554,28 @@ VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
          "preview": _preview, "serve": _serve, "batch": _batch, "jobs": _jobs}
 
 
+def _check_set_spelling(argv: list[str]) -> None:
+    """``--set KEY VALUE`` (a space for the =) in one line that shows the spelling, before
+    argparse reads VALUE as a stray argument."""
+    for i, a in enumerate(argv[:-1]):
+        if a == "--set" and "=" not in argv[i + 1]:
+            value = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("-") else None
+            fix = f"--set {argv[i + 1]}={value if value is not None else 'VALUE'}"
+            raise ConfigError(f"--set {argv[i + 1]}{' ' + value if value else ''}: a setting "
+                              f"and its value go together with =, no space: {fix}")
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
     from .memory import tune_client_malloc
     tune_client_malloc()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _check_set_spelling(argv)
+    except GigadreamError as e:
+        print(f"gigadream: error: {e}", file=sys.stderr)
+        return e.exit_code
     args = build_parser().parse_args(argv)
     # Ctrl-C and a cloud's preemption notice (SIGTERM) stop the run where it is; every pass
     # already recorded stays in the store, and the same command resumes.

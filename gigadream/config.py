@@ -352,9 +352,12 @@ class SequenceConfig:
         200.0, parse_float(0.0),
         "style: weight of the temporal loss that keeps each frame near the previous result "
         "carried along the flow, where the flow is reliable (mean squared step, 0-1 range)")
-    blend: float = _field(0.6, parse_float(0.0, 1.0),
+    blend: float = _field(0.85, parse_float(0.0, 1.0),
                           "dream: the previous dream's share of where the next frame's "
-                          "dream starts (the rest is the new frame); 0 = every frame alone")
+                          "dream starts, where the flow is reliable (the rest is the new "
+                          "frame, and its steps are scaled so the dream stays as strong "
+                          "as a still's); higher flickers less and follows the scene's "
+                          "changes more slowly; 0 = every frame alone")
     passes: int | str = _field(
         "auto", parse_int(1, auto=True),
         "passes per octave of each frame after the first (its start already holds the "
@@ -462,7 +465,10 @@ def _read_yaml(path: Path) -> dict:
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; 'gigadream presets' lists the bundled ones")
+        near = difflib.get_close_matches(Path(path).stem, list(presets()), n=1)
+        hint = f"did you mean the preset '{near[0]}'? " if near else ""
+        raise ConfigError(f"config file {path} not found; {hint}'gigadream presets' lists "
+                          "the bundled ones")
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e.__class__.__name__}")
     try:
@@ -531,6 +537,13 @@ def resolve_preset(name: str) -> Path:
         return p
     bundled = presets_dir() / f"{name}.yaml"
     return bundled if bundled.exists() else p
+
+
+def output_label(config: str | Path | None, cfg: Config) -> str:
+    """What a result is named after beside its input (``pano-impressionist.jpg``): the
+    preset's or the config file's name, else the mode; so a second preset on the same photo
+    gets a name of its own."""
+    return Path(str(config)).stem if config else cfg.mode
 
 
 def presets_dir() -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import Config
 from .ingest import image_shape, wrap_setting
-from .modes import mode_for
+from .modes import Prior, mode_for
 from .pipeline import with_wrap
 from .resample import octave_shape
 from .tiling import grid, padded_shape
@@ -58,6 +58,7 @@ class Estimate:
     wrap: str = "none"               # tiling.wrap as the run resolves it, and why
     rate_of: str = ""                # "": timed now (probes in a worker); else whose steps'
                                      # rate cpu_s_per_mp_iteration is, all costs included
+    costs: tuple = ()                # _model_costs' measures, for another estimate here
 
     @property
     def flops(self) -> float:
@@ -188,7 +189,18 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
     shape = image_shape(input_path)                 # a file, or an object's URL
     wrap, why = wrap_setting(cfg.tiling.wrap, input_path, shape)
     cfg = with_wrap(cfg, input_path, shape)
-    mode = mode_for(cfg)
+    return estimate_shape(shape, cfg, f"{wrap} ({why})", calibrate, executor, rate)
+
+
+def estimate_shape(shape: tuple[int, int], cfg: Config, wrap: str, calibrate: bool = True,
+                   executor=None, rate: float | None = None, *, prior: Prior | None = None,
+                   costs: tuple | None = None) -> Estimate:
+    """``estimate`` of an image of ``shape`` (h, w) under ``cfg``, whose ``tiling.wrap`` is
+    already resolved (``wrap``: how, for the report). ``prior``: a sequence's frame after
+    the first (``Mode.later_plan``; its gradient scales are the first frame's, so it
+    calibrates nothing). ``costs``: another estimate's measured model costs
+    (``Estimate.costs``), reused instead of timing the model again."""
+    mode = mode_for(cfg, prior=prior)
     mode.check_settings()
     passes = mode.plan(shape)
     octaves, scale = mode.octaves(shape)
@@ -205,7 +217,7 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
             steps += pp.iterations + pp.stats
             task_mp += px / 1e6 * (1 + pp.stats)     # a CPU's model task: one tile
         tiles += pp.tiles
-    if mode.calibration_tiles:    # one gradient per sampled tile per octave
+    if mode.calibration_tiles and prior is None:    # one gradient per sampled tile per octave
         for k in range(octaves):
             t = grid(octave_shape(shape, scale, k), cfg.tiling.tile, (0, 0), mode.window_margin,
                      mode.align, mode.wrap, mode.align_end)
@@ -224,9 +236,10 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
         h, w = padded_shape(octave_shape(shape, scale, k), tile)
         canvases += 2 * 3 * 2 * h * w
     workers = cfg.engine.workers if cfg.engine.workers != "auto" else 1
-    flops_px, per_step, per_mp, bytes_px, per_shape, per_task_mp = (
-        _model_costs(cfg, workers, list(shapes), executor, timed=rate is None)
-        if calibrate else (0.0,) * 6)
+    if costs is None:
+        costs = (_model_costs(cfg, workers, list(shapes), executor, timed=rate is None)
+                 if calibrate else (0.0,) * 6)
+    flops_px, per_step, per_mp, bytes_px, per_shape, per_task_mp = costs
     if rate is not None:
         per_mp = rate
     # each worker process meets a shape for the first time once, if its tiles reach it
@@ -239,7 +252,7 @@ def estimate(input_path: Path | str, cfg: Config, calibrate: bool = True, execut
                     src + canvases, worker_ram, per_step, per_mp,
                     mode.step_precision("cpu"), firsts if mode.uses_model else 0, per_shape,
                     task_mp, per_task_mp,
-                    f"{wrap} ({why})", "the preview's own steps" if rate is not None else "")
+                    wrap, "the preview's own steps" if rate is not None else "", costs)
 
 
 def _duration(s: float) -> str:
@@ -277,4 +290,145 @@ def report(e: Estimate, cfg: Config, gpu: str | None) -> str:
         lines.append(f"{gpu:<14} {_duration(e.gpu_seconds(gpu))} fp32, "
                      f"{_duration(e.gpu_seconds(gpu, bf16=True))} bf16 (from FLOPs at "
                      f"{GPU_EFFICIENCY:.0%} of peak: a rough guide)")
+    return "\n".join(lines)
+
+
+# -- sequences ---------------------------------------------------------------------------
+
+# A finished frame of a video output waits in the sequence store as an 8-bit deflate TIFF
+# until the video is encoded: about this share of its raw h × w × 3 bytes (deflate on
+# photographic frames; flat frames take less, noisy ones more). An assumed figure.
+TIFF_DEFLATE_SHARE = 0.6
+
+
+@dataclass
+class SequenceEstimate:
+    """What a run of a video or frame sequence will cost: its first frame is a cold still
+    (``first``), every later one starts from the previous result (``later``, ``Prior``)."""
+    kind: str                        # "video" or "images"
+    count: int                       # frames of the input
+    indices: list[int]               # the input frames (0-based) a run runs
+    rate: object                     # a video's frames per second (Fraction), else None
+    first: Estimate
+    later: Estimate
+    output: Path                     # what the run writes (its default, or -o)
+    video_output: bool
+    work_bytes: int                  # the store at the peak without the finished frames
+    frame_bytes: int                 # each finished frame kept in the store (video output)
+
+    @property
+    def frames(self) -> int:
+        return len(self.indices)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.first.cpu_seconds + (self.frames - 1) * self.later.cpu_seconds
+
+    def gpu_seconds(self, gpu: str, bf16: bool = False) -> float:
+        return (self.first.gpu_seconds(gpu, bf16)
+                + (self.frames - 1) * self.later.gpu_seconds(gpu, bf16))
+
+    @property
+    def store_bytes(self) -> int:
+        return self.work_bytes + self.frames * self.frame_bytes
+
+
+def estimate_sequence(spec: str, cfg: Config, out: Path | None = None,
+                      calibrate: bool = True, executor=None,
+                      rate: float | None = None) -> SequenceEstimate:
+    """What ``gigadream run SPEC`` (a video, a folder or a glob of frames) will cost under
+    ``cfg``, writing ``out`` (default: the run's): the frames ``sequence.frames`` and
+    ``sequence.stride`` select, the first frame's still estimate and a later frame's (the
+    model timed once, here or in ``executor``'s worker; ``rate`` as ``estimate``'s), and
+    the sequence store's disk. The optical flow and the warp pass of each later frame are
+    not counted: no model steps (a few seconds a frame on a 33 MP frame)."""
+    from .sequence import Output, default_output, frame_indices, resolve_wrap
+    from .video import open_frames
+    cfg = cfg.resolved(Path.cwd())
+    with open_frames(spec) as source:
+        indices = frame_indices(cfg, source.count)
+        setting, cfg = cfg.tiling.wrap, resolve_wrap(cfg, source)
+        kind, count, fps, shape = source.kind, source.count, source.rate, source.shape
+        wrap = _sequence_wrap_note(setting, cfg.tiling.wrap, source)
+    out = Path(out or default_output(spec, cfg.mode))
+    video_out = Output.of(out).video
+    first = estimate_shape(shape, cfg, wrap, calibrate, executor, rate)
+    later = estimate_shape(shape, cfg, wrap, calibrate, rate=rate, prior=Prior(),
+                           costs=first.costs)
+    h, w = shape
+    ph, pw = padded_shape(shape, cfg.tiling.tile)
+    # At the peak (a later frame's run): the previous frame's still store (the warp reads its
+    # result) beside the current one's, the warp's float16 canvas, a video frame's decoded
+    # input as an uncompressed TIFF, and for dream the new frame ingested for the blend and
+    # the blend as a TIFF.
+    work = 2 * first.store_bytes + 6 * ph * pw + (3 * h * w if kind == "video" else 0)
+    if cfg.mode == "dream":
+        work += 2 * 3 * h * w
+    frame = int(TIFF_DEFLATE_SHARE * 3 * h * w) if video_out else 0
+    return SequenceEstimate(kind, count, indices, fps, first, later, out, video_out, work,
+                            frame)
+
+
+def _sequence_wrap_note(setting: str, w: str, source) -> str:
+    """``tiling.wrap`` as a sequence resolves ``setting`` (``w``: ``sequence.resolve_wrap``'s)
+    and why, for the report."""
+    if setting != "auto":
+        return f"{w} (as set)"
+    if source.kind == "images":
+        first = source.files[0]
+        return f"{w} ({wrap_setting('auto', first, source.shape)[1]}, from {first.name})"
+    if source.spherical:
+        return f"{w} (its spherical metadata says 360°)"
+    return f"{w} (a video without spherical metadata)"
+
+
+def _size(n: float) -> str:
+    return (f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6
+            else f"{n / 1e3:.0f} kB")
+
+
+def sequence_report(e: SequenceEstimate, cfg: Config, gpu: str | None) -> str:
+    """``gigadream plan`` of a sequence: the frames, the first and a later frame's costs,
+    the whole run's time, the store's disk."""
+    h, w = e.first.shape
+    s = cfg.sequence
+    n = e.frames
+    what = "video" if e.kind == "video" else "frames"
+    rate = f", {float(e.rate):.3g} fps" if e.rate else ""
+    later_s, first_s = e.later.cpu_seconds, e.first.cpu_seconds
+
+    def frame_line(x: Estimate) -> str:
+        return (f"{x.passes} passes, {x.tiles} tiles, {x.window_mp_iterations:,.1f} "
+                f"megapixel-steps, {_duration(x.cpu_seconds)} here")
+
+    lines = [
+        f"input          {what}, {e.count} frames of {w}×{h} px ({h * w / 1e6:.1f} MP){rate}, "
+        f"mode {cfg.mode}, model {cfg.model.name}",
+        f"frames to run  {n} (sequence.frames {s.frames}, stride {s.stride})",
+        f"first frame    a cold still: {e.first.octaves} octave(s), {frame_line(e.first)}",
+        f"later frames   each from the previous result: {frame_line(e.later)} "
+        "(+ optical flow and warp, not counted)",
+        f"wrap           {e.first.wrap}",
+        f"this machine   {_duration(first_s + (n - 1) * later_s)} of model time: "
+        f"{_duration(first_s)} + {n - 1} × {_duration(later_s)} "
+        + (f"({e.first.cpu_s_per_mp_iteration:.2f} s per megapixel-step and the costs of "
+           f"calls, measured now in a worker, in {e.first.precision})" if not e.first.rate_of
+           else f"(at the rate of {e.first.rate_of}, in {e.first.precision})"),
+    ]
+    if gpu:
+        lines.append(f"{gpu:<14} {_duration(e.gpu_seconds(gpu))} fp32, "
+                     f"{_duration(e.gpu_seconds(gpu, bf16=True))} bf16 (from FLOPs at "
+                     f"{GPU_EFFICIENCY:.0%} of peak: a rough guide)")
+    disk = (f"store disk     about {_size(e.store_bytes)} at the end: "
+            f"{_size(e.work_bytes)} of work (two frames' stores, the warp) ")
+    if e.video_output:
+        disk += (f"+ {n} finished frames kept until the video is encoded, 8-bit deflate TIFF, "
+                 f"~{_size(e.frame_bytes)} each (an estimate: "
+                 f"{TIFF_DEFLATE_SHARE:g} × w × h × 3; busy frames take more)")
+    else:
+        disk += f"(the frames go straight into {e.output.name}/)"
+    lines += [disk,
+              f"RAM per worker {e.first.worker_ram_bytes / 1e9:.2f} GB (model, one window's "
+              "step, the next window)",
+              f"output         {e.output}"]
     return "\n".join(lines)

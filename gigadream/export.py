@@ -49,10 +49,13 @@ from .tiling import Box
 
 JPEG_MAX_SIDE = 65500          # libjpeg's limit
 STRIP_ROWS = 256
-FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".dzi": "dz",
-           ".szi": "szi"}
+FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff", ".tiff": "tiff",
+           ".dzi": "dz", ".szi": "szi"}
+# PNG holds 2³¹ − 1 px a side (its header's), 8 or 16 bits a channel; libvips writes it row by
+# row, deflating on one thread: ~7× a JPEG's time (26 MP upscaled photo: 0.74 s, JPEG 0.10 s).
+PNG_MAX_SIDE = 2 ** 31 - 1
 DEEP_ZOOM = ("dz", "szi", "iiif3")
-KINDS = {"jpeg": "a JPEG", "dz": "deep zoom", "szi": "deep zoom", "iiif3": "deep zoom"}
+KINDS = {"jpeg": "a JPEG", "png": "a PNG", "dz": "deep zoom", "szi": "deep zoom", "iiif3": "deep zoom"}
 
 
 def output_format(out: Path, cfg: ExportConfig = ExportConfig()) -> str:
@@ -68,7 +71,7 @@ def output_format(out: Path, cfg: ExportConfig = ExportConfig()) -> str:
         return "iiif3"
     if fmt is None:
         raise OutputError(f"output {out}: unknown format {out.suffix or '(no extension)'!r}; "
-                          "name it .jpg or .tif (BigTIFF), .dzi or .szi (deep zoom), or set "
+                          "name it .jpg, .png or .tif (BigTIFF), .dzi or .szi (deep zoom), or set "
                           "export.layout=iiif3 for a IIIF folder")
     return fmt
 
@@ -121,8 +124,8 @@ def check_output(out: Path, shape: tuple[int, int] | None = None, overwrite: boo
         return _check_object_output(out, shape, overwrite, cfg)
     out = Path(out)
     fmt = output_format(out, cfg)
-    if cfg.bits == 16 and fmt != "tiff":
-        raise OutputError(f"export.bits 16 needs a TIFF output, but {out.name} is "
+    if cfg.bits == 16 and fmt not in ("tiff", "png"):
+        raise OutputError(f"export.bits 16 needs a TIFF or PNG output, but {out.name} is "
                           f"{KINDS[fmt]} (8 bits a channel); name it "
                           f"{out.with_suffix('.tif').name}, or set export.bits=8")
     for path in outputs(out, cfg, viewer):
@@ -325,6 +328,8 @@ def _save(im, path: Path, fmt: str, cfg: ExportConfig, kept: dict[str, bytes]) -
     if fmt == "jpeg":
         # No optimize_coding: libjpeg then buffers every coefficient (3.5 GB at 300 MP).
         im.jpegsave(str(path), Q=cfg.quality, keep=keep)
+    elif fmt == "png":
+        im.pngsave(str(path), keep=keep)
     else:
         # TIFF tiles are multiples of 16; libvips refuses to read back tiles much larger
         # than the image (a 128 px image in 512 px tiles), so small images get small tiles.

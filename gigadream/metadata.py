@@ -210,13 +210,15 @@ def attach(im, kept: dict[str, bytes], fmt: str):
 
     im = im.copy()
     im.set_type(pyvips.GValue.blob_type, "icc-profile-data", srgb_profile())
-    if fmt not in ("jpeg", "tiff"):
+    if fmt not in ("jpeg", "tiff", "png"):
         return im, "icc"
     if RESOLUTION in kept:
         xres, yres = json.loads(kept[RESOLUTION])
         im = im.copy(xres=xres, yres=yres)
-    # EXIF through libvips into a JPEG only: libvips' TIFF writer has none (append_exif)
-    if fmt == "jpeg" and EXIF in kept and len(kept[EXIF]) <= JPEG_MAX_EXIF:
+    # EXIF through libvips into a JPEG (one marker's worth) and a PNG (its eXIf chunk);
+    # libvips' TIFF writer has none (append_exif)
+    if (fmt == "png" and EXIF in kept) or (fmt == "jpeg" and EXIF in kept
+                                           and len(kept[EXIF]) <= JPEG_MAX_EXIF):
         im.set_type(pyvips.GValue.blob_type, EXIF, kept[EXIF])
     if XMP in kept:
         im.set_type(pyvips.GValue.blob_type, XMP, kept[XMP])

@@ -322,11 +322,15 @@ def _read(path: Path) -> np.ndarray:
 def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[int, int]] = (),
             crops: int | None = None, side: int = CROP_SIDE, gpu: str = DEFAULT_GPU,
             overwrite: bool = False, far_pixels: int = FAR_PIXELS, estimate_time: bool = True,
-            on_event: Callable[[object], None] = lambda e: None) -> PreviewReport:
+            on_event: Callable[[object], None] = lambda e: None,
+            cluster: BackgroundCluster | None = None, name: str | None = None,
+            up: str | None = None) -> PreviewReport:
     """The far view and ``crops`` detail crops of ``input_path`` under ``cfg``, written into
     ``folder`` with ``index.html``. Everything is checked before anything is written; the
     working files live in a hidden folder inside ``folder`` and go, as does ``folder`` where
-    this call made it, whatever stops the preview."""
+    this call made it, whatever stops the preview. ``cluster``: one the caller started and
+    closes (a sequence's frames share it); ``name``: what the page calls the input (default
+    its file's name); ``up``: the page one level up that links this one (a sequence's)."""
     cfg = cfg.resolved(Path.cwd())
     input_path, folder = Path(input_path), Path(folder)
     shape = image_shape(input_path)
@@ -336,7 +340,8 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     mode = mode_for(cfg)
     mode.check_settings()
     mode.check()
-    check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
+    if cluster is None:
+        check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
     far = far_shape(shape, far_pixels, cfg)
     octaves, scale = mode.octaves(shape)
     margin = context(cfg, shape, side)
@@ -347,8 +352,11 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
     folder.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".gigadream-preview-", dir=folder))
     report = PreviewReport(folder, folder / "index.html", shape, far, [])
-    workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
-                                mode.warm_up(), cfg.engine.gpus)
+    own = cluster is None
+    workers = cluster if not own else BackgroundCluster(
+        cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler, mode.warm_up(),
+        cfg.engine.gpus)
+    name = name or input_path.name
     ok = False
     try:
         on_event(Total(units))
@@ -390,16 +398,19 @@ def preview(input_path: Path, cfg: Config, folder: Path, *, at: Sequence[tuple[i
                 rate = report.model_s / report.model_mp if report.model_mp else None
                 report.estimate = estimate_report(
                     estimate(input_path, cfg, executor=ex, rate=rate), cfg, gpu)
-        workers.close()
+        if own:
+            workers.close()
         (work / "config.yaml").write_text(
-            f"# gigadream preview of {input_path.name}: the resolved config. Run the night's "
-            f"job with:\n# gigadream run {input_path.name} --config config.yaml\n" + to_yaml(cfg))
+            f"# gigadream preview of {name}: the resolved config. Run the night's "
+            f"job with:\n# gigadream run {up or input_path.name} --config config.yaml\n"
+            + to_yaml(cfg))
         (work / "preview.json").write_text(json.dumps(_summary(report, input_path), indent=1))
-        (work / "index.html").write_text(index_html(report, input_path, cfg))
+        (work / "index.html").write_text(index_html(report, input_path, cfg, name, up))
         _publish(work, folder)
         ok = True
     finally:
-        workers.close()
+        if own:
+            workers.close()
         shutil.rmtree(work, ignore_errors=True)
         if not ok and made:
             shutil.rmtree(folder, ignore_errors=True)
@@ -455,17 +466,203 @@ def _pct(v: float, total: int) -> str:
     return f"{100 * v / total:.4f}%"
 
 
-def index_html(report: PreviewReport, input_path: Path, cfg: Config) -> str:
+def index_html(report: PreviewReport, input_path: Path, cfg: Config, name: str | None = None,
+               up: str | None = None) -> str:
     """The preview as one static page (``templates/preview.html``): the far view (its input
     under the pointer) with the crops' places marked, each mark a link to its crop; each crop
     beside its input; the full run's estimated time; the config. No script: it opens from
-    disk anywhere."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                      autoescape=select_autoescape(["html"]), trim_blocks=True,
-                      lstrip_blocks=True, keep_trailing_newline=True)
+    disk anywhere. ``name``: the input as the page calls it; ``up``: a sequence's name, its
+    page one folder up."""
     h, w = report.shape
     fh, fw = report.far_shape
-    return env.get_template("preview.html").render(
-        name=input_path.name, mode=cfg.mode, w=w, h=h, fw=fw, fh=fh, crops=report.crops,
-        estimate=report.estimate, pct=_pct)
+    return _templates().get_template("preview.html").render(
+        name=name or input_path.name, mode=cfg.mode, w=w, h=h, fw=fw, fh=fh,
+        crops=report.crops, estimate=report.estimate, pct=_pct, up=up)
+
+
+def _templates():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    return Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                       autoescape=select_autoescape(["html"]), trim_blocks=True,
+                       lstrip_blocks=True, keep_trailing_newline=True)
+
+
+# -- sequences ---------------------------------------------------------------------------
+
+DEFAULT_FRAMES = 3
+
+
+@dataclass
+class SequencePreviewReport(Timings):
+    folder: Path
+    index: Path
+    shape: tuple[int, int]
+    count: int                               # frames of the input
+    frames: int                              # frames the run would run
+    previews: list[tuple[int, PreviewReport]]   # (input frame, 0-based; its still preview)
+    estimate: str = ""
+
+
+def spread(indices: Sequence[int], k: int) -> list[int]:
+    """``k`` of ``indices`` spread evenly from the first to the last (k = 3: first, middle,
+    last); all of them where there are no more than ``k``."""
+    if k < 1:
+        raise ConfigError(f"--frames {k}: expected at least 1 frame")
+    n = len(indices)
+    if k >= n:
+        return list(indices)
+    if k == 1:
+        return [indices[0]]
+    return [indices[round(i * (n - 1) / (k - 1))] for i in range(k)]
+
+
+def _sequence_path(spec: str) -> Path:
+    """A video's file, or the folder of a folder's or a glob's frames."""
+    p = Path(spec.split("*")[0].rstrip("/") or ".").absolute()
+    return p if p.is_file() or p.is_dir() else p.parent
+
+
+def sequence_name(spec: str) -> str:
+    """A short name of a sequence input: a video's file name, a folder's (or a glob's)."""
+    return _sequence_path(spec).name
+
+
+def sequence_folder(spec: str) -> Path:
+    """The default preview folder of a sequence: NAME-preview beside the video or folder."""
+    p = _sequence_path(spec)
+    return p.with_name(f"{p.stem if p.is_file() else p.name}-preview")
+
+
+def frame_folder(index: int) -> str:
+    """The subfolder of the preview of input frame ``index`` (0-based; named from 1)."""
+    return f"frame-{index + 1:06d}"
+
+
+def preview_sequence(spec: str, cfg: Config, folder: Path, *, frames: int = DEFAULT_FRAMES,
+                     at: Sequence[tuple[int, int]] = (), crops: int | None = None,
+                     side: int = CROP_SIDE, gpu: str = DEFAULT_GPU, overwrite: bool = False,
+                     far_pixels: int = FAR_PIXELS, estimate_time: bool = True,
+                     on_event: Callable[[object], None] = lambda e: None
+                     ) -> SequencePreviewReport:
+    """``frames`` frames of a video or frame sequence ``spec``, spread over the range the
+    run would run (``sequence.frames``, ``sequence.stride``), each previewed as a still
+    (``preview``: from afar and up close) into ``folder/frame-NNNNNN/``, on one cluster;
+    ``folder/index.html`` links them, with the whole run's estimate (``plan``'s, at the
+    previews' own rate). Each frame is a cold still: the run's later frames start from the
+    previous result, so they look alike but not identical; the page says so. Everything is
+    checked before anything is written; nothing stays where the preview fails."""
+    from .estimate import estimate_sequence, sequence_report
+    from .sequence import frame_indices, resolve_wrap
+    from .video import open_frames
+    cfg = given = cfg.resolved(Path.cwd())
+    folder = Path(folder)
+    name = sequence_name(spec)
+    with open_frames(spec) as source:
+        indices = frame_indices(cfg, source.count)
+        picks = spread(indices, frames)
+        cfg = resolve_wrap(cfg, source)        # a 360° video's wrap, resolved as the run's
+        shape, count = source.shape, source.count
+        check_crops(shape, side, crops, at)
+        check_folder(folder, overwrite)
+        mode = mode_for(cfg)
+        mode.check_settings()
+        mode.check()
+        check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
+        made = not folder.exists()
+        folder.mkdir(exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".gigadream-preview-", dir=folder))
+        ok = False
+        try:
+            inputs = _picked_frames(source, indices, picks, work)
+            ok = True
+        finally:
+            if not ok:
+                shutil.rmtree(work, ignore_errors=True)
+                if made:
+                    shutil.rmtree(folder, ignore_errors=True)
+    report = SequencePreviewReport(folder, folder / "index.html", shape, count, len(indices), [])
+    workers = BackgroundCluster(cfg.engine.workers, cfg.engine.threads, cfg.engine.scheduler,
+                                mode.warm_up(), cfg.engine.gpus)
+    ok = False
+    try:
+        for i, (index, path) in enumerate(zip(picks, inputs)):
+            sub = folder / frame_folder(index)
+            with report.timed(f"frame {index + 1}"):
+                r = preview(path, cfg, sub, at=at, crops=crops, side=side, gpu=gpu,
+                            overwrite=True, far_pixels=far_pixels, estimate_time=False,
+                            on_event=_frame_part(on_event, i, len(picks), index),
+                            cluster=workers, name=f"{name}, frame {index + 1} of {count}",
+                            up=name)
+            report.count_model(r)
+            report.previews.append((index, r))
+        if estimate_time:
+            with report.timed("estimate"):
+                on_event(Stage("estimate", "the whole sequence's time"))
+                rate = report.model_s / report.model_mp if report.model_mp else None
+                report.estimate = sequence_report(
+                    estimate_sequence(spec, given, executor=workers.executor(), rate=rate),
+                    cfg, gpu)
+        workers.close()
+        _drop_stale(folder, {frame_folder(i) for i in picks})
+        (folder / "config.yaml").write_text(
+            f"# gigadream preview of {name}: the resolved config. Run the night's job "
+            f"with:\n# gigadream run {name} --config config.yaml\n" + to_yaml(cfg))
+        (folder / "preview.json").write_text(json.dumps(
+            {"input": name, "shape": list(shape), "count": count, "run_frames": len(indices),
+             "frames": [{"frame": i + 1, "folder": frame_folder(i)} for i in picks],
+             "stage_s": {k: round(v, 2) for k, v in report.stage_s.items()},
+             "estimate": report.estimate}, indent=1))
+        (folder / "index.html").write_text(_templates().get_template(
+            "preview-sequence.html").render(
+            name=name, mode=cfg.mode, w=shape[1], h=shape[0], count=count,
+            run_frames=len(indices), frames=[(i + 1, frame_folder(i), r.far_shape)
+                                             for i, r in report.previews],
+            estimate=report.estimate))
+        ok = True
+    finally:
+        workers.close()
+        shutil.rmtree(work, ignore_errors=True)
+        if not ok:
+            for index, _ in report.previews:
+                shutil.rmtree(folder / frame_folder(index), ignore_errors=True)
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
+    return report
+
+
+def _picked_frames(source, indices: list[int], picks: list[int], work: Path) -> list[Path]:
+    """The image file of each picked frame: a frame sequence's own; a video's frames,
+    decoded in one pass over the range (a video is never sought: ``video.FrameSource``),
+    as lossless TIFFs in ``work``."""
+    if source.kind == "images":
+        return [source.files[i] for i in picks]
+    want, out = set(picks), {}
+    for f in source.frames(picks[0], picks[-1] + 1):
+        if f.index in want:
+            out[f.index] = work / f"frame-{f.index + 1}.tif"
+            _save_lossless(f.pixels, out[f.index])
+    return [out[i] for i in picks]
+
+
+def _frame_part(on_event, i: int, k: int, index: int) -> Callable[[object], None]:
+    """Frame ``i`` of ``k``'s preview events as the sequence preview's: its stages named
+    with the frame; the first frame's total, × k, the whole preview's (each frame is the
+    same work: one shape, one config); the others' dropped."""
+    def forward(event) -> None:
+        if isinstance(event, Total):
+            if i == 0:
+                on_event(Total(event.units * k))
+            return
+        if isinstance(event, Stage):
+            event = Stage(f"frame {index + 1} ({i + 1}/{k}): {event.name}", event.detail,
+                          event.pixels)
+        on_event(event)
+    return forward
+
+
+def _drop_stale(folder: Path, keep: set[str]) -> None:
+    """An earlier preview's frame folders (``frame-NNNNNN/`` holding a preview.json) that
+    this one did not write: ``--overwrite`` replaces the earlier preview whole."""
+    for d in folder.glob("frame-*"):
+        if d.is_dir() and d.name not in keep and (d / "preview.json").is_file():
+            shutil.rmtree(d, ignore_errors=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,11 +43,12 @@ from .engine import TileTask, map_tiles
 from .errors import ConfigError, OutputError
 from .events import Stage, Timings, Total, Work
 from .export import check_output, export
-from .flow import flow_shape, frame_flow, warp_halo, warp_tile
+from .flow import flow_shape, frame_flow, tile_mask, warp_halo, warp_tile
 from .ingest import ingest, open_image, wrap_setting
 from .modes import Prior, mode_for, result_view
 from .pipeline import run as run_still, work_units
 from .record import check_config_output, write_config_output
+from .storage.location import is_url
 from .storage.store import Store
 from .tiling import grid
 from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequence_input,
@@ -55,7 +57,7 @@ from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequ
 __all__ = ["SequenceReport", "is_sequence_input", "run_sequence", "default_output"]
 
 VIDEO = (".mp4", ".webm")
-FRAME_FORMATS = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif"}
+FRAME_FORMATS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # Sequence settings that change a frame's pixels: a store recorded with others is not resumed.
 RESULT_KEYS = ("frames", "stride", "temporal_weight", "blend", "passes", "iterations", "flow",
                "flow_pixels")
@@ -73,13 +75,14 @@ class SequenceReport(Timings):
     seconds: list[float] = field(default_factory=list)  # wall time of each, in that order
 
 
-def default_output(spec: str, cfg: Config) -> Path:
-    """INPUT-MODE.mp4 beside a video; FOLDER-MODE/ (JPEG frames) beside a folder of frames."""
+def default_output(spec: str, label: str) -> Path:
+    """INPUT-LABEL.mp4 beside a video; FOLDER-LABEL/ (JPEG frames) beside a folder of
+    frames (``label``: ``config.output_label``, the preset's name or the mode)."""
     p = Path(spec.split("*")[0].rstrip("/") or ".")
     if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi") and p.is_file():
-        return p.with_name(f"{p.stem}-{cfg.mode}.mp4")
+        return p.with_name(f"{p.stem}-{label}.mp4")
     folder = p if p.is_dir() else p.parent
-    return folder.with_name(f"{folder.name}-{cfg.mode}")
+    return folder.with_name(f"{folder.name}-{label}")
 
 
 def frame_indices(cfg: Config, count: int) -> list[int]:
@@ -112,7 +115,7 @@ class Output:
         if "%" in out.name:
             ext = Path(out.name.replace("%", "")).suffix.lower()
             if ext not in FRAME_FORMATS:
-                raise OutputError(f"output {out}: frames are written as .jpg or .tif "
+                raise OutputError(f"output {out}: frames are written as .jpg, .png or .tif "
                                   "(16-bit with export.bits=16); name them so, e.g. "
                                   f"{out.parent}/%06d.jpg")
             try:
@@ -129,6 +132,11 @@ class Output:
     def frame(self, index: int) -> Path:
         """The output file of input frame ``index`` (0-based; numbered from 1)."""
         return self.path / (self.pattern % (index + 1))
+
+    @property
+    def store(self) -> Path:
+        """The default sequence store: OUT.gdseq beside the video or the folder."""
+        return self.path.with_name(self.path.name + ".gdseq")
 
     @property
     def describes(self) -> Path:
@@ -148,6 +156,28 @@ class _SequenceStore:
         p = self.path / RECORD
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def done(self) -> list[tuple[int, int | None]]:
+        """(input frame, pts) of each finished frame, in order. The record holds their
+        number, ``frames.txt`` one line each (appended: the record stays small and each
+        frame writes a line, however long the clip); a line past the number is a frame
+        whose end the record never saw, and it is run again."""
+        n = self.record().get("done", 0)
+        p = self.path / "frames.txt"
+        lines = p.read_text().splitlines()[:n] if n else []
+        return [(int(i), None if t == "-" else int(t)) for i, t in (ln.split() for ln in lines)]
+
+    def finish(self, index: int, pts: int | None) -> None:
+        """Frame ``index`` is done: its line, then the record's count."""
+        done = self.done()
+        p = self.path / "frames.txt"
+        if len(p.read_text().splitlines()) != len(done):      # a line past the count
+            p.write_text("".join(f"{i} {'-' if t is None else t}\n" for i, t in done))
+        with open(p, "a") as f:
+            f.write(f"{index} {'-' if pts is None else pts}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.update(done=len(done) + 1)
+
     def update(self, **fields: Any) -> None:
         rec = {**self.record(), **fields}
         tmp = self.path / (RECORD + ".tmp")
@@ -162,6 +192,20 @@ class _SequenceStore:
 
     def frame(self, index: int) -> Path:
         return self.path / "frames" / f"{index:06d}.tif"
+
+    def input(self, index: int) -> Path:
+        """A video frame's pixels, the input of its still run (made once: the still store
+        that resumes it knows its input by size, time and content)."""
+        return self.path / f"input{index:06d}.tif"
+
+    def warp(self, index: int) -> Path:
+        """The warp pass's store of frame ``index`` (a name of its own: workers keep arrays
+        open by path, and the next frame's is another array)."""
+        return self.path / f"warp{index:06d}.gdstore"
+
+    def blend(self, index: int) -> Path:
+        """A dream frame's start, the input of its still run (made once, likewise)."""
+        return self.path / f"blend{index:06d}.tif"
 
     def remove(self, path: Path) -> None:
         if path.is_dir():
@@ -190,7 +234,8 @@ def _open_sequence_store(path: Path, spec: str, source: FrameSource, cfg: Config
                               "--restart to start over, or use another --store")
         return store
     path.mkdir(parents=True)
-    store.update(**identity, done=[], pts=[], time_base=None)
+    store.update(**identity, done=0, time_base=None)
+    (path / "frames.txt").write_text("")
     return store
 
 
@@ -201,7 +246,7 @@ def _result_settings(cfg: Config) -> dict:
     return json.loads(json.dumps(out))
 
 
-def _resolve_wrap(cfg: Config, source: FrameSource) -> Config:
+def resolve_wrap(cfg: Config, source: FrameSource) -> Config:
     """``tiling.wrap`` for the clip: x where a video says it is 360° (spherical metadata);
     otherwise as a still resolves it, from the first frame's file (XMP and a 2:1 shape)."""
     w = cfg.tiling.wrap
@@ -243,8 +288,10 @@ def _write_pixels(pixels: np.ndarray, path: Path) -> None:
 class Warp:
     """The warp pass's processor: each tile's core is the previous result (the window the
     engine reads, with ``margin`` of halo) sampled at x + backward(x) (``flow.warp_tile``);
-    with ``blend`` (dream) mixed with the new frame: blend·warped + (1 − blend)·frame.
-    The pass data is the flow field (at its own size): sent to each worker once."""
+    with ``blend`` (dream) mixed with the new frame where the flow is reliable (c):
+    frame + blend·c·(warped − frame). Where it is not (what the motion reveals, motion
+    boundaries) the new frame stands alone: a smeared old dream there would ghost. The
+    pass data, (backward flow, reliability) at the flow's size, goes to each worker once."""
 
     shape: tuple[int, int]
     margin: int
@@ -255,12 +302,14 @@ class Warp:
     window_dtype = np.float32
 
     def process(self, windows, tiles, rngs, data) -> list[tuple[np.ndarray, dict]]:
-        backward = data
+        backward, reliable = data
         out = []
         for window, tile in zip(windows, tiles):
             core = warp_tile(window, tile.window, tile.core, backward, self.shape, self.wrap)
             if self.blend is not None:
-                core = self.blend * core + (1.0 - self.blend) * self.frame.read(tile.core)
+                frame = self.frame.read(tile.core)
+                c = tile_mask(reliable, tile.core, self.shape, self.wrap)
+                core = frame + (self.blend * c) * (core - frame)
             out.append((core, {}))
         return out
 
@@ -272,22 +321,27 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
     """Run ``cfg`` over every frame of ``spec`` (a video file, a folder or a glob of
     images) into ``out`` (``Output``); see the module's docstring for the steps."""
     cfg = cfg.resolved(Path.cwd())
+    for what, where in (("output", out), ("store", store_path)):
+        if where is not None and is_url(str(where)):
+            raise OutputError(f"{what} {where}: a sequence's frames, store and video are "
+                              "written on this machine's disks; give a local path (copy "
+                              "the result to object storage afterwards)")
     with open_frames(spec) as source:
-        out = Path(out or default_output(spec, cfg))
+        out = Path(out or default_output(spec, cfg.mode))
         target = Output.of(out)
         indices = frame_indices(cfg, source.count)
-        cfg = _resolve_wrap(cfg, source)
+        cfg = resolve_wrap(cfg, source)
         mode = mode_for(cfg)
         mode.check_settings()
         mode.check()
         keep_store = store_path is not None
-        seq_path = Path(store_path or out.with_name(out.name + ".gdseq"))
+        seq_path = Path(store_path or target.store)
         frames_export = _frame_export(cfg, target)
         _check_outputs(target, source, indices, cfg, overwrite, seq_path, restart)
         if cluster is None:
             check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
         store = _open_sequence_store(seq_path, spec, source, cfg, restart)
-        done = store.record()["done"]
+        done = [i for i, _ in store.done()]
         report = SequenceReport(shape=source.shape, frames=len(indices))
         first_units = work_units(mode.plan(source.shape))
         later_units = work_units(mode_for(cfg, prior=Prior()).plan(source.shape))
@@ -345,7 +399,7 @@ def _check_outputs(target: Output, source: FrameSource, indices: list[int], cfg:
         return
     ours = set()
     if seq_path.exists() and not restart:
-        ours = set(_SequenceStore(seq_path).record().get("done", []))
+        ours = {i for i, _ in _SequenceStore(seq_path).done()}
     for i in indices:
         if i not in ours:
             check_output(target.frame(i), source.shape, overwrite, cfg.export)
@@ -359,15 +413,17 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
     if not target.video:
         target.path.mkdir(exist_ok=True)
     (store.path / "frames").mkdir(exist_ok=True)
-    input_file = store.path / "input.tif"
     position = {idx: i for i, idx in enumerate(indices)}
+    on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
+    workers.executor()      # started and its model loaded: no frame's time includes that
     for frame in source.frames(indices[len(done)], indices[-1] + 1, cfg.sequence.stride):
         i = position[frame.index]
         t0 = time.perf_counter()
         path = frame.path
         if path is None:
-            _write_pixels(frame.pixels, input_file)
-            path = input_file
+            path = store.input(frame.index)
+            if not path.exists():
+                _write_pixels(frame.pixels, path)
         # each frame its own seed: tile grids and jitter that stood still while the scene
         # moves would show as a fixed pattern over it
         frame_cfg = dataclasses.replace(cfg, seed=cfg.seed + frame.index,
@@ -387,19 +443,18 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
             run_still(path, frame_cfg, result, store_path=store.still(frame.index),
                       overwrite=True, on_event=tell, cluster=workers, prior=prior,
                       recorded=recorded, describe=False)
-        rec = store.record()
-        pts = rec["pts"] + [frame.pts]
-        store.update(done=rec["done"] + [frame.index], pts=pts,
-                     time_base=str(frame.time_base) if frame.time_base else None,
-                     **({"first": _first_record(store.still(frame.index))} if i == 0 else {}))
+        if i == 0:
+            store.update(first=_first_record(store.still(frame.index)),
+                         time_base=str(frame.time_base) if frame.time_base else None)
+        store.finish(frame.index, frame.pts)
         if i > 0:       # its result was the warp's source; the new one's is next
             store.remove(store.still(indices[i - 1]))
             store.remove(store.grey(indices[i - 1]))
-        store.remove(store.path / "warp.gdstore")
-        store.remove(store.path / "blend.tif")
+        for made in (store.warp(frame.index), store.blend(frame.index),
+                     store.input(frame.index)):
+            store.remove(made)
         report.indices.append(frame.index)
         report.seconds.append(time.perf_counter() - t0)
-    store.remove(input_file)
 
 
 def _first_record(still: Path) -> dict:
@@ -427,6 +482,10 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     """Frame ``index``'s start from frame ``prev``'s result: (the still run's input, its
     ``Prior``, the record sections it adopts)."""
     s = cfg.sequence
+    recorded = store.record().get("first", {})
+    dream = cfg.mode == "dream"
+    if dream and store.blend(index).exists():       # an attempt before made it
+        return store.blend(index), Prior(), recorded
     tell(Stage("flow", f"{fshape[1]}×{fshape[0]} px, {s.flow}"))
     backward, reliable = frame_flow(np.load(store.grey(prev)), grey, s.flow, cfg.wraps)
     still = Store.open(store.still(prev))
@@ -434,8 +493,7 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     previous = result_view(rec["result"], still.view(rec["result"]),
                            still.source(0, cfg.wraps))
     shape = previous.shape
-    warp_store = Store.create(store.path / "warp.gdstore", overwrite=True)
-    dream = cfg.mode == "dream"
+    warp_store = Store.create(store.warp(index), overwrite=True)
     frame = None
     if dream:
         ingest(path, warp_store, octaves=1, wrap=cfg.wraps)
@@ -448,10 +506,9 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     tell(Stage("warp", f"{len(tiles)} tiles, halo {halo} px"))
     ex = workers.executor()
     map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0)) for t in tiles],
-              False, data=ex.share(backward), keep=False)
-    recorded = store.record().get("first", {})
+              False, data=ex.share((backward, reliable)), keep=False)
     if dream:
-        blend = store.path / "blend.tif"
+        blend = store.blend(index)
         export(canvas, blend, dataclasses.replace(cfg.export, bits=8, tiff_compression="none"),
                overwrite=True)
         return blend, Prior(), recorded
@@ -465,13 +522,13 @@ def _encode(source: FrameSource, store: _SequenceStore, indices: list[int], cfg:
     """The video, from the frames the store keeps, with the input's timestamps (and audio
     where the input has it: ``video.VideoWriter``)."""
     import pyvips
-    rec = store.record()
+    rec, done = store.record(), store.done()
     tb = Fraction(rec["time_base"]) if rec.get("time_base") else None
-    on_event(Stage("encode", f"{len(rec['done'])} frames → {target.path.name}"))
+    on_event(Stage("encode", f"{len(done)} frames → {target.path.name}"))
     with VideoWriter(target.path, source.shape, source, codec=cfg.sequence.codec,
                      quality=None if cfg.sequence.quality == "auto" else cfg.sequence.quality,
                      spherical=cfg.wraps) as writer:
-        for index, pts in zip(rec["done"], rec["pts"]):
+        for index, pts in done:
             im = pyvips.Image.new_from_file(str(store.frame(index)), access="sequential")
             writer.write(np.ascontiguousarray(im.numpy()[..., :3]),
                          Frame(index, pts, tb, None, None))

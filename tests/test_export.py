@@ -42,6 +42,17 @@ def test_small_images_export_to_tiff_and_read_back(tmp_path, h, w):
     np.testing.assert_array_equal(read(out), read(src))
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_is_lossless_in_8_and_16_bits(tmp_path, source, photos, bits):
+    store, view = source
+    out = export(view, tmp_path / "out.png", ExportConfig(bits=bits))
+    im = pyvips.Image.new_from_file(str(out))
+    assert im.get("vips-loader") == "pngload" and im.format == ("uchar" if bits == 8 else "ushort")
+    want = read(photos["astronaut_png"]).astype(np.uint16) * (1 if bits == 8 else 257)
+    np.testing.assert_array_equal(im.numpy()[..., :3], want)
+    assert im.get("icc-profile-data") == srgb_profile()
+
+
 def test_jpeg_is_close_and_quality_changes_it(tmp_path, source, photos):
     store, view = source
     hi = export(view, tmp_path / "hi.jpg", ExportConfig(quality=95))
@@ -64,7 +75,7 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, source):
 
 @pytest.mark.parametrize("name,message", [
     ("nowhere/out.jpg", r"output folder .*nowhere does not exist"),
-    ("out.bmp", r"unknown format '.bmp'; name it .jpg or .tif"),
+    ("out.bmp", r"unknown format '.bmp'; name it .jpg, .png or .tif"),
     ("out", r"unknown format '\(no extension\)'"),
 ])
 def test_bad_output_paths(tmp_path, name, message):
@@ -297,7 +308,7 @@ def test_deep_zoom_replaces_only_with_overwrite_and_only_tiles(tmp_path, source)
 
 
 @pytest.mark.parametrize("name,settings,message", [
-    ("out.jpg", {"bits": 16}, r"export.bits 16 needs a TIFF output, but out.jpg is a JPEG .*"
+    ("out.jpg", {"bits": 16}, r"export.bits 16 needs a TIFF or PNG output, but out.jpg is a JPEG .*"
                               r"name it out.tif, or set export.bits=8"),
     ("out.dzi", {"bits": 16}, r"out.dzi is deep zoom"),
     ("out.dzi", {"layout": "iiif3"},

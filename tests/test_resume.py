@@ -250,7 +250,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_canvas_and_resumes(setup, pano):
         lines = r.stderr.strip().splitlines()
         assert lines == [f"gigadream: error: no space left on the disk of {store} or "
                          f"{out.parent}; free some space and run the same command again to "
-                         "resume (finished passes are kept)"], r.stderr
+                         "resume (every finished pass is kept)"], r.stderr
         assert not out.exists()
         rec = json.loads((store / "run.json").read_text())
         if rec.get("done", -1) >= 0:              # the last recorded canvas is intact

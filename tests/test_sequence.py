@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,24 +17,18 @@ import pytest
 import pyvips
 import skimage.data
 
+from conftest import panned_frame, write_frames, write_mp4
 from gigadream.modes import load_config
 from gigadream.pipeline import run
 from gigadream.sequence import run_sequence
 
-H, W = 72, 96
+H, W = 144, 192
 PAN = (1, 3)              # the camera moves this many px (down, right) a frame
-FRAMES = 5
-
-
-def photo() -> np.ndarray:
-    """A textured photo larger than the frames, so the camera can move over it."""
-    im = skimage.data.astronaut()[::3, ::3]          # 170 × 170
-    return np.ascontiguousarray(im)
+FRAMES = 8
 
 
 def frame_at(t: int) -> np.ndarray:
-    dy, dx = PAN
-    return photo()[20 + t * dy:20 + t * dy + H, 10 + t * dx:10 + t * dx + W]
+    return panned_frame(t, H, W, PAN)
 
 
 def write_png(pixels: np.ndarray, path: Path) -> None:
@@ -48,36 +41,16 @@ def read(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory) -> Path:
-    """frame1.png ... frame5.png: natural order, not the names' (frame10 would sort early)."""
-    d = tmp_path_factory.mktemp("clip") / "frames"
-    d.mkdir()
-    for t in range(FRAMES):
-        write_png(frame_at(t), d / f"frame{t + 1}.png")
-    return d
+    """frame1.png ... frame8.png: natural order, not the names' (frame10 would sort early)."""
+    return write_frames(tmp_path_factory.mktemp("clip") / "frames",
+                        [frame_at(t) for t in range(FRAMES)])
 
 
 @pytest.fixture(scope="module")
 def clip_mp4(tmp_path_factory) -> Path:
     """The same frames as an H.264 mp4 at 12 fps with an AAC tone."""
-    path = tmp_path_factory.mktemp("mp4") / "clip.mp4"
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=12, options={"crf": "10"})
-        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
-        a = c.add_stream("aac", rate=48000)
-        for t in range(FRAMES):
-            for p in v.encode(av.VideoFrame.from_ndarray(frame_at(t), format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        tone = (0.2 * np.sin(np.arange(48000 // 2) * 2 * np.pi * 440 / 48000)).astype(np.float32)
-        for i in range(0, tone.size, 1024):
-            f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt", layout="mono")
-            f.sample_rate, f.pts = 48000, i
-            for p in a.encode(f):
-                c.mux(p)
-        for p in a.encode(None):
-            c.mux(p)
-    return path
+    return write_mp4(tmp_path_factory.mktemp("mp4") / "clip.mp4",
+                     [frame_at(t) for t in range(FRAMES)], tone_s=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +108,14 @@ def test_a_video_keeps_its_rate_timestamps_and_audio(clip_mp4, tmp_path):
 
 def test_style_moves_with_the_scene_instead_of_flickering(frames_dir, painting, tmp_path):
     """The sequence's temporal error is at most a quarter of independent stills' at the same
-    settings (issue 28's bar), and each frame is still painted (far from the photo)."""
-    cfg = style_cfg(painting)
+    settings (issue 28's bar), and each frame is still painted (far from the photo). Over
+    the clip's first four frames (the suite's time)."""
+    n = 4
+    cfg = style_cfg(painting, f"sequence.frames=1-{n}")
     run_sequence(str(frames_dir), cfg, tmp_path / "seq" / "%02d.tif")
-    seq = [read(tmp_path / "seq" / f"{t + 1:02d}.tif") for t in range(FRAMES)]
+    seq = [read(tmp_path / "seq" / f"{t + 1:02d}.tif") for t in range(n)]
     stills = []
-    for t in range(FRAMES):
+    for t in range(n):
         out = tmp_path / f"still{t}.tif"
         run(frames_dir / f"frame{t + 1}.png",
             load_config("impressionist-style", [f"style={painting}",
@@ -149,10 +124,10 @@ def test_style_moves_with_the_scene_instead_of_flickering(frames_dir, painting, 
                                                 f"seed={t}"]), out)
         stills.append(read(out))
     e_seq, e_still = temporal_error(seq), temporal_error(stills)
-    e_input = temporal_error([frame_at(t).astype(np.float32) for t in range(FRAMES)])
+    e_input = temporal_error([frame_at(t).astype(np.float32) for t in range(n)])
     print(f"temporal error: sequence {e_seq:.1f}, stills {e_still:.1f}, input {e_input:.1f}")
     assert e_seq <= 0.25 * e_still
-    for t in range(1, FRAMES):       # painted: as far from its photo as the still is
+    for t in range(1, n):       # painted: as far from its photo as the still is
         change = np.abs(seq[t] - frame_at(t)).mean()
         assert change > 0.5 * np.abs(stills[t] - frame_at(t)).mean()
 
@@ -195,7 +170,7 @@ def test_kill_9_mid_frame_resumes_to_the_same_frames(frames_dir, tmp_path):
                          start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:      # into frame 3's passes
-        if any(e.get("name") == "frame 3/5" and str(e.get("detail", "")).startswith("pass")
+        if any(e.get("name") == "frame 3/8" and str(e.get("detail", "")).startswith("pass")
                for e in events_of(events)):
             break
         time.sleep(0.05)
@@ -211,7 +186,7 @@ def test_kill_9_mid_frame_resumes_to_the_same_frames(frames_dir, tmp_path):
 
 
 @pytest.mark.parametrize("setting, output, expected", [
-    (["sequence.frames=4-9"], "o/%02d.jpg", "sequence.frames: 4-9 reaches past the input's 5 frames"),
+    (["sequence.frames=4-9"], "o/%02d.jpg", "sequence.frames: 4-9 reaches past the input's 8 frames"),
     ([], "o.avi", "a sequence is written as .mp4 or .webm"),
     (["sequence.codec=h264_nvenc"], "o.mp4", "h264_nvenc"),
     ([], "missing/o/%02d.jpg", "does not exist"),
@@ -237,3 +212,51 @@ def test_a_folder_without_images_or_a_file_that_is_no_video(tmp_path):
                            timeout=120, cwd=tmp_path)
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "o.mp4").exists()
+
+
+YAW = 7                     # px a frame the 360° camera turns (content crosses the seam)
+
+
+def pano_at(t: int, h: int = 96, w: int = 192) -> np.ndarray:
+    """An equirectangular frame (2:1, x circular) turned by YAW px a frame."""
+    base = skimage.data.coffee()[::3, ::3][:h, :w // 2]         # 96 × 96
+    pano = np.concatenate([base, base[:, ::-1]], axis=1)        # periodic: and mirrored
+    return np.ascontiguousarray(np.roll(pano, -YAW * t, axis=1))
+
+
+def test_360_video_wraps_its_seam_and_is_marked_360(tmp_path, painting):
+    """A 360° video (spherical metadata) runs with x wrapped: motion across the seam is
+    carried (the temporal error in the seam's band as low as inside), the seam is no more
+    visible than any column step, and the output is marked 360° for players."""
+    from gigadream.video import VideoWriter, is_spherical, open_frames
+    src = tmp_path / "pano360.mp4"
+    frames = [pano_at(t) for t in range(4)]
+    with open_frames(str(_png_folder(tmp_path, frames))) as source, \
+            VideoWriter(src, frames[0].shape[:2], source, quality=8, spherical=True) as w:
+        for f in source.frames():
+            w.write(frames[f.index], f)
+    out = tmp_path / "out"
+    run_sequence(str(src), style_cfg(painting), out / "%d.tif")
+    res = [read(out / f"{t + 1}.tif") for t in range(4)]
+    assert (tmp_path / "out.yaml").read_text().count("wrap: x") == 1
+    seam, inside = [], []
+    for a, b in zip(res, res[1:]):
+        err = ((b - np.roll(a, -YAW, axis=1)) ** 2).mean(axis=(0, 2))   # per column
+        seam.append(np.r_[err[:12], err[-12:]].mean())
+        inside.append(err[40:-40].mean())
+    print("temporal error at the seam", np.round(seam, 1), "inside", np.round(inside, 1))
+    assert np.mean(seam) <= 1.5 * np.mean(inside)
+    for r in res:                    # the seam: a column step like any other
+        steps = np.abs(np.diff(r, axis=1, append=r[:, :1])).mean(axis=(0, 2))
+        assert steps[-1] <= 2.0 * np.median(steps)
+    video = tmp_path / "out360.mp4"
+    run_sequence(str(src), load_config(None, ["mode=identity", "tiling.tile=64"]), video)
+    assert is_spherical(video)
+
+
+def _png_folder(tmp_path: Path, frames: list[np.ndarray]) -> Path:
+    d = tmp_path / "pngs"
+    d.mkdir()
+    for t, f in enumerate(frames):
+        write_png(f, d / f"{t}.png")
+    return d

@@ -45,8 +45,8 @@ class Server:
     """``gigadream serve`` in a process of its own, its output in a file; ``url`` is the
     address it printed (with its token, if any)."""
 
-    def __init__(self, studio: Path, images: Path, *args, env=None):
-        self.studio, self.images, self.args = studio, images, args
+    def __init__(self, studio: Path, images: Path, *args, env=None, cwd=None):
+        self.studio, self.images, self.args, self.cwd = studio, images, args, cwd
         self.env, self.mark = env or marked_env()
         self.port = free_port()
         self.start()
@@ -56,7 +56,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gigadream", "serve", "--studio", str(self.studio),
              "--port", str(self.port), "--images", str(self.images), *map(str, self.args)],
-            stdout=self.out, stderr=subprocess.STDOUT, env=self.env)
+            stdout=self.out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         end = time.time() + 60
         while time.time() < end:
             text = Path(self.out.name).read_text()
@@ -135,8 +135,8 @@ def images(tmp_path_factory) -> Path:
 def server(tmp_path, images):
     servers = []
 
-    def start(*args, studio: Path | None = None) -> Server:
-        s = Server(studio or tmp_path / "studio", images, *args)
+    def start(*args, studio: Path | None = None, cwd=None) -> Server:
+        s = Server(studio or tmp_path / "studio", images, *args, cwd=cwd)
         servers.append(s)
         return s
     yield start
@@ -339,7 +339,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
     try:
         cases = [
             (s.post("/api/images", files={"file": ("notes.jpg", b"just some text\n" * 20, "image/jpeg")}),
-             400, "notes.jpg is not an image libvips can read"),
+             400, "notes.jpg is an unknown format, not a JPEG, PNG, TIFF or WebP image"),
             (s.post("/api/images", files={"file": ("big.jpg", os.urandom(300_000), "image/jpeg")}),
              413, "over the studio's limit of 0.25 MB"),
             (s.post("/api/images/pick", {"path": str(tmp_path / "secret.jpg")}),
@@ -348,7 +348,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
             (s.post("/api/images/pick", {"path": "sub/../../secret.jpg"}), 400, "'..' is not allowed"),
             (s.post("/api/jobs", {"input": "/etc/hostname"}), 400, "is outside the --images folders"),
             (s.post("/api/jobs", {"input": "small.jpg", "config": "../secret.yaml"}), 400,
-             "'..' is not allowed"),
+             "config: '../secret.yaml' is not one of the studio's presets"),
             (s.post("/api/jobs", {"input": "small.jpg", "overrides": ["style.images=/etc/hostname"]}),
              400, "is outside the --images folders"),
             # a whole section as a mapping names files too
@@ -374,18 +374,16 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
         assert (r.status_code, r.json()) == (400, {"error": line})
         r = s.post("/api/jobs", {"input": "small.jpg", "sweep": {"dream.step_size": [1, -2, 3]}})
         assert r.status_code == 400 and "dream.step_size: expected a number above 0" in r.json()["error"]
-        # a page from elsewhere cannot change anything, nor a rebinding host name reach it
+        # a page from elsewhere cannot change anything
         r = s.post("/api/jobs", {"input": "small.jpg"}, headers={"Origin": "http://evil.example"})
         assert r.status_code == 403
-        r = s.get("/api/jobs", headers={"Host": f"evil.example:{s.port}"})
-        assert r.status_code == 421
         assert snapshot(studio) == before
     finally:
         (images / "escape.jpg").unlink()
 
 
-def test_the_token_is_asked_on_every_request_when_required(server):
-    s = server("--token")
+def test_the_token_is_asked_on_every_request_loopback_included(server):
+    s = server()
     token = s.url.partition("?token=")[2]
     assert len(token) >= 24 and s.get("/api/jobs").status_code == 200     # the Bearer header
     bare = httpx.Client(base_url=s.base)
@@ -396,9 +394,24 @@ def test_the_token_is_asked_on_every_request_when_required(server):
     assert r.status_code == 401
     wrong = token[:-1] + ("y" if token.endswith("x") else "x")    # one character off, never the token
     assert bare.get("/", params={"token": wrong}).status_code == 401
-    r = bare.get("/", params={"token": token})          # the printed address: then a cookie
-    assert r.status_code == 200 and bare.get("/images").status_code == 200
+    # the printed address: a cookie (this port's, SameSite=Strict, HttpOnly) and the same
+    # page again without the token in its address
+    r = bare.get("/images", params={"token": token, "x": "1"})
+    assert (r.status_code, r.headers["location"]) == (303, "/images?x=1")
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"gigadream_token_{s.port}={token};") and "HttpOnly" in cookie \
+        and "SameSite=strict" in cookie and "Secure" not in cookie
+    assert bare.get("/images").status_code == 200
     bare.close()
+    # --no-token: loopback only, with a warning; the Host must then name the studio (a DNS
+    # rebinding page cannot reach it)
+    open_ = server("--no-token", studio=s.studio.parent / "open")
+    assert "?token=" not in open_.url and "warning: --no-token" in open_.log()
+    assert httpx.get(open_.base + "/api/jobs").status_code == 200
+    r = open_.get("/api/jobs", headers={"Host": f"evil.example:{open_.port}"})
+    assert r.status_code == 421
+    r = gd("serve", "--no-token", "--host", "0.0.0.0", "--studio", s.studio.parent / "wide")
+    assert r.returncode == 2 and "--no-token: only on loopback" in r.stderr
     from gigadream.studio.security import is_loopback
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
@@ -437,7 +450,8 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
     from selenium.webdriver.support.ui import WebDriverWait
     s = server()
     src = images / "small.jpg"
-    browser.get(s.url.rstrip("/") + "/images")
+    browser.get(s.url)                  # the printed address: its token kept as a cookie
+    browser.get(s.base + "/images")
     browser.find_element(By.ID, "file").send_keys(str(src))
     browser.find_element(By.ID, "upload-button").click()
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "a.new-job"))
@@ -504,7 +518,90 @@ def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler(mo
     assert [s for s, _ in make_slots(3, gpus=0)] == ["cpu0", "cpu1", "cpu2"]
     job = {"kind": "run", "input": "/imgs/a b;rm -rf ~.jpg", "dir": "/s/jobs/1/2"}
     argv = command(job, "tcp://10.0.0.5:8786")
-    assert argv[1:5] == ["-m", "gigadream.studio.child", str(os.getpid()), "run"]
-    assert argv[5] == "/imgs/a b;rm -rf ~.jpg"
+    assert argv[1:7] == ["-P", "-m", "gigadream.studio.child", str(os.getpid()),
+                         "/s/jobs/1/2/child.lock", "run"]
+    assert argv[7] == "/imgs/a b;rm -rf ~.jpg"
     assert argv[-2:] == ["--scheduler", "tcp://10.0.0.5:8786"]
     assert "--scheduler" not in command(job)
+
+
+# --- videos ----------------------------------------------------------------------------------
+
+def _clip(path: Path, frames: int = 4, h: int = 64, w: int = 96) -> list[np.ndarray]:
+    """An H.264 mp4 of a photo panned 3 px a frame (made with PyAV); its frames as decoded."""
+    import av
+    import skimage.data
+    photo = skimage.data.astronaut()[::2, ::2]
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=12, options={"crf": "10"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            f = np.ascontiguousarray(photo[40:40 + h, 60 + 3 * t:60 + 3 * t + w])
+            for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return _decoded(path)
+
+
+def _decoded(path: Path) -> list[np.ndarray]:
+    import av
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+def test_a_video_uploaded_or_picked_runs_as_a_sequence_with_progress_in_frames(tmp_path):
+    """Upload (checked by FFmpeg, kept as .mp4) and pick a video; bad ones refused in one
+    line; a job of it runs ``gigadream run`` into result.mp4, its progress named by frame
+    (frame I of N) while it runs; the job page plays the video, which reads back with
+    PyAV as the clip's frames (identity), and no sequence store is left."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    frames = _clip(folder / "clip.mp4")
+    studio = tmp_path / "studio"
+    s = Server(studio, folder)
+    try:
+        data = (folder / "clip.mp4").read_bytes()
+        up = s.post("/api/images", files={"file": ("my clip.mp4", data, "video/mp4")}).json()
+        assert (up["name"], up["width"], up["height"]) == ("my clip.mp4", 96, 64), up
+        assert Path(up["path"]).suffix == ".mp4" and Path(up["path"]).read_bytes() == data
+        thumb = s.get(f"/thumbs/image/{up['id']}.jpg")       # the first frame
+        assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+        assert "my clip.mp4" in s.get("/images").text and "clip.mp4" in s.get("/images").text
+        picked = s.ok("/api/images/pick", {"path": "clip.mp4"})
+        assert (picked["width"], picked["height"]) == (96, 64)
+        bad = s.post("/api/images", files={"file": ("notes.mp4", b"no video\n" * 50, "video/mp4")})
+        assert bad.status_code == 400 and "notes.mp4 is an unknown format, not a JPEG" in \
+            bad.json()["error"], bad.text
+        for body, message in [
+                ({"image": up["id"], "overrides": [*IDENTITY, "sequence.frames=2-9"]},
+                 "sequence.frames: 2-9 reaches past the input's 4 frames"),
+                ({"image": up["id"], "overrides": IDENTITY, "kind": "profile"},
+                 "is a video: run or preview it")]:
+            r = s.post("/api/jobs", body)
+            assert r.status_code == 400 and message in r.json()["error"], r.text
+        job = s.ok("/api/jobs", {"image": up["id"], "overrides": IDENTITY})["jobs"][0]
+        running = s.wait([job], until=lambda j: j["frame"] is not None or j["status"] == "done")[0]
+        assert running["frame"] is not None, "no progress in frames was seen while it ran"
+        assert running["frame"][1] == 4 and running["stage"].startswith(
+            f"frame {running['frame'][0]}/4"), running
+        s.wait([job])
+        page = s.get(f"/jobs/{job}").text
+        assert f'<video id="result-video" src="/jobs/{job}/files/result.mp4"' in page
+        video = s.get(f"/jobs/{job}/files/result.mp4")
+        assert video.status_code == 200
+        out = tmp_path / "result.mp4"
+        out.write_bytes(video.content)
+        got = _decoded(out)
+        assert len(got) == 4 and got[0].shape == (64, 96, 3)
+        for i, a in enumerate(got):     # identity: the clip again, through H.264 twice
+            errs = [np.abs(a.astype(int) - b).mean() for b in frames]
+            assert np.argmin(errs) == i and errs[i] < 5, (i, errs)
+        assert s.get(f"/jobs/{job}/files/result.mp4.yaml").status_code == 200
+        assert s.get(f"/thumbs/job/{job}.jpg").content[:2] == b"\xff\xd8"
+        assert s.get(f"/jobs/{job}/view/result.html").status_code == 404
+        job_dir = next((studio / "jobs").glob(f"*/{job}"))
+        assert not (job_dir / "result.mp4.gdseq").exists() and not (job_dir / "store").exists()
+    finally:
+        s.stop()
+        assert_no_orphans(s.mark)

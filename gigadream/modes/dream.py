@@ -356,5 +356,18 @@ class DreamMode(Mode):
         if cfg.dream.classes:
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
         return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
-                         cfg.dream.step_size, jitter, self.margin, grad_scale, cfg.dream.dose,
-                         self.precision, far_sigma)
+                         cfg.dream.step_size * self.later_step, jitter, self.margin,
+                         grad_scale, cfg.dream.dose, self.precision, far_sigma)
+
+    @property
+    def later_step(self) -> float:
+        """The step of a sequence's later frame relative to a still's: (1 − blend)·P/p, P a
+        still's passes per octave, p the frame's. Each frame keeps ``blend`` of the dream
+        it starts from and adds its own passes' steps, so the dream settles where
+        D = p·step'/(1 − blend): a still's P·step. ``blend`` then sets only how much a
+        frame may change, and so how little the dream flickers (measured in
+        profiling/sequences.md), not how strong it is."""
+        if self.prior is None:
+            return 1.0
+        blend = self.cfg.sequence.blend
+        return max(1.0 - blend, 0.05) * self.passes_per_octave / self.later_passes

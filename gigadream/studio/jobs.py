@@ -27,6 +27,13 @@ PATH_SETTINGS = ("style", "style.images", "model.weights")
 SPEC_KEYS = ("input", "config", "set", "overrides", "sweep", "blend", "priority", "name", "kind")
 
 
+def is_video(path: str | Path) -> bool:
+    """Whether a job's input is a video, by its extension (``video.VIDEO_EXTENSIONS``): it
+    runs as a sequence, frame after frame, into ``result.mp4``."""
+    from ..video import VIDEO_EXTENSIONS
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
 def override(key: str, value: Any) -> str:
     """``KEY=VALUE`` as ``--set`` takes it: the value as JSON, which YAML reads back as it
     was (a list, a number, a string that looks like a number)."""
@@ -83,6 +90,9 @@ def expand(spec: dict, resolve_path: Callable[[str], Path],
     kind = spec.get("kind", "run")
     if kind not in ("run", "preview", "profile"):
         raise ConfigError(f"kind: expected run, preview or profile, got {kind!r}")
+    if kind == "profile" and is_video(src):
+        raise ConfigError(f"kind: profile measures a still's run; {Path(src).name} is a video: "
+                          "run or preview it")
     priority = spec.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigError(f"priority: expected an integer, got {priority!r}")
@@ -101,10 +111,19 @@ def expand(spec: dict, resolve_path: Callable[[str], Path],
 
 def checked(spec: dict, resolve_path: Callable[[str], Path],
             resolve_input: Callable[[Any], Path] | None = None) -> tuple[str, str | None, list[dict]]:
-    """``expand``, and the input's header read: a damaged input fails before it is queued."""
+    """``expand``, and the input's header read: a damaged input fails before it is queued
+    (a video: opened as ``run`` opens it, and each job's ``sequence.frames`` checked
+    against its frames)."""
     from ..ingest import image_shape
     name, sweep, jobs = expand(spec, resolve_path, resolve_input)
-    image_shape(jobs[0]["input"])
+    if is_video(jobs[0]["input"]):
+        from ..sequence import frame_indices
+        from ..video import open_frames
+        with open_frames(str(jobs[0]["input"])) as source:
+            for job in jobs:
+                frame_indices(check_config(job["preset"], job["overrides"]), source.count)
+    else:
+        image_shape(jobs[0]["input"])
     return name, sweep, jobs
 
 

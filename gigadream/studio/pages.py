@@ -8,10 +8,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment
 
+from .jobs import is_video
 from .runner import job_files
 from .security import HTTPError, inside
-from .settings_form import preset_names, settings_form
-from .uploads import pickable, thumbnail
+from .settings_form import settings_form
+from .uploads import check_media, pickable, thumbnail
 
 
 def routes(app, env: Environment) -> APIRouter:
@@ -28,17 +29,19 @@ def routes(app, env: Environment) -> APIRouter:
 
     @router.get("/images", response_class=HTMLResponse)
     def images_page(request: Request):
-        return page("images.html", request, images=app.queue.images(),
+        images = [im | {"video": is_video(im["path"])} for im in app.queue.images()]
+        return page("images.html", request, images=images,
                     pickable=pickable(app.roots), roots=app.roots, limit=app.max_upload)
 
     @router.get("/new", response_class=HTMLResponse)
     def new_page(request: Request, image: int | None = None, preset: str | None = None):
         preset = preset or "impressionist"
-        names = preset_names()
+        names = sorted(app.options.presets)
         if preset not in names:
             raise HTTPError(404, f"no preset {preset!r}; the presets: {', '.join(names)}")
-        return page("new.html", request, images=app.queue.images(), image=image,
-                    presets=names, preset=preset, rows=settings_form(preset))
+        images = [im | {"video": is_video(im["path"])} for im in app.queue.images()]
+        return page("new.html", request, images=images, image=image,
+                    presets=names, preset=preset, rows=settings_form(app.preset_file(preset)))
 
     @router.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: int):
@@ -67,9 +70,9 @@ def routes(app, env: Environment) -> APIRouter:
     async def job_file(job_id: int, name: str):
         job = app.job_or_404(job_id)
         f = job_files(job)
-        files = {"result.jpg": f["result"], "result.jpg.yaml": f["yaml"],
+        files = {f["result"].name: f["result"], f["yaml"].name: f["yaml"],
                  "job.yaml": f["config"], "log.txt": f["log"]}
-        if name == "result.tif":
+        if name == "result.tif" and f["result"].suffix == ".jpg":
             path = await app.derived(job, "tif")
         elif name in files and files[name].is_file():
             path = files[name]
@@ -77,7 +80,7 @@ def routes(app, env: Environment) -> APIRouter:
             raise HTTPError(404, f"job {job_id} has no {name}")
         media = {".yaml": "text/plain", ".txt": "text/plain"}.get(path.suffix)
         return FileResponse(path, media_type=media, filename=f"job{job_id}-{name}"
-                            if path.suffix in (".jpg", ".tif") else None)
+                            if path.suffix in (".jpg", ".tif", ".mp4") else None)
 
     @router.get("/jobs/{job_id}/{kind}/{path:path}")
     def report_file(job_id: int, kind: str, path: str):
@@ -106,6 +109,7 @@ def routes(app, env: Environment) -> APIRouter:
             if image is None:
                 raise HTTPError(404, f"no image {item}")
             src = Path(image["path"])
+            check_media(src, image["name"], app.max_pixels)     # a picked file may change
         elif kind == "job":
             src = job_files(app.job_or_404(item))["result"]
             if not src.is_file():
