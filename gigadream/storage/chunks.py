@@ -290,12 +290,14 @@ def _generation(lay: Layout) -> str | None:
 
 
 @contextlib.contextmanager
-def _folder_lock(path: str, exclusive: bool, wait_s: float = SEAL_WAIT_S):
+def _folder_lock(path: str, exclusive: bool):
     """The array folder ``path`` locked (flock) for the block: shared by chunk writers,
-    exclusive while its generation changes. FileNotFoundError where the folder is gone."""
+    exclusive while its generation changes (waiting SEAL_WAIT_S at most). FileNotFoundError
+    where the folder is gone."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if exclusive:
+            wait_s = SEAL_WAIT_S
             end = time.monotonic() + wait_s
             while True:
                 try:
@@ -304,9 +306,9 @@ def _folder_lock(path: str, exclusive: bool, wait_s: float = SEAL_WAIT_S):
                 except BlockingIOError:
                     if time.monotonic() > end:
                         raise StoreError(
-                            f"a chunk write into {path} has waited {wait_s:.0f} s (a paused "
-                            "or hung worker process holds it); stop that worker, then run "
-                            "the same command again to resume") from None
+                            f"canvas {path}: a chunk write has held it for {wait_s:.0f} s (a "
+                            "paused or hung worker process); stop that worker, then run the "
+                            "same command again to resume") from None
                     time.sleep(0.01)
         else:
             fcntl.flock(fd, fcntl.LOCK_SH)

@@ -115,6 +115,8 @@ class ArrayView:
     def write(self, tile: Tile, core: np.ndarray) -> None:
         """Write ``core`` (C, h, w) as the whole chunk that ``tile`` owns."""
         lay = self.layout
+        if lay is None and self.generation is not None:    # a canvas, removed since
+            raise chunks.StaleWrite(f"{location.join(self.root, self.name)}: its canvas is gone")
         (c, h, w), dtype = (lay.shape, lay.dtype) if lay else (self.array.shape, self.array.dtype)
         oy, ox = self.offset
         chunk = Box(tile.chunk.y0, min(tile.chunk.y1, h), tile.chunk.x0, min(tile.chunk.x1, w))
