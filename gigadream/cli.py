@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import __version__, archs
-from .config import Config, field_help, presets
+from .config import Config, field_help, output_label, presets
 from .errors import ConfigError, DiskFullError, GigadreamError, InputError, Interrupted
 from .modes import load_config, mode_for
 from .storage import location
@@ -24,10 +24,11 @@ OUTPUTS = (".jpg; .png; .tif (tiled BigTIFF); 16 bits a channel in .png and .tif
 
 STUDIO_DIR = "gigadream-studio"
 MAX_UPLOAD_MB = 8192
+MAX_PIXELS = 2e9        # the studio's largest image or frame: a 63,000 × 31,500 panorama
 JOBS_YAML = """jobs.yaml: a list of jobs; paths are relative to its folder.
 
   - input: pano.jpg                       # the image
-    config: impressionist                 # a preset's name or a YAML file
+    config: impressionist                 # a preset's name or a YAML file (beside jobs.yaml)
     set: {dream.iterations: 2}            # settings, as --set takes them
     sweep: {dream.step_size: [0.5, 1, 2]} # one job per value: a group, a contact sheet
     priority: 0                           # higher runs first
@@ -63,7 +64,15 @@ def _config(args) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    unread = mode_for(cfg).unread([o.partition("=")[0].strip() for o in args.overrides])
+    if unread:
+        other = "style" if unread[0].startswith("style") else "dream"
+        given = next(o for o in args.overrides if o.startswith(unread[0]))
+        raise ConfigError(f"--set {given}: mode {cfg.mode} does not read {other} settings, so "
+                          f"it would change nothing; choose a {other} preset (gigadream "
+                          f"presets) or add --set mode={other}")
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "in natural order, each carried into the next along the optical flow")
     _add_config_args(p)
     p.add_argument("-o", "--output", type=store_location, metavar="OUT",
-                   help=f"the result: {OUTPUTS} (default: INPUT-dream.jpg, or "
-                        "INPUT-style.jpg, beside the input). A sequence's: .mp4 or .webm "
+                   help=f"the result: {OUTPUTS} (default: INPUT-PRESET.jpg beside the "
+                        "input, named after the --config preset or file, else the mode: "
+                        "INPUT-dream.jpg). A sequence's: .mp4 or .webm "
                         "(the input's timestamps and audio), or a folder of frames, OUT/ "
                         "(000001.jpg, ...) or 'OUT/frame-%%04d.png' (.jpg, .png, .tif) "
-                        "(default: INPUT-MODE.mp4 beside a video, FOLDER-MODE/ beside frames)")
+                        "(default: INPUT-PRESET.mp4 beside a video, FOLDER-PRESET/ beside "
+                        "frames)")
     p.add_argument("--store", type=store_location, metavar="DIR",
                    help="working store folder, or an object store's s3://bucket/prefix "
                         "(credentials from the environment), kept afterwards (default: "
@@ -229,13 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the studio at http://HOST:PORT/. Jobs run as "
                                    "'gigadream run' child processes: one per GPU (each sees "
                                    "its own), else --slots on the CPU. Loopback only unless "
-                                   "--host says otherwise; then every request needs the token "
-                                   "printed at start. Ctrl-C stops the running jobs "
-                                   "resumably; the next 'serve' resumes them.")
+                                   "--host says otherwise; every request needs the token "
+                                   "printed at start (the printed address sets a cookie). "
+                                   "Ctrl-C stops the running jobs resumably; the next 'serve' "
+                                   "resumes them.")
     p.add_argument("--studio", type=Path, default=Path(STUDIO_DIR), metavar="DIR", help=studio_help)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, this machine only; any "
-                        "other address requires the printed token on every request)")
+                   help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--images", type=Path, action="append", default=[], metavar="DIR",
                    help="a folder whose images the page may pick (repeatable); nothing "
@@ -246,8 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every job on the Dask cluster at ADDR (tcp://host:8786)")
     p.add_argument("--max-upload", type=float, default=MAX_UPLOAD_MB, metavar="MB",
                    help=f"largest upload accepted, in MB (default {MAX_UPLOAD_MB:g})")
-    p.add_argument("--token", action="store_true",
-                   help="require the printed token on loopback too")
+    p.add_argument("--max-pixels", type=float, default=MAX_PIXELS, metavar="N",
+                   help=f"largest image (or video frame) accepted, in pixels, checked from "
+                        f"its header before any decode (default {MAX_PIXELS:.0e})")
+    p.add_argument("--presets", type=Path, metavar="DIR",
+                   help="a folder of YAML configs the page offers by name, beside the bundled "
+                        "presets (requests name presets; they never give a file)")
+    p.add_argument("--no-token", action="store_true",
+                   help="no token (loopback only): any program or user on this machine may "
+                        "then drive the studio")
+    p.add_argument("--token", action="store_true", help=argparse.SUPPRESS)   # now the default
+    p.add_argument("--secure-cookie", action="store_true",
+                   help="mark the token's cookie Secure: the studio is reached over HTTPS "
+                        "(a TLS reverse proxy)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="a reverse proxy's address, as the studio sees it connect (e.g. "
+                        "127.0.0.1): its X-Forwarded-Proto: https marks the cookie Secure "
+                        "(repeatable; nobody else's header is believed)")
 
     p = sub.add_parser("batch", help="queue the jobs of a jobs.yaml and run them until the "
                                      "queue is empty, without a browser",
@@ -278,31 +304,6 @@ def _on_signal(signum, frame) -> None:
     raise Interrupted(signal.Signals(signum).name, signum)
 
 
-class _Progress:
-    """One tqdm bar for the whole run; stages appear as its description."""
-
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
-
-    def __call__(self, event) -> None:
-        from .events import Rows, Stage, Total, Work
-        if self.quiet:
-            return
-        from tqdm import tqdm
-        if isinstance(event, Total):
-            self.bar = tqdm(total=event.units, unit="tile-it", dynamic_ncols=True, file=sys.stderr)
-        elif isinstance(event, Stage) and self.bar is not None:
-            self.bar.set_description_str(f"{event.name} {event.detail}".strip())
-        elif isinstance(event, Work) and self.bar is not None:
-            self.bar.update(event.units)
-        elif isinstance(event, Rows) and self.bar is not None:
-            self.bar.set_description_str(f"{event.stage} {100 * event.done // event.total} %")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _run(args) -> int:
     from .video import is_sequence_input
     cfg = _config(args)
@@ -312,28 +313,31 @@ def _run(args) -> int:
     if args.output is None and is_url(args.input):
         raise ConfigError(f"input {args.input} is an object store's URL: name the result "
                           "with -o (a file, or s3://bucket/key.jpg)")
-    out = args.output or args.input.with_name(f"{args.input.stem}-{cfg.mode}.jpg")
+    out = args.output or args.input.with_name(
+        f"{args.input.stem}-{output_label(args.config, cfg)}.jpg")
     report = _with_progress(args, lambda on_event: run(
         args.input, cfg, out, store_path=args.store, overwrite=args.overwrite,
         restart=args.restart, on_event=on_event),
-        lambda: args.store or default_store(out), "every finished pass", out)
+        lambda: args.store or default_store(out), "every finished pass", out, cfg.mode)
     if not args.quiet:
         h, w = report.shape
         total = sum(report.stage_s.values())
         print(f"wrote {report.output} ({w}×{h} px) in {total:.0f} s; "
-              f"config in {location.name(report.output)}.yaml", file=sys.stderr)
+              f"config in {location.name(report.output)}.yaml"
+              f"{_viewer_line(report.output, cfg)}", file=sys.stderr)
     return 0
 
 
 def _run_sequence(args, cfg) -> int:
     """``run`` of a video or a folder (or glob) of frames (``sequence``)."""
     from .sequence import Output, default_output, run_sequence
-    out = args.output or default_output(str(args.input), cfg)
+    out = args.output or default_output(str(args.input), output_label(args.config, cfg))
     began = time.monotonic()
     report = _with_progress(args, lambda on_event: run_sequence(
         str(args.input), cfg, out, store_path=args.store, overwrite=args.overwrite,
         restart=args.restart, on_event=on_event),
-        lambda: args.store or Output.of(out).store, "every finished frame and pass", out)
+        lambda: args.store or Output.of(out).store, "every finished frame and pass", out,
+        cfg.mode)
     if not args.quiet:
         h, w = report.shape
         print(f"wrote {report.output} ({report.frames} frames of {w}×{h} px) in "
@@ -342,11 +346,12 @@ def _run_sequence(args, cfg) -> int:
     return 0
 
 
-def _with_progress(args, work, store, kept: str, out):
+def _with_progress(args, work, store, kept: str, out, mode: str = "dream"):
     """``work(on_event)`` under the progress bar (and ``--events``); an interrupt or a full
     disk as one line naming the ``store()`` that keeps ``kept`` for the resume."""
     from .events import EventLog
-    progress = _Progress(args.quiet)
+    from .progress import Progress
+    progress = Progress(args.quiet, mode)
     on_event = EventLog(args.events, progress) if args.events else progress
     try:
         return work(on_event)
@@ -397,15 +402,38 @@ def _export(args) -> int:
         print(f"gigadream: writing {what}", file=sys.stderr)
     export(view, args.output, cfg.export, overwrite=args.overwrite, kept=store.input_metadata(),
            before=before)
+    h, w = view.shape
+    print(f"wrote {args.output} ({w}×{h} px){_viewer_line(args.output, cfg, before)}",
+          file=sys.stderr)
     return 0
+
+
+def _viewer_line(out, cfg: Config, viewer: bool = True) -> str:
+    """``; open NAME.html ...`` where a deep zoom output has its viewer page beside it: the
+    one file a person opens."""
+    from .export import viewer_files
+    if not viewer or is_url(out):
+        return ""
+    extra = viewer_files(Path(out), cfg.export)
+    return f"; open {extra[0]} in a browser to see it beside its input" if extra else ""
 
 
 def _presets(args) -> int:
     for name, path in presets().items():
-        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
-                      if ln.startswith("#")), "")
-        print(f"{name:<20} {first}")
+        print(f"{name:<20} {_description(path)}")
     return 0
+
+
+def _description(path: Path) -> str:
+    """A preset's description: its opening comment, every line of it up to its ``Use:``
+    line, as one line (a sentence cut at the first line break reads as broken)."""
+    lines = []
+    for ln in path.read_text().splitlines():
+        text = ln.lstrip("# ").strip()
+        if not ln.startswith("#") or not text or text.startswith("Use:"):
+            break
+        lines.append(text)
+    return " ".join(lines)
 
 
 def _layers(args) -> int:
@@ -453,7 +481,8 @@ def _preview(args) -> int:
     name = sequence_name(str(args.input)) if sequence else args.input.name
     folder = args.output or (sequence_folder(str(args.input)) if sequence
                              else args.input.with_name(f"{args.input.stem}-preview"))
-    progress = _Progress(args.quiet)
+    from .progress import Progress
+    progress = Progress(args.quiet, cfg.mode)
     try:
         if sequence:
             k = DEFAULT_FRAMES if args.frames is None else args.frames
@@ -502,7 +531,8 @@ def _serve(args) -> int:
     from .studio.server import serve
     try:
         return serve(args.studio, args.host, args.port, args.images, args.slots,
-                     args.scheduler, args.max_upload, args.token)
+                     args.scheduler, args.max_upload, args.no_token, int(args.max_pixels),
+                     args.presets, args.secure_cookie, args.trusted_proxy)
     except Interrupted:     # uvicorn has shut down cleanly, then passes the signal on
         print("gigadream: studio stopped; its running jobs wait in the queue and resume at the "
               "next 'gigadream serve'", file=sys.stderr)
@@ -524,11 +554,28 @@ VERBS = {"run": _run, "ingest": _ingest, "export": _export, "presets": _presets,
          "preview": _preview, "serve": _serve, "batch": _batch, "jobs": _jobs}
 
 
+def _check_set_spelling(argv: list[str]) -> None:
+    """``--set KEY VALUE`` (a space for the =) in one line that shows the spelling, before
+    argparse reads VALUE as a stray argument."""
+    for i, a in enumerate(argv[:-1]):
+        if a == "--set" and "=" not in argv[i + 1]:
+            value = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("-") else None
+            fix = f"--set {argv[i + 1]}={value if value is not None else 'VALUE'}"
+            raise ConfigError(f"--set {argv[i + 1]}{' ' + value if value else ''}: a setting "
+                              f"and its value go together with =, no space: {fix}")
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
     from .memory import tune_client_malloc
     tune_client_malloc()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _check_set_spelling(argv)
+    except GigadreamError as e:
+        print(f"gigadream: error: {e}", file=sys.stderr)
+        return e.exit_code
     args = build_parser().parse_args(argv)
     # Ctrl-C and a cloud's preemption notice (SIGTERM) stop the run where it is; every pass
     # already recorded stays in the store, and the same command resumes.

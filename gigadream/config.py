@@ -465,7 +465,10 @@ def _read_yaml(path: Path) -> dict:
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; 'gigadream presets' lists the bundled ones")
+        near = difflib.get_close_matches(Path(path).stem, list(presets()), n=1)
+        hint = f"did you mean the preset '{near[0]}'? " if near else ""
+        raise ConfigError(f"config file {path} not found; {hint}'gigadream presets' lists "
+                          "the bundled ones")
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e.__class__.__name__}")
     try:
@@ -534,6 +537,13 @@ def resolve_preset(name: str) -> Path:
         return p
     bundled = presets_dir() / f"{name}.yaml"
     return bundled if bundled.exists() else p
+
+
+def output_label(config: str | Path | None, cfg: Config) -> str:
+    """What a result is named after beside its input (``pano-impressionist.jpg``): the
+    preset's or the config file's name, else the mode; so a second preset on the same photo
+    gets a name of its own."""
+    return Path(str(config)).stem if config else cfg.mode
 
 
 def presets_dir() -> Path:

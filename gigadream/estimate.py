@@ -350,7 +350,7 @@ def estimate_sequence(spec: str, cfg: Config, out: Path | None = None,
         setting, cfg = cfg.tiling.wrap, resolve_wrap(cfg, source)
         kind, count, fps, shape = source.kind, source.count, source.rate, source.shape
         wrap = _sequence_wrap_note(setting, cfg.tiling.wrap, source)
-    out = Path(out or default_output(spec, cfg))
+    out = Path(out or default_output(spec, cfg.mode))
     video_out = Output.of(out).video
     first = estimate_shape(shape, cfg, wrap, calibrate, executor, rate)
     later = estimate_shape(shape, cfg, wrap, calibrate, rate=rate, prior=Prior(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import subprocess
-import sys
 
 
 @functools.cache
@@ -53,8 +52,9 @@ def peak_mb(args: list[str], interval: float = 0.05, backend: str = "psutil_pss"
     library pages are split between the processes that share them, not counted twice)."""
     from memory_profiler import memory_usage
 
+    from .spawn import python_module
     argv = args if args[0].endswith(("python", "python3")) or "/" in args[0] else \
-        [sys.executable, "-m", "gigadream", *args]
+        python_module("gigadream", *args)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = memory_usage(proc, interval=interval, include_children=True, max_usage=True,
                         backend=backend)

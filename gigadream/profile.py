@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from .config import Config, to_yaml
 from .errors import GigadreamError, OutputError
 from .modes import mode_for
+from .spawn import python_module
 
 SAMPLE_S = 0.1
 
@@ -414,8 +414,8 @@ def _baseline(input_path: Path, shape: tuple[int, int], cfg: Config, folder: Pat
     say("profile: naive baseline (PIL, whole float32 image, np.roll)")
     ev = folder / "baseline-events.jsonl"
     try:
-        tr = trace([sys.executable, "-m", "gigadream.baseline", str(input_path),
-                    str(folder / "baseline.jpg"), "--config", str(config), "--events", str(ev)],
+        tr = trace(python_module("gigadream.baseline", input_path, folder / "baseline.jpg",
+                                 "--config", config, "--events", ev),
                    ev, folder / "baseline.log", on_event=progress)
     finally:
         (folder / "baseline.jpg").unlink(missing_ok=True)
@@ -451,10 +451,10 @@ def profile(input_path: Path, cfg: Config, folder: Path, *, baseline: bool = Tru
 
     try:      # the run's store is scratch (GBs for a panorama): gone on success and failure
         say(f"profile: gigadream run {input_path.name} ({shape[1]}×{shape[0]} px)")
-        ours = trace([sys.executable, "-m", "gigadream", "run", str(input_path), "--config",
-                      str(config), "-o", str(folder / "result.jpg"), "--store", str(store),
-                      "--restart", "--overwrite", "--quiet",
-                      "--events", str(folder / "events.jsonl")],
+        ours = trace(python_module("gigadream", "run", input_path, "--config", config, "-o",
+                                   folder / "result.jpg", "--store", store, "--restart",
+                                   "--overwrite", "--quiet", "--events",
+                                   folder / "events.jsonl"),
                      folder / "events.jsonl", folder / "run.log", on_event=progress)
         if ours.returncode != 0:
             log = (folder / "run.log").read_text().strip().splitlines()

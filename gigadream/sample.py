@@ -118,10 +118,15 @@ def painting(width: int, height: int, seed: int = 0):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--width", type=int, default=3000)
-    p.add_argument("--height", type=int, default=1000)
+    p = argparse.ArgumentParser(
+        prog="python -m gigadream.sample",
+        description="Write a sample image to try gigadream on: a panorama joined from "
+                    "scikit-image's photos, any size, streamed by libvips in seconds; or, "
+                    "with --painting, a painting-like style image.")
+    p.add_argument("out", type=Path, metavar="OUT",
+                   help="the image to write: .jpg, .png or .tif, by its name")
+    p.add_argument("--width", type=int, default=3000, help="width in pixels (default 3000)")
+    p.add_argument("--height", type=int, default=1000, help="height in pixels (default 1000)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="camera-like noise, its standard deviation in levels (9: ~0.4 bytes a "
                         "pixel at quality 90, as stitched photos are)")

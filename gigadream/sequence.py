@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from .ingest import ingest, open_image, wrap_setting
 from .modes import Prior, mode_for, result_view
 from .pipeline import run as run_still, work_units
 from .record import check_config_output, write_config_output
+from .storage.location import is_url
 from .storage.store import Store
 from .tiling import grid
 from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequence_input,
@@ -73,13 +75,14 @@ class SequenceReport(Timings):
     seconds: list[float] = field(default_factory=list)  # wall time of each, in that order
 
 
-def default_output(spec: str, cfg: Config) -> Path:
-    """INPUT-MODE.mp4 beside a video; FOLDER-MODE/ (JPEG frames) beside a folder of frames."""
+def default_output(spec: str, label: str) -> Path:
+    """INPUT-LABEL.mp4 beside a video; FOLDER-LABEL/ (JPEG frames) beside a folder of
+    frames (``label``: ``config.output_label``, the preset's name or the mode)."""
     p = Path(spec.split("*")[0].rstrip("/") or ".")
     if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi") and p.is_file():
-        return p.with_name(f"{p.stem}-{cfg.mode}.mp4")
+        return p.with_name(f"{p.stem}-{label}.mp4")
     folder = p if p.is_dir() else p.parent
-    return folder.with_name(f"{folder.name}-{cfg.mode}")
+    return folder.with_name(f"{folder.name}-{label}")
 
 
 def frame_indices(cfg: Config, count: int) -> list[int]:
@@ -153,6 +156,28 @@ class _SequenceStore:
         p = self.path / RECORD
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def done(self) -> list[tuple[int, int | None]]:
+        """(input frame, pts) of each finished frame, in order. The record holds their
+        number, ``frames.txt`` one line each (appended: the record stays small and each
+        frame writes a line, however long the clip); a line past the number is a frame
+        whose end the record never saw, and it is run again."""
+        n = self.record().get("done", 0)
+        p = self.path / "frames.txt"
+        lines = p.read_text().splitlines()[:n] if n else []
+        return [(int(i), None if t == "-" else int(t)) for i, t in (ln.split() for ln in lines)]
+
+    def finish(self, index: int, pts: int | None) -> None:
+        """Frame ``index`` is done: its line, then the record's count."""
+        done = self.done()
+        p = self.path / "frames.txt"
+        if len(p.read_text().splitlines()) != len(done):      # a line past the count
+            p.write_text("".join(f"{i} {'-' if t is None else t}\n" for i, t in done))
+        with open(p, "a") as f:
+            f.write(f"{index} {'-' if pts is None else pts}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.update(done=len(done) + 1)
+
     def update(self, **fields: Any) -> None:
         rec = {**self.record(), **fields}
         tmp = self.path / (RECORD + ".tmp")
@@ -209,7 +234,8 @@ def _open_sequence_store(path: Path, spec: str, source: FrameSource, cfg: Config
                               "--restart to start over, or use another --store")
         return store
     path.mkdir(parents=True)
-    store.update(**identity, done=[], pts=[], time_base=None)
+    store.update(**identity, done=0, time_base=None)
+    (path / "frames.txt").write_text("")
     return store
 
 
@@ -295,8 +321,13 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
     """Run ``cfg`` over every frame of ``spec`` (a video file, a folder or a glob of
     images) into ``out`` (``Output``); see the module's docstring for the steps."""
     cfg = cfg.resolved(Path.cwd())
+    for what, where in (("output", out), ("store", store_path)):
+        if where is not None and is_url(str(where)):
+            raise OutputError(f"{what} {where}: a sequence's frames, store and video are "
+                              "written on this machine's disks; give a local path (copy "
+                              "the result to object storage afterwards)")
     with open_frames(spec) as source:
-        out = Path(out or default_output(spec, cfg))
+        out = Path(out or default_output(spec, cfg.mode))
         target = Output.of(out)
         indices = frame_indices(cfg, source.count)
         cfg = resolve_wrap(cfg, source)
@@ -310,7 +341,7 @@ def run_sequence(spec: str, cfg: Config, out: Path | None = None, *,
         if cluster is None:
             check_gpus(cfg.engine.gpus, cfg.engine.scheduler)
         store = _open_sequence_store(seq_path, spec, source, cfg, restart)
-        done = store.record()["done"]
+        done = [i for i, _ in store.done()]
         report = SequenceReport(shape=source.shape, frames=len(indices))
         first_units = work_units(mode.plan(source.shape))
         later_units = work_units(mode_for(cfg, prior=Prior()).plan(source.shape))
@@ -368,7 +399,7 @@ def _check_outputs(target: Output, source: FrameSource, indices: list[int], cfg:
         return
     ours = set()
     if seq_path.exists() and not restart:
-        ours = set(_SequenceStore(seq_path).record().get("done", []))
+        ours = {i for i, _ in _SequenceStore(seq_path).done()}
     for i in indices:
         if i not in ours:
             check_output(target.frame(i), source.shape, overwrite, cfg.export)
@@ -412,11 +443,10 @@ def _frames(source: FrameSource, indices: list[int], done: list[int], cfg: Confi
             run_still(path, frame_cfg, result, store_path=store.still(frame.index),
                       overwrite=True, on_event=tell, cluster=workers, prior=prior,
                       recorded=recorded, describe=False)
-        rec = store.record()
-        pts = rec["pts"] + [frame.pts]
-        store.update(done=rec["done"] + [frame.index], pts=pts,
-                     time_base=str(frame.time_base) if frame.time_base else None,
-                     **({"first": _first_record(store.still(frame.index))} if i == 0 else {}))
+        if i == 0:
+            store.update(first=_first_record(store.still(frame.index)),
+                         time_base=str(frame.time_base) if frame.time_base else None)
+        store.finish(frame.index, frame.pts)
         if i > 0:       # its result was the warp's source; the new one's is next
             store.remove(store.still(indices[i - 1]))
             store.remove(store.grey(indices[i - 1]))
@@ -494,13 +524,13 @@ def _encode(source: FrameSource, store: _SequenceStore, indices: list[int], cfg:
     """The video, from the frames the store keeps, with the input's timestamps (and audio
     where the input has it: ``video.VideoWriter``)."""
     import pyvips
-    rec = store.record()
+    rec, done = store.record(), store.done()
     tb = Fraction(rec["time_base"]) if rec.get("time_base") else None
-    on_event(Stage("encode", f"{len(rec['done'])} frames → {target.path.name}"))
+    on_event(Stage("encode", f"{len(done)} frames → {target.path.name}"))
     with VideoWriter(target.path, source.shape, source, codec=cfg.sequence.codec,
                      quality=None if cfg.sequence.quality == "auto" else cfg.sequence.quality,
                      spherical=cfg.wraps) as writer:
-        for index, pts in zip(rec["done"], rec["pts"]):
+        for index, pts in done:
             im = pyvips.Image.new_from_file(str(store.frame(index)), access="sequential")
             writer.write(np.ascontiguousarray(im.numpy()[..., :3]),
                          Frame(index, pts, tb, None, None))

@@ -33,6 +33,61 @@ def test_presets_lists_the_bundled_configs_with_one_line_each():
     assert any(ln.startswith("dreamscape ") for ln in lines)
 
 
+def test_presets_say_their_whole_description_and_a_misspelt_one_gets_the_nearest():
+    lines = gd("presets").stdout.strip().splitlines()
+    imp = next(ln for ln in lines if ln.startswith("impressionist "))
+    assert imp.endswith("from afar the landscape stays the photo (keep_far).")
+    r = gd("run", "x.jpg", "--config", "impresionist")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "gigadream: error: config file impresionist not found; did you mean the preset "
+        "'impressionist'? 'gigadream presets' lists the bundled ones"]
+
+
+@pytest.mark.parametrize("args, fix", [
+    (["--set", "dream.step_size", "2"], "--set dream.step_size=2"),
+    (["--set", "dream.step_size"], "--set dream.step_size=VALUE")])
+def test_a_setting_spelt_with_a_space_says_how_to_write_it(args, fix):
+    r = gd("run", "x.jpg", *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].endswith(f"no space: {fix}")
+
+
+def test_results_are_named_after_their_preset_so_a_second_one_does_not_collide(photos,
+                                                                               tmp_path):
+    src = tmp_path / "pano.jpg"
+    src.write_bytes(photos["chelsea_jpg"].read_bytes())
+    for name in ("quick", "other"):
+        (tmp_path / f"{name}.yaml").write_text("mode: identity\ntiling:\n  tile: 128\n")
+        r = gd("run", src, "--config", tmp_path / f"{name}.yaml", "--quiet")
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "pano-quick.jpg").is_file() and (tmp_path / "pano-other.jpg").is_file()
+    r = gd("run", src, "--set", "mode=identity", "--set", "tiling.tile=128")
+    assert r.returncode == 0 and (tmp_path / "pano-identity.jpg").is_file()
+
+
+def test_a_deep_zoom_run_and_an_export_name_what_to_open(photos, tmp_path):
+    out = tmp_path / "pano.dzi"
+    r = gd("run", photos["chelsea_jpg"], "--set", "mode=identity", "--set", "tiling.tile=128",
+           "-o", out, "--store", tmp_path / "s", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = gd("run", photos["chelsea_jpg"], "--set", "mode=identity", "--set", "tiling.tile=128",
+           "-o", out, "--store", tmp_path / "s", "--overwrite")
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.endswith(f"open {tmp_path / 'pano.html'} in a browser to see it beside its input")
+    r = gd("export", tmp_path / "s", tmp_path / "again.jpg")
+    assert r.returncode == 0
+    assert r.stderr.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'again.jpg'} (")
+
+
+def test_the_sample_command_says_how_it_is_called_and_what_each_option_does():
+    r = subprocess.run([sys.executable, "-m", "gigadream.sample", "--help"],
+                       capture_output=True, text=True)
+    assert r.stdout.startswith("usage: python -m gigadream.sample")
+    for option in ("--width", "--height", "--noise", "--painting", "OUT"):
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("  " + option))
+        assert len(line.split()) > 2, line          # a help text beside the option
+
+
 def test_ingest_then_export_round_trips_losslessly(photos, tmp_path):
     src = photos["astronaut_png"]
     assert gd("ingest", src, tmp_path / "store", "--quiet").returncode == 0
@@ -146,6 +201,10 @@ BAD_RUNS = [
      r"name it result.tif"),
     ("deep zoom tiles folder exists", _photo, lambda t: _tiles_folder(t) and ["-o", t / "pano.dzi"],
      r"output .*pano_files \(the tiles of pano.dzi\) already exists; pass --overwrite"),
+    ("a setting its mode does not read", _photo,
+     lambda t: ["--config", "impressionist", "--set", "style=monet.jpg"],
+     r"--set style=monet.jpg: mode \w+ does not read style settings, so it would change "
+     r"nothing; choose a style preset \(gigadream presets\) or add --set mode=style"),
     ("unknown deep zoom layout", _photo, lambda t: ["--set", "export.layout=zoomify"],
      r"export.layout: expected one of dz, iiif3; got 'zoomify'"),
 ]

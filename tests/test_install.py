@@ -15,7 +15,8 @@ from conftest import read
 
 ROOT = Path(__file__).resolve().parent.parent
 # what a copy of the source tree leaves out: VCS data, environments, build and run outputs
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+# (the container image's torch wheel in deploy/wheels/ and its base in deploy/build/ among them)
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "*.whl",
                                    "__pycache__", ".pytest_cache", "*.gdstore", "demo", "out")
 
 

@@ -45,8 +45,9 @@ class Server:
     """``gigadream serve`` in a process of its own, its output in a file; ``url`` is the
     address it printed (with its token, if any)."""
 
-    def __init__(self, studio: Path, images: Path, *args, env=None):
-        self.studio, self.images, self.args = studio, images, args
+    def __init__(self, studio: Path, images: Path, *args, env=None, cwd=None, command=None):
+        self.studio, self.images, self.args, self.cwd = studio, images, args, cwd
+        self.command = command or [sys.executable, "-m", "gigadream"]
         self.env, self.mark = env or marked_env()
         self.port = free_port()
         self.start()
@@ -54,9 +55,9 @@ class Server:
     def start(self) -> None:
         self.out = open(self.studio.parent / f"serve-{self.studio.name}-{time.time_ns()}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gigadream", "serve", "--studio", str(self.studio),
+            [*self.command, "serve", "--studio", str(self.studio),
              "--port", str(self.port), "--images", str(self.images), *map(str, self.args)],
-            stdout=self.out, stderr=subprocess.STDOUT, env=self.env)
+            stdout=self.out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         end = time.time() + 60
         while time.time() < end:
             text = Path(self.out.name).read_text()
@@ -135,8 +136,8 @@ def images(tmp_path_factory) -> Path:
 def server(tmp_path, images):
     servers = []
 
-    def start(*args, studio: Path | None = None) -> Server:
-        s = Server(studio or tmp_path / "studio", images, *args)
+    def start(*args, studio: Path | None = None, cwd=None, command=None) -> Server:
+        s = Server(studio or tmp_path / "studio", images, *args, cwd=cwd, command=command)
         servers.append(s)
         return s
     yield start
@@ -266,6 +267,20 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
 
 # --- kill -9 --------------------------------------------------------------------------------------
 
+def test_a_studio_started_beside_a_source_clone_serves_its_derived_outputs(server, tmp_path):
+    """Started from the folder that holds the clone (a ``gigadream/`` folder in the working
+    folder, the common case), the job's children still run the installed package: its TIFF
+    and viewer, made on demand by children, answer 200, not 500 (issue 32)."""
+    home = tmp_path / "home"
+    (home / "gigadream").mkdir(parents=True)
+    (home / "gigadream" / "README.md").write_text("a clone of the source")
+    s = server(cwd=home, command=[str(Path(sys.executable).with_name("gigadream"))])
+    [job] = s.ok("/api/jobs", {"input": "small.jpg", "overrides": IDENTITY})["jobs"]
+    s.wait([job])
+    assert s.get(f"/jobs/{job}/files/result.tif").status_code == 200, s.log()
+    assert s.get(f"/jobs/{job}/view/result.html").status_code == 200, s.log()
+
+
 def test_kill_9_of_the_server_loses_nothing(server, images, tmp_path):
     studio = tmp_path / "studio"
     s = server()
@@ -339,7 +354,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
     try:
         cases = [
             (s.post("/api/images", files={"file": ("notes.jpg", b"just some text\n" * 20, "image/jpeg")}),
-             400, "notes.jpg is not an image libvips can read"),
+             400, "notes.jpg is an unknown format, not a JPEG, PNG, TIFF or WebP image"),
             (s.post("/api/images", files={"file": ("big.jpg", os.urandom(300_000), "image/jpeg")}),
              413, "over the studio's limit of 0.25 MB"),
             (s.post("/api/images/pick", {"path": str(tmp_path / "secret.jpg")}),
@@ -348,7 +363,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
             (s.post("/api/images/pick", {"path": "sub/../../secret.jpg"}), 400, "'..' is not allowed"),
             (s.post("/api/jobs", {"input": "/etc/hostname"}), 400, "is outside the --images folders"),
             (s.post("/api/jobs", {"input": "small.jpg", "config": "../secret.yaml"}), 400,
-             "'..' is not allowed"),
+             "config: '../secret.yaml' is not one of the studio's presets"),
             (s.post("/api/jobs", {"input": "small.jpg", "overrides": ["style.images=/etc/hostname"]}),
              400, "is outside the --images folders"),
             # a whole section as a mapping names files too
@@ -374,18 +389,16 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(server, images,
         assert (r.status_code, r.json()) == (400, {"error": line})
         r = s.post("/api/jobs", {"input": "small.jpg", "sweep": {"dream.step_size": [1, -2, 3]}})
         assert r.status_code == 400 and "dream.step_size: expected a number above 0" in r.json()["error"]
-        # a page from elsewhere cannot change anything, nor a rebinding host name reach it
+        # a page from elsewhere cannot change anything
         r = s.post("/api/jobs", {"input": "small.jpg"}, headers={"Origin": "http://evil.example"})
         assert r.status_code == 403
-        r = s.get("/api/jobs", headers={"Host": f"evil.example:{s.port}"})
-        assert r.status_code == 421
         assert snapshot(studio) == before
     finally:
         (images / "escape.jpg").unlink()
 
 
-def test_the_token_is_asked_on_every_request_when_required(server):
-    s = server("--token")
+def test_the_token_is_asked_on_every_request_loopback_included(server):
+    s = server()
     token = s.url.partition("?token=")[2]
     assert len(token) >= 24 and s.get("/api/jobs").status_code == 200     # the Bearer header
     bare = httpx.Client(base_url=s.base)
@@ -396,9 +409,24 @@ def test_the_token_is_asked_on_every_request_when_required(server):
     assert r.status_code == 401
     wrong = token[:-1] + ("y" if token.endswith("x") else "x")    # one character off, never the token
     assert bare.get("/", params={"token": wrong}).status_code == 401
-    r = bare.get("/", params={"token": token})          # the printed address: then a cookie
-    assert r.status_code == 200 and bare.get("/images").status_code == 200
+    # the printed address: a cookie (this port's, SameSite=Strict, HttpOnly) and the same
+    # page again without the token in its address
+    r = bare.get("/images", params={"token": token, "x": "1"})
+    assert (r.status_code, r.headers["location"]) == (303, "/images?x=1")
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"gigadream_token_{s.port}={token};") and "HttpOnly" in cookie \
+        and "SameSite=strict" in cookie and "Secure" not in cookie
+    assert bare.get("/images").status_code == 200
     bare.close()
+    # --no-token: loopback only, with a warning; the Host must then name the studio (a DNS
+    # rebinding page cannot reach it)
+    open_ = server("--no-token", studio=s.studio.parent / "open")
+    assert "?token=" not in open_.url and "warning: --no-token" in open_.log()
+    assert httpx.get(open_.base + "/api/jobs").status_code == 200
+    r = open_.get("/api/jobs", headers={"Host": f"evil.example:{open_.port}"})
+    assert r.status_code == 421
+    r = gd("serve", "--no-token", "--host", "0.0.0.0", "--studio", s.studio.parent / "wide")
+    assert r.returncode == 2 and "--no-token: only on loopback" in r.stderr
     from gigadream.studio.security import is_loopback
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
@@ -437,7 +465,8 @@ def test_in_a_browser_upload_queue_watch_view_and_download(server, browser, imag
     from selenium.webdriver.support.ui import WebDriverWait
     s = server()
     src = images / "small.jpg"
-    browser.get(s.url.rstrip("/") + "/images")
+    browser.get(s.url)                  # the printed address: its token kept as a cookie
+    browser.get(s.base + "/images")
     browser.find_element(By.ID, "file").send_keys(str(src))
     browser.find_element(By.ID, "upload-button").click()
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "a.new-job"))
@@ -504,8 +533,9 @@ def test_one_slot_per_gpu_each_seeing_its_own_and_jobs_join_a_given_scheduler(mo
     assert [s for s, _ in make_slots(3, gpus=0)] == ["cpu0", "cpu1", "cpu2"]
     job = {"kind": "run", "input": "/imgs/a b;rm -rf ~.jpg", "dir": "/s/jobs/1/2"}
     argv = command(job, "tcp://10.0.0.5:8786")
-    assert argv[1:5] == ["-m", "gigadream.studio.child", str(os.getpid()), "run"]
-    assert argv[5] == "/imgs/a b;rm -rf ~.jpg"
+    assert argv[1:7] == ["-P", "-m", "gigadream.studio.child", str(os.getpid()),
+                         "/s/jobs/1/2/child.lock", "run"]
+    assert argv[7] == "/imgs/a b;rm -rf ~.jpg"
     assert argv[-2:] == ["--scheduler", "tcp://10.0.0.5:8786"]
     assert "--scheduler" not in command(job)
 
@@ -556,7 +586,7 @@ def test_a_video_uploaded_or_picked_runs_as_a_sequence_with_progress_in_frames(t
         picked = s.ok("/api/images/pick", {"path": "clip.mp4"})
         assert (picked["width"], picked["height"]) == (96, 64)
         bad = s.post("/api/images", files={"file": ("notes.mp4", b"no video\n" * 50, "video/mp4")})
-        assert bad.status_code == 400 and "notes.mp4 is not a video FFmpeg can read" in \
+        assert bad.status_code == 400 and "notes.mp4 is an unknown format, not a JPEG" in \
             bad.json()["error"], bad.text
         for body, message in [
                 ({"image": up["id"], "overrides": [*IDENTITY, "sequence.frames=2-9"]},

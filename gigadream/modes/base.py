@@ -85,6 +85,9 @@ class Mode:
     (style's image)."""
 
     uses_model = False
+    # The mode-specific config sections the mode reads (``unread``): the others' settings
+    # would be ignored without a word.
+    sections: tuple[str, ...] = ("dream",)
     needs_pass_data = False     # a tile runs only with its pass's ``pass_data`` (style's Grams)
     naive = False               # ``baseline.py`` has a naive version of the mode
 
@@ -104,6 +107,13 @@ class Mode:
                               f"{far} px around each tile; set tiling.margin=auto "
                               f"(it adds them to the layers' context), or at least "
                               f"{far} plus the context the layers need")
+
+    def unread(self, keys: list[str]) -> list[str]:
+        """Of the setting names ``keys``, those in a mode's section this mode does not read
+        (``--set style=a.jpg`` under mode dream)."""
+        own = set(self.sections)
+        return [k for k in keys if k.split(".")[0] in ("dream", "style")
+                and k.split(".")[0] not in own]
 
     def octaves(self, shape: tuple[int, int]) -> tuple[int, float]:
         """(number of octaves, scale between them) of a run over an image of ``shape``."""

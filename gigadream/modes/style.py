@@ -488,6 +488,7 @@ class StyleMode(Mode):
 
     uses_model = True
     needs_pass_data = True
+    sections = ("style",)
 
     def __init__(self, cfg, frame=None, prior=None):
         super().__init__(cfg, frame, prior)

@@ -1,5 +1,6 @@
 """The studio's JSON API: the queue, its jobs and their buttons, images in, the settings
-form's rows, and the queue's changes as server-sent events. Every change is a POST."""
+form's rows, and the queue's changes as server-sent events. Every change is a POST of JSON
+(an upload: multipart), as ``security`` checks."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +10,12 @@ from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
 from .security import HTTPError
-from .settings_form import preset_names, settings_form
+from .settings_form import settings_form
 from .uploads import pick_image, pickable, receive_upload
 
 
 async def _body(request: Request) -> dict:
+    """The request's JSON object (``security`` refused any other content type)."""
     try:
         data = await request.json()
     except ValueError:
@@ -58,16 +60,19 @@ def routes(app) -> APIRouter:
 
     @router.post("/images")
     async def upload(request: Request):
-        return await receive_upload(request, app.studio, app.max_upload)
+        return await receive_upload(request, app.studio, app.max_upload, app.max_pixels)
 
     @router.post("/images/pick")
     async def pick(request: Request):
         data = await _body(request)
-        return await asyncio.to_thread(pick_image, app.studio, app.roots, data.get("path"))
+        return await asyncio.to_thread(pick_image, app.studio, app.roots, data.get("path"),
+                                       app.max_pixels)
 
     @router.get("/settings")
     def settings(preset: str | None = None):
-        return {"presets": preset_names(), "settings": settings_form(preset)}
+        """The form's rows for one of the studio's presets, by name (never a file)."""
+        return {"presets": sorted(app.options.presets),
+                "settings": settings_form(app.preset_file(preset) if preset else None)}
 
     @router.get("/events")
     async def events(request: Request):

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import presets
 from ..errors import InputError, Interrupted
 from ..text import duration
 from .jobs import checked, read_jobs_file
@@ -20,11 +21,26 @@ def _local_path(base: Path):
     return resolve
 
 
+def _config_file(spec, base: Path):
+    """A job whose ``config:`` is a YAML file's path, that path taken from the jobs file's
+    folder (where the queue's runner reads it, whatever its working folder); a bundled
+    preset's name, that preset's file. The queue keeps absolute paths."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), str):
+        return spec
+    name = spec["config"]
+    local = base / name
+    if local.exists() or Path(name).suffix:
+        return spec | {"config": str(local.absolute())}
+    bundled = presets().get(name)
+    return spec | {"config": str(bundled)} if bundled else spec | {"config": str(local)}
+
+
 def queue_file(studio: Studio, jobs_file: Path) -> list[int]:
     """Every job of ``jobs_file`` checked (settings with the CLI's parser, inputs by their
     headers), then queued; nothing is queued if any is refused. Returns their ids."""
-    resolve = _local_path(Path(jobs_file).absolute().parent)
-    groups = [checked(spec, resolve) for spec in read_jobs_file(jobs_file)]
+    base = Path(jobs_file).absolute().parent
+    resolve = _local_path(base)
+    groups = [checked(_config_file(spec, base), resolve) for spec in read_jobs_file(jobs_file)]
     return sorted(i for group in groups for i in studio.add(*group)[1])
 
 
@@ -65,7 +81,8 @@ def table(studio: Studio) -> str:
     """The queue as ``gigadream jobs`` prints it."""
     rows = [("job", "group", "status", "progress", "stage", "ETA", "slot", "image", "settings")]
     for j in studio.queue.jobs():
-        label = " ".join(f"{k}={v}" for k, v in j["label"].items()) or (j["preset"] or "")
+        label = " ".join(f"{k}={v}" for k, v in j["label"].items()) or (
+            Path(j["preset"]).stem if j["preset"] else "")
         rows.append((str(j["id"]), str(j["group_id"]), j["status"],
                      f"{100 * j['progress']:.0f} %", (j["error"] or j["stage"])[:40],
                      duration(j["eta_s"]) if j["status"] == "running" else "",

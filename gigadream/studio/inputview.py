@@ -16,6 +16,8 @@ def main(src: str, folder: str, name: str) -> int:
     import pyvips
 
     from ..ingest import to_srgb
+    from .security import block_loaders
+    block_loaders()         # the studio's formats only, as in every child of the studio
     from ..viewer import write_viewer
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ from jinja2 import Environment
 from .jobs import is_video
 from .runner import job_files
 from .security import HTTPError, inside
-from .settings_form import preset_names, settings_form
-from .uploads import pickable, thumbnail
+from .settings_form import settings_form
+from .uploads import check_media, pickable, thumbnail
 
 
 def routes(app, env: Environment) -> APIRouter:
@@ -36,12 +36,12 @@ def routes(app, env: Environment) -> APIRouter:
     @router.get("/new", response_class=HTMLResponse)
     def new_page(request: Request, image: int | None = None, preset: str | None = None):
         preset = preset or "impressionist"
-        names = preset_names()
+        names = sorted(app.options.presets)
         if preset not in names:
             raise HTTPError(404, f"no preset {preset!r}; the presets: {', '.join(names)}")
         images = [im | {"video": is_video(im["path"])} for im in app.queue.images()]
         return page("new.html", request, images=images, image=image,
-                    presets=names, preset=preset, rows=settings_form(preset))
+                    presets=names, preset=preset, rows=settings_form(app.preset_file(preset)))
 
     @router.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: int):
@@ -109,6 +109,7 @@ def routes(app, env: Environment) -> APIRouter:
             if image is None:
                 raise HTTPError(404, f"no image {item}")
             src = Path(image["path"])
+            check_media(src, image["name"], app.max_pixels)     # a picked file may change
         elif kind == "job":
             src = job_files(app.job_or_404(item))["result"]
             if not src.is_file():

@@ -9,6 +9,12 @@ started them (``child.py``, ``PR_SET_PDEATHSIG``), so that thread lives as long 
 studio. A kill -9 of the studio therefore stops its jobs as SIGTERM does (resumable), and
 its next start waits for any that are still stopping, puts them back in the queue ahead of
 newer ones, and they resume from their stores: the same pixels as an uninterrupted run.
+
+Which process is still writing a job's folder is known from the folder itself, not from a
+pid recorded after the start (a kill -9 between the two would lose it): each child holds an
+exclusive ``flock`` on ``JOB/child.lock`` before it does any work, until it exits. The next
+start takes that lock (waiting for, then killing, a child that still holds it) before it
+requeues the job, and a new child of the job waits for it too.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import json
 
 from ..devices import cuda_devices
 from ..errors import GigadreamError
+from ..spawn import python_module
 from .db import Queue
 from .jobs import check_config, is_video, job_yaml
 
@@ -36,6 +43,7 @@ POLL_S = 0.25
 STOPPED_BY_SIGNAL = {-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT}
 RATE_WINDOW_S = 30.0         # tiles per second and ETA from the last 30 s of work
 STOP_WAIT_S = 120.0          # a stopping child's Dask cluster closes in seconds; then SIGKILL
+LOCK_NAME = "child.lock"     # JOB/child.lock: held by the job's child while it runs
 
 
 class Studio:
@@ -86,7 +94,13 @@ def command(job: dict, scheduler: str | None = None) -> list[str]:
                 *store, "--events", str(f["events"]), "--overwrite", "--quiet"]
         if scheduler:
             args += ["--scheduler", scheduler]
-    return [sys.executable, "-m", "gigadream.studio.child", str(os.getpid()), *args]
+    return child_command(f["dir"] / LOCK_NAME, *args)
+
+
+def child_command(lock: Path | None, *args: str) -> list[str]:
+    """``python -m gigadream.studio.child``: ``gigadream ARGS`` in a process that dies with
+    this one, reads only the studio's image formats, and holds ``lock`` while it runs."""
+    return python_module("gigadream.studio.child", os.getpid(), lock or "-", *args)
 
 
 def gpu_names() -> list[str]:
@@ -269,7 +283,7 @@ class Runner:
         f["events"].unlink(missing_ok=True)
         with open(f["log"], "a") as log:
             log.write(f"--- attempt {job['attempts']} on {slot} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: gigadream {' '.join(command(job, self.scheduler)[4:])}\n")
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: gigadream {' '.join(command(job, self.scheduler)[6:])}\n")
             proc = subprocess.Popen(command(job, self.scheduler), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, **env}, cwd=f["dir"])
@@ -360,18 +374,32 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _wait_gone(job: dict) -> None:
-    """Wait for the child a killed studio left to finish stopping (PR_SET_PDEATHSIG sent it
-    SIGTERM when the studio died; a second one could cut its clean-up short): the resumed
-    run must not share its store with it. One that takes too long is killed."""
+    """Wait for any child a killed studio left in the job's folder to finish stopping
+    (PR_SET_PDEATHSIG sent it SIGTERM when the studio died; a second one could cut its
+    clean-up short): the resumed run must not share its store with it. Known by the lock it
+    holds (``JOB/child.lock``), whether or not its pid was recorded; one that takes longer
+    than STOP_WAIT_S is killed."""
     import psutil
-    if not job["pid"]:
+    lock = Path(job["dir"]) / LOCK_NAME
+    if not lock.exists():
         return
-    try:
-        p = psutil.Process(job["pid"])
-        if str(Path(job["dir"]) / "job.yaml") not in p.cmdline():     # its pid, reused by another process
-            return
-        p.wait(STOP_WAIT_S)
-    except psutil.TimeoutExpired:
-        p.kill()
-    except psutil.Error:
-        pass
+    with open(lock, "r") as f:
+        end = time.monotonic() + STOP_WAIT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return          # nobody holds it (released at once by the with)
+            except BlockingIOError:
+                pass
+            if time.monotonic() > end:
+                break
+            time.sleep(POLL_S)
+        f.seek(0)
+        pid = f.read().strip()
+        try:        # the holder wrote its pid once it had the lock
+            p = psutil.Process(int(pid))
+            if str(lock) in p.cmdline():
+                p.kill()
+        except (ValueError, psutil.Error):
+            pass
+        fcntl.flock(f, fcntl.LOCK_EX)       # until the kernel has released it

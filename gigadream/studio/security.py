@@ -1,22 +1,48 @@
-"""Who may ask the studio for what (the page runs jobs on someone's GPU box).
+"""Who may ask the studio for what (the page runs jobs on someone's GPU box, on a machine
+that other people and other pages share).
 
-- Loopback only by default. Bound to any other address, every request, page and API alike,
-  needs the token printed at start (``?token=`` once, then a cookie; or
-  ``Authorization: Bearer``), as Jupyter does. ``--token`` asks for it on loopback too.
-- On loopback, the Host header must name the studio (a DNS-rebinding page cannot reach it)
-  and a POST from another origin is refused (a web page cannot queue jobs here).
+- A token on every request, loopback included, as Jupyter does: printed at start, given once
+  as ``?token=`` (then kept as a ``SameSite=Strict`` cookie, and the address redirected
+  without it) or sent as ``Authorization: Bearer`` by scripts. ``--no-token`` (loopback only)
+  keeps the Host check alone.
+- Whatever the token says, another site starts no work: the cookie travels with requests
+  from *same-site* pages too (another port of the same host), so the browser's
+  ``Sec-Fetch-Site`` decides. Only ``same-origin`` and ``none`` (typed, bookmarked) may build
+  (deep zoom, TIFF, thumbnails) or change anything; another site may only navigate to a
+  page. Every change is a POST with a content type a page elsewhere cannot send without a
+  CORS preflight (``application/json``; an upload: multipart with ``X-Requested-With`` or
+  ``Authorization``), which the studio never answers; an ``Origin`` that is not the
+  studio's is refused.
+- Every response forbids framing (``frame-ancestors 'none'``, ``X-Frame-Options``), sniffing
+  (``nosniff``), referrers (the token must not leak) and other origins' reads
+  (``Cross-Origin-Resource-Policy``).
+- With ``--no-token`` the Host header must name the studio (a DNS-rebinding page cannot
+  reach it; with a token such a page has no cookie to send).
 - A picked path must resolve inside an ``--images`` folder (no ``..``, no symlink out), and a
   served file inside its job's or image's folder.
+- libvips reads only JPEG, PNG, TIFF and WebP, in the server and in every child
+  (``block_loaders``).
 """
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from pathlib import Path
+from urllib.parse import urlencode
 
 from ..errors import InputError
 
 TOKEN_COOKIE = "gigadream_token"
+# the libvips loaders the studio lets run (their File, Buffer and Source variants)
+VIPS_LOADERS = ("VipsForeignLoadJpeg", "VipsForeignLoadPng", "VipsForeignLoadTiff",
+                "VipsForeignLoadWebp")
+# routes whose GET makes something (a child process, a file): never for another site
+BUILDING = re.compile(r"^/(images/\d+/view/|jobs/\d+/view/|jobs/\d+/files/result\.tif$|thumbs/)")
+SAFE_SITES = ("same-origin", "none")
+HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+           "Cross-Origin-Resource-Policy": "same-origin"}
 
 
 class HTTPError(Exception):
@@ -42,32 +68,109 @@ def app_hosts(host: str, port: int) -> set[str]:
     return {f"{n}:{port}" for n in names} | ({n for n in names} if port == 80 else set())
 
 
+def cookie_name(port: int) -> str:
+    """The token's cookie, one per port: cookies are shared by every port of a host, and two
+    studios on one box must not overwrite each other's."""
+    return f"{TOKEN_COOKIE}_{port}"
+
+
+def given_token(request, port: int) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return (request.query_params.get("token") or request.cookies.get(cookie_name(port))
+            or (auth[7:] if auth.lower().startswith("bearer ") else None))
+
+
 def refusal(request, token: str | None, host: str, port: int) -> HTTPError | None:
-    """Why ``request`` may not reach the studio, or None: the token where one is required;
-    on loopback without one, the Host; for a change, the Origin."""
+    """Why ``request`` may not reach the studio, or None: the token (without one, the
+    Host); for work or a change, where it comes from; for a change, its
+    method and content type."""
     if token:
-        auth = request.headers.get("authorization", "")
-        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-                 or (auth[7:] if auth.lower().startswith("bearer ") else None))
-        if not given or not hmac.compare_digest(given, token):
+        given = given_token(request, port)
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
             return HTTPError(401, "this studio needs its token: open the address that "
                                   "'gigadream serve' printed (…/?token=…), or send "
                                   "'Authorization: Bearer TOKEN'")
-    else:
+    else:       # --no-token (loopback only): the Host must name the studio
         named = request.headers.get("host", "")
         if named not in app_hosts(host, port):
             return HTTPError(421, f"host {named!r} is not this studio's address")
+    method, path = request.method, request.url.path
+    site = request.headers.get("sec-fetch-site")
+    changes = method not in ("GET", "HEAD")
+    if site is not None and site not in SAFE_SITES:
+        # another site (another port of this host is "same-site") may open a page, no more
+        navigation = (request.headers.get("sec-fetch-mode") == "navigate"
+                      and request.headers.get("sec-fetch-dest") == "document")
+        if changes or BUILDING.match(path) or not navigation:
+            return HTTPError(403, f"a request from another site ({site}) may not use the "
+                                  "studio; open it from its own address")
     origin = request.headers.get("origin")
-    if request.method not in ("GET", "HEAD") and origin and \
-            origin.split("://", 1)[-1] != request.headers.get("host"):
-        return HTTPError(403, f"a request from {origin} is not allowed to change the studio")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        if changes or BUILDING.match(path):
+            return HTTPError(403, f"a request from {origin} is not allowed to change the studio")
+    if changes:
+        return _change_refusal(request, path)
     return None
 
 
-def remember_token(request, response, token: str | None) -> None:
-    """The token given once as ``?token=`` kept as a cookie, so that links need not carry it."""
-    if token and request.query_params.get("token"):
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+def _change_refusal(request, path: str) -> HTTPError | None:
+    """A POST: JSON, or the upload's multipart with a header that a form cannot send. Both
+    need a CORS preflight from another origin, which the studio refuses: so a POST without
+    ``Origin`` (an old browser's form, a script) is safe too."""
+    if request.method != "POST":
+        return HTTPError(405, f"{request.method} is not a studio action; actions are POSTs")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if path == "/api/images":
+        if ctype != "multipart/form-data":
+            return HTTPError(415, "expected a multipart/form-data upload with a 'file' field")
+        if not (request.headers.get("x-requested-with") or request.headers.get("authorization")):
+            return HTTPError(403, "an upload needs the header 'X-Requested-With: gigadream' "
+                                  "(or 'Authorization: Bearer TOKEN')")
+    elif ctype != "application/json":
+        return HTTPError(415, f"expected Content-Type: application/json, got {ctype or 'none'}")
+    return None
+
+
+def secure_cookie(request, forced: bool, proxies: frozenset[str]) -> bool:
+    """Whether the token's cookie is ``Secure``: when the studio is reached over TLS, as
+    ``--secure-cookie`` says, or as the ``X-Forwarded-Proto`` of a ``--trusted-proxy``
+    (the address the studio sees it connect from) says; any other client's header is
+    ignored."""
+    if forced or request.url.scheme == "https":
+        return True
+    client = request.client.host if request.client else None
+    return client in proxies and \
+        request.headers.get("x-forwarded-proto", "").split(",")[0].strip() == "https"
+
+
+def with_headers(response) -> None:
+    for k, v in HEADERS.items():
+        response.headers.setdefault(k, v)
+
+
+def token_redirect(request, token: str | None, port: int, secure: bool):
+    """The printed address (``?token=``) on a page: a redirect to the same page without the
+    token (out of the history and the address bar), setting the cookie; None otherwise."""
+    from fastapi.responses import RedirectResponse
+    if not token or request.method != "GET" or "token" not in request.query_params \
+            or request.url.path.startswith("/api/"):
+        return None
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    response = RedirectResponse(request.url.path + (f"?{urlencode(rest)}" if rest else ""), 303)
+    response.set_cookie(cookie_name(port), token, httponly=True, samesite="strict",
+                        secure=secure)
+    return response
+
+
+def block_loaders() -> None:
+    """libvips in this process reads JPEG, PNG, TIFF and WebP only: untrusted loaders blocked
+    (``block_untrusted_set``), then every loader but those four (SVG, PDF, HEIF, GIF, the
+    matrix and CSV loaders...), whatever asks for a decode."""
+    import pyvips
+    pyvips.block_untrusted_set(True)
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for name in VIPS_LOADERS:
+        pyvips.operation_block_set(name, False)
 
 
 def confine(text: str, roots: list[Path]) -> Path:

@@ -1,7 +1,9 @@
 """The studio's web app: server-rendered pages (``pages``) and a JSON API (``api``) over the
 queue, progress as server-sent events, uploads streamed to disk (``uploads``), results in the
-deep-zoom viewer. Who may ask for what is ``security``'s: loopback only by default, a token
-elsewhere. Jobs are child processes with argument lists: no user text reaches a shell.
+deep-zoom viewer. Who may ask for what is ``security``'s (a token on every request, nothing
+built or changed for another site); which files it reads, ``uploads``' (four image formats
+and four video containers, known before any decode). Jobs are child processes with
+argument lists: no user text reaches a shell.
 """
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import asyncio
 import re
 import secrets
 import statistics
-import sys
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +23,51 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..config import presets
 from ..errors import ConfigError, GigadreamError, InputError
+from ..spawn import python_module
 from ..text import duration
 from . import api as api_routes, pages
 from .jobs import checked, expand, is_video, rerun_overrides
-from .runner import Runner, Studio, job_files
-from .security import HTTPError, confine, is_loopback, refusal, remember_token
+from .runner import Runner, Studio, child_command, job_files
+from .security import (HTTPError, block_loaders, confine, is_loopback, refusal, secure_cookie,
+                       token_redirect, with_headers)
+from .uploads import check_media
+
+
+@dataclass(frozen=True)
+class Options:
+    """How ``gigadream serve`` was started: what it listens on, its token (None:
+    --no-token), its limits, its presets, and who may say it is served over TLS."""
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    max_upload: int = 8192 * 2**20          # bytes (serve's --max-upload)
+    max_pixels: int = 2_000_000_000         # serve's --max-pixels
+    presets: dict[str, Path] = field(default_factory=presets)   # by name: the bundled ones
+    secure_cookie: bool = False
+    trusted_proxies: frozenset[str] = frozenset()
 
 
 class App:
     """The studio's state shared by the routes: its folder, queue, scheduler and options."""
 
     def __init__(self, studio: Studio, runner: Runner | None, roots: list[Path],
-                 max_upload: int, token: str | None, host: str, port: int):
+                 options: Options):
         self.studio, self.queue, self.runner = studio, studio.queue, runner
         self.roots = [Path(r).absolute() for r in roots]
-        self.max_upload, self.token, self.host, self.port = max_upload, token, host, port
+        self.options = o = options
+        self.max_upload, self.max_pixels, self.token = o.max_upload, o.max_pixels, o.token
         self.locks: dict[str, asyncio.Lock] = {}
+
+    def preset_file(self, name) -> str:
+        """A preset the studio offers (bundled, or in --presets DIR), by name: its YAML
+        file's absolute path, which the queue keeps (no file of that name in the server's
+        working folder can stand in for it). Never a path from a request."""
+        if not isinstance(name, str) or name not in self.options.presets:
+            raise ConfigError(f"config: {name!r} is not one of the studio's presets "
+                              f"({', '.join(sorted(self.options.presets))}); a request names a "
+                              "preset, never a file (start the studio with --presets DIR for "
+                              "your own)")
+        return str(self.options.presets[name].absolute())
 
     # --- paths --------------------------------------------------------------------------
 
@@ -53,7 +84,9 @@ class App:
             return Path(image["path"])
         if not isinstance(value, str):
             raise InputError(f"input: expected an image id or a path, got {value!r}")
-        return confine(value, self.roots)
+        path = confine(value, self.roots)
+        check_media(path, value, self.max_pixels)      # as a picked file is checked
+        return path
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -72,6 +105,7 @@ class App:
         # a sequence's stages are "frame I/N ..." (sequence._framed): its progress in frames
         at = re.match(r"frame (\d+)/(\d+)\b", job["stage"] or "")
         return {k: job[k] for k in keep} | {
+            "preset": Path(job["preset"]).stem if job["preset"] else None,   # a file: its name
             "input_name": Path(job["input"]).name, "video": is_video(job["input"]),
             "frame": [int(at[1]), int(at[2])] if at else None}
 
@@ -83,9 +117,8 @@ class App:
         spec = dict(spec)
         if "image" in spec:
             spec["input"] = spec.pop("image")
-        config = spec.get("config")
-        if isinstance(config, str) and config not in presets():
-            spec["config"] = str(confine(config, self.roots))   # a YAML file: picked as images are
+        if spec.get("config") is not None:
+            spec["config"] = self.preset_file(spec["config"])
         gid, ids = self.studio.add(*checked(spec, self.allowed, self.input_path))
         return {"group": gid, "jobs": ids}
 
@@ -166,9 +199,9 @@ class App:
         want = f["dir"] / "view/result.html" if name == "view" else out
         out.parent.mkdir(exist_ok=True)
         # `gigadream export`, a child process as the jobs are: libvips' memory stays there
-        await self.made_once(f"job {job['id']}'s {name}", want, "-m", "gigadream", "export",
-                             str(f["store"]), str(out), "--config", str(f["config"]),
-                             "--overwrite")
+        await self.made_once(f"job {job['id']}'s {name}", want, *child_command(
+            None, "export", str(f["store"]), str(out), "--config", str(f["config"]),
+            "--overwrite"))
         return want
 
     async def input_view(self, image: dict) -> Path:
@@ -177,19 +210,20 @@ class App:
         if is_video(image["path"]):
             raise HTTPError(404, f"image {image['id']} is a video: no deep zoom of it")
         folder = self.studio.thumbs / f"image-{image['id']}"
-        await self.made_once(f"image {image['id']}'s deep zoom", folder / "index.html", "-m",
-                             "gigadream.studio.inputview", image["path"], str(folder),
-                             image["name"])
+        check_media(Path(image["path"]), image["name"], self.max_pixels)   # a pick may change
+        await self.made_once(f"image {image['id']}'s deep zoom", folder / "index.html",
+                             *python_module("gigadream.studio.inputview", image["path"],
+                                            folder, image["name"]))
         return folder
 
     async def made_once(self, what: str, want: Path, *args: str) -> None:
-        """Run ``python ARGS`` (argument list, no shell) unless ``want`` exists; one at a time
+        """Run ``ARGS`` (argument list, no shell) unless ``want`` exists; one at a time
         for each ``want``; its last line of stderr as the error."""
         async with self.locks.setdefault(str(want), asyncio.Lock()):
             if want.exists():
                 return
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, *args, stdout=asyncio.subprocess.DEVNULL,
+                *args, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
             _, err = await proc.communicate()
             if proc.returncode != 0:
@@ -224,13 +258,17 @@ def create_app(app: App) -> FastAPI:
         return HTMLResponse(env.get_template("error.html").render(message=message, status=status),
                             status)
 
+    o = app.options
+
     @web.middleware("http")
     async def guard(request: Request, call_next):
-        why = refusal(request, app.token, app.host, app.port)
+        why = refusal(request, o.token, o.host, o.port)
         if why is not None:
-            return error(why.status, str(why), request)
-        response = await call_next(request)
-        remember_token(request, response, app.token)
+            response = error(why.status, str(why), request)
+        else:
+            secure = secure_cookie(request, o.secure_cookie, o.trusted_proxies)
+            response = token_redirect(request, o.token, o.port, secure) or await call_next(request)
+        with_headers(response)
         return response
 
     @web.exception_handler(HTTPError)
@@ -247,26 +285,53 @@ def create_app(app: App) -> FastAPI:
     return web
 
 
+def studio_presets(folder: Path | None) -> dict[str, Path]:
+    """The presets the studio offers by name: the bundled ones, and the YAML files of
+    ``folder`` (``--presets DIR``; one of a bundled preset's name replaces it)."""
+    found = dict(presets())
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise InputError(f"--presets {folder}: not a folder; give a folder of YAML configs")
+        found |= {p.stem: p.absolute() for p in sorted(Path(folder).glob("*.yaml"))}
+    return found
+
+
 def serve(studio_dir: Path, host: str, port: int, roots: list[Path], slots: int | None,
-          scheduler: str | None, max_upload_mb: float, force_token: bool) -> int:
+          scheduler: str | None, max_upload_mb: float, no_token: bool, max_pixels: int,
+          presets_dir: Path | None, secure: bool, trusted_proxies: list[str]) -> int:
     """``gigadream serve``: the studio's page and scheduler until Ctrl-C or SIGTERM (its jobs
     then stop resumably and wait in the queue for the next start)."""
     import uvicorn
     for r in roots:
         if not Path(r).is_dir():
             raise InputError(f"--images {r}: not a folder")
+    if no_token and not is_loopback(host):
+        raise ConfigError(f"--no-token: only on loopback (127.0.0.1, ::1); {host} is reachable "
+                          "from other machines, so every request needs the token")
+    if max_pixels < 1:
+        raise ConfigError(f"--max-pixels: expected a number of pixels above 0, got {max_pixels}")
+    block_loaders()         # this process's libvips: JPEG, PNG, TIFF, WebP only
+    options = Options(host, port, None if no_token else secrets.token_urlsafe(24),
+                      int(max_upload_mb * 2**20), int(max_pixels), studio_presets(presets_dir),
+                      secure, frozenset(trusted_proxies))
     studio = Studio(studio_dir)
     runner = Runner(studio, slots, scheduler)
     runner.acquire()        # refuse at once, before the port, if another scheduler runs it
     runner.release()
-    token = secrets.token_urlsafe(24) if force_token or not is_loopback(host) else None
-    app = App(studio, runner, roots, int(max_upload_mb * 2**20), token, host, port)
+    app = App(studio, runner, roots, options)
+    token = options.token
     config = uvicorn.Config(create_app(app), host=host, port=port, log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5)
+                            access_log=False, timeout_graceful_shutdown=5,
+                            # uvicorn would believe X-Forwarded-* from 127.0.0.1, any local
+                            # user's included: only --trusted-proxy is believed (security)
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     print(f"gigadream studio {studio.root}: {url}", flush=True)
+    if token is None:
+        print("  warning: --no-token: any program or user on this machine can drive the "
+              "studio (pages of other sites still cannot)", flush=True)
     print(f"  slots: {', '.join(s for s, _ in runner.slots)}"
           + (f"; images from {', '.join(map(str, roots))}" if roots else ""), flush=True)
     server.run()

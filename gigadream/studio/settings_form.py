@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..config import field_choices, field_help, preset_values, presets, setting_keys
-
-
-def preset_names() -> list[str]:
-    """The bundled presets by name, alphabetically, as the form lists them."""
-    return sorted(presets())
+from ..config import field_choices, field_help, preset_values, setting_keys
 
 
 def settings_form(preset: str | None) -> list[dict]:
     """Every setting (``config.field_help``: the table of ``run --help``) with its help, its
-    choices, its default and the preset's value: the form's rows."""
+    choices, its default and the value of ``preset`` (a preset's YAML file, which the
+    studio found by its name): the form's rows."""
     fields = field_help()
     # the preset's own values, unchecked: a style preset names no style image yet
     values = setting_keys(preset_values(preset)) if preset else {}
