@@ -28,8 +28,8 @@ COMMON = ["engine.threads=1"]
 IDENTITY = ["mode=identity"]
 # How much a worker's RSS may grow from the soak's sixth run to its twelfth (the same six
 # configs again). Measured on the test's two workers, per round of six runs: +18, +11, +3,
-# +2 MB over five rounds (no kill, no fault), and +27 MB in this soak's second round (with
-# its killed run): glibc's arenas and oneDNN's primitive cache settling, not growing on.
+# +2 MB over five rounds (no kill, no fault), and +23 to +27 MB in this soak's second round
+# (with its killed run): glibc's arenas and oneDNN's primitive cache settling, not growing.
 # Twice that leaves room for a loaded machine's noise and still catches a leak of 10 MB a
 # run (a run's model, canvas chunks or pass data kept), 60 MB over the round.
 LEAK_MARGIN_MB = 64
@@ -268,6 +268,9 @@ def test_a_dozen_runs_on_one_cluster_equal_the_runs_on_fresh_clusters(
             np.testing.assert_array_equal(got, want, err_msg=f"run {i}: {settings}")
     finally:
         client.close()
+    # the fault did fire: the run out of memory differs from the same run that fitted
+    assert not np.array_equal(references(coffee, DREAM_BIG_TILES),
+                              references(coffee, DREAM_BIG_TILES, oom=limit))
     fresh = sum(references.seconds[(str(src), tuple(s), None if x != "oom" else limit)]
                 for src, s, _, x in runs)
     print(f"\nsoak: {sum(seconds):.1f} s on one cluster, {fresh:.1f} s on fresh clusters; "
