@@ -20,6 +20,11 @@ from gigadream.events import Stage, Work
 from gigadream.modes import load_config
 from gigadream.pipeline import run
 
+# Alone (make test's serial part): the soak measures the workers' memory, and the paused
+# worker's removal waits on heartbeats, which a loaded machine delays. The module's tests
+# share its cluster and its reference runs.
+pytestmark = pytest.mark.serial
+
 HERE = Path(__file__).resolve().parent
 OOM_FAULT = str(HERE / "oom_fault.py")
 # One torch thread everywhere: torch's reductions round by their thread count, and the
