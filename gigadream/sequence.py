@@ -199,8 +199,8 @@ class _SequenceStore:
         return self.path / f"input{index:06d}.tif"
 
     def warp(self, index: int) -> Path:
-        """The warp pass's store of frame ``index`` (a name of its own: workers keep arrays
-        open by path, and the next frame's is another array)."""
+        """The warp pass's store of frame ``index`` (a store of its own, with its own run
+        id: what workers keep open of one frame's is not the next one's)."""
         return self.path / f"warp{index:06d}.gdstore"
 
     def blend(self, index: int) -> Path:
@@ -510,8 +510,10 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     tiles = grid(shape, tile, (0, 0), halo, wrap=cfg.wraps)
     tell(Stage("warp", f"{len(tiles)} tiles, halo {halo} px"))
     ex = workers.executor()
-    map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0)) for t in tiles],
+    map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0), run=warp_store.run)
+                   for t in tiles],
               False, data=ex.share((backward, reliable)), keep=False)
+    warp_store.seal(canvas)
     if dream:
         blend = store.blend(index)
         export(canvas, blend, dataclasses.replace(cfg.export, bits=8, tiff_compression="none"),
