@@ -289,9 +289,11 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
     chosen = check_gpus(gpus, scheduler)
     quiet = contextlib.ExitStack()
     if scheduler:
-        # Dask's client logs a lost scheduler with tracebacks; the run says it in one line
-        # (DaskExecutor.check), as the embedded cluster's silence_logs has it
-        quiet.enter_context(_quiet("distributed.client"))
+        # Dask's client (and tornado under it) logs a lost scheduler with tracebacks; the run
+        # says it in one line (DaskExecutor.check), as the embedded cluster's silence_logs has it
+        # (Dask's logging config gives the last two levels of their own.)
+        for name in ("distributed", "distributed.client", "tornado.application"):
+            quiet.enter_context(_quiet(name))
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as e:
