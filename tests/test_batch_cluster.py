@@ -17,15 +17,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import read
-from test_cluster_failures import Cluster, wait_for
-from test_scheduler import _env, gd
+from test_cluster_failures import Cluster, _env, gd, wait_for
 
 DREAM = {"mode": "dream", "dream.layers": ["relu2_2"], "dream.octaves": 1, "dream.passes": 2,
          "dream.iterations": 3, "dream.calibration_tiles": 2, "tiling.tile": 48,

@@ -18,14 +18,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gigadream
 from conftest import read
-from test_scheduler import _env, _stop, gd
 
 HERE = Path(__file__).resolve().parent
+ROOT = Path(gigadream.__file__).resolve().parent.parent
 DREAM = ["-q", "--set", "mode=dream", "--set", "dream.layers=[relu2_2]", "--set", "dream.octaves=1",
          "--set", "dream.passes=3", "--set", "dream.calibration_tiles=2",
          "--set", "tiling.tile=64", "--set", "engine.threads=1"]
 IDENTITY = ["-q", "--set", "mode=identity", "--set", "tiling.tile=64"]
+
+
+def _env() -> dict:
+    """The test's environment with this source tree first on the path (workers import it)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
+def gd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gigadream", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=600)
 
 
 def _free_port() -> int:
@@ -76,7 +88,18 @@ class Cluster:
             p.wait()
 
     def stop(self) -> None:
-        _stop(list(self.procs.values()))
+        """SIGTERM to each process group, SIGKILL to what is left after a few seconds."""
+        for p in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        end = time.time() + 10
+        for p in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.1, end - time.time()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)      # the group, spawned workers and all
+            p.wait()
+        self.procs.clear()
 
 
 @pytest.fixture
@@ -149,7 +172,7 @@ def test_workers_of_another_version_are_refused_before_any_work(make_cluster, cl
            "--scheduler", c.address, *IDENTITY)
     line = one_line(p)
     from gigadream import __version__
-    assert f"worker other (tcp://127.0.0.1:" in line, line
+    assert "worker other (tcp://127.0.0.1:" in line, line
     assert f"runs gigadream 0.0.0+other, this client gigadream {__version__}" in line, line
     assert "torch" not in line        # the same torch: only what differs is named
     # before any work: the store holds the input, no pass
@@ -186,7 +209,7 @@ def test_a_scheduler_killed_mid_run_is_one_line_and_the_same_command_resumes(
     c.wait(2)
     argv = [sys.executable, "-m", "gigadream", "run", "cat.png", "-o", "resumed.tif",
             "--store", "resumed", "--scheduler", c.address, "--events", "resumed.jsonl",
-            "-q", *DREAM, "--set", "model.weights=weights/vgg16.h5"]
+            *DREAM, "--set", "model.weights=weights/vgg16.h5"]
     run = subprocess.Popen(argv, cwd=client_dir, env=_env(), stderr=subprocess.PIPE,
                            text=True)
     wait_for(lambda: in_a_pass(client_dir / "resumed.jsonl") or run.poll() is not None,
@@ -217,7 +240,7 @@ def test_every_worker_gone_mid_run_is_one_line_after_a_bounded_wait(make_cluster
     c.worker("w1")
     c.wait(2)
     argv = [sys.executable, "-m", "gigadream", "run", "cat.png", "-o", "gone.jpg",
-            "--store", "gone", "--scheduler", c.address, "--events", "gone.jsonl", "-q",
+            "--store", "gone", "--scheduler", c.address, "--events", "gone.jsonl",
             *DREAM, "--set", "model.weights=weights/vgg16.h5"]
     run = subprocess.Popen(argv, cwd=client_dir, stderr=subprocess.PIPE, text=True,
                            env={**_env(), "DASK_GIGADREAM__NO_WORKERS_TIMEOUT": "3s"})
@@ -225,7 +248,10 @@ def test_every_worker_gone_mid_run_is_one_line_after_a_bounded_wait(make_cluster
              what="the first pass")
     c.kill("w0", "w1")
     t = time.time()
-    err = run.communicate(timeout=120)[1]
+    try:
+        err = run.communicate(timeout=120)[1]
+    finally:
+        run.kill()      # a run that hangs (the bug this guards) ends with the test
     waited = time.time() - t
     p = subprocess.CompletedProcess(argv, run.returncode, "", err)
     line = one_line(p)
