@@ -81,6 +81,52 @@ def save(array: np.ndarray, path: Path, **kw) -> Path:
     return path
 
 
+def panned_frame(t: int, h: int = 144, w: int = 192, pan: tuple[int, int] = (1, 3)) -> np.ndarray:
+    """Frame ``t`` of a camera panning ``pan`` px (down, right) a frame over scikit-image's
+    astronaut at half size: a clip whose motion is known (the sequence tests)."""
+    import skimage.data
+    dy, dx = pan
+    im = skimage.data.astronaut()[::2, ::2]                        # 256 × 256
+    return np.ascontiguousarray(im[20 + t * dy:20 + t * dy + h, 10 + t * dx:10 + t * dx + w])
+
+
+def write_frames(folder: Path, frames: list, name: str = "frame") -> Path:
+    """``frames`` as ``folder/NAME1.png``, ``NAME2.png``, ... (numbers not zero-padded: only
+    natural order puts NAME2 before NAME10)."""
+    folder.mkdir(parents=True)
+    for t, f in enumerate(frames):
+        save(f, folder / f"{name}{t + 1}.png")
+    return folder
+
+
+def write_mp4(path: Path, frames: list, rate: int = 12, tone_s: float = 0.0) -> Path:
+    """``frames`` ((h, w, 3) uint8) as an H.264 mp4 at ``rate`` fps (crf 10), and
+    ``tone_s`` seconds of a 440 Hz AAC tone where it is not 0."""
+    import av
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=rate, options={"crf": "10"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = c.add_stream("aac", rate=48000) if tone_s else None
+        for f in frames:
+            for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        if a is not None:
+            n = int(48000 * tone_s)
+            tone = (0.2 * np.sin(np.arange(n) * 2 * np.pi * 440 / 48000)).astype(np.float32)
+            for i in range(0, n, 1024):
+                f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt",
+                                               layout="mono")
+                f.sample_rate, f.pts = 48000, i
+                for p in a.encode(f):
+                    c.mux(p)
+            for p in a.encode(None):
+                c.mux(p)
+    return path
+
+
 def read(path: Path) -> np.ndarray:
     """(h, w, 3) uint8 of an image file, decoded by libvips."""
     import pyvips

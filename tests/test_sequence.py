@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,6 +17,7 @@ import pytest
 import pyvips
 import skimage.data
 
+from conftest import panned_frame, write_frames, write_mp4
 from gigadream.modes import load_config
 from gigadream.pipeline import run
 from gigadream.sequence import run_sequence
@@ -27,15 +27,8 @@ PAN = (1, 3)              # the camera moves this many px (down, right) a frame
 FRAMES = 8
 
 
-def photo() -> np.ndarray:
-    """A textured photo larger than the frames, so the camera can move over it."""
-    im = skimage.data.astronaut()[::2, ::2]          # 256 × 256
-    return np.ascontiguousarray(im)
-
-
 def frame_at(t: int) -> np.ndarray:
-    dy, dx = PAN
-    return photo()[20 + t * dy:20 + t * dy + H, 10 + t * dx:10 + t * dx + W]
+    return panned_frame(t, H, W, PAN)
 
 
 def write_png(pixels: np.ndarray, path: Path) -> None:
@@ -49,35 +42,15 @@ def read(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory) -> Path:
     """frame1.png ... frame8.png: natural order, not the names' (frame10 would sort early)."""
-    d = tmp_path_factory.mktemp("clip") / "frames"
-    d.mkdir()
-    for t in range(FRAMES):
-        write_png(frame_at(t), d / f"frame{t + 1}.png")
-    return d
+    return write_frames(tmp_path_factory.mktemp("clip") / "frames",
+                        [frame_at(t) for t in range(FRAMES)])
 
 
 @pytest.fixture(scope="module")
 def clip_mp4(tmp_path_factory) -> Path:
     """The same frames as an H.264 mp4 at 12 fps with an AAC tone."""
-    path = tmp_path_factory.mktemp("mp4") / "clip.mp4"
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=12, options={"crf": "10"})
-        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
-        a = c.add_stream("aac", rate=48000)
-        for t in range(FRAMES):
-            for p in v.encode(av.VideoFrame.from_ndarray(frame_at(t), format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        tone = (0.2 * np.sin(np.arange(48000 // 2) * 2 * np.pi * 440 / 48000)).astype(np.float32)
-        for i in range(0, tone.size, 1024):
-            f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt", layout="mono")
-            f.sample_rate, f.pts = 48000, i
-            for p in a.encode(f):
-                c.mux(p)
-        for p in a.encode(None):
-            c.mux(p)
-    return path
+    return write_mp4(tmp_path_factory.mktemp("mp4") / "clip.mp4",
+                     [frame_at(t) for t in range(FRAMES)], tone_s=0.5)
 
 
 @pytest.fixture(scope="module")

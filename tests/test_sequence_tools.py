@@ -13,9 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import skimage.data
 
-from conftest import read, save
+from conftest import panned_frame, read, save, write_frames, write_mp4
 from gigadream.cli import main
 from gigadream.config import load_config
 from gigadream.estimate import TIFF_DEFLATE_SHARE, estimate_sequence
@@ -29,31 +28,19 @@ SMALL = ["dream.layers=[relu3_3]", "tiling.tile=128", "dream.octaves=2", "dream.
 
 
 def frame_at(t: int) -> np.ndarray:
-    im = skimage.data.astronaut()[::2, ::2]
-    return np.ascontiguousarray(im[20 + t:20 + t + H, 10 + 3 * t:10 + 3 * t + W])
+    return panned_frame(t, H, W)
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=12, options={"crf": "10"})
-        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
-        for t in range(FRAMES):
-            for p in v.encode(av.VideoFrame.from_ndarray(frame_at(t), format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-    return path
+    return write_mp4(tmp_path_factory.mktemp("clip") / "clip.mp4",
+                     [frame_at(t) for t in range(FRAMES)])
 
 
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("frames") / "shots"
-    d.mkdir()
-    for t in range(FRAMES):
-        save(frame_at(t), d / f"f{t + 1}.png")
-    return d
+    return write_frames(tmp_path_factory.mktemp("frames") / "shots",
+                        [frame_at(t) for t in range(FRAMES)], "f")
 
 
 def decoded(clip: Path) -> list[np.ndarray]:

@@ -45,8 +45,9 @@ class Server:
     """``gigadream serve`` in a process of its own, its output in a file; ``url`` is the
     address it printed (with its token, if any)."""
 
-    def __init__(self, studio: Path, images: Path, *args, env=None, cwd=None):
+    def __init__(self, studio: Path, images: Path, *args, env=None, cwd=None, command=None):
         self.studio, self.images, self.args, self.cwd = studio, images, args, cwd
+        self.command = command or [sys.executable, "-m", "gigadream"]
         self.env, self.mark = env or marked_env()
         self.port = free_port()
         self.start()
@@ -54,7 +55,7 @@ class Server:
     def start(self) -> None:
         self.out = open(self.studio.parent / f"serve-{self.studio.name}-{time.time_ns()}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gigadream", "serve", "--studio", str(self.studio),
+            [*self.command, "serve", "--studio", str(self.studio),
              "--port", str(self.port), "--images", str(self.images), *map(str, self.args)],
             stdout=self.out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         end = time.time() + 60
@@ -135,8 +136,8 @@ def images(tmp_path_factory) -> Path:
 def server(tmp_path, images):
     servers = []
 
-    def start(*args, studio: Path | None = None, cwd=None) -> Server:
-        s = Server(studio or tmp_path / "studio", images, *args, cwd=cwd)
+    def start(*args, studio: Path | None = None, cwd=None, command=None) -> Server:
+        s = Server(studio or tmp_path / "studio", images, *args, cwd=cwd, command=command)
         servers.append(s)
         return s
     yield start
@@ -265,6 +266,20 @@ def test_upload_pick_queue_sweep_two_slots_priority_cancel_rerun(server, images,
 
 
 # --- kill -9 --------------------------------------------------------------------------------------
+
+def test_a_studio_started_beside_a_source_clone_serves_its_derived_outputs(server, tmp_path):
+    """Started from the folder that holds the clone (a ``gigadream/`` folder in the working
+    folder, the common case), the job's children still run the installed package: its TIFF
+    and viewer, made on demand by children, answer 200, not 500 (issue 32)."""
+    home = tmp_path / "home"
+    (home / "gigadream").mkdir(parents=True)
+    (home / "gigadream" / "README.md").write_text("a clone of the source")
+    s = server(cwd=home, command=[str(Path(sys.executable).with_name("gigadream"))])
+    [job] = s.ok("/api/jobs", {"input": "small.jpg", "overrides": IDENTITY})["jobs"]
+    s.wait([job])
+    assert s.get(f"/jobs/{job}/files/result.tif").status_code == 200, s.log()
+    assert s.get(f"/jobs/{job}/view/result.html").status_code == 200, s.log()
+
 
 def test_kill_9_of_the_server_loses_nothing(server, images, tmp_path):
     studio = tmp_path / "studio"
