@@ -94,7 +94,12 @@ def _db(folder: Path, sql: str, args=()) -> list[dict]:
         return []
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as c:
         c.row_factory = sqlite3.Row
-        return [dict(r) for r in c.execute(sql, args)]
+        try:
+            return [dict(r) for r in c.execute(sql, args)]
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):       # made, its tables not yet
+                return []
+            raise
 
 
 def _batch(folder: Path, cluster: Cluster) -> subprocess.Popen:
