@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test demo bench bench-preview bench-studio profile clean
+.PHONY: install test demo bench bench-preview bench-studio bench-sequence profile clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ bench-preview:
 # two jobs run, the server's memory while a 250 MB JPEG is uploaded.
 bench-studio:
 	$(BIN)/python profiling/bench_studio.py
+
+# Sequences (issue 28): a 320×240 clip of known motion styled and dreamed as a sequence against
+# its frames run as independent stills: temporal error (Ruder et al., with the true flow), each
+# frame's quality, a later frame's seconds against a cold still's, peak memory at N and 10N
+# frames, a 360° clip's seam; results in profiling/sequences.md.
+bench-sequence:
+	$(BIN)/python profiling/bench_sequence.py
 
 # A 300 MP panorama through the whole engine (mode identity: on this CPU a 300 MP dream takes
 # hours; the engine's own memory and time are what the report is for), beside the naive way.

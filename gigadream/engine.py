@@ -7,6 +7,7 @@ A group of tiles that runs out of GPU memory is retried smaller (``_fitting``).
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -37,6 +38,7 @@ class TileTask:
     seed: tuple[int, int, int]   # (run seed, octave, pass)
     kind: str = "process"        # or "stat": only measure (gradient scale, Gram sums)
     align: int = 1               # the grid's (``tiling.grid``): where parts' windows start
+    run: str = ""                # the run's id (``Store.run``): what the worker keeps of it
 
 
 def run_tile(task: TileTask, data: Any = None) -> dict:
@@ -114,10 +116,27 @@ def _model(tasks: list[TileTask], data: Any) -> list[tuple[Any, dict]]:
 # that does not fit alone is processed in parts (``tiling.split_tile``: its core cut in 2 × 2,
 # each with the tile's margin of context), and each part likewise, down to parts whose core
 # is SMALLEST_PART px; what does not fit then is one line naming the settings to lower. What
-# fitted is remembered per window shape (``_fits``): the worker's next tiles start there.
+# fitted is remembered per run and window shape (``_fitted``): the worker's next tiles of
+# the run start there. Per run: parts change pixels, and a worker of a long-lived cluster
+# serves other runs, which must not be split by this one's memory (another model, another
+# batch, or a GPU with other jobs on it then).
 SMALLEST_PART = 64
-_fits: dict[tuple, int] = {}        # (processor type, kind, window shape) -> tiles at once
-_parted: dict[tuple, int] = {}      # (processor type, window shape) -> parts a side
+# Runs whose memory a worker keeps, the latest used; an older run that comes back (a resume
+# hours later) starts afresh, as on a new worker.
+RUNS_KEPT = 8
+# run id -> (fits: (processor type, kind, window shape) -> tiles at once,
+#            parted: (processor type, window shape) -> parts a side)
+_memory: collections.OrderedDict[str, tuple[dict, dict]] = collections.OrderedDict()
+
+
+def _fitted(run: str) -> tuple[dict, dict]:
+    """What fitted in this worker's device for ``run``: (fits, parted)."""
+    if run not in _memory:
+        _memory[run] = ({}, {})
+        while len(_memory) > RUNS_KEPT:
+            _memory.popitem(last=False)
+    _memory.move_to_end(run)
+    return _memory[run]
 
 
 def out_of_memory(e: BaseException) -> bool:
@@ -139,6 +158,7 @@ def _fitting(tasks: list[TileTask], data: Any) -> list[tuple[Any, dict]]:
     pixels they get in any group (to float rounding: ``engine.batch``); parts do not (see
     ``_in_parts``)."""
     first = tasks[0]
+    _fits, _parted = _fitted(first.run)
     key = (type(first.processor).__name__, first.kind, first.tile.window.shape)
     fits = _fits.get(key, len(tasks))
     if len(tasks) > fits:

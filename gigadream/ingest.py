@@ -586,7 +586,8 @@ def wrapped_levels(store: Store, base: ArrayView, octaves: int,
     levels = [base]
     with ThreadPoolExecutor(os.cpu_count() or 1, "gigadream-pyramid") as pool:
         for k, s in enumerate(_pyramid_shapes(base.shape, octaves, scale), start=1):
-            parent = ArrayView(base.root, levels[-1].name, levels[-1].shape, wrap=True)
+            parent = ArrayView(base.root, levels[-1].name, levels[-1].shape, wrap=True,
+                               run=base.run)
             target = store.create_source(s, f"source/{k}")
             for _ in pool.map(lambda t: downsample_tile(parent, target, t),
                               grid(s, SOURCE_CHUNK)):

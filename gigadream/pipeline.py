@@ -24,7 +24,7 @@ from .record import check_config_output, check_resolved, open_run_store, write_c
 from .storage import location
 from .storage.location import store_location
 from .storage.store import Store
-from .storage.views import ArrayView, OctaveStart, forget_arrays
+from .storage.views import ArrayView, OctaveStart
 from .tiling import grid
 
 
@@ -128,8 +128,6 @@ def run(input_path: Path, cfg: Config, out: Path, *, store_path: Path | None = N
             with report.timed("cluster"):
                 on_event(Stage("cluster", f"{cfg.engine.workers} workers"))
                 ex = workers.executor()            # what is left of its start
-                if not own:     # its workers may hold arrays of a store since replaced
-                    ex.each_worker(forget_arrays)
                 resolved = check_resolved(store, mode.resolve(ex))
             with report.timed("passes"):
                 _passes(_Run(ex, store, report, on_event, resolved, resolved.get("batch", 1),
@@ -194,6 +192,7 @@ def _passes(run: _Run, mode: Mode, passes: list[PassPlan], sources: list[ArrayVi
         data = mode.pass_data(run, pp, view, proc, tiles)
         target = store.canvas(k, pp.pass_ % 2, pp.shape, pp.tile, pp.offset, mode.wrap)
         run.process(pp, view, target, proc, tiles, data, mode.align)
+        store.seal(target)      # done: a late write of one of its tasks lands nowhere
         # with what the result needs to be read back (``modes.result_view``), so that the
         # latest canvas of an unfinished run is readable too (``record.stored_image``)
         store.update_record(done=i, canvas={**target.record(), **mode.result_record()})
@@ -238,7 +237,8 @@ class _Run:
                 self.report.count_model(s)
             if on_done is not None:
                 on_done(stats)
-        tasks = [TileTask(view, None, proc, t, seed, "stat") for t in tiles]
+        tasks = [TileTask(view, None, proc, t, seed, "stat", run=self.store.run)
+                 for t in tiles]
         return map_tiles(self.executor, tasks, True, self.batch, count, keep=on_done is None)
 
     def process(self, pp: PassPlan, view, target: ArrayView, proc, tiles: list, data,
@@ -256,7 +256,8 @@ class _Run:
                 self.report.model_steps += len(stats["model_at"])
                 self.on_event(Work(pp.iterations))
         seed = (self.seed, pp.octave, pp.pass_)
-        tasks = [TileTask(view, target, proc, t, seed, align=align) for t in tiles]
+        tasks = [TileTask(view, target, proc, t, seed, align=align, run=self.store.run)
+                 for t in tiles]
         map_tiles(self.executor, tasks, self.model, self.batch, done, data, keep=False)
         self.report.tiles += len(tasks)
 

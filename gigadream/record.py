@@ -17,7 +17,7 @@ from .errors import OutputError, StoreError
 from .ingest import fingerprint, input_name
 from .modes import result_view
 from .storage import location
-from .storage.store import Store, is_store
+from .storage.store import Store, is_store, new_run_id
 from .storage.views import ArrayView
 
 # Settings that change the result; a store made under others cannot be resumed. The engine
@@ -43,7 +43,8 @@ def config_difference(recorded: dict, cfg: Config) -> list[str]:
 def open_run_store(path: Path | str, input_path: Path, cfg: Config, restart: bool) -> Store:
     """The run's store (a folder or a URL): a new one, or the one a previous attempt left,
     checked to belong to this input and config; ``restart`` replaces it (only if it is a
-    gigadream store)."""
+    gigadream store). Its record names the run (``Store.run``): a new store a new id, a
+    resumed one the id its first attempt had."""
     if is_store(path) and not restart:
         store = Store.open(path)
         rec = store.record()
@@ -61,6 +62,8 @@ def open_run_store(path: Path | str, input_path: Path, cfg: Config, restart: boo
         store = Store.create(path, overwrite=restart)
     if "config" not in store.record():
         store.update_record(config=to_dict(cfg), version=__version__, versions=_versions())
+    if "run" not in store.record():     # a store made before run ids: what workers key by
+        store.update_record(run=new_run_id())
     had, now = store.record()["versions"], _versions()
     for pkg in now:
         if had.get(pkg) != now[pkg]:

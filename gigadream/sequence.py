@@ -199,8 +199,8 @@ class _SequenceStore:
         return self.path / f"input{index:06d}.tif"
 
     def warp(self, index: int) -> Path:
-        """The warp pass's store of frame ``index`` (a name of its own: workers keep arrays
-        open by path, and the next frame's is another array)."""
+        """The warp pass's store of frame ``index`` (a store of its own, with its own run
+        id: what workers keep open of one frame's is not the next one's)."""
         return self.path / f"warp{index:06d}.gdstore"
 
     def blend(self, index: int) -> Path:
@@ -494,19 +494,26 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
                            still.source(0, cfg.wraps))
     shape = previous.shape
     warp_store = Store.create(store.warp(index), overwrite=True)
+    # Where the flow is not reliable (what the motion reveals), style starts from the new
+    # frame too (blend 1 elsewhere): started from the smeared warp there, its few steps left
+    # streaks that the next frames carried along as if they were strokes (bench-sequence's
+    # trails 1.73× the rest); started from the photo, the patch is painted over a few frames.
+    blend = s.blend if dream else 1.0 if cfg.mode == "style" else None
     frame = None
-    if dream:
+    if blend is not None:
         ingest(path, warp_store, octaves=1, wrap=cfg.wraps)
         frame = warp_store.source(0, cfg.wraps)
     halo = warp_halo(backward, shape)
     tile = cfg.tiling.tile
     canvas = warp_store.canvas(0, 0, shape, tile, (0, 0), cfg.wraps)
-    proc = Warp(shape, halo, cfg.wraps, s.blend if dream else None, frame)
+    proc = Warp(shape, halo, cfg.wraps, blend, frame)
     tiles = grid(shape, tile, (0, 0), halo, wrap=cfg.wraps)
     tell(Stage("warp", f"{len(tiles)} tiles, halo {halo} px"))
     ex = workers.executor()
-    map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0)) for t in tiles],
+    map_tiles(ex, [TileTask(previous, canvas, proc, t, (cfg.seed, 0, 0), run=warp_store.run)
+                   for t in tiles],
               False, data=ex.share((backward, reliable)), keep=False)
+    warp_store.seal(canvas)
     if dream:
         blend = store.blend(index)
         export(canvas, blend, dataclasses.replace(cfg.export, bits=8, tiff_compression="none"),

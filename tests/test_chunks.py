@@ -125,3 +125,49 @@ def test_layout_helpers_round_trip():
     h = np.random.default_rng(3).integers(0, 1 << 16, 4096, dtype=np.uint16).view(np.float16)
     want = np.clip(np.rint(np.nan_to_num(h.astype(np.float32))), 0, 255).astype(np.uint8)
     assert np.array_equal(to_uint8(h), want)
+
+
+def test_a_canvas_takes_writes_of_its_open_generation_only(tmp_path):
+    """A canvas opened for a pass takes its tasks' chunks; a task of the opening before
+    (the same canvas two passes back), or of the pass once sealed, writes nothing; a
+    canvas that is gone is not made again by a late write."""
+    st = Store.create(tmp_path / "s")
+    old = st.canvas(0, 0, (300, 400), 128, (0, 0))
+    new = st.canvas(0, 0, (300, 400), 128, (0, 0))     # the same geometry: reused in place
+    assert old.generation != new.generation and old.run == new.run == st.run != ""
+    t = grid(new.shape, 128)[0]
+    ones, twos = np.ones((3, 128, 128), np.float32), np.full((3, 128, 128), 2, np.float32)
+    new.write(t, ones)
+    with pytest.raises(chunks.StaleWrite):
+        old.write(t, twos)
+    st.seal(new)
+    with pytest.raises(chunks.StaleWrite):
+        new.write(t, twos)
+    assert np.array_equal(new.read(t.core), ones)
+    st.drop_canvases(0)
+    with pytest.raises(chunks.StaleWrite):
+        new.write(t, twos)
+    assert not (tmp_path / "s" / new.name).exists()
+
+
+def test_a_writer_that_holds_a_canvas_stops_its_sealing_in_one_line(tmp_path, monkeypatch):
+    """A paused process inside a write (it holds the folder's shared lock) keeps the pass
+    from ending; after SEAL_WAIT_S the run stops with one line that says what to do."""
+    import fcntl
+    import os
+
+    from gigadream.errors import StoreError
+    st = Store.create(tmp_path / "s")
+    view = st.canvas(0, 1, (100, 100), 64, (0, 0))
+    fd = os.open(tmp_path / "s" / view.name, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)          # as chunks.write holds it while it writes
+    monkeypatch.setattr(chunks, "SEAL_WAIT_S", 0.2)
+    try:
+        with pytest.raises(StoreError, match=r"canvas .*o0p1: a chunk write has held it for "
+                                             r"0 s .*stop that worker, then run the same "
+                                             r"command again to resume") as e:
+            st.seal(view)
+    finally:
+        os.close(fd)
+    assert "\n" not in str(e.value)
+    st.seal(view)                           # released: sealed at once

@@ -3,6 +3,7 @@ embedded cluster's choice, an existing cluster's convention), ``--gpus``, native
 with its device as a parameter and its tiles in batches, and the retries out of GPU memory
 (a fault injected where a full GPU would raise it: ``oom_fault.py``).
 ``profiling/gpu_check.py`` checks the same on a GPU."""
+import collections
 import dataclasses
 import subprocess
 import sys
@@ -265,8 +266,7 @@ class _Canvas:
 
 @pytest.fixture
 def forget_fits(monkeypatch):
-    monkeypatch.setattr(engine, "_fits", {})
-    monkeypatch.setattr(engine, "_parted", {})
+    monkeypatch.setattr(engine, "_memory", collections.OrderedDict())
 
 
 def test_a_tile_that_does_not_fit_runs_in_parts_and_the_smallest_is_one_line(

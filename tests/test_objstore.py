@@ -24,6 +24,7 @@ import zarr
 import s3server
 from gigadream.storage import chunks, location, objects
 from gigadream.errors import StoreError
+from gigadream.storage import store as store_mod
 from gigadream.storage.store import Store
 from gigadream.storage.views import forget_arrays
 from gigadream.tiling import Box, grid
@@ -78,9 +79,11 @@ def _folder_keys(path: Path) -> dict[str, bytes]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def test_store_on_s3_is_the_folder_key_for_key(s3_env, tmp_path):
+def test_store_on_s3_is_the_folder_key_for_key(s3_env, tmp_path, monkeypatch):
     """Same calls, same keys, same bytes; the same pixels back through gigadream and zarr;
     the record is one object that a reopened store reads."""
+    # the run's id and the canvas's generation are random; here both stores get the same
+    monkeypatch.setattr(store_mod, "new_run_id", lambda: "0" * 32)
     folder = Store.create(tmp_path / "local.gdstore")
     wrote = _fill(folder)
     url = s3_env.url("runs/one.gdstore")

@@ -36,7 +36,7 @@ import gigadream
 import s3server
 from conftest import read
 from test_resume import assert_no_orphans, harness, marked_env
-from test_scheduler import _stop
+from dask_processes import stop as _stop
 
 ROOT = Path(gigadream.__file__).resolve().parent.parent
 
@@ -184,7 +184,7 @@ def _keys(url: str) -> dict[str, bytes]:
     return {k: objects.get(objects.join(url, k)) for k in objects.keys_under(url)}
 
 
-def test_ingest_and_export_through_s3_equal_the_folders(s3_env, tmp_path):
+def test_ingest_and_export_through_s3_equal_the_folders(s3_env, tmp_path, monkeypatch):
     """``gigadream ingest IMG s3://…`` holds the folder's keys and bytes (EXIF orientation 6:
     the raw level turned upright and dropped; x circular: the levels resized across the
     edge, ``wrapped_levels``), and ``gigadream export s3://… out.jpg`` is the folder's
@@ -193,7 +193,10 @@ def test_ingest_and_export_through_s3_equal_the_folders(s3_env, tmp_path):
 
     from gigadream import cli
     from gigadream.storage import objects
+    from gigadream.storage import store as store_mod
     from gigadream.storage.views import forget_arrays
+    # a store's run id is random; here both stores get the same
+    monkeypatch.setattr(store_mod, "new_run_id", lambda: "0" * 32)
     im = pyvips.Image.new_from_array(np.ascontiguousarray(skimage.data.astronaut()[:192, ::2])) \
         .copy(interpretation="srgb")
     im.set_type(pyvips.GValue.gint_type, "orientation", 6)  # 256 × 192 stored, 192 × 256 upright

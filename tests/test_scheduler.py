@@ -4,22 +4,17 @@ folder with relative paths (input, output, store, style image, model weights). I
 equals the embedded cluster's pixel for pixel, and each worker sizes its own torch threads."""
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import gigadream
+import dask_processes as processes
 from conftest import read
 from gigadream.config import load_config
 
-ROOT = Path(gigadream.__file__).resolve().parent.parent
 # Dask threads of the two workers: the first gets fewer torch threads than the second on any
 # machine of two cores or more, which a client-side count (cores / workers) cannot give.
 WORKER_THREADS = (1, 3)
@@ -37,63 +32,11 @@ STYLE = ["--set", "mode=style", "--set", "style=styles/coffee.jpg", "--set", "st
          "--set", "model.weights=weights/vgg16.h5"]
 
 
-def _env() -> dict:
-    """The test's environment with this source tree first on the path (workers import it)."""
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each started process group (a worker's nanny and the worker it spawned),
-    SIGKILL to what is left after a few seconds."""
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    end = time.time() + 10
-    for p in procs:
-        try:
-            p.wait(max(0.1, end - time.time()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)      # the group, spawned workers and all
-        except ProcessLookupError:
-            pass
-        p.wait()
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """The scheduler's address; its processes end with the module, also after a failure."""
-    d = tmp_path_factory.mktemp("cluster")
-    info = d / "scheduler.json"
-    procs: list[subprocess.Popen] = []
-
-    def start(name: str, *args: str) -> None:
-        cwd = d / name
-        cwd.mkdir()
-        log = open(cwd / "log.txt", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=_env(),
-                                      stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
-        log.close()
-
-    try:
-        start("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-              "--port", "0", "--no-dashboard", "--scheduler-file", str(info))
-        for i, n in enumerate(WORKER_THREADS):
-            start(f"worker{i}", "distributed.cli.dask_worker", "--scheduler-file", str(info),
-                  "--host", "127.0.0.1", "--nthreads", str(n), "--memory-limit", "0",
-                  "--no-dashboard", "--name", f"worker{i}")
-        from distributed import Client
-        end = time.time() + 60
-        while not info.exists() and time.time() < end:
-            time.sleep(0.2)
-        with Client(scheduler_file=str(info), timeout="30s") as client:
-            client.wait_for_workers(len(WORKER_THREADS), timeout=60)
-        yield json.loads(info.read_text())["address"]
-    finally:
-        _stop(procs)
+    with processes.dask_cluster(tmp_path_factory.mktemp("cluster"), WORKER_THREADS) as c:
+        yield c.address
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +55,7 @@ def client_dir(tmp_path_factory, photos):
 
 
 def gd(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gigadream", *args], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "gigadream", *args], cwd=cwd, env=processes.env(),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -21,15 +21,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import json
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import location, objects
+from ..errors import StoreError
 
 # Threads that decode compressed chunks. Raw chunks are read on the calling thread: handing
 # 200 KB copies to a pool costs twice what it saves.
@@ -87,9 +91,12 @@ def _codec(codecs: list[dict], dtype: np.dtype):
 
 
 @functools.lru_cache(maxsize=64)
-def layout(path: str) -> Layout | None:
+def layout(path: str, key: tuple = ()) -> Layout | None:
     """The chunk layout of the zarr v3 array at ``path``, or None where zarr must do the work.
-    (Cached: arrays are created once and only their chunks change; ``Store`` clears it.)"""
+    Cached by ``path`` and ``key``: a worker that serves run after run is told nothing when
+    a store is removed and made again at the same path with other arrays, so the views it
+    receives name their array's run and opening (``ArrayView.key``), and another's layout
+    is read afresh. (``Store`` clears the cache of its own process after each change.)"""
     try:
         meta = json.loads(location.read_bytes(location.join(path, "zarr.json")) or b"null")
     except (OSError, ValueError):
@@ -245,9 +252,104 @@ def read(lay: Layout, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return out
 
 
-def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
+class StaleWrite(Exception):
+    """A write into a canvas whose generation is over (``write``'s ``generation``): a task
+    of an earlier pass, or of a run since replaced, that a worker the scheduler gave up on
+    finished late. Nobody waits for that task: its write is dropped, raised here and logged
+    (the worker's log is where an operator sees it)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        logging.getLogger("gigadream").warning("late write dropped: %s", message)
+
+
+# Canvases alternate between two arrays (``Store.canvas``), so a task of pass i that a
+# worker cut off from the scheduler (paused, partitioned) finishes late would write into the
+# canvas of pass i + 2, or into the one pass i + 1 reads. Each opening of a canvas for a pass
+# writes a token in its zarr.json (attributes.generation), the pass's views carry it, and a
+# chunk is written only while the token is the canvas's: a conditional write rather than a
+# generation in each chunk's key, so the chunks stay at zarr's own keys (zarr, napari read
+# them) and are still overwritten in place, in pages the page cache holds (``Store.canvas``).
+# In a folder the check and the write hold the array folder's shared lock (flock) and every
+# change of the token its exclusive lock (``seal``), so a write lands while its pass is open
+# or not at all. On object storage there is no lock: the token is read right before the PUT,
+# and a writer paused between the two (a GET and a PUT, milliseconds) could still land.
+GENERATION = "generation"
+# How long ``seal`` waits for a write in flight: a chunk's write takes milliseconds; a writer
+# that holds the lock longer is a paused process.
+SEAL_WAIT_S = 60.0
+
+
+def _generation(lay: Layout) -> str | None:
+    """The token of the canvas's open generation; None when sealed or gone."""
+    meta = location.read_text(location.join(lay.path, "zarr.json"))
+    try:
+        return json.loads(meta).get("attributes", {}).get(GENERATION) if meta else None
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _folder_lock(path: str, exclusive: bool):
+    """The array folder ``path`` locked (flock) for the block: shared by chunk writers,
+    exclusive while its generation changes (waiting SEAL_WAIT_S at most). FileNotFoundError
+    where the folder is gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if exclusive:
+            wait_s = SEAL_WAIT_S
+            end = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > end:
+                        raise StoreError(
+                            f"canvas {path}: a chunk write has held it for {wait_s:.0f} s (a "
+                            "paused or hung worker process); stop that worker, then run the "
+                            "same command again to resume") from None
+                    time.sleep(0.01)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)                # and the lock with it
+
+
+def open_generation(path: str, token: str | None) -> None:
+    """The canvas at ``path`` (a folder's or a URL's array) := generation ``token`` (None:
+    sealed), once the writes in flight under the one before are done: from then on only
+    tasks that carry ``token`` write into it (see GENERATION)."""
+    meta_path = location.join(path, "zarr.json")
+
+    def change() -> None:
+        meta = json.loads(location.read_text(meta_path))
+        meta["attributes"] = {**meta.get("attributes", {}), GENERATION: token}
+        location.write_text(meta_path, json.dumps(meta, indent=2))
+
+    if location.is_url(path):
+        change()
+        return
+    with _folder_lock(path, exclusive=True):
+        change()
+
+
+def seal(path: str) -> None:
+    """No write lands in the canvas at ``path`` any more (a pass over it is done, or it is
+    replaced or dropped); nothing where there is no canvas."""
+    try:
+        if location.read_text(location.join(path, "zarr.json")) is not None:
+            open_generation(path, None)
+    except FileNotFoundError:
+        pass
+
+
+def write(lay: Layout, iy: int, ix: int, a: np.ndarray, generation: str | None = None) -> None:
     """Chunk (iy, ix) := ``a``, (c, h, w) of the array's dtype, at most a chunk in size (an
-    edge chunk's outside is filled, as zarr stores it)."""
+    edge chunk's outside is filled, as zarr stores it). ``generation``: the canvas's token
+    for the pass the task belongs to; the write is dropped (``StaleWrite``) where the canvas
+    is in another (see GENERATION)."""
     ch, cw = lay.chunk
     if a.shape[1:] != (ch, cw):
         full = np.full((lay.shape[0], ch, cw), lay.fill, dtype=lay.dtype)
@@ -261,20 +363,49 @@ def write(lay: Layout, iy: int, ix: int, a: np.ndarray) -> None:
         if cache is not None:           # read back, the chunk is what was written
             cache.put(path, a)
         pending = getattr(_local, "pending", None)
+        put = functools.partial(_put, lay, path, memoryview(data).cast("B"), generation)
         if pending is None:
-            objects.put(path, memoryview(data).cast("B"))
+            put()
         else:
-            pending.append(_io_pool().submit(objects.put, path, memoryview(data).cast("B")))
+            pending.append(_io_pool().submit(put))
         return
+    if generation is None:
+        _write_file(path, data, lay.codec is not None)
+        return
+    try:
+        with _folder_lock(lay.path, exclusive=False):
+            if _generation(lay) != generation:
+                raise StaleWrite(f"{path}: its canvas is no longer in the pass of this task")
+            _write_file(path, data, lay.codec is not None, below=lay.path)
+    except FileNotFoundError:
+        raise StaleWrite(f"{path}: its canvas is gone") from None
+
+
+def _put(lay: Layout, url: str, data: memoryview, generation: str | None) -> None:
+    """``write``'s PUT of one chunk object, once its canvas's token is checked."""
+    if generation is not None and _generation(lay) != generation:
+        raise StaleWrite(f"{url}: its canvas is no longer in the pass of this task")
+    objects.put(url, data)
+
+
+def _write_file(path: str, data, compressed: bool, below: str | None = None) -> None:
+    """The chunk file at ``path`` := ``data``. ``below``: the array's folder, which this
+    makes no folder above (a canvas removed while a late write waits is not made again)."""
     # A raw chunk is always whole: an existing file is overwritten in place, keeping its pages
     # (see Store.canvas); a compressed one may shrink, so it is truncated. One os.open for new
     # and existing files alike costs less system time than Python's open() trying "r+b",
     # then "wb" with a makedirs.
-    flags = os.O_WRONLY | os.O_CREAT | (0 if lay.codec is None else os.O_TRUNC)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if compressed else 0)
     try:
         fd = os.open(path, flags, 0o666)
     except FileNotFoundError:               # the chunk-row's folder is new
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if below is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        else:                               # c/, c/0/, c/0/<y>/: never the array's folder
+            parts = os.path.relpath(os.path.dirname(path), below).split(os.sep)
+            for k in range(1, len(parts) + 1):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(below, *parts[:k]))
         fd = os.open(path, flags, 0o666)
     try:
         with memoryview(data).cast("B") as m:

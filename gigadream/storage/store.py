@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ METADATA = "metadata"      # the input's metadata, a file per field (Store.keep_
 # chunks to use ~2 chunks' worth, so decoding dominates reads, and raw chunks cost ~3 bytes
 # a pixel per level on disk (profiling/code-figures.md: storage/store.py).
 SOURCE_CODEC = None        # or a zarr codec, e.g. zarr.codecs.BloscCodec(cname="lz4", clevel=1)
+
+
+def new_run_id() -> str:
+    """A token no other run or canvas opening has: 16 random bytes, as hex."""
+    return uuid.uuid4().hex
 
 
 def is_store(path: Path | str) -> bool:
@@ -101,7 +107,9 @@ class Store:
                 shutil.rmtree(path)
         zarr.open_group(store=location.zarr_store(path), mode="w",
                         attributes={"gigadream": {"format": FORMAT_VERSION}})
-        return cls(path)
+        store = cls(path)
+        store.update_record(run=new_run_id())
+        return store
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -125,6 +133,15 @@ class Store:
 
     # -- keys ------------------------------------------------------------------------------
 
+    @property
+    def run(self) -> str:
+        """The id of the run that made the store, which its resumes keep (``record``: a
+        store made before ids has one from its next run); the views carry it (``ArrayView``).
+        "" where there is none yet."""
+        if not getattr(self, "_run", ""):
+            self._run = self.record().get("run", "")
+        return self._run
+
     def _at(self, name: str) -> str:
         return location.join(self.root, name)
 
@@ -147,7 +164,7 @@ class Store:
                           compressors=[SOURCE_CODEC] if SOURCE_CODEC else None, fill_value=0,
                           overwrite=True, dimension_names=("c", "y", "x"))
         forget_arrays()
-        return ArrayView(self.root, name, shape)
+        return ArrayView(self.root, name, shape, run=self.run)
 
     def source(self, level: int, wrap: bool = False) -> ArrayView:
         """Source level ``level`` (``wrap``: read with x circular)."""
@@ -157,7 +174,7 @@ class Store:
         except (FileNotFoundError, zarr.errors.ArrayNotFoundError) as e:
             raise StoreError(f"store {self.path} has no source level {level}; "
                              "ingest the image first") from e
-        return ArrayView(self.root, name, tuple(arr.shape[1:]), wrap=wrap)
+        return ArrayView(self.root, name, tuple(arr.shape[1:]), wrap=wrap, run=self.run)
 
     def has_source(self) -> bool:
         return self.exists("source/0/zarr.json") and self.record().get("ingested", False)
@@ -186,25 +203,37 @@ class Store:
         octave) it is reused: only its attributes change, and the pass overwrites its chunk
         files in place (``chunks.write``): a chunk written into an existing file costs a
         fifth of one into a new file, whose page-cache pages are new. Every chunk holding a
-        pixel of the image is written by the pass; the others are never read."""
+        pixel of the image is written by the pass; the others are never read.
+
+        Each call opens a new generation of the canvas (``chunks.GENERATION``): only tasks
+        with the returned view write into it, until ``seal`` or the next call; a late task
+        of a pass before (a worker the scheduler gave up on) writes nothing."""
         name = f"canvas/o{octave}p{parity}"
         path = self._at(name)
+        generation = new_run_id()
         attributes = {"offset": list(offset), "shape": list(shape), "wrap": wrap}
         padded = (3, *padded_shape(shape, tile))
+        chunks.seal(path)               # the writes in flight under the last opening end
         lay = chunks.layout.__wrapped__(path)      # as on disk now, not as cached
         if (lay is not None and lay.shape == padded and lay.chunk == (tile, tile)
                 and lay.dtype == np.float16 and lay.codec is None):
             meta = json.loads(location.read_text(self._at(f"{name}/zarr.json")))
             meta["attributes"] = {**meta.get("attributes", {}), **attributes}
             location.write_text(self._at(f"{name}/zarr.json"), json.dumps(meta, indent=2))
+            chunks.open_generation(path, generation)
         else:
+            attributes[chunks.GENERATION] = generation
             zarr.create_array(store=self._zarr(name), shape=padded,
                               chunks=(3, tile, tile), dtype="float16", compressors=None,
                               fill_value=0, overwrite=True, dimension_names=("c", "y", "x"),
                               attributes=attributes)
             self._take_spares(chunks.layout.__wrapped__(path), shape, tile, offset, wrap)
         forget_arrays()
-        return ArrayView(self.root, name, shape, offset, wrap)
+        return ArrayView(self.root, name, shape, offset, wrap, self.run, generation)
+
+    def seal(self, view: ArrayView) -> None:
+        """No write lands in ``view``'s canvas any more: its pass is done (``canvas``)."""
+        chunks.seal(self._at(view.name))
 
     def _take_spares(self, lay: chunks.Layout, shape: tuple[int, int], tile: int,
                      offset: tuple[int, int], wrap: bool) -> None:
@@ -226,7 +255,7 @@ class Store:
     def view(self, record: dict[str, Any]) -> ArrayView:
         """The view an ``ArrayView.record()`` describes, in this store."""
         return ArrayView(self.root, record["name"], tuple(record["shape"]),
-                         tuple(record["offset"]), record.get("wrap", False))
+                         tuple(record["offset"]), record.get("wrap", False), self.run)
 
     def drop_canvases(self, octave: int) -> None:
         """Remove an octave's canvases. Their raw chunk files are kept as spares, which new
@@ -234,6 +263,8 @@ class Store:
         of octave k + 1, dropped after octave k's first pass, are about as many as octave
         k's second canvas needs (each octave has 1/scale² the chunks, and two canvases).
         On object storage the canvases are deleted."""
+        for parity in (0, 1):           # a late write would land in a spare, or nowhere
+            chunks.seal(self._at(f"canvas/o{octave}p{parity}"))
         if self.remote:                 # no pages to keep: the objects go
             for parity in (0, 1):
                 self.remove(f"canvas/o{octave}p{parity}")

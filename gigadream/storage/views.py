@@ -25,14 +25,15 @@ zarr.config.set({"codec_pipeline.batch_size": 128})
 
 
 @functools.lru_cache(maxsize=64)
-def _open_array(root: str, name: str) -> zarr.Array:
+def _open_array(root: str, name: str, key: tuple = ()) -> zarr.Array:
+    """The zarr array ``name`` of the store at ``root``, opened once per ``key``
+    (``ArrayView.key``)."""
     return zarr.open_array(store=location.zarr_store(location.join(root, name)), mode="r+")
 
 
 def forget_arrays() -> None:
-    """Arrays were created or removed: drop what this process cached about them. (A worker
-    that serves several runs, ``pipeline.run(cluster=...)``, is told to before each: a
-    store made again at the same path has other arrays.)"""
+    """Arrays were created or removed: drop what this process cached about them. (Workers
+    need not be told: what they cache is keyed by the views' ``key``.)"""
     _open_array.cache_clear()
     chunks.layout.cache_clear()
 
@@ -44,6 +45,12 @@ class ArrayView:
     Pixel (y, x) lives at (y + oy, x + ox) of the array; ``read`` returns float32 (C, h, w).
     ``wrap``: x is circular (a 360° panorama): pixel (y, x) lives at (y + oy, (x + ox) mod w),
     and a box may reach past either edge, into the other side (``tiling``).
+
+    ``run``: the id of the run that made the store (``Store.run``); ``generation``: a canvas
+    opened for a pass, the token its writes must find there (``chunks.write``). A process
+    that serves several runs (a worker of a long-lived cluster) keeps what it opened by
+    both (``key``): a store made again at the same path, or a canvas opened again with
+    another geometry, is read afresh, never through the old one's layout.
     """
 
     root: str
@@ -51,10 +58,16 @@ class ArrayView:
     shape: tuple[int, int]
     offset: tuple[int, int] = (0, 0)
     wrap: bool = False
+    run: str = ""
+    generation: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.run, self.generation
 
     @property
     def array(self) -> zarr.Array:
-        return _open_array(self.root, self.name)
+        return _open_array(self.root, self.name, self.key)
 
     def record(self) -> dict[str, Any]:
         """Where the view lives, for run.json; ``Store.view`` reads it back."""
@@ -64,7 +77,7 @@ class ArrayView:
     @property
     def layout(self) -> chunks.Layout | None:
         """The array's chunk layout for ``chunks``; None where zarr reads and writes."""
-        return chunks.layout(location.join(self.root, self.name))
+        return chunks.layout(location.join(self.root, self.name), self.key)
 
     def _pixels(self, box: Box) -> np.ndarray:
         """The box's pixels in the array's dtype, (C, h, w)."""
@@ -102,6 +115,8 @@ class ArrayView:
     def write(self, tile: Tile, core: np.ndarray) -> None:
         """Write ``core`` (C, h, w) as the whole chunk that ``tile`` owns."""
         lay = self.layout
+        if lay is None and self.generation is not None:    # a canvas, removed since
+            raise chunks.StaleWrite(f"{location.join(self.root, self.name)}: its canvas is gone")
         (c, h, w), dtype = (lay.shape, lay.dtype) if lay else (self.array.shape, self.array.dtype)
         oy, ox = self.offset
         chunk = Box(tile.chunk.y0, min(tile.chunk.y1, h), tile.chunk.x0, min(tile.chunk.x1, w))
@@ -111,10 +126,11 @@ class ArrayView:
         else:  # an edge tile: the rest of its chunk lies outside the image
             buf = np.zeros((c, *chunk.shape), dtype=dtype)
             buf[(slice(None), *at.slices())] = core
-        if lay is None:
+        if lay is None:     # another layout (none of the canvases'): zarr writes, unfenced
             self.array[(slice(None), *chunk.slices())] = buf
         else:
-            chunks.write(lay, chunk.y0 // lay.chunk[0], chunk.x0 // lay.chunk[1], buf)
+            chunks.write(lay, chunk.y0 // lay.chunk[0], chunk.x0 // lay.chunk[1], buf,
+                         self.generation)
 
 
 class ComputedView:
