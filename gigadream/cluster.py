@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import dask
 import dask.system
+import dask.utils
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
 
 from .devices import choose_gpus, cuda_devices, worker_devices
@@ -26,6 +27,14 @@ from .errors import ClusterError, ConfigError
 # few enough that the scheduler's state does not grow with the image (a 200 MP pass's 780
 # tiles at once would cost the client ~40 MB).
 IN_FLIGHT = 32
+# How often a run waiting on its tasks asks whether its cluster is still there
+# (``DaskExecutor.check``): a round trip to the scheduler, a millisecond on a LAN.
+WATCH_S = 5.0
+# How long a run waits for a worker when its cluster has none left (all gone mid-run: spot
+# machines reclaimed, killed) before it stops in one line: long enough for an operator's
+# autoscaler or systemd to start replacements. Dask's config, as an operator sets the rest:
+# ``DASK_GIGADREAM__NO_WORKERS_TIMEOUT=5s`` or ``gigadream: {no-workers-timeout: 5m}``.
+NO_WORKERS_TIMEOUT = "60s"
 
 
 def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequence,
@@ -47,16 +56,22 @@ def map_tasks(executor: concurrent.futures.Executor, fn: Callable, items: Sequen
         if nxt is not None:
             pending[executor.submit(fn, nxt[1], *args)] = nxt[0]
 
+    check = getattr(executor, "check", lambda cancelled=False: None)
     try:
         for _ in range(in_flight):
             submit_next()
         while pending:
             finished, _ = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                pending, timeout=WATCH_S, return_when=concurrent.futures.FIRST_COMPLETED)
+            if not finished:
+                check()         # a cluster whose scheduler or workers are gone: one line
             for fut in finished:
                 i = pending.pop(fut)
                 try:
                     result = fut.result()
+                except concurrent.futures.CancelledError:
+                    check(cancelled=True)       # nothing here cancels a task it waits on
+                    raise
                 except KilledWorker as e:       # Dask's own words are a traceback's worth
                     raise ClusterError(
                         f"a worker died each of the {e.allowed_failures + 1} times it ran the "
@@ -84,6 +99,35 @@ class DaskExecutor(concurrent.futures.Executor):
     def __init__(self, client: Client):
         self.client = client
         self._executor = client.get_executor(pure=False)
+        self.address = client.scheduler.address
+        self._workerless_since: float | None = None
+
+    def check(self, cancelled: bool = False) -> None:
+        """Raise a one-line ``ClusterError`` where the cluster cannot finish the run: its
+        scheduler gone (Dask cancels every task it waited on: ``cancelled``), or no worker
+        left for ``gigadream.no-workers-timeout`` (Dask would wait for one forever). What is
+        recorded stays in the store: the same command resumes."""
+        lost = ClusterError(f"the Dask scheduler at {self.address} went away mid-run (its "
+                            "workers stop with it); start the scheduler and its workers "
+                            "again, then run the same command: it resumes from the store")
+        if cancelled or self.client.status != "running":
+            raise lost
+        try:
+            workers = len(self.client.nthreads())
+        except (OSError, TimeoutError):
+            raise lost from None
+        if workers:
+            self._workerless_since = None
+            return
+        now = time.monotonic()
+        self._workerless_since = self._workerless_since or now
+        wait = dask.utils.parse_timedelta(
+            dask.config.get("gigadream.no-workers-timeout", NO_WORKERS_TIMEOUT))
+        if now - self._workerless_since >= wait:
+            raise ClusterError(f"every worker of the Dask scheduler at {self.address} is gone "
+                               f"and none came back in {wait:.0f} s; start workers again "
+                               f"(dask worker {self.address}), then run the same command: "
+                               "it resumes from the store")
 
     def submit(self, fn, /, *args, **kwargs):
         return self._executor.submit(fn, *args, **kwargs)
@@ -152,7 +196,45 @@ class WorkerSetup(WorkerPlugin):
         elif self.parent is None:
             use_device(own_device(worker.address))
         if self.warm is not None:
-            self.warm()
+            try:
+                self.warm()
+            except Exception as e:
+                if self.parent is not None:     # this machine's own: said as it is
+                    raise
+                # a worker of another machine: the client sees this worker's error alone,
+                # which names neither the worker nor whose file is missing
+                raise ClusterError(f"worker {worker.name} ({worker.address}) cannot load the "
+                                   f"model: {e}; put the file at that path on that worker's "
+                                   "machine (or set model.weights to a path every worker "
+                                   "reaches), then run the same command") from None
+
+
+def versions() -> dict[str, str]:
+    """gigadream's and torch's versions in this process: a client and workers that differ
+    compute other pixels (torch) or other tasks (gigadream)."""
+    from importlib import metadata
+
+    from . import __version__
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "none"
+    return {"gigadream": __version__, "torch": torch}
+
+
+def check_versions(client: Client, scheduler: str) -> None:
+    """One line naming the first worker of ``scheduler`` whose ``versions`` differ from this
+    client's, and both versions; before any work (the setup plugin, the model)."""
+    own = versions()
+    names = {a: w.get("name", a) for a, w in client.scheduler_info()["workers"].items()}
+    for address, theirs in sorted(client.run(versions).items()):
+        differ = [k for k in own if theirs.get(k) != own[k]]
+        if differ:
+            raise ClusterError(
+                f"worker {names.get(address, address)} ({address}) of {scheduler} runs "
+                + ", ".join(f"{k} {theirs.get(k)}" for k in differ) + ", this client "
+                + ", ".join(f"{k} {own[k]}" for k in differ) + "; install the same "
+                "versions on the client and every worker")
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -205,10 +287,17 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
     GPU each where there are GPUs (``gpus``: all, or those numbered), or ``scheduler``.
     ``warm`` runs once in each worker."""
     chosen = check_gpus(gpus, scheduler)
+    quiet = contextlib.ExitStack()
     if scheduler:
+        # Dask's client (and tornado under it) logs a lost scheduler with tracebacks; the run
+        # says it in one line (DaskExecutor.check), as the embedded cluster's silence_logs has it
+        # (Dask's logging config gives the last two levels of their own.)
+        for name in ("distributed", "distributed.client", "tornado.application"):
+            quiet.enter_context(_quiet(name))
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as e:
+            quiet.close()
             raise ClusterError(f"no Dask scheduler answers at {scheduler} ({e.__class__.__name__}); "
                                "check the address, or leave out --scheduler to start one here") from e
         local, devices = None, None
@@ -243,12 +332,15 @@ def cluster(workers: int | str = "auto", threads: int | str = "auto",
                                  silence_logs=logging.CRITICAL)   # task errors reach us anyway
         client = Client(local)
     try:
+        if local is None:
+            check_versions(client, scheduler)
         client.register_plugin(WorkerSetup(threads, warm, os.getpid() if local else None,
                                            devices))
         yield DaskExecutor(client)
     finally:
         if local is None:
-            client.close()
+            with quiet:
+                client.close()
         else:
             with _quiet("distributed"):
                 _kill_workers(local)

@@ -2,6 +2,7 @@
 queue is empty) and ``gigadream jobs [--watch]`` (the queue as a table)."""
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -37,20 +38,34 @@ def _config_file(spec, base: Path):
 
 def queue_file(studio: Studio, jobs_file: Path) -> list[int]:
     """Every job of ``jobs_file`` checked (settings with the CLI's parser, inputs by their
-    headers), then queued; nothing is queued if any is refused. Returns their ids."""
-    base = Path(jobs_file).absolute().parent
-    resolve = _local_path(base)
-    groups = [checked(_config_file(spec, base), resolve) for spec in read_jobs_file(jobs_file)]
-    return sorted(i for group in groups for i in studio.add(*group)[1])
+    headers), then queued, in one transaction with the batch that names them; nothing is
+    queued if any is refused. Returns their ids."""
+    path = Path(jobs_file).absolute()
+    resolve = _local_path(path.parent)
+    groups = [checked(_config_file(spec, path.parent), resolve)
+              for spec in read_jobs_file(jobs_file)]
+    return sorted(studio.queue.add_batch(path, _digest(path), groups, studio.jobs_dir))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def batch(jobs_file: Path, studio_dir: Path, slots: int | None, scheduler: str | None) -> int:
     """Queue, then run the studio's queue here until it is empty (or, where a ``serve``
     runs this studio, leave the jobs to it). Exit 0 when every job of this batch is done."""
     studio = Studio(studio_dir)
-    ids = queue_file(studio, jobs_file)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
-    say(f"queued {len(ids)} jobs ({', '.join(map(str, ids))}) in {studio.root}")
+    # The same command again after a kill -9 (or a reboot) resumes that batch: its jobs
+    # queued anew would run every finished one a second time.
+    path = Path(jobs_file).absolute()
+    ids = studio.queue.unfinished_batch(path, _digest(path)) if path.is_file() else None
+    if ids is None:
+        ids = queue_file(studio, jobs_file)
+        say(f"queued {len(ids)} jobs ({', '.join(map(str, ids))}) in {studio.root}")
+    else:
+        say(f"resuming the unfinished batch of {jobs_file} in {studio.root}: jobs "
+            f"{', '.join(map(str, ids))} (finished ones are not run again)")
     runner = Runner(studio, slots, scheduler)
     seen: dict[int, str] = {}
 

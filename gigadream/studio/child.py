@@ -13,7 +13,9 @@ Then it takes ``LOCK`` (``JOB/child.lock``, an exclusive ``flock``; waiting whil
 attempt's child still stops) and writes its pid in it, before any work: the lock, which the
 kernel releases when the process ends, is how the studio knows that nobody writes the job's
 store. SIGTERM before the CLI's handlers are installed ends it at once, having written
-nothing.
+nothing. Its exit code follows its pid in the lock (``PID exit RC``) before it exits: a
+studio killed in between reads it there (``runner.child_exit``) and files a finished job as
+done, instead of running it again.
 """
 from __future__ import annotations
 
@@ -58,7 +60,10 @@ def main() -> int:
     from .security import block_loaders
     block_loaders()
     from ..cli import main as cli_main
-    return cli_main(sys.argv[3:])
+    rc = cli_main(sys.argv[3:])
+    if _held:       # "PID exit RC": a studio killed before it saw this exit reads it there
+        os.write(_held[0], f" exit {rc}".encode())
+    return rc
 
 
 if __name__ == "__main__":

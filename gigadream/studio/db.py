@@ -62,6 +62,13 @@ CREATE TABLE IF NOT EXISTS runs (  -- each attempt of a job: when it ran, where,
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     slot TEXT, started REAL NOT NULL, ended REAL, outcome TEXT
 );
+CREATE TABLE IF NOT EXISTS batches (  -- each jobs file 'gigadream batch' queued
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,            -- the jobs file, absolute
+    digest TEXT NOT NULL,          -- sha256 of its bytes: the same file unchanged
+    jobs TEXT NOT NULL,            -- JSON list of the job ids it queued
+    created REAL NOT NULL
+);
 """
 
 
@@ -132,20 +139,36 @@ class Queue:
         """A group and its jobs (dicts of input, preset, overrides, label and optionally
         kind, priority, parent), queued in one transaction: a sweep is queued whole or not at
         all."""
-        now = time.time()
         with self._tx() as c:
-            gid = c.execute("INSERT INTO groups(name, sweep, created) VALUES (?, ?, ?)",
-                            (name, sweep, now)).lastrowid
-            for j in jobs:
-                jid = c.execute(
-                    "INSERT INTO jobs(group_id, kind, priority, input, preset, overrides, label, "
-                    "dir, parent, created) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?)",
-                    (gid, j.get("kind", "run"), j.get("priority", 0), str(j["input"]),
-                     j.get("preset"), json.dumps(j["overrides"]), json.dumps(j.get("label", {})),
-                     j.get("parent"), now)).lastrowid
-                c.execute("UPDATE jobs SET dir=? WHERE id=?",
-                          (str(Path(jobs_dir) / str(gid) / str(jid)), jid))
+            gid, _ = _insert_group(c, name, sweep, jobs, jobs_dir)
         return gid
+
+    def add_batch(self, path: Path, digest: str, groups: list[tuple[str, str | None, list[dict]]],
+                  jobs_dir: Path) -> list[int]:
+        """The groups of the jobs file at ``path`` (``add_group``'s arguments each), queued in
+        one transaction with the batch that names them: a kill -9 leaves all of them queued
+        and recorded, or none. Returns the jobs' ids."""
+        ids: list[int] = []
+        with self._tx() as c:
+            for name, sweep, jobs in groups:
+                ids += _insert_group(c, name, sweep, jobs, jobs_dir)[1]
+            c.execute("INSERT INTO batches(path, digest, jobs, created) VALUES (?, ?, ?, ?)",
+                      (str(path), digest, json.dumps(ids), time.time()))
+        return ids
+
+    def unfinished_batch(self, path: Path, digest: str) -> list[int] | None:
+        """The job ids of the last batch queued from the unchanged jobs file at ``path``, if
+        one of them still waits or runs (its ``gigadream batch`` was stopped or killed), else
+        None."""
+        rows = self.query("SELECT jobs FROM batches WHERE path=? AND digest=? "
+                          "ORDER BY id DESC LIMIT 1", (str(path), digest))
+        if not rows:
+            return None
+        ids = json.loads(rows[0]["jobs"])
+        marks = ",".join("?" * len(ids))
+        active = self.query(f"SELECT id FROM jobs WHERE id IN ({marks}) AND status IN "
+                            f"({','.join('?' * len(ACTIVE))})", (*ids, *ACTIVE))
+        return ids if active else None
 
     def job(self, job_id: int) -> dict | None:
         rows = self.query("SELECT * FROM jobs WHERE id=?", (job_id,))
@@ -213,6 +236,26 @@ class Queue:
     def counts(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in
                 self.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")}
+
+
+def _insert_group(c: sqlite3.Connection, name: str, sweep: str | None, jobs: list[dict],
+                  jobs_dir: Path) -> tuple[int, list[int]]:
+    """A group and its jobs inserted in the transaction of ``c``: the group's id, its jobs'."""
+    now = time.time()
+    gid = c.execute("INSERT INTO groups(name, sweep, created) VALUES (?, ?, ?)",
+                    (name, sweep, now)).lastrowid
+    ids = []
+    for j in jobs:
+        jid = c.execute(
+            "INSERT INTO jobs(group_id, kind, priority, input, preset, overrides, label, "
+            "dir, parent, created) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?)",
+            (gid, j.get("kind", "run"), j.get("priority", 0), str(j["input"]),
+             j.get("preset"), json.dumps(j["overrides"]), json.dumps(j.get("label", {})),
+             j.get("parent"), now)).lastrowid
+        c.execute("UPDATE jobs SET dir=? WHERE id=?",
+                  (str(Path(jobs_dir) / str(gid) / str(jid)), jid))
+        ids.append(jid)
+    return gid, ids
 
 
 def _decoded(row: dict) -> dict:

@@ -189,6 +189,9 @@ class Runner:
         ids = []
         for job in self.queue.jobs("status='running'"):
             _wait_gone(job)
+            if child_exit(job) == 0:    # it finished after the studio died: done, once
+                self.queue.end_run(job["id"], "done", progress=1.0, stage="done", eta_s=0.0)
+                continue
             outcome = {"stop": "stopped", "cancel": "cancelled"}.get(job["stop"], "queued")
             self.queue.end_run(job["id"], outcome, stage="" if outcome == "queued" else job["stage"])
             ids.append(job["id"])
@@ -373,6 +376,16 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def child_exit(job: dict) -> int | None:
+    """The exit code the job's last child wrote in its lock (``child.py``: ``PID exit RC``),
+    or None: it was killed, or is still running."""
+    try:
+        words = (Path(job["dir"]) / LOCK_NAME).read_text().split()
+    except OSError:
+        return None
+    return int(words[2]) if len(words) == 3 and words[1] == "exit" else None
+
+
 def _wait_gone(job: dict) -> None:
     """Wait for any child a killed studio left in the job's folder to finish stopping
     (PR_SET_PDEATHSIG sent it SIGTERM when the studio died; a second one could cut its
@@ -395,7 +408,7 @@ def _wait_gone(job: dict) -> None:
                 break
             time.sleep(POLL_S)
         f.seek(0)
-        pid = f.read().strip()
+        pid = (f.read().split() or [""])[0]
         try:        # the holder wrote its pid once it had the lock
             p = psutil.Process(int(pid))
             if str(lock) in p.cmdline():
