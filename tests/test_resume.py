@@ -351,11 +351,12 @@ def test_export_of_an_unfinished_run_is_refused_or_says_what_it_writes(pano, tmp
     (h, w) = level1.shape
     assert r.stderr.splitlines() == [
         f"gigadream: writing an unfinished run's latest canvas, after 2 passes: octave 1, "
-        f"{w}×{h} px (the image is 768×512 px)"]
+        f"{w}×{h} px (the image is 768×512 px)", f"wrote {out} ({w}×{h} px)"]
     np.testing.assert_array_equal(read(out), level1.read_uint8(Box(0, h, 0, w)))
 
     r = harness(pano, tmp_path / "run.tif", store, config)           # finished: its result
     assert r.returncode == 0, r.stderr[-2000:]
     r = gd("export", store, tmp_path / "result.tif", "--set", "export.tiff_compression=none")
-    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.returncode == 0 and r.stderr.splitlines() == [
+        f"wrote {tmp_path / 'result.tif'} (768×512 px)"], r.stderr
     np.testing.assert_array_equal(read(tmp_path / "result.tif"), read(tmp_path / "run.tif"))

@@ -224,7 +224,8 @@ def test_a_pass_gives_its_tiles_the_canvas_gram_of_all_of_them(images, tmp_path)
     with cluster(workers=2) as ex:
         resolved = mode.resolve(ex)
         run_ = _Run(ex, store, RunReport(), lambda e: None, resolved, resolved["batch"], cfg.seed, True)
-        _, canvas = mode.pass_data(run_, pp, source, proc, tiles)
+        _, canvas, reliable = mode.pass_data(run_, pp, source, proc, tiles)
+        assert reliable is None                 # a still has no previous frame
         seen = [r[1] for r in map_tasks(ex, _echo, list(range(4)), args=(canvas,))]
         other = ex.share({"grams": {"relu1_1": (np.zeros((4, 4)), 0)}})
         assert map_tasks(ex, _echo, [0], args=(other,))[0][1]["grams"]["relu1_1"][1] == 0
