@@ -160,7 +160,8 @@ def events_of(path: Path) -> list[dict]:
 
 def test_kill_9_mid_frame_resumes_to_the_same_frames(frames_dir, tmp_path):
     args = ["--config", "impressionist", "--set", "dream.octaves=2", "--set",
-            "dream.passes=2", "--set", "tiling.tile=64", "--workers", "1", "--quiet"]
+            "dream.passes=2", "--set", "tiling.tile=64", "--set", "sequence.frames=1-4",
+            "--workers", "1", "--quiet"]
     whole = tmp_path / "whole"
     subprocess.run([sys.executable, "-m", "gigadream", "run", str(frames_dir), "-o",
                     str(whole / "%02d.tif"), *args], check=True, timeout=600)
@@ -170,7 +171,7 @@ def test_kill_9_mid_frame_resumes_to_the_same_frames(frames_dir, tmp_path):
                          start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:      # into frame 3's passes
-        if any(e.get("name") == "frame 3/8" and str(e.get("detail", "")).startswith("pass")
+        if any(e.get("name") == "frame 3/4" and str(e.get("detail", "")).startswith("pass")
                for e in events_of(events)):
             break
         time.sleep(0.05)
@@ -178,10 +179,10 @@ def test_kill_9_mid_frame_resumes_to_the_same_frames(frames_dir, tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert (tmp_path / "killed.gdseq").is_dir()
-    assert len(list(out.iterdir())) < FRAMES
+    assert len(list(out.iterdir())) < 4
     subprocess.run([sys.executable, "-m", "gigadream", "run", str(frames_dir), "-o",
                     str(out / "%02d.tif"), *args], check=True, timeout=600)
-    for t in range(1, FRAMES + 1):
+    for t in range(1, 4 + 1):
         assert np.array_equal(read(out / f"{t:02d}.tif"), read(whole / f"{t:02d}.tif")), t
 
 
