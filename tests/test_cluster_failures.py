@@ -73,6 +73,13 @@ class Cluster:
                            self.address, "--host", "127.0.0.1", "--nthreads", "1",
                            "--memory-limit", "0", "--no-dashboard", "--name", name, *extra])
 
+    def start_two(self) -> None:
+        """The scheduler and two plain workers, w0 and w1, registered."""
+        self.scheduler()
+        self.worker("w0")
+        self.worker("w1")
+        self.wait(2)
+
     def wait(self, workers: int) -> None:
         from distributed import Client
         with Client(self.address, timeout="60s") as client:
@@ -203,10 +210,7 @@ def test_a_worker_without_the_weights_is_named(make_cluster, client_dir, tmp_pat
 def test_a_scheduler_killed_mid_run_is_one_line_and_the_same_command_resumes(
         make_cluster, client_dir):
     c = make_cluster()
-    c.scheduler()
-    c.worker("w0")
-    c.worker("w1")
-    c.wait(2)
+    c.start_two()
     argv = [sys.executable, "-m", "gigadream", "run", "cat.png", "-o", "resumed.tif",
             "--store", "resumed", "--scheduler", c.address, "--events", "resumed.jsonl",
             *DREAM, "--set", "model.weights=weights/vgg16.h5"]
@@ -219,10 +223,7 @@ def test_a_scheduler_killed_mid_run_is_one_line_and_the_same_command_resumes(
     p = subprocess.CompletedProcess(argv, run.returncode, "", err)
     assert f"the Dask scheduler at {c.address} went away mid-run" in one_line(p)
     c.kill("w0", "w1")      # (they end by themselves once their scheduler is gone)
-    c.scheduler()
-    c.worker("w0")
-    c.worker("w1")
-    c.wait(2)
+    c.start_two()
     again = subprocess.run(argv, cwd=client_dir, env=_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -235,10 +236,7 @@ def test_a_scheduler_killed_mid_run_is_one_line_and_the_same_command_resumes(
 
 def test_every_worker_gone_mid_run_is_one_line_after_a_bounded_wait(make_cluster, client_dir):
     c = make_cluster()
-    c.scheduler()
-    c.worker("w0")
-    c.worker("w1")
-    c.wait(2)
+    c.start_two()
     argv = [sys.executable, "-m", "gigadream", "run", "cat.png", "-o", "gone.jpg",
             "--store", "gone", "--scheduler", c.address, "--events", "gone.jsonl",
             *DREAM, "--set", "model.weights=weights/vgg16.h5"]
