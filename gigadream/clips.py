@@ -368,8 +368,8 @@ def make_clip(out: str | Path, shape: tuple[int, int] = (240, 320), frames: int 
 
 
 def _write_video(out: Path, frames: Iterable[np.ndarray], shape, fps, audio: bool, n: int) -> None:
-    """Lossless H.264 (.mp4) or VP9 (.webm) in yuv444p, with a tone if ``audio``. The RGB →
-    YUV → RGB round trip alone costs 0.4 levels² (measured on noise; 0.9 at full range)."""
+    """Lossless H.264 (.mp4) or VP9 (.webm) in yuv444p, with a tone if ``audio``. Only the
+    RGB → YUV → RGB round trip loses anything (profiling/sequences.md gives how much)."""
     import av
     from fractions import Fraction
     h, w = shape

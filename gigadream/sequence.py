@@ -496,8 +496,8 @@ def _carry(store: _SequenceStore, prev: int, index: int, path: Path, grey: np.nd
     warp_store = Store.create(store.warp(index), overwrite=True)
     # Where the flow is not reliable (what the motion reveals), style starts from the new
     # frame too (blend 1 elsewhere): started from the smeared warp there, its few steps left
-    # streaks that the next frames carried along as if they were strokes (bench-sequence's
-    # trails 1.73× the rest); started from the photo, the patch is painted over a few frames.
+    # streaks that the next frames carried along as if they were strokes (profiling/
+    # sequences.md, trails); started from the photo, the patch is painted over a few frames.
     blend = s.blend if dream else 1.0 if cfg.mode == "style" else None
     frame = None
     if blend is not None:

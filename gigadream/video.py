@@ -60,10 +60,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
                     ".mts", ".m2ts", ".ogv")
 
-# The software encoders offered: name → (default crf, options). The options are the fast
-# settings measured in profiling/sequences-facts.md §1 (8192×4096 on 2 cores: x264 0.5 s a
-# frame and 1.6 GB, VP9 1.2 s and 3.9 GB, AV1 1.1 s and 2.2 GB, x265 4.1 s and 2.2 GB), small
-# next to a style step. VP9's crf mode needs b=0.
+# The software encoders offered: name → (default crf, options). The options are each
+# encoder's fast settings: an 8K frame encodes in seconds, small next to a style step
+# (profiling/sequences-facts.md §1 has each one's time and memory). VP9's crf mode needs b=0.
 ENCODERS = {
     "libx264": (20, {"preset": "veryfast"}),
     "libx265": (24, {"preset": "veryfast", "x265-params": "log-level=error"}),

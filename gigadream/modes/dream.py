@@ -365,8 +365,7 @@ class DreamMode(Mode):
         still's passes per octave, p the frame's. Each frame keeps ``blend`` of the dream
         it starts from and adds its own passes' steps, so the dream settles where
         D = p·step'/(1 − blend): a still's P·step. ``blend`` then sets only how much a
-        frame may change, and so how little the dream flickers (measured in
-        profiling/sequences.md), not how strong it is."""
+        frame may change, and so how little the dream flickers, not how strong it is."""
         if self.prior is None:
             return 1.0
         blend = self.cfg.sequence.blend
