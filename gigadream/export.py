@@ -52,7 +52,7 @@ STRIP_ROWS = 256
 FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff", ".tiff": "tiff",
            ".dzi": "dz", ".szi": "szi"}
 # PNG holds 2³¹ − 1 px a side (its header's), 8 or 16 bits a channel; libvips writes it row by
-# row, deflating on one thread: ~7× a JPEG's time (26 MP upscaled photo: 0.74 s, JPEG 0.10 s).
+# row, deflating on one thread: several times a JPEG's time (profiling/code-figures.md).
 PNG_MAX_SIDE = 2 ** 31 - 1
 DEEP_ZOOM = ("dz", "szi", "iiif3")
 KINDS = {"jpeg": "a JPEG", "png": "a PNG", "dz": "deep zoom", "szi": "deep zoom", "iiif3": "deep zoom"}
