@@ -42,12 +42,12 @@ from .config import Config, ExportConfig, to_dict
 from .engine import TileTask, map_tiles
 from .errors import ConfigError, OutputError
 from .events import Stage, Timings, Total, Work
-from .export import check_output, export
+from .export import FORMATS, check_output, export
 from .flow import flow_shape, frame_flow, tile_mask, warp_halo, warp_tile
 from .ingest import ingest, open_image, wrap_setting
 from .modes import Prior, mode_for, result_view
 from .pipeline import run as run_still, work_units
-from .record import check_config_output, write_config_output
+from .record import RESULT_SECTIONS, check_config_output, write_config_output
 from .storage.location import is_url
 from .storage.store import Store
 from .tiling import grid
@@ -57,7 +57,8 @@ from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequ
 __all__ = ["SequenceReport", "is_sequence_input", "run_sequence", "default_output"]
 
 VIDEO = (".mp4", ".webm")
-FRAME_FORMATS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+# Frames are files the still export writes, one image each (not deep zoom).
+FRAME_FORMATS = ("jpeg", "png", "tiff")
 # Sequence settings that change a frame's pixels: a store recorded with others is not resumed.
 RESULT_KEYS = ("frames", "stride", "temporal_weight", "blend", "passes", "iterations", "flow",
                "flow_pixels")
@@ -114,7 +115,7 @@ class Output:
             return cls(out, True)
         if "%" in out.name:
             ext = Path(out.name.replace("%", "")).suffix.lower()
-            if ext not in FRAME_FORMATS:
+            if FORMATS.get(ext) not in FRAME_FORMATS:
                 raise OutputError(f"output {out}: frames are written as .jpg, .png or .tif "
                                   "(16-bit with export.bits=16); name them so, e.g. "
                                   f"{out.parent}/%06d.jpg")
@@ -241,7 +242,7 @@ def _open_sequence_store(path: Path, spec: str, source: FrameSource, cfg: Config
 
 def _result_settings(cfg: Config) -> dict:
     d = to_dict(cfg)
-    out = {k: d[k] for k in ("mode", "seed", "model", "dream", "style", "keep_far", "tiling")}
+    out = {k: d[k] for k in RESULT_SECTIONS}
     out["sequence"] = {k: d["sequence"][k] for k in RESULT_KEYS}
     return json.loads(json.dumps(out))
 
