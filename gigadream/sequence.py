@@ -51,8 +51,8 @@ from .record import RESULT_SECTIONS, check_config_output, write_config_output
 from .storage.location import is_url
 from .storage.store import Store
 from .tiling import grid
-from .video import (Frame, FrameSource, VideoWriter, check_video_output, is_sequence_input,
-                    open_frames)
+from .video import (VIDEO_EXTENSIONS, Frame, FrameSource, VideoWriter, check_video_output,
+                    is_sequence_input, open_frames)
 
 __all__ = ["SequenceReport", "is_sequence_input", "run_sequence", "default_output"]
 
@@ -80,7 +80,7 @@ def default_output(spec: str, label: str) -> Path:
     """INPUT-LABEL.mp4 beside a video; FOLDER-LABEL/ (JPEG frames) beside a folder of
     frames (``label``: ``config.output_label``, the preset's name or the mode)."""
     p = Path(spec.split("*")[0].rstrip("/") or ".")
-    if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi") and p.is_file():
+    if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
         return p.with_name(f"{p.stem}-{label}.mp4")
     folder = p if p.is_dir() else p.parent
     return folder.with_name(f"{folder.name}-{label}")
