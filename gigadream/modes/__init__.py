@@ -15,7 +15,7 @@ A processor is a small picklable object (the model behind it is loaded once per 
 process); the engine calls
 
     process(windows, tiles, rngs, data) -> [(core pixels (C, h, w), stats), ...]
-    stat_batch(windows, cores) -> [stats, ...]          (measure only: ``stat`` tasks)
+    stat_batch(windows, cores, tiles) -> [stats, ...]   (measure only: ``stat`` tasks)
 
 with windows (C, h, w) in 0-255 (float32, or the canvas's float16 where the processor's
 ``window_dtype`` is None), the engine's tiles (absolute window and core boxes), and one

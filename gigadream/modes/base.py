@@ -255,9 +255,13 @@ class Mode:
         later frame's warped previous result where the mode starts from it: style)."""
         return source
 
+    def octave_passes(self, k: int, octaves: int) -> int:
+        """Passes of octave ``k`` (0 the finest) of ``octaves``."""
+        return self.passes_per_octave
+
     def octave_plan(self, k: int, shape: tuple[int, int], octaves: int) -> list[PassPlan]:
         t, out = self.cfg.tiling.tile, []
-        for p in range(self.passes_per_octave):
+        for p in range(self.octave_passes(k, octaves)):
             # a tile as large as the octave covers it whole: no offset would split it
             off = (pass_offset(self.cfg.seed, k, p, t, shape[1] if self.wrap else None)
                    if t < max(shape) else (0, 0))

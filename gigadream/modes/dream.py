@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,54 @@ class DeepDream:
     dose: float = 1.0
     precision: str = "fp32"      # model.precision: auto, fp32, bf16 (auto resolved on the worker)
     far_sigma: float = 0.0       # stat measures the gradient as keep_far keeps it (``far``)
+    smooth: float = 0.0          # σ (px) of the Gaussian blur of each step
+    decorrelate: bool = False    # steps preconditioned in decorrelated colours (``shaped``)
+    edge_guard: float = 0.0      # levels/px of the photo's gradient where a step is halved
+    source: Any = None           # ArrayView of the octave's photo (edge_guard's edges)
     batchable = True
+
+    def shaped(self, g, guards):
+        """The step's direction from the objective's gradient g (N, C, h, w), in this order:
+
+        - ``smooth``: a Gaussian blur, so a step has no pixel-sized peaks (lucid's
+          transformation robustness does this implicitly; here a blur of σ 1-2 px is enough
+          to turn the HED VGG16's single-pixel dots into forms, ``profiling/literal.md``);
+        - ``decorrelate``: g' = C Cᵀ g per pixel, C the square root of ImageNet's colour
+          covariance (lucid's ``color_correlation_svd_sqrt``): gradient ascent in
+          decorrelated colour space, whose steps lean toward luminance and away from the
+          green-magenta axis that raw RGB steps fringe contours with;
+        - ``guards`` (``edge_guard``): each window's weight 1 / (1 + (e/T)²), e the photo's
+          gradient magnitude within 2 px (``guard_weights``). A dream grows most along the
+          photo's contours, where the layers answer hardest, and each pass reinforces the
+          same contour (its features do not move with the jitter, flat regions' do), so
+          without it the change within 3 px of strong edges is 2-4x that elsewhere:
+          halos.
+        """
+        if self.smooth:
+            g = _blur(g, self.smooth)
+        if self.decorrelate:
+            import torch
+            m = torch.as_tensor(DECORRELATE, dtype=g.dtype, device=g.device)
+            g = torch.einsum("ij,njhw->nihw", m, g)
+        if guards is not None:
+            g = g * guards
+        return g
+
+    def guard_weights(self, tiles):
+        """(N, 1, h, w) weights on the device from the photo's windows of ``tiles``, or
+        None without ``edge_guard``."""
+        if not self.edge_guard or self.source is None:
+            return None
+        import torch
+        import torch.nn.functional as F
+
+        from ..models import device
+        photo = torch.from_numpy(np.stack([self.source.read(t.window) for t in tiles])).to(device())
+        grey = _blur(photo.float().mean(1, keepdim=True), 1.0)
+        gy = F.pad(grey[:, :, 2:] - grey[:, :, :-2], (0, 0, 1, 1), mode="replicate")
+        gx = F.pad(grey[:, :, :, 2:] - grey[:, :, :, :-2], (1, 1, 0, 0), mode="replicate")
+        e = F.max_pool2d(torch.sqrt(gx * gx + gy * gy) / 2, 5, 1, 2)   # within 2 px
+        return 1.0 / (1.0 + (e / self.edge_guard) ** 2)
 
     def gradient(self, x):
         """Objective gradient w.r.t. x (N, C, h, w); returns (grad, seconds in the model).
@@ -129,11 +177,13 @@ class DeepDream:
         ``step_size`` long on average, as a whole step is without keep_far."""
         return self.stat_batch([window], [core])[0]
 
-    def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
-        """``stat`` of windows of one shape, in one model step."""
+    def stat_batch(self, windows: list[np.ndarray], cores: list[Box], tiles=None) -> list[dict]:
+        """``stat`` of windows of one shape, in one model step; the step's shape
+        (``shaped``) as the tiles' passes give it (``tiles``: where their photo is)."""
         import torch
 
         g, seconds = self.gradient(_batch(windows))
+        g = self.shaped(g, None if tiles is None else self.guard_weights(tiles))
         if self.far_sigma:
             from .far import highpass
             g = highpass(g, self.far_sigma)
@@ -148,10 +198,11 @@ class DeepDream:
         return self.batch([window], [core], [rng])[0]
 
     def process(self, windows, tiles, rngs, data=None) -> list[tuple[np.ndarray, dict]]:
-        return self.batch(windows, [t.core.relative_to(t.window) for t in tiles], rngs)
+        return self.batch(windows, [t.core.relative_to(t.window) for t in tiles], rngs,
+                          self.guard_weights(tiles))
 
     def batch(self, windows: list[np.ndarray], cores: list[Box],
-              rngs: list[np.random.Generator]) -> list[tuple[np.ndarray, dict]]:
+              rngs: list[np.random.Generator], guards=None) -> list[tuple[np.ndarray, dict]]:
         """Windows of one shape dreamed together: each step is one forward and backward of
         the batch (a GPU is busier with several windows than with one; ``engine.batch``).
         Each window keeps its own jitter from its own generator, so a tile's pixels are
@@ -173,12 +224,35 @@ class DeepDream:
                 shifts.append(((dy % h if h else 0), (dx % w if w else 0)))
             g, s = self.gradient(_roll(x, shifts))
             model_s += s
-            g = _roll(g, [(-dy, -dx) for dy, dx in shifts])
+            g = self.shaped(_roll(g, [(-dy, -dx) for dy, dx in shifts]), guards)
             x += (self.dose * self.step_size / self.grad_scale) * g
             x.clamp_(0.0, 255.0)
         # planar again, as callers and store.write expect (a 512 px core: 0.6 ms)
         return [(xi[(slice(None), *core.slices())].contiguous().cpu().numpy(),
                  {"model_s": model_s / len(windows)}) for xi, core in zip(x, cores)]
+
+
+# lucid's color_correlation_svd_sqrt (the square root of ImageNet's RGB covariance), its
+# columns scaled to at most unit norm; DECORRELATE = C Cᵀ (``DeepDream.shaped``).
+_C = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_C = _C / np.linalg.norm(_C, axis=0).max()
+DECORRELATE = (_C @ _C.T).astype(np.float32)
+
+
+def _blur(x, sigma: float):
+    """Separable Gaussian blur of (N, C, h, w), reflected at the window's edges (they sit in
+    the margin; the core is further than 3σ from them at the margins dream uses)."""
+    import torch
+    import torch.nn.functional as F
+    r = max(int(3 * sigma + 0.5), 1)
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                 groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+                    groups=c)
 
 
 def _batch(windows: list[np.ndarray]):
@@ -216,6 +290,7 @@ class DreamMode(Mode):
         super().__init__(cfg, frame, prior)
         self.precision = cfg.model.precision      # resolved on the workers (begin_octave)
         self.grad_scale = 1.0                      # the octave's (begin_octave)
+        self.source = None                         # the octave's photo (begin_octave)
 
     def check_settings(self) -> None:
         """Layers and classes the model has, something to dream of, and room in the margin
@@ -257,6 +332,16 @@ class DreamMode(Mode):
     def iterations(self) -> int:
         return self.cfg.dream.iterations
 
+    def octave_passes(self, k: int, octaves: int) -> int:
+        """``passes`` at the finest octave (k = 0), ``coarse_passes`` at the coarsest, the
+        octaves between on the geometric steps from one to the other: a coarse octave's
+        features span many of the final pixels, and steps there grow the forms a person
+        recognises (eyes, heads) where the fine octaves add only their texture."""
+        d = self.cfg.dream
+        if d.coarse_passes == "auto" or octaves == 1:
+            return d.passes
+        return max(1, round(d.passes * (d.coarse_passes / d.passes) ** (k / (octaves - 1))))
+
     @property
     def calibration_tiles(self) -> int:
         return self.cfg.dream.calibration_tiles
@@ -287,6 +372,7 @@ class DreamMode(Mode):
         part of an image (``run.shared``) takes the whole image's into it (``part_scale``)."""
         if run.resolved["precision"] != "mixed":
             self.precision = run.resolved["precision"]
+        self.source = source
         own = run.recorded("grad_scale", str(octave), lambda: self.calibrate(run, octave, view))
         whole = run.shared.get("coarsest_grad_scale")
         self.grad_scale = own if whole is None else self.part_scale(run, octave, own, whole)
@@ -315,6 +401,7 @@ class DreamMode(Mode):
         if run.resolved.get("precision", "mixed") != "mixed":
             self.precision = run.resolved["precision"]
         k = len(sources) - 1
+        self.source = sources[k]
         return {"coarsest_grad_scale": {str(k): self.calibrate(run, k, sources[k])}}
 
     def calibrate(self, run: Run, octave: int, view) -> float:
@@ -357,7 +444,9 @@ class DreamMode(Mode):
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
         return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
                          cfg.dream.step_size * self.later_step, jitter, self.margin,
-                         grad_scale, cfg.dream.dose, self.precision, far_sigma)
+                         grad_scale, cfg.dream.dose, self.precision, far_sigma,
+                         cfg.dream.smooth, cfg.dream.decorrelate, cfg.dream.edge_guard,
+                         self.source if cfg.dream.edge_guard else None)
 
     @property
     def later_step(self) -> float:

@@ -129,10 +129,10 @@ class KeepFar:
     def batchable(self) -> bool:
         return self.inner.batchable
 
-    def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
+    def stat_batch(self, windows: list[np.ndarray], cores: list[Box], tiles=None) -> list[dict]:
         """The inner's measure over the tiles' own cores (dream's gradient scale, style's
         Grams)."""
-        return self.inner.stat_batch(windows, cores)
+        return self.inner.stat_batch(windows, cores, tiles)
 
     def process(self, windows, tiles, rngs, data=None) -> list[tuple[np.ndarray, dict]]:
         """The inner's pass over each tile's wider core, its change high-passed, the tile's

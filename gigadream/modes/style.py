@@ -170,8 +170,8 @@ class StyleTransfer:
         the tiles of a pass into the canvas's global Gram (``add_stats``)."""
         return self.stat_batch([window], [core])[0]
 
-    def stat_batch(self, windows: list[np.ndarray], cores: list[Box]) -> list[dict]:
-        """``stat`` of windows of one shape, in one forward. The Gram sums are float64, on
+    def stat_batch(self, windows: list[np.ndarray], cores: list[Box], tiles=None) -> list[dict]:
+        """``stat`` of windows of one shape, in one forward (``tiles``, the engine's, unused). The Gram sums are float64, on
         the device, from the fp32 features: a pass's global Gram is the sum of hundreds of
         tiles' sums of up to 10⁵ cells each, and in float64 it is the whole image's Gram
         whatever the grid (the tiled-equals-whole premise, to ~1e-12); the per-step Gram of
