@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test demo bench bench-preview bench-studio bench-sequence profile clean
+.PHONY: install test demo bench bench-preview bench-studio bench-sequence bench-literal profile clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ bench-studio:
 # frames, a 360° clip's seam; results in profiling/sequences.md.
 bench-sequence:
 	$(BIN)/python profiling/bench_sequence.py
+
+# Issue 31: every dream preset in configs/ on three photos made from scikit-image's, through
+# `gigadream run`: what a network that did not dream sees in the result (the share of animals,
+# dogs, birds over the photo's), halos along the photo's edges, the far view kept with
+# keep_far; results and 100 % crops in profiling/literal.md and profiling/literal/.
+bench-literal:
+	$(BIN)/python profiling/literal.py
 
 # A 300 MP panorama through the whole engine (mode identity: on this CPU a 300 MP dream takes
 # hours; the engine's own memory and time are what the report is for), beside the naive way.

@@ -19,7 +19,7 @@ FLOORS = [
     ["models", "metadata", "ingest", "export", "viewer", "video"],
     ["modes"],
     ["engine", "cluster", "record", "pipeline"],
-    ["preview", "estimate", "profile", "baseline", "sample", "sequence", "clips"],
+    ["preview", "estimate", "profile", "baseline", "sample", "sequence", "clips", "judge"],
     ["cli", "__main__", "studio"],
 ]
 FLOOR = {room: i for i, rooms in enumerate(FLOORS) for room in rooms}

@@ -1,0 +1,128 @@
+"""How literally a dream shows things, and whether it haloes: measures of a result beside its
+photo (``make bench-literal`` and the tests; issue 31).
+
+``judge`` asks an ImageNet classifier what share of its belief goes to a group of classes
+(animals, dogs, birds, ...) in a photo or a dream. Two choices make the share a person's
+judgement rather than the dreaming network's:
+
+- the judge is a network that did not dream (``judge_for``): a dream climbs its own network's
+  logits with texture that another network barely sees, so the dreaming network's own figures
+  overstate what a person sees (they are reported beside, not instead);
+- every crop is blurred (Gaussian, σ = 2 px) before it is judged: adversarial, pixel-sized
+  texture is gone after it, the forms a person recognises (a head, an eye, fur) stay.
+
+Crops are 224 px, the networks' training size, tiled over the image at several scales (1, ½,
+¼ by default): a creature a few hundred pixels wide is seen whole at ¼ when it spans several
+crops at 1.
+
+``halo_ratio`` measures halos: a dream grows most along the photo's contours and fringes them
+with colour. It compares the colour shift (CIELAB, ΔE76 and its a*b* chroma part) within 3 px
+of the photo's strong edges with that elsewhere; 1 = no halo (the acceptance: ≤ 1.5).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# ImageNet's animals: classes 0-397 (fish to pufferfish; the rest are objects, scenes, food)
+ANIMAL = list(range(0, 398))
+# judged besides ``animal``, where ``classes.GROUPS`` has them (read at each call)
+GROUPS_JUDGED = ("dog", "bird", "architecture")
+
+
+def judge_for(dreaming_model: str) -> str:
+    """The judge of a dream by ``dreaming_model``: a network that did not dream it.
+    EfficientNet-Lite2 judges VGG16's and Lite0's and Lite1's dreams, Lite0 judges Lite2's
+    (Lite1 is too close a sibling of both to judge either)."""
+    return "efficientnet_lite0" if dreaming_model == "efficientnet_lite2" else "efficientnet_lite2"
+
+
+def groups() -> dict[str, list[int]]:
+    """The judged groups: ``animal`` and those of ``GROUPS_JUDGED`` that ``classes.GROUPS`` has."""
+    from .classes import GROUPS
+    return {"animal": ANIMAL, **{g: GROUPS[g] for g in GROUPS_JUDGED if g in GROUPS}}
+
+
+def _blur(x, sigma: float):
+    """Separable Gaussian blur of (N, C, h, w), reflected at the crop's edges."""
+    import torch
+    import torch.nn.functional as F
+    r = max(int(3 * sigma + 0.5), 1)
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                 groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+                    groups=c)
+
+
+def crops(image: np.ndarray, scale: float, crop: int = 224):
+    """(N, 3, crop, crop) float 0-255: the image at ``scale`` (antialiased bilinear) cut into
+    the whole crops that fit, the grid centred; N = 0 where the scaled image is smaller."""
+    import torch
+    import torch.nn.functional as F
+    x = torch.from_numpy(np.ascontiguousarray(image[..., :3], dtype=np.float32)).permute(2, 0, 1)[None]
+    if scale != 1:
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
+    h, w = x.shape[2:]
+    ny, nx = h // crop, w // crop
+    oy, ox = (h - ny * crop) // 2, (w - nx * crop) // 2
+    if not ny or not nx:
+        return x.new_zeros((0, 3, crop, crop))
+    return torch.cat([x[:, :, oy + i * crop:oy + (i + 1) * crop, ox + j * crop:ox + (j + 1) * crop]
+                      for i in range(ny) for j in range(nx)])
+
+
+def judge(image: np.ndarray, model: str, scales=(1, 0.5, 0.25), sigma: float = 2.0,
+          crop: int = 224) -> dict[str, float]:
+    """{group: share}: the mean over ``scales`` of the mean softmax mass that ``model`` gives
+    a group's classes over the crops at that scale (``crops``), each crop blurred by
+    ``sigma`` px first. ``image``: (h, w, 3), 0-255. A scale at which the image is smaller
+    than a crop is left out; if every one is, ValueError."""
+    import torch
+
+    from .models import get_model
+    net, found = get_model(model), groups()
+    per_scale = []
+    for s in scales:
+        c = crops(image, s, crop)
+        if not len(c):
+            continue
+        if sigma:
+            c = _blur(c, sigma)
+        with torch.no_grad():
+            p = torch.cat([net(b, {"logits"})["logits"].float().softmax(1) for b in c.split(16)])
+        per_scale.append({g: float(p[:, idx].sum(1).mean()) for g, idx in found.items()})
+    if not per_scale:
+        raise ValueError(f"judge: a {image.shape[1]}×{image.shape[0]} image has no {crop} px "
+                         f"crop at scales {tuple(scales)}; give an image at least {crop} px a side")
+    return {g: float(np.mean([d[g] for d in per_scale])) for g in found}
+
+
+def edge_zone(photo: np.ndarray, radius: int = 3, quantile: float = 0.95) -> np.ndarray:
+    """(h, w) bool: within ``radius`` px (a disk's dilation) of the photo's strong edges, its
+    grey Sobel magnitude (after a Gaussian blur of σ 1 px, so noise is no edge) above its
+    ``quantile``."""
+    from skimage import color, filters, morphology
+    grey = filters.gaussian(color.rgb2gray(np.asarray(photo[..., :3]) / 255.0), sigma=1)
+    mag = filters.sobel(grey)
+    return morphology.dilation(mag > np.quantile(mag, quantile), morphology.disk(radius))
+
+
+def halo_ratio(photo: np.ndarray, result: np.ndarray, radius: int = 3,
+               quantile: float = 0.95) -> tuple[float, float]:
+    """(chroma ratio, ΔE ratio): the mean colour shift from ``photo`` to ``result`` (both
+    (h, w, 3), 0-255) near the photo's strong edges (``edge_zone``) over its mean elsewhere.
+    The shift is CIELAB ΔE76 per pixel, and its chroma part, the a*b* distance: a halo is
+    mostly a colour fringe (green-magenta, as raw RGB steps make them), which the chroma
+    ratio sees even where the lightness change along a contour is the photo's own."""
+    from skimage import color
+    near = edge_zone(photo, radius, quantile)
+    a = color.rgb2lab(np.asarray(photo[..., :3], np.float64) / 255.0)
+    b = color.rgb2lab(np.asarray(result[..., :3], np.float64) / 255.0)
+    d = b - a
+    chroma = np.hypot(d[..., 1], d[..., 2])
+    delta_e = np.sqrt((d * d).sum(-1))
+    return (float(chroma[near].mean() / chroma[~near].mean()),
+            float(delta_e[near].mean() / delta_e[~near].mean()))
