@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read
+from conftest import boundary_ratio, read
 from gigadream.config import load_config
 from gigadream.models import get_model
 from gigadream.pipeline import plan, run
@@ -39,12 +39,6 @@ def test_output_differs_from_input_everywhere(dreamed):
     diff = np.abs(after - before).mean(axis=2)           # lossless output: 0 where untouched
     blocks = diff.reshape(16, 32, 16, 32).mean(axis=(1, 3))
     assert blocks.min() > 1.0, f"a 32×32 block barely changed: mean |diff| {blocks.min():.2f}"
-
-
-def boundary_ratio(img: np.ndarray, lines: list[int], axis: int) -> float:
-    """Mean |gradient| across ``lines`` (the step from line to line + 1) over that elsewhere."""
-    d = np.abs(np.diff(img.sum(axis=2), axis=axis))
-    return float(d.take(lines, axis=axis).mean() / np.delete(d, lines, axis=axis).mean())
 
 
 def test_no_seams_along_the_last_pass_tile_boundaries(dreamed):

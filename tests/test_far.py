@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_config_error, read, save
+from conftest import assert_config_error, boundaries, boundary_ratio, read, save
 from gigadream.modes import load_config, mode_for
 from gigadream.modes.far import KeepFar, far_radius, lowpass
 from gigadream.pipeline import plan, run
@@ -101,19 +101,6 @@ def far_and_near(before: np.ndarray, after: np.ndarray, k: int) -> tuple[float, 
     """Mean |change| in 0-255 levels at 1/k size (box shrink) and at full size."""
     b, a = before.astype(np.float64), after.astype(np.float64)
     return np.abs(shrink(a, k) - shrink(b, k)).mean(), np.abs(a - b).mean()
-
-
-def boundary_ratio(img: np.ndarray, lines: list[int], axis: int) -> float:
-    """Mean |gradient| across ``lines`` (the step from line to line + 1) over that elsewhere."""
-    d = np.abs(np.diff(img.sum(axis=2), axis=axis))
-    return float(d.take(lines, axis=axis).mean() / np.delete(d, lines, axis=axis).mean())
-
-
-def boundaries(cfg, shape: tuple[int, int], axis: int) -> list[int]:
-    """The finest octave's tile boundary lines along ``axis``, every pass's."""
-    t = cfg.tiling.tile
-    return sorted({i * t - p.offset[axis] - 1 for p in plan(shape, cfg) if p.octave == 0
-                   for i in range(1, shape[axis] // t + 2) if 0 < i * t - p.offset[axis] < shape[axis]})
 
 
 # 320 px of the astronaut, 64 px tiles: 15 tile boundaries a side over the finest octave's passes

@@ -1,0 +1,105 @@
+"""Issue 31's promises on a small photo through the whole engine, measured as make bench-literal
+measures them (``gigadream.judge``): edge_guard keeps the dream's halos off the photo's
+contours; a guided dog dream shows dogs to a network that did not dream it; the knobs of a
+literal dream (coarse_passes, smooth, decorrelate, edge_guard) leave no tile seams."""
+import numpy as np
+import pytest
+
+from conftest import boundaries, boundary_ratio, read, save
+from gigadream.config import load_config
+from gigadream.judge import halo_ratio, judge, judge_for
+from gigadream.pipeline import run
+
+SIZE = 384
+HALO_AIM = 1.5       # the issue's: the shift near strong edges at most 1.5× that elsewhere
+
+# A short, strong VGG16 dream: its halos show after two passes of two octaves.
+HALO = ["dream.layers=[relu3_3]", "dream.octaves=2", "dream.passes=2", "dream.step_size=3",
+        "export.tiff_compression=none"]
+
+# configs/guided-dogs.yaml's knobs; the photo is smaller than a tile, so each pass is one
+# window (on 128 px tiles the run takes 3x as long).
+GUIDED = ["model.name=efficientnet_lite0", "dream.classes=[dog]", "dream.octaves=4",
+          "dream.octave_scale=1.6", "dream.passes=5", "dream.coarse_passes=30",
+          "dream.step_size=2.5", "dream.smooth=1.5", "dream.decorrelate=true",
+          "dream.edge_guard=10", "seed=0", "export.tiff_compression=none"]
+
+
+@pytest.fixture(scope="module")
+def workers():
+    """One cluster for the module's four runs: each would start its own (2-3 s)."""
+    from gigadream.cluster import BackgroundCluster
+    cluster = BackgroundCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    """scikit-image's astronaut at 384 px (order-3 spline, antialiased), a PNG."""
+    import skimage.data
+    from skimage.transform import resize
+    im = resize(skimage.data.astronaut(), (SIZE, SIZE), order=3, preserve_range=True,
+                anti_aliasing=True)
+    return save(np.clip(im, 0, 255).round().astype(np.uint8),
+                tmp_path_factory.mktemp("literal") / "astronaut.png")
+
+
+def test_edge_guard_keeps_the_dream_off_the_photo_s_contours(astronaut, workers, tmp_path):
+    photo, ratios = read(astronaut), {}
+    for guard in (0, 10):
+        out = run(astronaut, load_config(None, HALO + [f"dream.edge_guard={guard}"]),
+                  tmp_path / f"guard{guard}.tif", cluster=workers).output
+        ratios[guard] = halo_ratio(photo, read(out))
+    print("halo (chroma, ΔE):", {g: tuple(round(v, 2) for v in r) for g, r in ratios.items()})
+    # measured: (1.79, 1.64) without the guard, (0.16, 0.15) with edge_guard 10
+    assert min(ratios[0]) > HALO_AIM, "the dream no longer haloes: the test cannot tell"
+    assert max(ratios[10]) <= HALO_AIM
+
+
+def test_a_guided_dog_dream_shows_dogs_to_a_network_that_did_not_dream_it(astronaut, workers,
+                                                                          tmp_path):
+    photo = read(astronaut)
+    dream = read(run(astronaut, load_config(None, GUIDED), tmp_path / "dogs.tif",
+                     cluster=workers).output)
+    judge_name = judge_for("efficientnet_lite0")
+    # A 384 px photo has one 224 px crop at scale 1 (the face and collar) and one at 0.6
+    # (nearly all of it); the crop at 1 alone swings with where the dogs grew (3-140× over
+    # the runs measured), the two together much less.
+    before, after = (judge(im, judge_name, scales=(1, 0.6))["dog"] for im in (photo, dream))
+    print(f"{judge_name}: dog share {before:.4f} -> {after:.4f} ({after / before:.1f}×)")
+    assert judge_name == "efficientnet_lite2"
+    # measured: 0.0056 -> 0.078 (13.9×)
+    assert after >= 5 * before
+
+
+# A VGG16 dream with the literal knobs on 128 px tiles (5 finest passes: 15 tile boundaries a
+# side); VGG16's relu3_3 sees 40 px, inside the margin, so a tile's core steps as in a whole
+# image's pass and its boundaries cannot show.
+KNOBS = ["dream.layers=[relu3_3]", "dream.octaves=2", "dream.octave_scale=2", "dream.passes=5",
+         "dream.coarse_passes=8",
+         "dream.step_size=3", "dream.smooth=1.5", "dream.decorrelate=true", "dream.edge_guard=10",
+         "tiling.tile=128", "export.tiff_compression=none"]
+
+
+def seams(cfg, photo: np.ndarray, dream: np.ndarray) -> list[tuple[float, float]]:
+    """Per axis: the dreamed change's step across the finest octave's tile boundaries over
+    elsewhere, and the dream's own over the photo's (1 = no seam; ``test_far``'s measure)."""
+    b, a = photo.astype(np.float32), dream.astype(np.float32)
+    out = []
+    for axis in (0, 1):
+        lines = boundaries(cfg, a.shape[:2], axis)
+        assert len(lines) >= 12
+        out.append((boundary_ratio(a - b, lines, axis),
+                    boundary_ratio(a, lines, axis) / boundary_ratio(b, lines, axis)))
+    print("seams (change, dreamed/input) per axis:", [tuple(round(v, 3) for v in r) for r in out])
+    return out
+
+
+def test_the_literal_knobs_leave_no_tile_seams(astronaut, workers, tmp_path):
+    cfg = load_config(None, KNOBS)
+    dream = read(run(astronaut, cfg, tmp_path / "knobs.tif", cluster=workers).output)
+    # measured: change 1.01 and 0.97, dreamed/input 0.99 and 1.00 (15 lines a side: the
+    # photo's content moves a line's ratio ±10 %)
+    for change, relative in seams(cfg, read(astronaut), dream):
+        assert abs(change - 1) < 0.08 and abs(relative - 1) < 0.06
