@@ -65,8 +65,8 @@ HEAVIEST_FIRST = ["test_sequence", "test_style", "test_resume", "test_cli", "tes
                   "test_cluster_failures", "test_preview", "test_studio", "test_studio_pages",
                   "test_studio_security",
                   "test_gpu", "test_dream", "test_objstore_cluster", "test_wrap", "test_engine",
-                  "test_far", "test_literal", "test_objstore", "test_scheduler", "test_profile", "test_install",
-                  "test_guided"]
+                  "test_far", "test_literal", "test_objstore", "test_scheduler", "test_profile",
+                  "test_install", "test_guided"]
 
 
 def pytest_collection_modifyitems(config, items):
