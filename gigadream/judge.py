@@ -62,7 +62,8 @@ def crops(image: np.ndarray, scale: float, crop: int = 224):
     the whole crops that fit, the grid centred; N = 0 where the scaled image is smaller."""
     import torch
     import torch.nn.functional as F
-    x = torch.from_numpy(np.ascontiguousarray(image[..., :3], dtype=np.float32)).permute(2, 0, 1)[None]
+    rgb = np.ascontiguousarray(image[..., :3], dtype=np.float32)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]                 # (1, 3, h, w)
     if scale != 1:
         x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
     h, w = x.shape[2:]

@@ -56,6 +56,8 @@ AIMS = {"dreamscape": {"animal": 3.0}}     # a guided preset's aims: its own gro
 GUIDED_AIM = 5.0
 HALO_AIM = 1.5
 JPEG_QUALITY = 85
+# the dreamers with a classifier whose own figures are reported (VGG16 has none: n/a)
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def make_photo(name: str, folder: Path) -> tuple[Path, np.ndarray]:
@@ -129,7 +131,7 @@ def measure(photo: np.ndarray, result: np.ndarray, model: str, preset: str) -> d
     """The figures of one result: judged by a network that did not dream, by the dreamer (a
     Lite; else None), the halo ratios."""
     judge_name = judge_for(model)
-    own = judge(result, model) if model.startswith("efficientnet_lite") else None
+    own = judge(result, model) if model in LITES else None
     return {"judge": judge_name, "shares": judge(result, judge_name), "own": own,
             "halo": halo_ratio(photo, result), "aims": aims(preset)}
 
@@ -165,6 +167,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     photos = [p for p in args.photos.split(",") if p]
     chosen = args.presets.split(",") if args.presets else dream_presets()
+    import skimage.data
+    for p in photos:
+        if not callable(getattr(skimage.data, p, None)):
+            sys.exit(f"--photos: {p!r} is not a scikit-image photo; try {', '.join(CROPS)}")
+    for p in chosen:
+        if p not in presets() or load_config(p).mode != "dream":
+            sys.exit(f"--presets: {p!r} is not a bundled dream preset; the dream presets: "
+                     f"{', '.join(dream_presets())}")
     crops_dir = args.out.with_suffix("")
     crops_dir.mkdir(parents=True, exist_ok=True)
     report = ["# How literally the dream presets dream, and their halos (issue 31)", "",
@@ -176,8 +186,8 @@ def main(argv=None) -> None:
               "The judge did not dream; the dreamer's own figures see its own texture. "
               f"Halo: colour shift within 3 px of the photo's strong edges over elsewhere "
               f"(aim ≤ {HALO_AIM}). ✓/✗: the issue's aims (dreamscape animals ≥ 3×, a guided "
-              f"preset's groups ≥ {GUIDED_AIM:g}×). Crops: `{crops_dir.name}/PHOTO-PRESET.jpg`, "
-              "photo left, result right, 100 %.", ""]
+              f"preset's groups ≥ {GUIDED_AIM:g}×). Crops: "
+              f"`{crops_dir.name}/PHOTO-PRESET.jpg`, photo left, result right, 100 %.", ""]
     far_rows = []
     with tempfile.TemporaryDirectory(prefix="literal-") as tmp:
         tmp = Path(tmp)
@@ -189,7 +199,7 @@ def main(argv=None) -> None:
                 model = cfg.model.name
                 print(f"{name} × {preset} ({model})", flush=True)
                 result, seconds = run(path, preset, tmp / f"{name}-{preset}.png")
-                for j in {judge_for(model), *([model] if model.startswith("efficientnet_lite") else [])}:
+                for j in {judge_for(model), model} & set(LITES):
                     base.setdefault(j, judge(photo, j))
                 rows.append({"preset": preset, "model": model, "s": seconds, "shape": photo.shape,
                              **measure(photo, result, model, preset)})

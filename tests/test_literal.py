@@ -103,3 +103,44 @@ def test_the_literal_knobs_leave_no_tile_seams(astronaut, workers, tmp_path):
     # photo's content moves a line's ratio ±10 %)
     for change, relative in seams(cfg, read(astronaut), dream):
         assert abs(change - 1) < 0.08 and abs(relative - 1) < 0.06
+
+
+def test_the_judge_is_a_network_that_did_not_dream():
+    assert judge_for("vgg16") == judge_for("efficientnet_lite0") == "efficientnet_lite2"
+    assert judge_for("efficientnet_lite1") == "efficientnet_lite2"
+    assert judge_for("efficientnet_lite2") == "efficientnet_lite0"
+
+
+def test_the_judge_takes_the_whole_crops_that_fit_at_each_scale(photos):
+    from gigadream.judge import crops
+    img = read(photos["coffee_jpg"])                                   # 400 × 600
+    assert [len(crops(img, s)) for s in (1, 0.6, 0.5)] == [2, 1, 0]
+    assert (crops(img, 1)[0].numpy().transpose(1, 2, 0) == img[88:312, 76:300]).all()
+    shares = judge(img, "efficientnet_lite2")                      # scales ½ and ¼ left out
+    assert set(shares) >= {"animal", "dog", "bird"} and 0 <= shares["dog"] <= shares["animal"] <= 1
+    with pytest.raises(ValueError, match="no 224 px crop"):
+        judge(img[:200, :200], "efficientnet_lite2")
+
+
+def test_the_halo_ratio_measures_colour_shifts_in_cielab(photos):
+    """Shifts made in CIELAB itself: a* +8 near the strong edges and +2 elsewhere is a ratio
+    of 4, chroma and ΔE; a lightness shift alike everywhere, a ΔE ratio of 1."""
+    from skimage import color
+
+    from gigadream.judge import edge_zone
+    photo = read(photos["astronaut_png"]).astype(np.float64)
+    near = edge_zone(photo)
+    assert 0.1 < near.mean() < 0.5                      # 5 % strong edges, dilated by 3 px
+    lab = color.rgb2lab(photo / 255)
+
+    def shifted(at_edges, elsewhere):
+        out = lab.copy()
+        out[near] += at_edges
+        out[~near] += elsewhere
+        return np.clip(color.lab2rgb(out) * 255, 0, 255)
+    fringe = halo_ratio(photo, shifted((0, 8, 0), (0, 2, 0)))
+    even = halo_ratio(photo, shifted((3, 0, 0), (3, 0, 0)))[1]
+    print(f"fringe: chroma {fringe[0]:.2f}, ΔE {fringe[1]:.2f}; even lightness: ΔE {even:.2f}")
+    # measured: 3.93, 3.93; 1.0 (on 0-255 values taken for 0-1 ones: 3.26, 3.17)
+    assert fringe == pytest.approx((4, 4), abs=0.2)
+    assert even == pytest.approx(1, abs=0.1)
