@@ -202,10 +202,10 @@ class DreamConfig:
         (), parse_classes, "ImageNet classes to dream of, by name or index (efficientnet_lite0, "
         "googlenet); 'gigadream classes' lists them")
     literal: float | None = _field(
-        None, parse_fraction_or_null, "abstract to literal, picking the layers (with "
-        "layers auto, no classes; vgg16 and the EfficientNet-Lites): 0 = abstract: low "
-        "layers, strokes and textures; 1 = literal: deep layers, eyes and creature-like "
-        "forms, grown over more coarse passes; null = off")
+        None, parse_fraction_or_null, "abstract (0: low layers, strokes and textures) to "
+        "literal (1: deep layers, eyes and creature-like forms, more coarse passes): picks "
+        "the layers on the model's ladder (vgg16, the EfficientNet-Lites); needs layers "
+        "auto, no classes; null = off")
     dose: float = _field(1.0, parse_nonzero_float,
                          "strength and sign of the objective; negative subtracts the features")
     octaves: int = _field(4, parse_int(1, 12), "number of scales, coarsest first")

@@ -173,9 +173,10 @@ def test_a_bad_values_message_is_beside_its_control_and_on_screen(studio, browse
 
 def test_the_abstract_to_literal_slider_sets_dream_literal_of_a_queued_job(studio, browser):  # noqa: F811
     """The slider, off at first (the preset's own layers travel), on: moved by the keyboard
-    to 0.75, its value shown; queued, the job's config (job.yaml) carries dream.literal and
-    the layers it picks (auto). Its "sweep it" sweeps dream.literal from 0 to 1, which the
-    server's own check (``jobs.expand``) turns into five configs, each with its layers."""
+    to 0.75, its value shown; queued, the job's config (job.yaml, written as it starts)
+    carries dream.literal and the layers it picks (auto). Its "sweep it" sweeps dream.literal
+    from 0 to 1, the slider off, which the server's own check (``jobs.expand``, without
+    queueing five dreams) turns into five configs, each with its layers."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -221,8 +222,8 @@ def test_the_abstract_to_literal_slider_sets_dream_literal_of_a_queued_job(studi
     browser.find_element(By.ID, "literal-sweep").click()          # the slider left off
     spec = browser.execute_script("return spec('run')")
     assert spec["sweep"] == {"dream.literal": "[0, 0.25, 0.5, 0.75, 1]"}
-    spec["input"] = str(s.images / "small.jpg")
-    del spec["image"], spec["kind"], spec["priority"]
+    spec["input"] = str(s.images / "small.jpg")            # the server's, for its image id
+    del spec["image"]
     _, key, jobs = expand(spec, lambda p: p)
     layers = [dream_layers(check_config(j["preset"], j["overrides"])) for j in jobs]
     assert key == "dream.literal" and layers == [
