@@ -112,6 +112,40 @@ DEFAULT_LAYERS = {
 }
 
 
+
+
+def _stage_ends(stages) -> list[str]:
+    """The last block of each EfficientNet stage, by its name (``block2``): where each
+    stage's features are finished, before the next one's stride."""
+    ends, i = [], -1
+    for repeats, *_ in stages:
+        i += repeats
+        ends.append(f"block{i}")
+    return ends
+
+
+# dream.literal's ladder, abstract to literal: each step a layer deeper, from strokes and
+# textures (VGG's relu2_2) through patterns and parts to eyes and creature-like forms
+# (relu5_3). For the Lites, each stage's last block from the second stage on (the first's,
+# block0, is the stem's 16 channels: little more than colour and edges).
+LITERAL_LADDER = {
+    "vgg16": ["relu2_2", "relu3_3", "relu4_1", "relu4_3", "relu5_1", "relu5_3"],
+    **{name: _stage_ends(stages)[1:] for name, stages in EFFICIENTNET_LITE.items()},
+}
+
+
+def literal_layers(model: str, t: float) -> tuple[tuple[str, float], ...]:
+    """(layer, weight) at t (0 to 1) along ``model``'s ``LITERAL_LADDER`` of L layers: at
+    p = t·(L − 1), its two neighbours weighted by a tent, 1 − f and f (f = p − ⌊p⌋); at an
+    integer p, that layer alone, weight 1. The shallower layer comes first."""
+    ladder = LITERAL_LADDER[model]
+    p = round(float(t) * (len(ladder) - 1), 9)     # 0.14 · 5 is 0.7000000000000001
+    i = min(int(p), len(ladder) - 2)
+    f = round(p - i, 9)
+    pairs = ((ladder[i], round(1 - f, 9)), (ladder[i + 1], f))
+    return tuple((n, w) for n, w in pairs if w > 0)
+
+
 def ops(model: str) -> list[Op]:
     return MODELS[model]
 

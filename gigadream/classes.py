@@ -1,7 +1,7 @@
 """The 1000 ImageNet classes, by name or index, and a few groups (``dog``, ``bird``, ...).
 
-A group is a contiguous range of WordNet synsets in ILSVRC-2012's class order: ``dog`` is the
-118 breeds 151-268. Dreaming of a group raises the mean of its classes' logits.
+A group is a contiguous range of WordNet synsets in ILSVRC-2012's class order (``dog`` is the
+118 breeds 151-268, ``animal`` all 398 animal synsets 0-397), or, for ``building``, a list. Dreaming of a group raises the mean of its classes' logits.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 GROUPS = {
+    "animal": list(range(0, 398)),     # every animal synset: fish to sea anemone
     "fish": [*range(0, 7), *range(389, 398)],
     "bird": [*range(7, 25), *range(80, 101), *range(127, 147)],
     "amphibian": list(range(25, 33)),
@@ -28,6 +29,9 @@ GROUPS = {
     "monkey": list(range(365, 385)),
     "fruit": list(range(948, 958)),
     "mushroom": [947, *range(991, 998)],
+    # buildings and their parts, picked from the object classes (not one WordNet range)
+    "building": [406, 410, 425, 437, 442, 449, 483, 497, 498, 538, 580, 624, 663, 668, 682,
+                 698, 727, 743, 832, 853, 858, 873, 884, 888, 900, 915],
 }
 
 

@@ -111,6 +111,15 @@ def parse_layers(key: str, v: Any) -> tuple[tuple[str, float], ...] | str:
     return tuple(out)
 
 
+def parse_fraction_or_null(key: str, v: Any) -> float | None:
+    """null (off) or a number from 0 to 1 (``dream.literal``)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ConfigError(f"{key}: expected null (off) or a number from 0 to 1, got {v!r}")
+    return float(v)
+
+
 def parse_classes(key: str, v: Any) -> tuple[int | str, ...]:
     """ImageNet classes by index (0-999) or name; checked against the names in ``classes``."""
     from . import classes
@@ -192,6 +201,11 @@ class DreamConfig:
     classes: tuple[int | str, ...] = _field(
         (), parse_classes, "ImageNet classes to dream of, by name or index (efficientnet_lite0, "
         "googlenet); 'gigadream classes' lists them")
+    literal: float | None = _field(
+        None, parse_fraction_or_null, "abstract (0: low layers, strokes and textures) to "
+        "literal (1: deep layers, eyes and creature-like forms, more coarse passes): picks "
+        "the layers on the model's ladder (vgg16, the EfficientNet-Lites); needs layers "
+        "auto, no classes; null = off")
     dose: float = _field(1.0, parse_nonzero_float,
                          "strength and sign of the objective; negative subtracts the features")
     octaves: int = _field(4, parse_int(1, 12), "number of scales, coarsest first")
@@ -201,7 +215,8 @@ class DreamConfig:
                          "with coarse_passes)")
     coarse_passes: int | str = _field(
         "auto", parse_int(1, auto=True), "passes at the coarsest octave, the octaves between "
-        "stepping geometrically to passes; more grows larger forms; auto = passes")
+        "stepping geometrically to passes; more grows larger forms; auto = passes, or with "
+        "literal t: passes × (1 + 5t)")
     iterations: int = _field(1, parse_int(1),
                              "gradient steps per tile per pass; 1 = seamless (each step is the "
                              "whole-image step), more saves I/O but tiles drift apart at edges")
@@ -217,6 +232,13 @@ class DreamConfig:
                                "where a step is halved; 0 = off): no halos along contours")
     calibration_tiles: int = _field(16, parse_int(1),
                                     "tiles sampled per octave for the shared gradient scale")
+
+    def __post_init__(self) -> None:
+        if self.literal is not None and (self.layers != "auto" or self.classes):
+            chosen = "dream.classes" if self.classes else "dream.layers"
+            raise ConfigError(f"dream.literal: {self.literal:g} picks the layers itself, but "
+                              f"{chosen} is set too; set dream.layers=auto and "
+                              "dream.classes=[], or dream.literal=null to keep them")
 
 
 @dataclass(frozen=True)
@@ -417,6 +439,11 @@ class Config:
                               f"(bundled: {', '.join(archs.BUNDLED)})")
         if m.weights is not None and not Path(m.weights).is_file():
             raise ConfigError(f"model.weights: file {m.weights} not found")
+        if self.dream.literal is not None and m.name not in archs.LITERAL_LADDER:
+            raise ConfigError(f"dream.literal: {m.name} has no ladder of layers from abstract "
+                              f"to literal (the models with one: "
+                              f"{', '.join(archs.LITERAL_LADDER)}); set model.name to one of "
+                              "them, or dream.literal=null")
 
     def resolved(self, base: Path) -> Config:
         """This config with its file paths (style images, model weights) absolute, relative

@@ -5,10 +5,11 @@ import pytest
 import yaml
 
 from conftest import assert_config_error
-from gigadream import config
+from gigadream import archs, config
 from gigadream.config import Config, presets_dir, to_yaml
 from gigadream.errors import ConfigError
 from gigadream.modes import load_config, mode_for
+from gigadream.modes.dream import dream_layers
 
 
 def margin(overrides: list[str]) -> int:
@@ -101,6 +102,40 @@ def test_resolved_makes_relative_paths_absolute(tmp_path, photos, monkeypatch):
     assert load_config(None, ["mode=identity"]).resolved(tmp_path).model.weights is None
 
 
+def test_dream_literal_walks_the_models_ladder_and_grows_the_coarse_passes():
+    """dream.literal t sits at p = t·5 on vgg16's ladder of six layers: one layer at an
+    integer p, two by a tent between; the margin follows the layers it picks, and the
+    coarsest octave's passes grow to passes · (1 + 5t), as the plan counts them."""
+    assert archs.LITERAL_LADDER["vgg16"] == ["relu2_2", "relu3_3", "relu4_1", "relu4_3",
+                                             "relu5_1", "relu5_3"]
+    # each stage's last block, from the second stage on (archs.EFFICIENTNET_LITE)
+    assert archs.LITERAL_LADDER["efficientnet_lite0"] == ["block2", "block4", "block7",
+                                                          "block10", "block14", "block15"]
+    assert archs.LITERAL_LADDER["efficientnet_lite1"] == ["block3", "block6", "block10",
+                                                          "block14", "block19", "block20"]
+    cases = {  # t: (layers, margin (each layer's receptive radius), passes coarsest first)
+        0: ((("relu2_2", 1.0),), 6, [4, 4, 4, 4]),
+        0.5: ((("relu4_1", 0.5), ("relu4_3", 0.5)), 45, [14, 9, 6, 4]),
+        0.65: ((("relu4_3", 0.75), ("relu5_1", 0.25)), 65, [17, 10, 6, 4]),
+        1: ((("relu5_3", 1.0),), 97, [24, 13, 7, 4]),
+    }
+    for t, (layers, window_margin, passes) in cases.items():
+        mode = mode_for(load_config(None, [f"dream.literal={t}"]))
+        assert dream_layers(mode.cfg) == layers, t
+        assert mode.window_margin == window_margin, t
+        assert [mode.octave_passes(k, 4) for k in (3, 2, 1, 0)] == passes, t
+        plan = mode.plan((300, 400))
+        assert [sum(p.octave == k for p in plan) for k in (3, 2, 1, 0)] == passes, t
+    # off: the model's classic layer and as many passes at every octave
+    off = mode_for(load_config(None, []))
+    assert dream_layers(off.cfg) == (("relu4_3", 1.0),) and off.octave_passes(3, 4) == 4
+    # an explicit coarse_passes stays the artist's; the Lites have a ladder of their own
+    assert mode_for(load_config(None, ["dream.literal=1", "dream.coarse_passes=5"])
+                    ).octave_passes(3, 4) == 5
+    lite = load_config(None, ["model.name=efficientnet_lite0", "dream.literal=0.3"])
+    assert dream_layers(lite) == (("block4", 0.5), ("block7", 0.5))
+
+
 BAD = [
     (["dream.iterations=0"], r"dream.iterations: expected an integer of at least 1, got 0"),
     (["dream.iterations=-3"], r"dream.iterations: expected an integer of at least 1, got -3"),
@@ -129,6 +164,20 @@ BAD = [
     (["colour=red"], r"unknown key 'colour'"),
     (["dream=5"], r"dream: expected a mapping of keys, got 5"),
     (["seed"], r"--set 'seed': expected key=value"),
+    (["dream.literal=1.5"], r"^dream.literal: expected null \(off\) or a number from 0 to 1, "
+                            r"got 1.5$"),
+    (["dream.literal=high"], r"^dream.literal: expected null \(off\) or a number from 0 to "
+                             r"1, got 'high'$"),
+    (["dream.literal=0.5", "dream.layers=[relu3_3]"],
+     r"^dream.literal: 0.5 picks the layers itself, but dream.layers is set too; set "
+     r"dream.layers=auto and dream.classes=\[\], or dream.literal=null to keep them$"),
+    (["dream.literal=0", "model.name=efficientnet_lite0", "dream.classes=[dog]"],
+     r"^dream.literal: 0 picks the layers itself, but dream.classes is set too; set "
+     r"dream.layers=auto and dream.classes=\[\], or dream.literal=null"),
+    (["dream.literal=1", "model.name=vgg19", f"model.weights={__file__}"],
+     r"^dream.literal: vgg19 has no ladder of layers from abstract to literal \(the models "
+     r"with one: vgg16, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2\); set "
+     r"model.name to one of them, or dream.literal=null$"),
 ]
 
 
@@ -161,7 +210,7 @@ def test_cli_prints_one_line_and_exits_non_zero_without_traceback(photos, tmp_pa
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "gigadream: error: unknown key 'dream.iteratons'; did you mean 'dream.iterations'? "
-        "(valid: dream.layers, dream.classes, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.coarse_passes, "
+        "(valid: dream.layers, dream.classes, dream.literal, dream.dose, dream.octaves, dream.octave_scale, dream.passes, dream.coarse_passes, "
         "dream.iterations, dream.step_size, dream.jitter, dream.smooth, dream.decorrelate, "
         "dream.edge_guard, dream.calibration_tiles)"]
     assert not (tmp_path / "x.jpg").exists()

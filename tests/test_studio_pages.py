@@ -12,6 +12,7 @@ import re
 import time
 
 import pytest
+import yaml
 
 from gigadream.studio.pages import queue_summary
 from gigadream.studio.server import limit, size, stage_words
@@ -168,6 +169,67 @@ def test_a_bad_values_message_is_beside_its_control_and_on_screen(studio, browse
     browser.save_screenshot(str(tmp_path / f"error-{key}-{wh[0]}.png"))
     assert 0 <= top and bottom <= height and 0 <= left and right <= width, box
     assert len(s.get("/api/jobs").json()["jobs"]) == before
+
+
+def test_the_abstract_to_literal_slider_sets_dream_literal_of_a_queued_job(studio, browser):  # noqa: F811
+    """The slider, off at first (the preset's own layers travel), on: moved by the keyboard
+    to 0.75, its value shown; queued, the job's config (job.yaml, written as it starts)
+    carries dream.literal and the layers it picks (auto). Its "sweep it" sweeps dream.literal
+    from 0 to 1, the slider off, which the server's own check (``jobs.expand``, without
+    queueing five dreams) turns into five configs, each with its layers."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    from gigadream.modes.dream import dream_layers
+    from gigadream.studio.jobs import check_config, expand
+    s, ups, _ = studio
+    browser.get(s.url)
+    window(browser, LAPTOP)
+    browser.get(s.base + f"/new?image={ups[1]['id']}")          # impressionist: its own layers
+    slider = browser.find_element(By.ID, "set-dream.literal")
+    value = browser.find_element(By.ID, "literal-value")
+    assert slider.is_displayed() and not slider.is_enabled() and value.text == "off"
+    assert not [o for o in browser.execute_script("return spec('run')")["overrides"]
+                if o.startswith(("dream.literal", "dream.layers"))]
+
+    browser.find_element(By.ID, "literal-on").click()
+    slider.send_keys(Keys.END, *[Keys.ARROW_LEFT] * 5)            # 1, then 5 steps of 0.05
+    assert value.text == "0.75"
+    assert not browser.find_element(By.ID, "set-dream.layers").is_enabled()
+    # the smallest dream that runs (one octave, one pass of one 64 px tile of a 96 px photo)
+    browser.execute_script("""document.getElementById('advanced').open = true;
+        for (const [k, v] of Object.entries(arguments[0]))
+            document.getElementById('set-' + k).value = v;""",
+        {"dream.octaves": "1", "dream.passes": "1", "dream.calibration_tiles": "1",
+         "keep_far.factor": "0", "tiling.tile": "64", "engine.workers": "1",
+         "engine.threads": "1"})
+    browser.find_element(By.ID, "queue").click()
+    WebDriverWait(browser, 20).until(lambda b: re.search(r"/jobs/\d+$", b.current_url))
+    job = int(browser.current_url.rsplit("/", 1)[1])
+    assert {"dream.literal=0.75", "dream.layers=auto"} <= set(s.job(job)["overrides"])
+    # job.yaml, the config its run reads, is written as the job starts; no need to let the
+    # dream finish (13 s on two cores): stopped as soon as it is there
+    end = time.time() + 60
+    while (r := s.get(f"/jobs/{job}/files/job.yaml")).status_code != 200:
+        assert time.time() < end, s.job(job)
+        time.sleep(0.1)
+    s.ok(f"/api/jobs/{job}/stop")
+    s.wait([job], ("stopped", "done"))
+    cfg = yaml.safe_load(r.text)
+    assert cfg["dream"]["literal"] == 0.75 and cfg["dream"]["layers"] == "auto"
+
+    browser.get(s.base + f"/new?image={ups[1]['id']}")
+    browser.find_element(By.ID, "literal-sweep").click()          # the slider left off
+    spec = browser.execute_script("return spec('run')")
+    assert spec["sweep"] == {"dream.literal": "[0, 0.25, 0.5, 0.75, 1]"}
+    spec["input"] = str(s.images / "small.jpg")            # the server's, for its image id
+    del spec["image"]
+    _, key, jobs = expand(spec, lambda p: p)
+    layers = [dream_layers(check_config(j["preset"], j["overrides"])) for j in jobs]
+    assert key == "dream.literal" and layers == [
+        (("relu2_2", 1.0),), (("relu3_3", 0.75), ("relu4_1", 0.25)),
+        (("relu4_1", 0.5), ("relu4_3", 0.5)), (("relu4_3", 0.25), ("relu5_1", 0.75)),
+        (("relu5_3", 1.0),)]
 
 
 # --- the small fixes, without a browser --------------------------------------------------

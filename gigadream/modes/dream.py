@@ -273,12 +273,15 @@ def _roll(x, shifts: list[tuple[int, int]]):
 
 
 def dream_layers(cfg) -> tuple[tuple[str, float], ...]:
-    """``dream.layers`` with ``auto`` resolved: the model's classic layer, or none when the
-    dream is guided by classes."""
+    """``dream.layers`` with ``auto`` resolved: the model's classic layer, none when the
+    dream is guided by classes, or with ``dream.literal`` t the layers at t along the
+    model's ladder (``archs.literal_layers``)."""
     if cfg.dream.layers != "auto":
         return cfg.dream.layers
     if cfg.dream.classes:
         return ()
+    if cfg.dream.literal is not None:
+        return archs.literal_layers(cfg.model.name, cfg.dream.literal)
     return tuple((n, 1.0) for n in archs.DEFAULT_LAYERS[cfg.model.name]["dream"])
 
 
@@ -336,11 +339,17 @@ class DreamMode(Mode):
         """``passes`` at the finest octave (k = 0), ``coarse_passes`` at the coarsest, the
         octaves between on the geometric steps from one to the other: a coarse octave's
         features span many of the final pixels, and steps there grow the forms a person
-        recognises (eyes, heads) where the fine octaves add only their texture."""
+        recognises (eyes, heads) where the fine octaves add only their texture. ``auto``:
+        ``passes``, or with ``dream.literal`` t, passes · (1 + 5t): the literal end's deep
+        layers need the coarse octaves' steps to grow whole forms, not only their texture."""
         d = self.cfg.dream
-        if d.coarse_passes == "auto" or octaves == 1:
+        coarse = d.coarse_passes
+        if coarse == "auto":
+            # dream.literal's end grows its forms at the coarse octaves: up to 6× the passes
+            coarse = d.passes if d.literal is None else round(d.passes * (1 + 5 * d.literal))
+        if octaves == 1:
             return d.passes
-        return max(1, round(d.passes * (d.coarse_passes / d.passes) ** (k / (octaves - 1))))
+        return max(1, round(d.passes * (coarse / d.passes) ** (k / (octaves - 1))))
 
     @property
     def calibration_tiles(self) -> int:

@@ -9,10 +9,12 @@ from typing import Any
 from ..config import field_choices, field_help, preset_values, setting_keys
 
 # The settings shown first, in this order, with the words the form labels them by: the
-# mode, how strong, which layers, how much of the far view stays, and the style's images.
+# mode, how strong, how literal (a slider that picks the layers), which layers, how much of
+# the far view stays, and the style's images.
 MAIN = {"mode": "mode",
         "dream.step_size": "strength",
         "dream.dose": "dose (negative: the opposite features)",
+        "dream.literal": "abstract ↔ literal",
         "dream.layers": "layers",
         "style.images": "style images",
         "style.style_weight": "style strength",
