@@ -2,7 +2,7 @@
 photo (``make bench-literal`` and the tests; issue 31).
 
 ``judge`` asks an ImageNet classifier what share of its belief goes to a group of classes
-(animals, dogs, birds, ...) in a photo or a dream. Two choices make the share a person's
+(animals, dogs, birds, buildings) in a photo or a dream. Two choices make the share a person's
 judgement rather than the dreaming network's:
 
 - the judge is a network that did not dream (``judge_for``): a dream climbs its own network's
@@ -15,6 +15,9 @@ Crops are 224 px, the networks' training size, tiled over the image at several s
 ¼ by default): a creature a few hundred pixels wide is seen whole at ¼ when it spans several
 crops at 1.
 
+``seam_ratio`` measures tile seams: the dreamed change's step across the finest octave's tile
+boundaries over its step elsewhere (1 = none).
+
 ``halo_ratio`` measures halos: a dream grows most along the photo's contours and fringes them
 with colour. It compares the colour shift (CIELAB, ΔE76 and its a*b* chroma part) within 3 px
 of the photo's strong edges with that elsewhere; 1 = no halo (the acceptance: ≤ 1.5).
@@ -23,10 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# ImageNet's animals: classes 0-397 (fish to pufferfish; the rest are objects, scenes, food)
-ANIMAL = list(range(0, 398))
-# judged besides ``animal``, where ``classes.GROUPS`` has them (read at each call)
-GROUPS_JUDGED = ("dog", "bird", "architecture")
+# The groups judged, those of them that ``classes.GROUPS`` has (read at each call): ``animal``
+# is ImageNet's 398 animals (0-397), ``building`` buildings and their parts.
+GROUPS_JUDGED = ("animal", "dog", "bird", "building")
 
 
 def judge_for(dreaming_model: str) -> str:
@@ -37,9 +39,9 @@ def judge_for(dreaming_model: str) -> str:
 
 
 def groups() -> dict[str, list[int]]:
-    """The judged groups: ``animal`` and those of ``GROUPS_JUDGED`` that ``classes.GROUPS`` has."""
+    """The judged groups: {name: class indices} of ``GROUPS_JUDGED`` in ``classes.GROUPS``."""
     from .classes import GROUPS
-    return {"animal": ANIMAL, **{g: GROUPS[g] for g in GROUPS_JUDGED if g in GROUPS}}
+    return {g: GROUPS[g] for g in GROUPS_JUDGED if g in GROUPS}
 
 
 def _blur(x, sigma: float):
@@ -127,3 +129,31 @@ def halo_ratio(photo: np.ndarray, result: np.ndarray, radius: int = 3,
     delta_e = np.sqrt((d * d).sum(-1))
     return (float(chroma[near].mean() / chroma[~near].mean()),
             float(delta_e[near].mean() / delta_e[~near].mean()))
+
+
+def boundary_ratio(img: np.ndarray, lines: list[int], axis: int) -> float:
+    """Mean |gradient| across ``lines`` (the step from line to line + 1) over that elsewhere;
+    ``img``: (h, w, C)."""
+    d = np.abs(np.diff(np.asarray(img, np.float64).sum(axis=2), axis=axis))
+    return float(d.take(lines, axis=axis).mean() / np.delete(d, lines, axis=axis).mean())
+
+
+def tile_boundaries(cfg, shape: tuple[int, int], axis: int) -> list[int]:
+    """The finest octave's tile boundary lines along ``axis`` (0: rows), every pass's: the
+    last row or column before each boundary."""
+    from .pipeline import plan
+    t = cfg.tiling.tile
+    return sorted({i * t - p.offset[axis] - 1 for p in plan(shape, cfg) if p.octave == 0
+                   for i in range(1, shape[axis] // t + 2)
+                   if 0 < i * t - p.offset[axis] < shape[axis]})
+
+
+def seam_ratio(photo: np.ndarray, result: np.ndarray, cfg) -> tuple[float, float] | None:
+    """(rows, columns): the change from ``photo`` to ``result`` (a run of ``cfg``) across the
+    finest octave's tile boundaries over elsewhere (``boundary_ratio``); 1 = no seam. None
+    where the image is one tile."""
+    change = np.asarray(result, np.float64) - np.asarray(photo, np.float64)
+    lines = [tile_boundaries(cfg, change.shape[:2], axis) for axis in (0, 1)]
+    if not all(lines):
+        return None
+    return tuple(boundary_ratio(change, ls, axis) for axis, ls in enumerate(lines))

@@ -118,7 +118,7 @@ def aims(preset: str) -> dict[str, float]:
     """{group: the share's least ratio over the photo's} the preset promises."""
     cfg = load_config(preset)
     guided = {c: GUIDED_AIM for c in cfg.dream.classes if isinstance(c, str) and c in groups()}
-    return {**AIMS.get(preset, {}), **guided}
+    return {**guided, **AIMS.get(preset, {})}
 
 
 def cell(share: float, base: float, aim: float | None) -> str:

@@ -144,21 +144,6 @@ def assert_config_error(overrides: list[str], message: str) -> None:
     assert "\n" not in str(e.value)
 
 
-# Seams: a step in the dreamed change across the tile boundaries that the rest lacks.
-def boundary_ratio(img: np.ndarray, lines: list[int], axis: int) -> float:
-    """Mean |gradient| across ``lines`` (the step from line to line + 1) over that elsewhere."""
-    d = np.abs(np.diff(img.sum(axis=2), axis=axis))
-    return float(d.take(lines, axis=axis).mean() / np.delete(d, lines, axis=axis).mean())
-
-
-def boundaries(cfg, shape: tuple[int, int], axis: int) -> list[int]:
-    """The finest octave's tile boundary lines along ``axis``, every pass's."""
-    from gigadream.pipeline import plan
-    t = cfg.tiling.tile
-    return sorted({i * t - p.offset[axis] - 1 for p in plan(shape, cfg) if p.octave == 0
-                   for i in range(1, shape[axis] // t + 2) if 0 < i * t - p.offset[axis] < shape[axis]})
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import boundary_ratio, read
+from conftest import read
 from gigadream.config import load_config
+from gigadream.judge import boundary_ratio
 from gigadream.models import get_model
 from gigadream.pipeline import plan, run
 

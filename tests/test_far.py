@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_config_error, boundaries, boundary_ratio, read, save
+from conftest import assert_config_error, read, save
+from gigadream.judge import boundary_ratio, tile_boundaries
 from gigadream.modes import load_config, mode_for
 from gigadream.modes.far import KeepFar, far_radius, lowpass
 from gigadream.pipeline import plan, run
@@ -135,7 +136,7 @@ def test_dream_with_keep_far_has_no_seams(dreamed):
     after, cfg = runs[FAR]
     b, a = before.astype(np.float32), after.astype(np.float32)
     for axis in (0, 1):
-        lines = boundaries(cfg, a.shape[:2], axis)
+        lines = tile_boundaries(cfg, a.shape[:2], axis)
         change = boundary_ratio(a - b, lines, axis)
         relative = boundary_ratio(a, lines, axis) / boundary_ratio(b, lines, axis)
         print(f"axis {axis}: {len(lines)} lines, change {change:.3f}, dreamed/input {relative:.3f}")
