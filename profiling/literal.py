@@ -19,7 +19,9 @@ each (photo, preset) the report gives:
    n/a): it sees its own adversarial texture, so its figures are an upper bound;
 3. halos: the colour shift within 3 px of the photo's strong edges over that elsewhere
    (CIELAB a*b* chroma and ΔE76; aim ≤ 1.5);
-4. the run's wall time (the whole command: its workers' start and the model's load included).
+4. seams: the change's step across the finest octave's tile boundaries over its step
+   elsewhere, rows and columns (1 = none);
+5. the run's wall time (the whole command: its workers' start and the model's load included).
 
 On the first photo each preset runs once more with keep_far the other way (``--set
 keep_far=16`` where the preset has none, ``keep_far=0`` where it has it): the far view kept is
@@ -45,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from gigadream.config import load_config, presets
-from gigadream.judge import groups, halo_ratio, judge, judge_for
+from gigadream.judge import groups, halo_ratio, judge, judge_for, seam_ratio
 
 REPO = Path(__file__).resolve().parent.parent
 # the 100 % crop's top-left (row, column) in the 2× photo, and its side
@@ -127,13 +129,16 @@ def cell(share: float, base: float, aim: float | None) -> str:
     return f"{share:.3f} ({ratio:.1f}×){mark}"
 
 
-def measure(photo: np.ndarray, result: np.ndarray, model: str, preset: str) -> dict:
+def measure(photo: np.ndarray, result: np.ndarray, preset: str) -> dict:
     """The figures of one result: judged by a network that did not dream, by the dreamer (a
-    Lite; else None), the halo ratios."""
+    Lite; else None), the halo ratios, the seams."""
+    cfg = load_config(preset)
+    model = cfg.model.name
     judge_name = judge_for(model)
     own = judge(result, model) if model in LITES else None
-    return {"judge": judge_name, "shares": judge(result, judge_name), "own": own,
-            "halo": halo_ratio(photo, result), "aims": aims(preset)}
+    return {"model": model, "judge": judge_name, "shares": judge(result, judge_name),
+            "own": own, "halo": halo_ratio(photo, result), "seams": seam_ratio(photo, result, cfg),
+            "aims": aims(preset)}
 
 
 def table(name: str, base: dict, rows: list[dict]) -> list[str]:
@@ -143,15 +148,18 @@ def table(name: str, base: dict, rows: list[dict]) -> list[str]:
              "The photo's shares: " + "; ".join(
                  f"{j}: " + ", ".join(f"{g} {base[j][g]:.3f}" for g in gs) for j in judges), "",
              "| preset | dreamer → judge | " + " | ".join(f"{g} (judge)" for g in gs) + " | "
-             + " | ".join(f"{g} (dreamer)" for g in gs) + " | halo a*b* | halo ΔE | run s |",
-             "|" + " --- |" * (2 * len(gs) + 5)]
+             + " | ".join(f"{g} (dreamer)" for g in gs)
+             + " | halo a*b* | halo ΔE | seams | run s |",
+             "|" + " --- |" * (2 * len(gs) + 6)]
     for r in rows:
         judged = [cell(r["shares"][g], base[r["judge"]][g], r["aims"].get(g)) for g in gs]
         own = ([cell(r["own"][g], base[r["model"]][g], None) for g in gs] if r["own"]
                else ["n/a"] * len(gs))
         halo = [f"{v:.2f}" + ("" if v <= HALO_AIM else " ✗") for v in r["halo"]]
+        seams = "n/a" if r["seams"] is None else " / ".join(f"{v:.2f}" for v in r["seams"])
         lines.append(f"| {r['preset']} | {r['model']} → {r['judge']} | " + " | ".join(judged)
-                     + " | " + " | ".join(own) + " | " + " | ".join(halo) + f" | {r['s']:.0f} |")
+                     + " | " + " | ".join(own) + " | " + " | ".join(halo)
+                     + f" | {seams} | {r['s']:.0f} |")
     return lines + [""]
 
 
@@ -185,7 +193,9 @@ def main(argv=None) -> None:
               "crops at scales 1, ½, ¼, blurred σ = 2 px) and, in brackets, over the photo's. "
               "The judge did not dream; the dreamer's own figures see its own texture. "
               f"Halo: colour shift within 3 px of the photo's strong edges over elsewhere "
-              f"(aim ≤ {HALO_AIM}). ✓/✗: the issue's aims (dreamscape animals ≥ 3×, a guided "
+              f"(aim ≤ {HALO_AIM}). Seams: the change's step across the finest octave's tile "
+              "boundaries over elsewhere, rows / columns (1 = none; `judge.seam_ratio`). "
+              f"✓/✗: the issue's aims (dreamscape animals ≥ 3×, a guided "
               f"preset's groups ≥ {GUIDED_AIM:g}×). Crops: "
               f"`{crops_dir.name}/PHOTO-PRESET.jpg`, photo left, result right, 100 %.", ""]
     far_rows = []
@@ -201,8 +211,8 @@ def main(argv=None) -> None:
                 result, seconds = run(path, preset, tmp / f"{name}-{preset}.png")
                 for j in {judge_for(model), model} & set(LITES):
                     base.setdefault(j, judge(photo, j))
-                rows.append({"preset": preset, "model": model, "s": seconds, "shape": photo.shape,
-                             **measure(photo, result, model, preset)})
+                rows.append({"preset": preset, "s": seconds, "shape": photo.shape,
+                             **measure(photo, result, preset)})
                 at = CROPS.get(name, ((photo.shape[0] - CROP) // 2, (photo.shape[1] - CROP) // 2))
                 save_crops(photo, result, at, crops_dir / f"{name}-{preset}.jpg")
                 if n == 0:
