@@ -57,6 +57,9 @@ FAR = 16
 AIMS = {"dreamscape": {"animal": 3.0}}     # a guided preset's aims: its own groups, ≥ 5×
 GUIDED_AIM = 5.0
 HALO_AIM = 1.5
+# seams: a step across the tile boundaries at most 10 % above the step elsewhere (a seamless
+# run's ratios stray 5-10 % from 1 over a handful of boundaries: the photo's content)
+SEAM_AIM = 1.1
 JPEG_QUALITY = 85
 # the dreamers with a classifier whose own figures are reported (VGG16 has none: n/a)
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -156,7 +159,8 @@ def table(name: str, base: dict, rows: list[dict]) -> list[str]:
         own = ([cell(r["own"][g], base[r["model"]][g], None) for g in gs] if r["own"]
                else ["n/a"] * len(gs))
         halo = [f"{v:.2f}" + ("" if v <= HALO_AIM else " ✗") for v in r["halo"]]
-        seams = "n/a" if r["seams"] is None else " / ".join(f"{v:.2f}" for v in r["seams"])
+        seams = ("n/a" if r["seams"] is None else " / ".join(f"{v:.2f}" for v in r["seams"])
+                 + ("" if max(r["seams"]) <= SEAM_AIM else " ✗"))
         lines.append(f"| {r['preset']} | {r['model']} → {r['judge']} | " + " | ".join(judged)
                      + " | " + " | ".join(own) + " | " + " | ".join(halo)
                      + f" | {seams} | {r['s']:.0f} |")
@@ -194,7 +198,8 @@ def main(argv=None) -> None:
               "The judge did not dream; the dreamer's own figures see its own texture. "
               f"Halo: colour shift within 3 px of the photo's strong edges over elsewhere "
               f"(aim ≤ {HALO_AIM}). Seams: the change's step across the finest octave's tile "
-              "boundaries over elsewhere, rows / columns (1 = none; `judge.seam_ratio`). "
+              "boundaries over elsewhere, rows / columns (1 = none; `judge.seam_ratio`; "
+              f"aim ≤ {SEAM_AIM}). "
               f"✓/✗: the issue's aims (dreamscape animals ≥ 3×, a guided "
               f"preset's groups ≥ {GUIDED_AIM:g}×). Crops: "
               f"`{crops_dir.name}/PHOTO-PRESET.jpg`, photo left, result right, 100 %.", ""]
