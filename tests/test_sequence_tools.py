@@ -50,6 +50,24 @@ def decoded(clip: Path) -> list[np.ndarray]:
 
 # ---- plan ----
 
+def test_a_later_frame_keeps_each_octaves_dream_strength_with_coarse_passes():
+    """With ``dream.coarse_passes`` the octaves' passes differ (2 at the finest, 80 at the
+    coarsest); a later frame runs a quarter of each octave's and steps (1 − blend)·P/p
+    there, so every octave's dream settles at the still's strength: at the finest
+    octave's P/p alone, the coarse octaves' forms (the literal presets' heads and eyes)
+    would fade frame by frame."""
+    cfg = load_config("guided-dogs", ["sequence.blend=0.85"])
+    still, later = mode_for(cfg), mode_for(cfg, prior=Prior())
+    n = cfg.dream.octaves
+    first_passes = [sum(p.octave == k for p in still.plan((600, 900))) for k in range(n)]
+    later_passes = [sum(p.octave == k for p in later.plan((600, 900))) for k in range(n)]
+    assert first_passes == [2, 5, 13, 32, 80]
+    assert later_passes == [max(1, p // 4) for p in first_passes] == [1, 1, 3, 8, 20]
+    for k in range(n):
+        settled = later_passes[k] * later.later_step(k) / (1 - 0.85)
+        assert settled == pytest.approx(first_passes[k]), k
+
+
 @pytest.mark.parametrize("mode", ["dream", "style"])
 def test_the_plan_of_a_clip_is_the_runs_frames_and_plans(clip, tmp_path, mode):
     """The frames after sequence.frames and stride; the first frame's plan a still's, a

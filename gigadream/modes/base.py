@@ -230,12 +230,12 @@ class Mode:
                  for p in self.octave_plan(k, octave_shape(shape, scale, k), n)]
         return plans if self.prior is None else self.later_plan(plans)
 
-    @property
-    def later_passes(self) -> int:
-        """``sequence.passes``: a later frame's passes per octave (auto: a quarter of a
-        still's, at least one: its start already holds the previous frame's result)."""
+    def later_passes(self, k: int = 0, octaves: int = 1) -> int:
+        """``sequence.passes``: a later frame's passes at octave ``k`` of ``octaves`` (auto:
+        a quarter of a still's there, at least one: its start already holds the previous
+        frame's result)."""
         v = self.cfg.sequence.passes
-        return max(1, self.passes_per_octave // 4) if v == "auto" else v
+        return max(1, self.octave_passes(k, octaves) // 4) if v == "auto" else v
 
     def later_iterations(self, pp: PassPlan) -> int:
         """``sequence.iterations``: steps per tile of a later frame's pass ``pp`` (auto:
@@ -247,8 +247,9 @@ class Mode:
         """A sequence's later frame, from a still's ``plans``: every octave again (dream
         starts from the new frame blended with the previous dream, and the coarse octaves
         dream what the frame reveals), ``later_passes`` of each, ``later_iterations``."""
+        octaves = max(p.octave for p in plans) + 1
         return [dataclasses.replace(p, iterations=self.later_iterations(p))
-                for p in plans if p.pass_ < self.later_passes]
+                for p in plans if p.pass_ < self.later_passes(p.octave, octaves)]
 
     def first_view(self, source):
         """What the run's first pass reads: ``source``, the input at that pass's octave (a

@@ -431,17 +431,18 @@ class DreamMode(Mode):
         return max(total / max(count, 1), 1e-12)
 
     def processor(self, pp: PassPlan, first: bool) -> "DeepDream":
-        return self.make(self.grad_scale)
+        return self.make(self.grad_scale, octave=pp.octave)
 
     def recorded_processor(self, pp: PassPlan, record: dict) -> "DeepDream":
         """The processor with the gradient scale the run recorded for ``pp``'s octave."""
-        return self.make(record.get("grad_scale", {}).get(str(pp.octave), 1.0))
+        return self.make(record.get("grad_scale", {}).get(str(pp.octave), 1.0), octave=pp.octave)
 
     def naive_gradient(self):
         return self.make().gradient
 
-    def make(self, grad_scale: float = 1.0, far_sigma: float = 0.0) -> "DeepDream":
-        """The processor with the octave's ``grad_scale`` (``far_sigma``: its ``stat``
+    def make(self, grad_scale: float = 1.0, far_sigma: float = 0.0,
+             octave: int = 0) -> "DeepDream":
+        """The processor of ``octave`` with its ``grad_scale`` (``far_sigma``: its ``stat``
         measures the gradient that keep_far keeps)."""
         from ..classes import indices
         cfg = self.cfg
@@ -452,19 +453,21 @@ class DreamMode(Mode):
         if cfg.dream.classes:
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
         return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
-                         cfg.dream.step_size * self.later_step, jitter, self.margin,
+                         cfg.dream.step_size * self.later_step(octave), jitter, self.margin,
                          grad_scale, cfg.dream.dose, self.precision, far_sigma,
                          cfg.dream.smooth, cfg.dream.decorrelate, cfg.dream.edge_guard,
                          self.source if cfg.dream.edge_guard else None)
 
-    @property
-    def later_step(self) -> float:
-        """The step of a sequence's later frame relative to a still's: (1 − blend)·P/p, P a
-        still's passes per octave, p the frame's. Each frame keeps ``blend`` of the dream
-        it starts from and adds its own passes' steps, so the dream settles where
-        D = p·step'/(1 − blend): a still's P·step. ``blend`` then sets only how much a
-        frame may change, and so how little the dream flickers, not how strong it is."""
+    def later_step(self, octave: int) -> float:
+        """The step of a sequence's later frame at ``octave`` relative to a still's:
+        (1 − blend)·P/p, P a still's passes at that octave, p the frame's. Each frame keeps
+        ``blend`` of the dream it starts from and adds its own passes' steps, so the dream
+        settles where D = p·step'/(1 − blend): a still's P·step. ``blend`` then sets only
+        how much a frame may change, and so how little the dream flickers, not how strong
+        it is. Per octave: with ``coarse_passes``, the coarse octaves' P is many times the
+        finest's, and the forms they grow would fade frame by frame at the finest's."""
         if self.prior is None:
             return 1.0
-        blend = self.cfg.sequence.blend
-        return max(1.0 - blend, 0.05) * self.passes_per_octave / self.later_passes
+        blend, n = self.cfg.sequence.blend, self.cfg.dream.octaves
+        return (max(1.0 - blend, 0.05) * self.octave_passes(octave, n)
+                / self.later_passes(octave, n))
