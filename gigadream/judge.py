@@ -32,9 +32,9 @@ GROUPS_JUDGED = ("animal", "dog", "bird", "building")
 
 
 def judge_for(dreaming_model: str) -> str:
-    """The judge of a dream by ``dreaming_model``: a network that did not dream it.
-    EfficientNet-Lite2 judges VGG16's and Lite0's and Lite1's dreams, Lite0 judges Lite2's
-    (Lite1 is too close a sibling of both to judge either)."""
+    """The judge of a dream by ``dreaming_model``: a network that did not dream it, so the
+    texture that fools the dreamer alone does not count. EfficientNet-Lite2 judges VGG16's,
+    Lite0's and Lite1's dreams, Lite0 judges Lite2's."""
     return "efficientnet_lite0" if dreaming_model == "efficientnet_lite2" else "efficientnet_lite2"
 
 
