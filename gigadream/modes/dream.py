@@ -7,6 +7,7 @@ before its first pass (``DreamMode.begin_octave``).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ class LayerL2:
 
     layer: str
     weight: float = 1.0
+    pooled = False
 
     def __call__(self, acts: dict, n_pixels: int):
         a = acts[self.layer].float()         # bf16 under autocast: sum in fp32
@@ -51,6 +53,7 @@ class Channel:
     layer: str
     channel: int
     weight: float = 1.0
+    pooled = False
 
     def __call__(self, acts: dict, n_pixels: int):
         return self.weight * acts[self.layer][:, self.channel].float().sum() / n_pixels
@@ -60,11 +63,19 @@ class Channel:
 class ClassLogits:
     """Guided dreaming: the mean logit of ImageNet classes, as the tile's window sees them
     (summed over a batch of windows, as the other objectives are: each window's gradient is
-    then its own)."""
+    then its own).
+
+    The logits are the classifier's average over its last map's cells, so each cell's
+    share of the gradient is 1/cells: a window clipped by the image's edge (fewer cells)
+    would step harder than its neighbours, a seam along its core's edge (1.3x the step
+    across it on a 768 px image of 256 px tiles). ``pooled`` marks it for ``DeepDream.gradient``,
+    which multiplies it by the window's cells over ``OBJECTIVE_PIXELS``' cells: a sum over
+    the cells per fixed area, as ``LayerL2`` is."""
 
     classes: tuple[int, ...]
     weight: float = 1.0
     layer: str = "logits"
+    pooled = True
 
     def __call__(self, acts: dict, n_pixels: int):
         return self.weight * acts[self.layer][:, list(self.classes)].float().mean(1).sum()
@@ -103,6 +114,7 @@ class DeepDream:
     decorrelate: bool = False    # steps preconditioned in decorrelated colours (``shaped``)
     edge_guard: float = 0.0      # levels/px of the photo's gradient where a step is halved
     source: Any = None           # ArrayView of the octave's photo (edge_guard's edges)
+    pass_seed: tuple = ()        # (seed, octave, pass): one jitter for every tile of the pass
     batchable = True
 
     def shaped(self, g, guards):
@@ -164,7 +176,9 @@ class DeepDream:
             t = time.perf_counter()
             with autocast(dev, dream_precision(self.precision, self.model, dev)):
                 acts = net(x, frozenset(o.layer for o in self.objectives))
-            loss = sum(o(acts, OBJECTIVE_PIXELS) for o in self.objectives)
+            cells = _pooled_share(self.model, x.shape[-2:])
+            loss = sum(o(acts, OBJECTIVE_PIXELS) * (cells if o.pooled else 1.0)
+                       for o in self.objectives)
             (g,) = torch.autograd.grad(loss, x)
             if g.is_cuda:
                 torch.cuda.synchronize()   # CUDA runs asynchronously: time the work, not its launch
@@ -205,8 +219,15 @@ class DeepDream:
               rngs: list[np.random.Generator], guards=None) -> list[tuple[np.ndarray, dict]]:
         """Windows of one shape dreamed together: each step is one forward and backward of
         the batch (a GPU is busier with several windows than with one; ``engine.batch``).
-        Each window keeps its own jitter from its own generator, so a tile's pixels are
-        those it gets alone, to float rounding."""
+        A tile's pixels are those it gets alone, to float rounding.
+
+        The jitter: with ``pass_seed``, one shift per step for every tile of the pass, as a
+        whole-image step rolls the whole image once. A network with strided layers answers
+        a shift modulo its stride differently (aliasing: a classifier's gradient at stride
+        32 most), so tiles shifted each their own way step differently where they meet: a
+        seam, 1.4x the step across the boundary elsewhere with the guided presets. Windows
+        start on the stride (``align``), so one shift gives every tile the same phase.
+        Without it (a processor called alone), each window's own generator."""
         import torch
 
         from ..models import device
@@ -215,13 +236,12 @@ class DeepDream:
         x = _batch(windows).to(device(), memory_format=torch.channels_last, copy=True)
         h, w = windows[0].shape[1:]
         model_s = 0.0
+        passes = np.random.default_rng([*self.pass_seed, 0x717]) if self.pass_seed else None
         for _ in range(self.iterations):
             # Jitter inside the window: the wrap-around seam lands in the margin when
             # jitter < margin, so the core never sees it.
-            shifts = []
-            for rng in rngs:
-                dy, dx = (int(v) for v in rng.integers(-self.jitter, self.jitter + 1, size=2))
-                shifts.append(((dy % h if h else 0), (dx % w if w else 0)))
+            shifts = ([_shift(passes, self.jitter, h, w)] * len(rngs) if passes is not None
+                      else [_shift(rng, self.jitter, h, w) for rng in rngs])
             g, s = self.gradient(_roll(x, shifts))
             model_s += s
             g = self.shaped(_roll(g, [(-dy, -dx) for dy, dx in shifts]), guards)
@@ -253,6 +273,22 @@ def _blur(x, sigma: float):
                  groups=c)
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1),
                     groups=c)
+
+
+def _shift(rng: np.random.Generator, jitter: int, h: int, w: int) -> tuple[int, int]:
+    """A random roll of at most ``jitter`` px each way, for an (h, w) window."""
+    dy, dx = (int(v) for v in rng.integers(-jitter, jitter + 1, size=2))
+    return (dy % h if h else 0), (dx % w if w else 0)
+
+
+def _pooled_share(model: str, shape) -> float:
+    """A window's cells in the classifier's last map (its average pool's divisor) over
+    those of an ``OBJECTIVE_PIXELS`` square (``ClassLogits``)."""
+    if "logits" not in archs.layer_names(model):
+        return 1.0
+    s = archs.stride(model, "logits")
+    side = math.isqrt(OBJECTIVE_PIXELS)
+    return math.ceil(shape[0] / s) * math.ceil(shape[1] / s) / math.ceil(side / s) ** 2
 
 
 def _batch(windows: list[np.ndarray]):
@@ -431,19 +467,19 @@ class DreamMode(Mode):
         return max(total / max(count, 1), 1e-12)
 
     def processor(self, pp: PassPlan, first: bool) -> "DeepDream":
-        return self.make(self.grad_scale, octave=pp.octave)
+        return self.make(self.grad_scale, pp=pp)
 
     def recorded_processor(self, pp: PassPlan, record: dict) -> "DeepDream":
         """The processor with the gradient scale the run recorded for ``pp``'s octave."""
-        return self.make(record.get("grad_scale", {}).get(str(pp.octave), 1.0), octave=pp.octave)
+        return self.make(record.get("grad_scale", {}).get(str(pp.octave), 1.0), pp=pp)
 
     def naive_gradient(self):
         return self.make().gradient
 
     def make(self, grad_scale: float = 1.0, far_sigma: float = 0.0,
-             octave: int = 0) -> "DeepDream":
-        """The processor of ``octave`` with its ``grad_scale`` (``far_sigma``: its ``stat``
-        measures the gradient that keep_far keeps)."""
+             pp: PassPlan | None = None) -> "DeepDream":
+        """The processor of pass ``pp`` with its octave's ``grad_scale`` (``far_sigma``: its
+        ``stat`` measures the gradient that keep_far keeps)."""
         from ..classes import indices
         cfg = self.cfg
         # Jitter wraps the window round; below the margin, the wrap seam stays out of the core
@@ -453,10 +489,12 @@ class DreamMode(Mode):
         if cfg.dream.classes:
             objectives += (ClassLogits(indices(cfg.dream.classes)),)
         return DeepDream(cfg.model.name, cfg.model.weights, objectives, cfg.dream.iterations,
-                         cfg.dream.step_size * self.later_step(octave), jitter, self.margin,
+                         cfg.dream.step_size * self.later_step(pp.octave if pp else 0),
+                         jitter, self.margin,
                          grad_scale, cfg.dream.dose, self.precision, far_sigma,
                          cfg.dream.smooth, cfg.dream.decorrelate, cfg.dream.edge_guard,
-                         self.source if cfg.dream.edge_guard else None)
+                         self.source if cfg.dream.edge_guard else None,
+                         (cfg.seed, pp.octave, pp.pass_) if pp else ())
 
     def later_step(self, octave: int) -> float:
         """The step of a sequence's later frame at ``octave`` relative to a still's:
