@@ -55,7 +55,8 @@ bench-sequence:
 # Issue 31: every dream preset in configs/ on three photos made from scikit-image's, through
 # `gigadream run`: what a network that did not dream sees in the result (the share of animals,
 # dogs, birds over the photo's), halos along the photo's edges, the far view kept with
-# keep_far; results and 100 % crops in profiling/literal.md and profiling/literal/.
+# keep_far; results and 100 % crops in profiling/literal-bench.md and profiling/literal-bench/
+# (the research behind the presets: profiling/literal.md).
 bench-literal:
 	$(BIN)/python profiling/literal.py
 

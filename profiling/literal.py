@@ -2,7 +2,7 @@
 does it halo? (issue 31)
 
     python profiling/literal.py [--photos astronaut,coffee,rocket] [--presets dreamscape,...]
-                                [--out profiling/literal.md]
+                                [--out profiling/literal-bench.md]
 
 The photos are made here from scikit-image's (astronaut, coffee, rocket), each upscaled 2×
 (order-3 spline), so nothing is downloaded. Every bundled preset whose mode is dream (found in
@@ -173,9 +173,10 @@ def main(argv=None) -> None:
                     help="scikit-image photos, comma-separated (default: %(default)s)")
     ap.add_argument("--presets", default=None,
                     help="presets, comma-separated (default: every bundled dream preset)")
-    ap.add_argument("--out", type=Path, default=REPO / "profiling" / "literal.md",
+    ap.add_argument("--out", type=Path, default=REPO / "profiling" / "literal-bench.md",
                     help="the report; its crops go in the folder of its name (default: "
-                         "profiling/literal.md and profiling/literal/)")
+                         "profiling/literal-bench.md and profiling/literal-bench/; the "
+                         "research behind the presets is profiling/literal.md)")
     args = ap.parse_args(argv)
     photos = [p for p in args.photos.split(",") if p]
     chosen = args.presets.split(",") if args.presets else dream_presets()
