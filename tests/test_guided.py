@@ -93,3 +93,18 @@ def test_classes_verb_lists_and_filters():
     r = subprocess.run([sys.executable, "-m", "gigadream", "classes"], capture_output=True,
                        text=True, timeout=60)
     assert len(r.stdout.splitlines()) == 1000 + len(classes.GROUPS)
+
+
+def test_a_window_clipped_by_the_image_steps_as_hard_as_a_whole_one(photos):
+    """The logits average the classifier's last map, so without a correction a window of
+    half the cells (a tile at the image's edge) would get twice the gradient per pixel:
+    the objective is per fixed area (``ClassLogits.pooled``). Measured over the columns both
+    windows hold, away from the narrow one's cut."""
+    img = read(photos["astronaut_png"]).astype(np.float32)            # 512 × 512
+    proc = DreamMode(load_config("guided-dogs")).make()
+    window = lambda a: torch.from_numpy(a.transpose(2, 0, 1).copy())[None]
+    g_whole, _ = proc.gradient(window(img))
+    g_half, _ = proc.gradient(window(img[:, :256]))
+    ratio = float(g_half[..., 32:160].abs().mean() / g_whole[..., :, 32:160].abs().mean())
+    print(f"mean |g| of the half-width window over the whole one's: {ratio:.2f}")
+    assert 0.67 < ratio < 1.5

@@ -114,7 +114,7 @@ class DeepDream:
     decorrelate: bool = False    # steps preconditioned in decorrelated colours (``shaped``)
     edge_guard: float = 0.0      # levels/px of the photo's gradient where a step is halved
     source: Any = None           # ArrayView of the octave's photo (edge_guard's edges)
-    pass_seed: tuple = ()        # (seed, octave, pass): one jitter for every tile of the pass
+    pass_seed: tuple = ()        # (seed, octave, pass): one jitter for every tile (guided)
     batchable = True
 
     def shaped(self, g, guards):
@@ -221,13 +221,21 @@ class DeepDream:
         the batch (a GPU is busier with several windows than with one; ``engine.batch``).
         A tile's pixels are those it gets alone, to float rounding.
 
-        The jitter: with ``pass_seed``, one shift per step for every tile of the pass, as a
-        whole-image step rolls the whole image once. A network with strided layers answers
-        a shift modulo its stride differently (aliasing: a classifier's gradient at stride
-        32 most), so tiles shifted each their own way step differently where they meet: a
-        seam, 1.4x the step across the boundary elsewhere with the guided presets. Windows
-        start on the stride (``align``), so one shift gives every tile the same phase.
-        Without it (a processor called alone), each window's own generator."""
+        The jitter: each window is rolled by up to ``jitter`` px a step, and the roll's
+        wrap-around seam stays in the margin. Two ways to draw it:
+
+        - a guided dream (``pass_seed``, a classifier's logits): one shift per step for every
+          tile of the pass, as a whole-image step rolls the whole image once. A stride-32
+          classifier answers a shift modulo 32 differently (aliasing), so tiles shifted each
+          their own way met with differently shaped steps: seams, 1.4x the step across the
+          boundary elsewhere (``profiling/literal.md``). Windows start on the stride
+          (``align``), so one shift gives every tile the same phase;
+        - a layer objective: each window its own generator's. There the margin is the
+          layers' receptive radius, and the roll's seam, as near the core as the jitter
+          allows, reaches the core's edge pixels a little; drawn per tile that error is
+          spread, where one shared draw puts it at every tile's edge at once (the change
+          along the last pass's boundaries 0.94 of elsewhere, test_dream).
+        """
         import torch
 
         from ..models import device
@@ -494,7 +502,7 @@ class DreamMode(Mode):
                          grad_scale, cfg.dream.dose, self.precision, far_sigma,
                          cfg.dream.smooth, cfg.dream.decorrelate, cfg.dream.edge_guard,
                          self.source if cfg.dream.edge_guard else None,
-                         (cfg.seed, pp.octave, pp.pass_) if pp else ())
+                         (cfg.seed, pp.octave, pp.pass_) if pp and cfg.dream.classes else ())
 
     def later_step(self, octave: int) -> float:
         """The step of a sequence's later frame at ``octave`` relative to a still's:
