@@ -67,10 +67,9 @@ class ClassLogits:
 
     The logits are the classifier's average over its last map's cells, so each cell's
     share of the gradient is 1/cells: a window clipped by the image's edge (fewer cells)
-    would step harder than its neighbours, a seam along its core's edge (1.3x the step
-    across it on a 768 px image of 256 px tiles). ``pooled`` marks it for ``DeepDream.gradient``,
-    which multiplies it by the window's cells over ``OBJECTIVE_PIXELS``' cells: a sum over
-    the cells per fixed area, as ``LayerL2`` is."""
+    would step harder than its neighbours (half the width: 2.05x the gradient). ``pooled``
+    marks it for ``DeepDream.gradient``, which multiplies it by the window's cells over an
+    ``OBJECTIVE_PIXELS`` square's: a sum over the cells per fixed area, as ``LayerL2`` is."""
 
     classes: tuple[int, ...]
     weight: float = 1.0
@@ -121,8 +120,9 @@ class DeepDream:
         """The step's direction from the objective's gradient g (N, C, h, w), in this order:
 
         - ``smooth``: a Gaussian blur, so a step has no pixel-sized peaks (lucid's
-          transformation robustness does this implicitly; here a blur of σ 1-2 px is enough
-          to turn the HED VGG16's single-pixel dots into forms, ``profiling/literal.md``);
+          transformation robustness does this implicitly): with it and many coarse steps a
+          guided dream grows heads a person sees, not a texture that fools the network
+          (``profiling/literal.md``);
         - ``decorrelate``: g' = C Cᵀ g per pixel, C the square root of ImageNet's colour
           covariance (lucid's ``color_correlation_svd_sqrt``): gradient ascent in
           decorrelated colour space, whose steps lean toward luminance and away from the
