@@ -44,21 +44,6 @@ def groups() -> dict[str, list[int]]:
     return {g: GROUPS[g] for g in GROUPS_JUDGED if g in GROUPS}
 
 
-def _blur(x, sigma: float):
-    """Separable Gaussian blur of (N, C, h, w), reflected at the crop's edges."""
-    import torch
-    import torch.nn.functional as F
-    r = max(int(3 * sigma + 0.5), 1)
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-t * t / (2 * sigma * sigma))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1),
-                 groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1),
-                    groups=c)
-
-
 def crops(image: np.ndarray, scale: float, crop: int = 224):
     """(N, 3, crop, crop) float 0-255: the image at ``scale`` (antialiased bilinear) cut into
     the whole crops that fit, the grid centred; N = 0 where the scaled image is smaller."""
@@ -86,6 +71,7 @@ def judge(image: np.ndarray, model: str, scales=(1, 0.5, 0.25), sigma: float = 2
     import torch
 
     from .models import get_model
+    from .modes.dream import gaussian_blur
     net, found = get_model(model), groups()
     per_scale = []
     for s in scales:
@@ -93,7 +79,7 @@ def judge(image: np.ndarray, model: str, scales=(1, 0.5, 0.25), sigma: float = 2
         if not len(c):
             continue
         if sigma:
-            c = _blur(c, sigma)
+            c = gaussian_blur(c, sigma)
         with torch.no_grad():
             p = torch.cat([net(b, {"logits"})["logits"].float().softmax(1) for b in c.split(16)])
         per_scale.append({g: float(p[:, idx].sum(1).mean()) for g, idx in found.items()})

@@ -135,7 +135,7 @@ class DeepDream:
           halos.
         """
         if self.smooth:
-            g = _blur(g, self.smooth)
+            g = gaussian_blur(g, self.smooth)
         if self.decorrelate:
             import torch
             m = torch.as_tensor(DECORRELATE, dtype=g.dtype, device=g.device)
@@ -154,7 +154,7 @@ class DeepDream:
 
         from ..models import device
         photo = torch.from_numpy(np.stack([self.source.read(t.window) for t in tiles])).to(device())
-        grey = _blur(photo.float().mean(1, keepdim=True), 1.0)
+        grey = gaussian_blur(photo.float().mean(1, keepdim=True), 1.0)
         gy = F.pad(grey[:, :, 2:] - grey[:, :, :-2], (0, 0, 1, 1), mode="replicate")
         gx = F.pad(grey[:, :, :, 2:] - grey[:, :, :, :-2], (1, 1, 0, 0), mode="replicate")
         e = F.max_pool2d(torch.sqrt(gx * gx + gy * gy) / 2, 5, 1, 2)   # within 2 px
@@ -267,9 +267,11 @@ _C = _C / np.linalg.norm(_C, axis=0).max()
 DECORRELATE = (_C @ _C.T).astype(np.float32)
 
 
-def _blur(x, sigma: float):
-    """Separable Gaussian blur of (N, C, h, w), reflected at the window's edges (they sit in
-    the margin; the core is further than 3σ from them at the margins dream uses)."""
+def gaussian_blur(x, sigma: float):
+    """Separable Gaussian blur of (N, C, h, w), taps to 3σ, reflected at the edges (a
+    window's sit in its margin: the core is further than 3σ from them at dream's margins).
+    Depthwise convolutions: for the σ of 1-2 px used here, far cheaper than ``far.lowpass``'s
+    matrix products, which pay off at keep_far's σ of tens of px."""
     import torch
     import torch.nn.functional as F
     r = max(int(3 * sigma + 0.5), 1)
