@@ -67,7 +67,7 @@ class ClassLogits:
 
     The logits are the classifier's average over its last map's cells, so each cell's
     share of the gradient is 1/cells: a window clipped by the image's edge (fewer cells)
-    would step harder than its neighbours (half the width: 2.05x the gradient). ``pooled``
+    would step harder than its neighbours (``profiling/literal.md``, Seams). ``pooled``
     marks it for ``DeepDream.gradient``, which multiplies it by the window's cells over an
     ``OBJECTIVE_PIXELS`` square's: a sum over the cells per fixed area, as ``LayerL2`` is."""
 
@@ -131,8 +131,8 @@ class DeepDream:
           gradient magnitude within 2 px (``guard_weights``). A dream grows most along the
           photo's contours, where the layers answer hardest, and each pass reinforces the
           same contour (its features do not move with the jitter, flat regions' do), so
-          without it the change within 3 px of strong edges is 2-4x that elsewhere:
-          halos.
+          without it the change piles up within a few px of strong edges: halos
+          (``profiling/literal.md``).
         """
         if self.smooth:
             g = gaussian_blur(g, self.smooth)
@@ -227,14 +227,14 @@ class DeepDream:
         - a guided dream (``pass_seed``, a classifier's logits): one shift per step for every
           tile of the pass, as a whole-image step rolls the whole image once. A stride-32
           classifier answers a shift modulo 32 differently (aliasing), so tiles shifted each
-          their own way met with differently shaped steps: seams, 1.4x the step across the
-          boundary elsewhere (``profiling/literal.md``). Windows start on the stride
-          (``align``), so one shift gives every tile the same phase;
+          their own way meet with differently shaped steps: seams (``profiling/literal.md``).
+          Windows start on the stride (``align``), so one shift gives every tile the same
+          phase;
         - a layer objective: each window its own generator's. There the margin is the
           layers' receptive radius, and the roll's seam, as near the core as the jitter
           allows, reaches the core's edge pixels a little; drawn per tile that error is
-          spread, where one shared draw puts it at every tile's edge at once (the change
-          along the last pass's boundaries 0.94 of elsewhere, test_dream).
+          spread, where one shared draw puts it at every tile's edge at once (test_dream's
+          seam bound fails then; ``profiling/literal.md``).
         """
         import torch
 
